@@ -1,0 +1,472 @@
+//! Drives one client connection: reads bytes, decodes packets, feeds them to the session
+//! and the router, and writes back what they produce.
+//!
+//! This is the thin async shell around the sans-IO [`crate::session::Session`]. It owns
+//! the socket, the read and write buffers, the keep-alive timer and the connect timeout;
+//! protocol decisions live in the codec and the session.
+
+use crate::broker::{SessionEntry, Shared};
+use crate::config::TransportKind;
+use crate::metrics::Counters;
+use crate::protocol::codec::{self, encode};
+use crate::protocol::{
+    ConnAck, ConnectReturnCode, LastWill, Packet, ProtocolError, Publish, QoS, SubAck,
+    SubAckCode,
+};
+use crate::routing::Message;
+use crate::session::InboundQos2;
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// Stop taking more messages from the session once this much output is pending.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Stop reading from a client that does not read its acknowledgements.
+const WRITE_HARD_LIMIT: usize = 1024 * 1024;
+/// Read granularity; buffers grow only as bytes arrive.
+const READ_CHUNK: usize = 4096;
+
+/// Facts about an accepted connection that the transport knows.
+pub(crate) struct ConnectionInfo {
+    pub peer: SocketAddr,
+    pub transport: TransportKind,
+    pub listener: Arc<str>,
+    pub listener_conns: Arc<AtomicUsize>,
+    pub over_listener_limit: bool,
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Close {
+    /// The client sent DISCONNECT: the will is discarded [MQTT-3.14.4-3].
+    Disconnect,
+    /// The client closed the socket without DISCONNECT.
+    PeerClosed,
+    /// Nothing received for 1.5 × keep-alive [MQTT-3.1.2-24].
+    KeepAlive,
+    /// A protocol violation; the connection is closed [MQTT-4.8.0-1].
+    Protocol(String),
+    /// Another connection took the session over, or an operator/shutdown closed it.
+    Cancelled,
+    /// Socket error.
+    Io(std::io::Error),
+}
+
+impl Close {
+    fn publishes_will(&self) -> bool {
+        !matches!(self, Close::Disconnect)
+    }
+}
+
+/// Keeps the connection counters right however the task ends.
+struct ConnGuard {
+    shared: Arc<Shared>,
+    transport: TransportKind,
+    listener_conns: Arc<AtomicUsize>,
+}
+
+impl ConnGuard {
+    fn new(shared: Arc<Shared>, info: &ConnectionInfo) -> Self {
+        Counters::inc(&shared.counters.connections);
+        Counters::inc(&shared.counters.connections_accepted);
+        Counters::inc(transport_counter(&shared, info.transport));
+        info.listener_conns.fetch_add(1, Ordering::Relaxed);
+        ConnGuard {
+            shared,
+            transport: info.transport,
+            listener_conns: info.listener_conns.clone(),
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        Counters::dec(&self.shared.counters.connections);
+        Counters::dec(transport_counter(&self.shared, self.transport));
+        self.listener_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn transport_counter(shared: &Shared, t: TransportKind) -> &std::sync::atomic::AtomicU64 {
+    match t {
+        TransportKind::Tcp => &shared.counters.connections_tcp,
+    }
+}
+
+/// Serves one accepted connection until it ends.
+pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, info: ConnectionInfo)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let span = info_span!("conn", peer = %info.peer, transport = info.transport.as_str(), client_id = tracing::field::Empty);
+    serve_inner(shared, stream, info).instrument(span).await
+}
+
+async fn serve_inner<S>(shared: Arc<Shared>, stream: S, info: ConnectionInfo)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let runtime = shared.runtime.load_full();
+    let cfg = &runtime.config.server;
+    let over_global_limit =
+        Counters::get(&shared.counters.connections) >= cfg.max_connections as u64;
+    let _guard = ConnGuard::new(shared.clone(), &info);
+    let (rd, wr) = tokio::io::split(stream);
+    let mut conn = Conn {
+        shared: shared.clone(),
+        rd,
+        wr,
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        out: Vec::new(),
+        max_packet_size: cfg.max_packet_size,
+        client_id: Arc::from(""),
+    };
+
+    // [MQTT-3.1.0-1]: the first packet must be CONNECT, within connect_timeout.
+    let first = tokio::time::timeout(cfg.connect_timeout.get(), conn.read_packet()).await;
+    let connect = match first {
+        Err(_) => {
+            info!(timeout = %cfg.connect_timeout, "closing: no CONNECT within connect_timeout");
+            return;
+        }
+        Ok(Err(Close::Protocol(reason))) => {
+            Counters::inc(&shared.counters.protocol_errors);
+            warn!(%reason, "closing before CONNECT: protocol error");
+            return;
+        }
+        Ok(Err(Close::PeerClosed)) => {
+            debug!("closed by peer before CONNECT");
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(reason = ?e, "closed before CONNECT");
+            return;
+        }
+        Ok(Ok(Packet::Connect(c))) => c,
+        Ok(Ok(other)) => {
+            Counters::inc(&shared.counters.protocol_errors);
+            warn!(packet = other.name(), "closing: first packet is not CONNECT [MQTT-3.1.0-1]");
+            return;
+        }
+    };
+
+    let refuse = |code| Packet::ConnAck(ConnAck {
+        session_present: false,
+        code,
+    });
+    if over_global_limit || info.over_listener_limit {
+        Counters::inc(&shared.counters.connections_refused_limit);
+        warn!(client_id = %connect.client_id, listener = %info.listener, "refusing connection: max_connections reached");
+        conn.send_and_close(refuse(ConnectReturnCode::ServerUnavailable)).await;
+        return;
+    }
+    let conn_id = shared.next_conn_id();
+    let client_id = if connect.client_id.is_empty() {
+        if !connect.clean_session {
+            // [MQTT-3.1.3-8]
+            info!("refusing connection: empty client id without clean session");
+            conn.send_and_close(refuse(ConnectReturnCode::IdentifierRejected)).await;
+            return;
+        }
+        // [MQTT-3.1.3-6]
+        shared.assign_client_id(conn_id)
+    } else {
+        connect.client_id.clone()
+    };
+    tracing::Span::current().record("client_id", client_id.as_str());
+    conn.client_id = Arc::from(client_id.as_str());
+
+    let cancel = shared.shutdown.child_token();
+    let (done_tx, done_rx) = watch::channel(false);
+    let attached = shared
+        .attach(&client_id, connect.clean_session, conn_id, cancel.clone(), done_rx)
+        .await;
+    let entry = attached.entry;
+    // [MQTT-3.2.2-1], [MQTT-3.2.2-2]: session present only when a stored session resumed.
+    conn.out.push(Packet::ConnAck(ConnAck {
+        session_present: attached.session_present,
+        code: ConnectReturnCode::Accepted,
+    }));
+    entry.state.lock().connect(&mut conn.out);
+    info!(
+        keep_alive = connect.keep_alive,
+        clean_session = connect.clean_session,
+        session_present = attached.session_present,
+        username = connect.username.as_deref().unwrap_or(""),
+        "client connected"
+    );
+
+    let idle_limit = if connect.keep_alive > 0 {
+        Some(Duration::from_millis(u64::from(connect.keep_alive) * 1500))
+    } else if !cfg.keep_alive_timeout.is_zero() {
+        Some(cfg.keep_alive_timeout.get())
+    } else {
+        None
+    };
+    let reason = conn.run(&entry, &cancel, idle_limit).await;
+    conn.flush_best_effort().await;
+
+    match &reason {
+        Close::Disconnect => info!("client disconnected"),
+        Close::PeerClosed => info!("connection closed by client without DISCONNECT"),
+        Close::KeepAlive => {
+            Counters::inc(&shared.counters.keep_alive_timeouts);
+            warn!(keep_alive = connect.keep_alive, "closing: keep-alive expired");
+        }
+        Close::Protocol(r) => {
+            Counters::inc(&shared.counters.protocol_errors);
+            warn!(reason = %r, "closing: protocol error");
+        }
+        Close::Cancelled if shared.shutdown.is_cancelled() => info!("closing: broker shutting down"),
+        Close::Cancelled => info!("closing: session taken over or connection closed by operator"),
+        Close::Io(e) => info!(error = %e, "connection error"),
+    }
+    if reason.publishes_will() {
+        if let Some(will) = &connect.will {
+            publish_will(&shared, will);
+        }
+    }
+    shared.detach(&entry, conn_id);
+    let _ = done_tx.send(true);
+}
+
+/// Publishes a will message like any other PUBLISH [MQTT-3.1.2-8].
+fn publish_will(shared: &Shared, will: &LastWill) {
+    Counters::inc(&shared.counters.wills_published);
+    info!(topic = %will.topic, "publishing will message");
+    shared.publish(Message {
+        topic: will.topic.clone(),
+        payload: will.payload.clone(),
+        qos: will.qos,
+        retain: will.retain,
+    });
+}
+
+struct Conn<S> {
+    shared: Arc<Shared>,
+    rd: ReadHalf<S>,
+    wr: WriteHalf<S>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// Packets produced by the session and handlers, encoded into `wbuf` in order.
+    out: Vec<Packet>,
+    max_packet_size: usize,
+    client_id: Arc<str>,
+}
+
+impl<S: AsyncRead + AsyncWrite> Conn<S> {
+    /// Reads until one whole packet is decoded.
+    async fn read_packet(&mut self) -> Result<Packet, Close> {
+        loop {
+            if let Some(p) = self.decode_one()? {
+                return Ok(p);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    fn decode_one(&mut self) -> Result<Option<Packet>, Close> {
+        match codec::decode(&mut self.rbuf, self.max_packet_size) {
+            Ok(p) => Ok(p),
+            Err(ProtocolError::UnsupportedProtocolLevel(level)) => {
+                // [MQTT-3.1.2-2]: answer CONNACK 0x01, then close.
+                self.out.push(Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code: ConnectReturnCode::UnacceptableProtocolVersion,
+                }));
+                Err(Close::Protocol(format!(
+                    "unsupported protocol level {level} (CONNACK 0x01 sent)"
+                )))
+            }
+            Err(e) => Err(Close::Protocol(e.to_string())),
+        }
+    }
+
+    async fn read_more(&mut self) -> Result<(), Close> {
+        if self.rbuf.capacity() - self.rbuf.len() < 512 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        match self.rd.read_buf(&mut self.rbuf).await {
+            Ok(0) => Err(Close::PeerClosed),
+            Ok(n) => {
+                Counters::add(&self.shared.counters.bytes_in, n as u64);
+                Ok(())
+            }
+            Err(e) => Err(Close::Io(e)),
+        }
+    }
+
+    /// Encodes pending packets into the write buffer.
+    fn encode_out(&mut self) {
+        let mut published = 0;
+        for p in self.out.drain(..) {
+            if matches!(p, Packet::Publish(_)) {
+                published += 1;
+            }
+            encode(&p, &mut self.wbuf);
+        }
+        if published > 0 {
+            Counters::add(&self.shared.counters.messages_out, published);
+        }
+    }
+
+    /// Sends one packet (e.g. a refusing CONNACK) and closes.
+    async fn send_and_close(&mut self, p: Packet) {
+        self.out.push(p);
+        self.flush_best_effort().await;
+    }
+
+    /// Writes whatever is pending, giving up after a short time.
+    async fn flush_best_effort(&mut self) {
+        self.encode_out();
+        let wbuf = std::mem::take(&mut self.wbuf);
+        let write = async {
+            self.wr.write_all(&wbuf).await?;
+            self.wr.shutdown().await
+        };
+        if tokio::time::timeout(Duration::from_secs(1), write).await.is_ok() {
+            Counters::add(&self.shared.counters.bytes_out, wbuf.len() as u64);
+        }
+    }
+
+    /// The connected-state loop.
+    async fn run(
+        &mut self,
+        entry: &Arc<SessionEntry>,
+        cancel: &CancellationToken,
+        idle_limit: Option<Duration>,
+    ) -> Close {
+        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut deadline = idle_limit.map_or(far_future, |d| Instant::now() + d);
+        loop {
+            self.encode_out();
+            if self.rbuf.capacity() - self.rbuf.len() < 512 && self.wbuf.len() < WRITE_HARD_LIMIT {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Close::Cancelled,
+                r = self.wr.write(&self.wbuf), if !self.wbuf.is_empty() => match r {
+                    Ok(0) => return Close::PeerClosed,
+                    Ok(n) => {
+                        let _ = self.wbuf.split_to(n);
+                        Counters::add(&self.shared.counters.bytes_out, n as u64);
+                    }
+                    Err(e) => return Close::Io(e),
+                },
+                r = self.rd.read_buf(&mut self.rbuf), if self.wbuf.len() < WRITE_HARD_LIMIT => match r {
+                    Ok(0) => return Close::PeerClosed,
+                    Ok(n) => {
+                        Counters::add(&self.shared.counters.bytes_in, n as u64);
+                        if let Some(d) = idle_limit {
+                            deadline = Instant::now() + d;
+                        }
+                        loop {
+                            match self.decode_one() {
+                                Ok(Some(p)) => {
+                                    if let Err(close) = self.handle(entry, p) {
+                                        return close;
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(close) => return close,
+                            }
+                        }
+                    }
+                    Err(e) => return Close::Io(e),
+                },
+                _ = entry.wake.notified(), if self.wbuf.len() < WRITE_HIGH_WATER => {
+                    entry.state.lock().drain(&mut self.out);
+                }
+                _ = tokio::time::sleep_until(deadline), if idle_limit.is_some() => return Close::KeepAlive,
+            }
+        }
+    }
+
+    /// Handles one packet from a connected client.
+    fn handle(&mut self, entry: &Arc<SessionEntry>, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.handle_publish(entry, p),
+            Packet::PubAck(pid) => {
+                entry.state.lock().puback(pid, &mut self.out);
+            }
+            Packet::PubRec(pid) => {
+                entry.state.lock().pubrec(pid, &mut self.out);
+            }
+            Packet::PubComp(pid) => {
+                entry.state.lock().pubcomp(pid, &mut self.out);
+            }
+            Packet::PubRel(pid) => entry.state.lock().pubrel(pid, &mut self.out),
+            Packet::Subscribe(s) => {
+                let mut codes = Vec::with_capacity(s.filters.len());
+                let mut granted = Vec::with_capacity(s.filters.len());
+                for (filter, requested) in &s.filters {
+                    // The broker supports every QoS, so the grant is what was asked [MQTT-3.9.3-2].
+                    self.shared.subscribe(entry, filter, *requested);
+                    codes.push(SubAckCode::Granted(*requested));
+                    granted.push((filter, *requested));
+                }
+                // SUBACK first, then the retained messages [MQTT-3.8.4-1], [MQTT-3.8.4-3].
+                self.out.push(Packet::SubAck(SubAck { pid: s.pid, codes }));
+                for (filter, qos) in granted {
+                    self.shared.send_retained(entry, filter, qos);
+                }
+                debug!(filters = ?s.filters, "subscribed");
+            }
+            Packet::Unsubscribe(u) => {
+                for f in &u.filters {
+                    self.shared.unsubscribe(entry, f);
+                }
+                // UNSUBACK even when nothing matched [MQTT-3.10.4-5].
+                self.out.push(Packet::UnsubAck(u.pid));
+            }
+            // [MQTT-3.12.4-1]
+            Packet::PingReq => self.out.push(Packet::PingResp),
+            Packet::Disconnect => return Err(Close::Disconnect),
+            // [MQTT-3.1.0-2]
+            Packet::Connect(_) => return Err(Close::Protocol("second CONNECT [MQTT-3.1.0-2]".into())),
+            other @ (Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => {
+                return Err(Close::Protocol(format!(
+                    "{} is a server-to-client packet",
+                    other.name()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_publish(&mut self, entry: &Arc<SessionEntry>, p: Publish) {
+        Counters::inc(&self.shared.counters.messages_in);
+        match (p.qos, p.pid) {
+            (QoS::AtMostOnce, _) => {
+                self.shared.publish(Message::from_publish(p));
+            }
+            (QoS::AtLeastOnce, Some(pid)) => {
+                self.shared.publish(Message::from_publish(p));
+                // [MQTT-4.3.2-2]: PUBACK after taking ownership of the message.
+                self.out.push(Packet::PubAck(pid));
+            }
+            (QoS::ExactlyOnce, Some(pid)) => {
+                // Method B of 4.3.3: keep the packet id until PUBREL, route only the first copy.
+                let first = entry.state.lock().inbound_qos2(pid, &mut self.out);
+                if first == InboundQos2::New {
+                    self.shared.publish(Message::from_publish(p));
+                }
+            }
+            // The codec guarantees a packet id for QoS > 0.
+            (_, None) => {}
+        }
+    }
+}
+

@@ -1,0 +1,18 @@
+//! mqtt-broker: an MQTT 3.1.1 broker for IoT fleets.
+//!
+//! Layers, each in its own module: [`protocol`] (codec, no I/O), [`transport`]
+//! (listeners), [`session`] (sans-IO session state), [`routing`] (topic trie, retained
+//! messages), [`config`], [`metrics`], and [`broker`] which wires them; [`connection`]
+//! is the async shell that moves bytes between a socket and a session.
+
+pub mod broker;
+pub mod config;
+pub(crate) mod connection;
+pub mod metrics;
+pub mod protocol;
+pub mod routing;
+pub mod session;
+pub mod transport;
+
+pub use broker::{Broker, BrokerError, BrokerHandle};
+pub use config::Config;

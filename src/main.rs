@@ -1,0 +1,127 @@
+//! The `mqtt-broker` command: run the broker, or check a config file.
+
+use clap::{Parser, Subcommand};
+use mqtt_broker::config::{Config, LogFormat};
+use mqtt_broker::Broker;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+/// MQTT 3.1.1 broker with sandboxed WebAssembly plugins and live reload.
+#[derive(Parser, Debug)]
+#[command(name = "mqtt-broker", version, about)]
+struct Cli {
+    /// Configuration file (YAML). Without it the built-in defaults apply: TCP on 0.0.0.0:1883.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Validate FILE, print the effective configuration and exit (0 = valid, 1 = invalid).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(path) = &cli.check_config {
+        return check_config(path);
+    }
+    let _ = &cli.command;
+    let config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Config::default(),
+    };
+    init_logging(&config);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if config.performance.worker_threads > 0 {
+        builder.worker_threads(config.performance.worker_threads);
+    }
+    let runtime = match builder.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config, cli.config))
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            print!("{}", c.to_yaml());
+            eprintln!("{}: configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    // RUST_LOG wins over the config file, as operators expect.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
+    let source = path.map_or("built-in defaults".to_string(), |p| p.display().to_string());
+    info!(version = env!("CARGO_PKG_VERSION"), config = %source, "starting mqtt-broker");
+    let handle = match Broker::start(config).await {
+        Ok(h) => h,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_signal().await;
+    info!("shutting down");
+    handle.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

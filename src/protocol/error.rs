@@ -1,0 +1,61 @@
+//! Why a sequence of bytes is not a valid MQTT 3.1.1 packet.
+
+use super::topic::TopicError;
+use thiserror::Error;
+
+/// A violation of the wire format or of a normative statement about packet contents.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProtocolError {
+    /// The remaining length used more than four bytes (section 2.2.3).
+    #[error("malformed remaining length (more than 4 bytes)")]
+    MalformedRemainingLength,
+    /// The declared packet size exceeds the configured maximum.
+    #[error("packet too large: {size} bytes declared, maximum is {max}")]
+    PacketTooLarge {
+        /// Declared total size.
+        size: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// Packet type 0 or 15.
+    #[error("invalid packet type {0}")]
+    InvalidPacketType(u8),
+    /// Fixed-header flags that the packet type reserves [MQTT-2.2.2-2].
+    #[error("invalid fixed header flags {flags:#06b} for {packet}")]
+    InvalidFlags {
+        /// Packet type name.
+        packet: &'static str,
+        /// Received flag bits.
+        flags: u8,
+    },
+    /// Protocol name other than `MQTT` or `MQIsdp` [MQTT-3.1.2-1].
+    #[error("invalid protocol name {0:?}")]
+    InvalidProtocolName(String),
+    /// Protocol level other than 3 or 4 [MQTT-3.1.2-2].
+    #[error("unsupported protocol level {0}")]
+    UnsupportedProtocolLevel(u8),
+    /// A string that is not well-formed UTF-8 [MQTT-1.5.3-1].
+    #[error("string is not valid UTF-8")]
+    InvalidUtf8,
+    /// A string containing U+0000 [MQTT-1.5.3-2].
+    #[error("string contains U+0000")]
+    NullCharacter,
+    /// QoS bits set to 3.
+    #[error("invalid QoS 3")]
+    InvalidQoS,
+    /// A topic name or filter that is not acceptable.
+    #[error("invalid topic: {0}")]
+    InvalidTopic(#[from] TopicError),
+    /// Packet identifier 0 [MQTT-2.3.1-1].
+    #[error("packet identifier 0")]
+    ZeroPacketId,
+    /// The packet body ended early.
+    #[error("packet truncated")]
+    Truncated,
+    /// Bytes left over after the packet body was parsed.
+    #[error("unexpected bytes after {0} body")]
+    TrailingBytes(&'static str),
+    /// Any other specific violation.
+    #[error("{0}")]
+    Malformed(&'static str),
+}

@@ -1,0 +1,12 @@
+//! The MQTT 3.1.1 protocol: packet types, the wire codec and topic rules.
+//!
+//! Pure code: no I/O, no broker state. Everything else in the crate builds on it.
+
+pub mod codec;
+pub mod error;
+pub mod packet;
+pub mod topic;
+
+pub use codec::{decode, encode};
+pub use error::ProtocolError;
+pub use packet::*;

@@ -1,0 +1,422 @@
+//! One client's MQTT session as a sans-IO state machine (MQTT 3.1.1 sections 3.1.2.4, 4.3, 4.4, 4.6).
+//!
+//! Packets and messages go in, packets to send come out. It owns everything that must
+//! survive a reconnect of a persistent session: subscriptions, the outbound queue, the
+//! outbound inflight window and the inbound QoS 2 packet ids awaiting PUBREL. It never
+//! touches a socket, a clock or another session, so it can be property-tested and stored.
+
+use crate::protocol::{Packet, QoS};
+use crate::routing::Message;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+/// Limits that bound one session's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Outbound QoS 1/2 messages that may await acknowledgement at once.
+    pub inflight_window: usize,
+    /// Messages that may wait in the outbound queue behind the window.
+    pub queue_limit: usize,
+    /// Whether QoS 0 messages are queued while the client is offline.
+    pub queue_qos0_offline: bool,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            inflight_window: 32,
+            queue_limit: 1000,
+            queue_qos0_offline: false,
+        }
+    }
+}
+
+/// Where an outbound QoS 1/2 message is in its acknowledgement flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundState {
+    /// QoS 1: PUBLISH sent, waiting for PUBACK.
+    AwaitPubAck,
+    /// QoS 2: PUBLISH sent, waiting for PUBREC.
+    AwaitPubRec,
+    /// QoS 2: PUBREL sent, waiting for PUBCOMP.
+    AwaitPubComp,
+}
+
+/// One outbound message in the inflight window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inflight {
+    /// Packet identifier assigned to it.
+    pub pid: u16,
+    /// The message, with the QoS granted to this subscriber.
+    pub message: Message,
+    /// Acknowledgement state.
+    pub state: OutboundState,
+}
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The outbound queue was at `queue_limit`.
+    QueueFull,
+    /// QoS 0 message for an offline client with QoS 0 queueing off.
+    Qos0Offline,
+}
+
+/// Result of an inbound QoS 2 PUBLISH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundQos2 {
+    /// First time this packet id is seen: route the message.
+    New,
+    /// A re-delivery of a message already routed: only acknowledge it [MQTT-4.3.3-2].
+    Duplicate,
+}
+
+/// A client's session state.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Client identifier.
+    pub client_id: Arc<str>,
+    /// Whether the session ends when the connection does.
+    pub clean_session: bool,
+    /// Topic filters and their granted QoS.
+    pub subscriptions: BTreeMap<String, QoS>,
+    limits: SessionLimits,
+    online: bool,
+    next_pid: u16,
+    inflight: VecDeque<Inflight>,
+    queue: VecDeque<Message>,
+    inbound_qos2: HashSet<u16>,
+}
+
+impl Session {
+    /// A fresh, offline session.
+    pub fn new(client_id: Arc<str>, clean_session: bool, limits: SessionLimits) -> Self {
+        Session {
+            client_id,
+            clean_session,
+            subscriptions: BTreeMap::new(),
+            limits,
+            online: false,
+            next_pid: 1,
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            inbound_qos2: HashSet::new(),
+        }
+    }
+
+    /// Applies new limits (after a config reload); queued messages are never dropped by it.
+    pub fn set_limits(&mut self, limits: SessionLimits) {
+        self.limits = limits;
+    }
+
+    /// Whether a connection is attached.
+    pub fn is_online(&self) -> bool {
+        self.online
+    }
+
+    /// Number of messages waiting behind the inflight window.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The inflight window, oldest first.
+    pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
+        self.inflight.iter()
+    }
+
+    /// Number of inbound QoS 2 messages awaiting PUBREL.
+    pub fn inbound_qos2_pending(&self) -> usize {
+        self.inbound_qos2.len()
+    }
+
+    /// A connection attached: re-sends every unacknowledged PUBLISH (DUP=1) and PUBREL in
+    /// the original order, before anything new [MQTT-4.4.0-1], then what the window allows.
+    pub fn connect(&mut self, out: &mut Vec<Packet>) {
+        self.online = true;
+        for f in &self.inflight {
+            out.push(match f.state {
+                OutboundState::AwaitPubAck | OutboundState::AwaitPubRec => {
+                    Packet::Publish(f.message.to_publish(Some(f.pid), true))
+                }
+                OutboundState::AwaitPubComp => Packet::PubRel(f.pid),
+            });
+        }
+        self.drain(out);
+    }
+
+    /// The connection ended; the session keeps its state for the next one.
+    pub fn disconnect(&mut self) {
+        self.online = false;
+        // QoS 0 messages are not kept for an offline client unless configured.
+        if !self.limits.queue_qos0_offline {
+            self.queue.retain(|m| m.qos != QoS::AtMostOnce);
+        }
+    }
+
+    /// Offers a message routed to this subscriber (already at its granted QoS).
+    pub fn enqueue(&mut self, message: Message) -> Result<(), DropReason> {
+        if !self.online && message.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
+            return Err(DropReason::Qos0Offline);
+        }
+        if self.queue.len() >= self.limits.queue_limit {
+            return Err(DropReason::QueueFull);
+        }
+        self.queue.push_back(message);
+        Ok(())
+    }
+
+    /// Queues a retained message for a new subscription.
+    ///
+    /// Not subject to `queue_limit`: the retained set is already bounded by
+    /// `retained_message_limit`, and a subscriber must receive all of it [MQTT-3.3.1-6].
+    pub fn enqueue_retained(&mut self, message: Message) {
+        self.queue.push_back(message);
+    }
+
+    /// Moves queued messages onto the wire while the inflight window allows, in queue order.
+    pub fn drain(&mut self, out: &mut Vec<Packet>) {
+        if !self.online {
+            return;
+        }
+        while let Some(front) = self.queue.front() {
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.limits.inflight_window {
+                break;
+            }
+            let Some(message) = self.queue.pop_front() else {
+                break;
+            };
+            match message.qos {
+                QoS::AtMostOnce => out.push(Packet::Publish(message.to_publish(None, false))),
+                qos => {
+                    let pid = self.allocate_pid();
+                    out.push(Packet::Publish(message.to_publish(Some(pid), false)));
+                    let state = if qos == QoS::AtLeastOnce {
+                        OutboundState::AwaitPubAck
+                    } else {
+                        OutboundState::AwaitPubRec
+                    };
+                    self.inflight.push_back(Inflight {
+                        pid,
+                        message,
+                        state,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Whether there is anything to hand to [`Session::drain`] right now.
+    pub fn has_sendable(&self) -> bool {
+        match self.queue.front() {
+            None => false,
+            Some(m) => m.qos == QoS::AtMostOnce || self.inflight.len() < self.limits.inflight_window,
+        }
+    }
+
+    /// Picks a packet id not used by any inflight message [MQTT-2.3.1-2].
+    fn allocate_pid(&mut self) -> u16 {
+        loop {
+            let pid = self.next_pid;
+            self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
+            // The window is far below 65535, so a free id is always found quickly.
+            if !self.inflight.iter().any(|f| f.pid == pid) {
+                return pid;
+            }
+        }
+    }
+
+    fn position(&self, pid: u16, state: OutboundState) -> Option<usize> {
+        self.inflight
+            .iter()
+            .position(|f| f.pid == pid && f.state == state)
+    }
+
+    /// PUBACK from the client: the QoS 1 message is delivered. Returns whether it was known.
+    pub fn puback(&mut self, pid: u16, out: &mut Vec<Packet>) -> bool {
+        let known = match self.position(pid, OutboundState::AwaitPubAck) {
+            Some(i) => self.inflight.remove(i).is_some(),
+            None => false,
+        };
+        self.drain(out);
+        known
+    }
+
+    /// PUBREC from the client: answer PUBREL [MQTT-4.3.3-1]. Returns whether it was known.
+    pub fn pubrec(&mut self, pid: u16, out: &mut Vec<Packet>) -> bool {
+        let known = match self.position(pid, OutboundState::AwaitPubRec) {
+            Some(i) => {
+                let f = &mut self.inflight[i];
+                // The message itself is no longer needed once the client has it.
+                f.message.payload = bytes::Bytes::new();
+                f.state = OutboundState::AwaitPubComp;
+                true
+            }
+            None => self.position(pid, OutboundState::AwaitPubComp).is_some(),
+        };
+        // Answer even an unknown id so that the client can finish its flow.
+        out.push(Packet::PubRel(pid));
+        known
+    }
+
+    /// PUBCOMP from the client: the QoS 2 flow is complete. Returns whether it was known.
+    pub fn pubcomp(&mut self, pid: u16, out: &mut Vec<Packet>) -> bool {
+        let known = match self.position(pid, OutboundState::AwaitPubComp) {
+            Some(i) => self.inflight.remove(i).is_some(),
+            None => false,
+        };
+        self.drain(out);
+        known
+    }
+
+    /// An inbound QoS 2 PUBLISH: records its id until PUBREL and answers PUBREC.
+    pub fn inbound_qos2(&mut self, pid: u16, out: &mut Vec<Packet>) -> InboundQos2 {
+        out.push(Packet::PubRec(pid));
+        if self.inbound_qos2.insert(pid) {
+            InboundQos2::New
+        } else {
+            InboundQos2::Duplicate
+        }
+    }
+
+    /// PUBREL from the client: forget the id and answer PUBCOMP [MQTT-4.3.3-2].
+    pub fn pubrel(&mut self, pid: u16, out: &mut Vec<Packet>) {
+        self.inbound_qos2.remove(&pid);
+        out.push(Packet::PubComp(pid));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Publish;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    fn msg(n: u32, qos: QoS) -> Message {
+        Message::new("t", Bytes::from(n.to_string()), qos, false)
+    }
+
+    fn publishes(out: &[Packet]) -> Vec<&Publish> {
+        out.iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resend_in_order_with_dup_mqtt_4_4_0_1() {
+        let limits = SessionLimits {
+            inflight_window: 2,
+            ..Default::default()
+        };
+        let mut s = Session::new("c".into(), false, limits);
+        let mut out = Vec::new();
+        s.connect(&mut out);
+        s.enqueue(msg(1, QoS::AtLeastOnce)).unwrap();
+        s.enqueue(msg(2, QoS::ExactlyOnce)).unwrap();
+        s.enqueue(msg(3, QoS::AtLeastOnce)).unwrap();
+        s.drain(&mut out);
+        assert_eq!(publishes(&out).len(), 2, "window of 2");
+        let pid2 = publishes(&out)[1].pid.unwrap();
+        out.clear();
+        s.pubrec(pid2, &mut out);
+        assert_eq!(out, vec![Packet::PubRel(pid2)]);
+        s.disconnect();
+        out.clear();
+        s.connect(&mut out);
+        // PUBLISH 1 (DUP), then PUBREL for 2, in original order; 3 still waits for the window.
+        assert!(matches!(&out[0], Packet::Publish(p) if p.dup && &p.payload[..] == b"1"));
+        assert_eq!(out[1], Packet::PubRel(pid2));
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn qos0_not_queued_offline_by_default() {
+        let mut s = Session::new("c".into(), false, SessionLimits::default());
+        assert_eq!(s.enqueue(msg(1, QoS::AtMostOnce)), Err(DropReason::Qos0Offline));
+        assert!(s.enqueue(msg(1, QoS::AtLeastOnce)).is_ok());
+    }
+
+    #[test]
+    fn inbound_qos2_exactly_once() {
+        let mut s = Session::new("c".into(), false, SessionLimits::default());
+        let mut out = Vec::new();
+        assert_eq!(s.inbound_qos2(9, &mut out), InboundQos2::New);
+        assert_eq!(s.inbound_qos2(9, &mut out), InboundQos2::Duplicate);
+        s.pubrel(9, &mut out);
+        assert_eq!(s.inbound_qos2(9, &mut out), InboundQos2::New);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Enqueue(u8),
+        AckOldest,
+        AckRandom(u16),
+        Reconnect,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..3).prop_map(Op::Enqueue),
+            3 => Just(Op::AckOldest),
+            1 => any::<u16>().prop_map(Op::AckRandom),
+            1 => Just(Op::Reconnect),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the client acknowledges and whenever it reconnects, the window is never
+        /// exceeded, packet ids are unique and non-zero, every QoS 1/2 message is completed
+        /// exactly once, and first transmissions happen in enqueue order.
+        #[test]
+        fn outbound_flow_invariants(ops in prop::collection::vec(op(), 1..200), window in 1usize..5) {
+            let limits = SessionLimits { inflight_window: window, queue_limit: 10_000, queue_qos0_offline: true };
+            let mut s = Session::new("c".into(), false, limits);
+            let mut out = Vec::new();
+            s.connect(&mut out);
+            let mut next = 0u32;
+            let mut enqueued_qos12 = Vec::new();
+            let mut first_sent = Vec::new();
+            let mut completed = Vec::new();
+            for op in ops {
+                out.clear();
+                match op {
+                    Op::Enqueue(q) => {
+                        let qos = QoS::from_u8(q).unwrap();
+                        if qos != QoS::AtMostOnce { enqueued_qos12.push(next); }
+                        s.enqueue(msg(next, qos)).unwrap();
+                        next += 1;
+                        s.drain(&mut out);
+                    }
+                    Op::AckOldest => {
+                        if let Some(f) = s.inflight().next().cloned() {
+                            let n: u32 = std::str::from_utf8(&f.message.payload).unwrap_or("0").parse().unwrap_or(u32::MAX);
+                            match f.state {
+                                OutboundState::AwaitPubAck => { prop_assert!(s.puback(f.pid, &mut out)); completed.push(n); }
+                                OutboundState::AwaitPubRec => { prop_assert!(s.pubrec(f.pid, &mut out)); completed.push(n); }
+                                OutboundState::AwaitPubComp => { prop_assert!(s.pubcomp(f.pid, &mut out)); }
+                            }
+                        }
+                    }
+                    Op::AckRandom(pid) => { s.puback(pid, &mut out); }
+                    Op::Reconnect => { s.disconnect(); s.connect(&mut out); }
+                }
+                for p in publishes(&out) {
+                    if !p.dup && p.qos != QoS::AtMostOnce {
+                        first_sent.push(std::str::from_utf8(&p.payload).unwrap().parse::<u32>().unwrap());
+                    }
+                }
+                prop_assert!(s.inflight().count() <= window);
+                let pids: HashSet<u16> = s.inflight().map(|f| f.pid).collect();
+                prop_assert_eq!(pids.len(), s.inflight().count());
+                prop_assert!(!pids.contains(&0));
+            }
+            prop_assert_eq!(&first_sent[..], &enqueued_qos12[..first_sent.len()]);
+            let mut c = completed.clone();
+            c.dedup();
+            prop_assert_eq!(c.len(), completed.len());
+        }
+    }
+}
