@@ -140,6 +140,8 @@ where
         Ok(Err(Close::Protocol(reason))) => {
             Counters::inc(&shared.counters.protocol_errors);
             warn!(%reason, "closing before CONNECT: protocol error");
+            // A refusing CONNACK (protocol level) may be pending.
+            conn.flush_best_effort().await;
             return;
         }
         Ok(Err(Close::PeerClosed)) => {

@@ -572,3 +572,167 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn qos() -> impl Strategy<Value = QoS> {
+        (0u8..3).prop_map(|q| QoS::from_u8(q).unwrap())
+    }
+
+    fn string() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9 é/_-]{0,20}"
+    }
+
+    fn topic_name() -> impl Strategy<Value = String> {
+        "[a-z0-9$/é]{1,20}"
+    }
+
+    fn topic_filter() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop_oneof!["[a-z0-9]{0,5}", Just("+".to_string())], 1..5).prop_flat_map(
+            |levels| {
+                let base = levels.join("/");
+                let base = if base.is_empty() { "e".to_string() } else { base };
+                prop_oneof![
+                    Just(base.clone()),
+                    Just(format!("{base}/#"))
+                ]
+            },
+        )
+    }
+
+    fn bytes() -> impl Strategy<Value = Bytes> {
+        prop::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)
+    }
+
+    fn pid() -> impl Strategy<Value = u16> {
+        1u16..=u16::MAX
+    }
+
+    pub(crate) fn packet() -> impl Strategy<Value = Packet> {
+        let connect = (
+            any::<bool>(),
+            any::<bool>(),
+            any::<u16>(),
+            string(),
+            prop::option::of((topic_name(), bytes(), qos(), any::<bool>())),
+            prop::option::of((string(), prop::option::of(bytes()))),
+        )
+            .prop_map(|(v31, clean_session, keep_alive, client_id, will, auth)| {
+                let (username, password) = match auth {
+                    Some((u, p)) => (Some(u), p),
+                    None => (None, None),
+                };
+                Packet::Connect(Box::new(Connect {
+                    protocol: if v31 { ProtocolLevel::V31 } else { ProtocolLevel::V311 },
+                    clean_session,
+                    keep_alive,
+                    client_id,
+                    will: will.map(|(t, p, qos, retain)| LastWill {
+                        topic: t.into(),
+                        payload: p,
+                        qos,
+                        retain,
+                    }),
+                    username,
+                    password,
+                }))
+            });
+        let publish = (any::<bool>(), qos(), any::<bool>(), topic_name(), pid(), bytes()).prop_map(
+            |(dup, qos, retain, topic, pid, payload)| {
+                let qos0 = qos == QoS::AtMostOnce;
+                Packet::Publish(Publish {
+                    dup: dup && !qos0,
+                    qos,
+                    retain,
+                    topic: topic.into(),
+                    pid: (!qos0).then_some(pid),
+                    payload,
+                })
+            },
+        );
+        let code = prop_oneof![qos().prop_map(SubAckCode::Granted), Just(SubAckCode::Failure)];
+        prop_oneof![
+            connect,
+            (any::<bool>(), 0u8..6).prop_map(|(sp, c)| Packet::ConnAck(ConnAck {
+                session_present: sp,
+                code: ConnectReturnCode::from_u8(c).unwrap()
+            })),
+            publish,
+            pid().prop_map(Packet::PubAck),
+            pid().prop_map(Packet::PubRec),
+            pid().prop_map(Packet::PubRel),
+            pid().prop_map(Packet::PubComp),
+            (pid(), prop::collection::vec((topic_filter(), qos()), 1..5))
+                .prop_map(|(pid, filters)| Packet::Subscribe(Subscribe { pid, filters })),
+            (pid(), prop::collection::vec(code, 0..5))
+                .prop_map(|(pid, codes)| Packet::SubAck(SubAck { pid, codes })),
+            (pid(), prop::collection::vec(topic_filter(), 1..5))
+                .prop_map(|(pid, filters)| Packet::Unsubscribe(Unsubscribe { pid, filters })),
+            pid().prop_map(Packet::UnsubAck),
+            Just(Packet::PingReq),
+            Just(Packet::PingResp),
+            Just(Packet::Disconnect),
+        ]
+    }
+
+    proptest! {
+        /// Every packet encodes and decodes back to itself.
+        #[test]
+        fn encode_decode_roundtrip(p in packet()) {
+            let mut buf = BytesMut::new();
+            encode(&p, &mut buf);
+            let decoded = decode(&mut buf, usize::MAX).unwrap().unwrap();
+            prop_assert_eq!(decoded, p);
+            prop_assert!(buf.is_empty());
+        }
+
+        /// A stream of packets split at arbitrary points decodes to the same packets.
+        #[test]
+        fn split_stream_decodes(ps in prop::collection::vec(packet(), 1..8), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6)) {
+            let mut all = BytesMut::new();
+            for p in &ps { encode(p, &mut all); }
+            let all = all.freeze();
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(all.len() + 1)).collect();
+            points.push(all.len());
+            points.sort();
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            let mut start = 0;
+            for end in points {
+                buf.extend_from_slice(&all[start..end]);
+                start = end;
+                while let Some(p) = decode(&mut buf, usize::MAX).unwrap() { out.push(p); }
+            }
+            prop_assert_eq!(out, ps);
+        }
+
+        /// Arbitrary bytes never panic, and the decoder consumes only what it was given.
+        #[test]
+        fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut buf = BytesMut::from(&data[..]);
+            let before = buf.len();
+            loop {
+                match decode(&mut buf, 1024) {
+                    Ok(Some(_)) => prop_assert!(buf.len() < before),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            prop_assert!(buf.len() <= before);
+        }
+
+        /// Every strict prefix of a valid packet asks for more bytes instead of failing.
+        #[test]
+        fn truncated_packets_wait_for_more(p in packet()) {
+            let mut full = BytesMut::new();
+            encode(&p, &mut full);
+            for cut in 0..full.len() {
+                let mut buf = BytesMut::from(&full[..cut]);
+                prop_assert_eq!(decode(&mut buf, usize::MAX).unwrap(), None);
+                prop_assert_eq!(buf.len(), cut);
+            }
+        }
+    }
+}

@@ -391,7 +391,8 @@ mod tests {
                         s.drain(&mut out);
                     }
                     Op::AckOldest => {
-                        if let Some(f) = s.inflight().next().cloned() {
+                        let oldest = s.inflight().next().cloned();
+                        if let Some(f) = oldest {
                             let n: u32 = std::str::from_utf8(&f.message.payload).unwrap_or("0").parse().unwrap_or(u32::MAX);
                             match f.state {
                                 OutboundState::AwaitPubAck => { prop_assert!(s.puback(f.pid, &mut out)); completed.push(n); }

@@ -1,0 +1,17 @@
+//! Built-in authentication and authorization, compatible with Mosquitto's `password_file` and
+//! `acl_file` formats, plus the inline `security.users` / ACL rule types of the YAML config.
+//!
+//! Everything here is pure or nearly so (reading and atomically writing one file); the broker
+//! decides the order in which inline rules, the ACL file and the default policy are consulted.
+
+pub mod acl;
+pub mod password;
+
+pub use acl::{
+    filter_is_subset, filters_overlap, Access, AclDefault, AclError, AclFile, AclRule, Action,
+    Effect, InlineAcl, RuleScope,
+};
+pub use password::{
+    hash_password, hash_password_with_salt, set_user, AuthError, HashError, PasswordCheck,
+    PasswordFile, PasswordHash, UserConfig,
+};

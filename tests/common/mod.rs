@@ -1,0 +1,178 @@
+//! Helpers shared by the integration tests: start a broker on an ephemeral loopback port,
+//! and a raw MQTT client over a real TCP socket that sends exactly the bytes a test wants.
+#![allow(dead_code)]
+
+use bytes::BytesMut;
+use mqtt_broker::config::Config;
+use mqtt_broker::protocol::*;
+use mqtt_broker::{Broker, BrokerHandle};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a test waits for something that should happen promptly.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Starts a broker on 127.0.0.1 with a free port, after letting the test adjust the config.
+pub async fn start_broker(adjust: impl FnOnce(&mut Config)) -> BrokerHandle {
+    let mut config = Config::default();
+    config.listeners = vec![BrokerHandle::loopback_listener()];
+    adjust(&mut config);
+    Broker::start(config).await.expect("broker starts")
+}
+
+/// A CONNECT packet with the given id and clean-session flag, keep-alive 30 s.
+pub fn connect_packet(client_id: &str, clean_session: bool) -> Connect {
+    Connect {
+        protocol: ProtocolLevel::V311,
+        clean_session,
+        keep_alive: 30,
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+    }
+}
+
+/// A PUBLISH packet.
+pub fn publish(topic: &str, payload: &[u8], qos: QoS, pid: Option<u16>, retain: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: topic.into(),
+        pid,
+        payload: bytes::Bytes::copy_from_slice(payload),
+    })
+}
+
+/// A client that speaks MQTT byte by byte over a real socket.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawClient {
+    /// Opens a TCP connection.
+    pub async fn open(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        stream.set_nodelay(true).unwrap();
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Opens a connection, sends CONNECT and returns the CONNACK.
+    pub async fn connect_with(addr: SocketAddr, connect: Connect) -> (RawClient, ConnAck) {
+        let mut c = RawClient::open(addr).await;
+        c.send(&Packet::Connect(Box::new(connect))).await;
+        match c.recv().await {
+            Some(Packet::ConnAck(ack)) => (c, ack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Connects and asserts the connection was accepted.
+    pub async fn connect(addr: SocketAddr, client_id: &str, clean: bool) -> (RawClient, bool) {
+        let (c, ack) = RawClient::connect_with(addr, connect_packet(client_id, clean)).await;
+        assert_eq!(ack.code, ConnectReturnCode::Accepted);
+        (c, ack.session_present)
+    }
+
+    /// Sends one packet.
+    pub async fn send(&mut self, p: &Packet) {
+        let mut out = BytesMut::new();
+        encode(p, &mut out);
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    /// Sends raw bytes; errors (the broker may already have closed) are ignored.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// Receives the next packet, or `None` if the broker closed the connection.
+    /// Panics if nothing arrives within [`WAIT`].
+    pub async fn recv(&mut self) -> Option<Packet> {
+        self.recv_within(WAIT).await.expect("timed out waiting for a packet")
+    }
+
+    /// `Err` on timeout, `Ok(None)` on close.
+    pub async fn recv_within(&mut self, d: Duration) -> Result<Option<Packet>, ()> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            if let Some(p) = decode(&mut self.buf, usize::MAX).expect("broker sent a valid packet") {
+                return Ok(Some(p));
+            }
+            let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await;
+            match read {
+                Err(_) => return Err(()),
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Asserts that nothing arrives for `d`.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        if let Ok(p) = self.recv_within(d).await {
+            panic!("expected nothing, got {p:?}");
+        }
+    }
+
+    /// Asserts the broker closes the connection within [`WAIT`] (packets before it are skipped).
+    pub async fn expect_closed(&mut self) {
+        loop {
+            match self.recv_within(WAIT).await {
+                Ok(None) => return,
+                Ok(Some(_)) => continue,
+                Err(()) => panic!("connection was not closed"),
+            }
+        }
+    }
+
+    /// Subscribes and returns the SUBACK codes.
+    pub async fn subscribe(&mut self, pid: u16, filters: &[(&str, QoS)]) -> Vec<SubAckCode> {
+        self.send(&Packet::Subscribe(Subscribe {
+            pid,
+            filters: filters.iter().map(|(f, q)| (f.to_string(), *q)).collect(),
+        }))
+        .await;
+        match self.recv().await {
+            Some(Packet::SubAck(s)) => {
+                assert_eq!(s.pid, pid);
+                s.codes
+            }
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    /// Receives a PUBLISH, panicking on anything else.
+    pub async fn recv_publish(&mut self) -> Publish {
+        match self.recv().await {
+            Some(Packet::Publish(p)) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    /// Publishes at QoS 2 and completes the flow, asserting each acknowledgement.
+    pub async fn publish_qos2(&mut self, topic: &str, payload: &[u8], pid: u16) {
+        self.send(&publish(topic, payload, QoS::ExactlyOnce, Some(pid), false)).await;
+        assert_eq!(self.recv().await, Some(Packet::PubRec(pid)));
+        self.send(&Packet::PubRel(pid)).await;
+        assert_eq!(self.recv().await, Some(Packet::PubComp(pid)));
+    }
+
+    /// Receives a QoS 2 PUBLISH and completes the flow; returns it.
+    pub async fn receive_qos2(&mut self) -> Publish {
+        let p = self.recv_publish().await;
+        assert_eq!(p.qos, QoS::ExactlyOnce);
+        let pid = p.pid.expect("pid");
+        self.send(&Packet::PubRec(pid)).await;
+        assert_eq!(self.recv().await, Some(Packet::PubRel(pid)));
+        self.send(&Packet::PubComp(pid)).await;
+        p
+    }
+}
