@@ -6,8 +6,10 @@
 //! is the async shell that moves bytes between a socket and a session.
 
 pub mod broker;
+pub mod auth;
 pub mod config;
 pub(crate) mod connection;
+pub mod hooks;
 pub mod metrics;
 pub mod protocol;
 pub mod routing;
