@@ -3,6 +3,7 @@
 //! subscribers, and the public `Broker::start` / `BrokerHandle` API for embedding.
 
 use crate::config::{Config, ListenerConfig, TransportKind};
+use crate::hooks::{AclAction, AclRequest, ClientInfo, SecurityChain};
 use crate::metrics::{
     ByteStats, ConnectionStats, Counters, InflightStats, MessageStats, SessionStats, StatsSnapshot,
     SubscriptionStats,
@@ -31,6 +32,9 @@ pub enum BrokerError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// A password or ACL file could not be loaded.
+    #[error(transparent)]
+    Security(#[from] crate::auth::SecurityConfigError),
     /// A listener could not be bound.
     #[error("cannot bind listener {name} on {addr}: {source}")]
     Bind {
@@ -50,6 +54,20 @@ pub struct Runtime {
     pub config: Config,
     /// Increases with every successful (re)load.
     pub generation: u64,
+    /// Authentication, authorization and transform hooks in call order.
+    pub security: SecurityChain,
+}
+
+/// Builds the complete runtime state from a config: reads password and ACL files and loads
+/// plugins. Pure with respect to the running broker, so a failure changes nothing.
+pub(crate) fn build_runtime(config: Config, generation: u64) -> Result<Runtime, BrokerError> {
+    config.validate(std::path::Path::new("<config>"))?;
+    let security = crate::auth::build_security_chain(&config.security)?;
+    Ok(Runtime {
+        config,
+        generation,
+        security,
+    })
 }
 
 impl Runtime {
@@ -81,6 +99,8 @@ pub struct SessionEntry {
     pub(crate) state: Mutex<Session>,
     /// Wakes the attached connection when messages were queued.
     pub(crate) wake: Notify,
+    /// The client as last connected, for delivery-time ACL checks.
+    pub(crate) client: Mutex<Arc<ClientInfo>>,
     pub(crate) owner: Mutex<Option<Owner>>,
 }
 
@@ -99,6 +119,8 @@ pub(crate) struct Shared {
     pub retained: RwLock<RetainedStore>,
     pub counters: Counters,
     pub shutdown: CancellationToken,
+    /// Recent authentication failures per source address, for the back-off delay.
+    pub auth_failures: Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
     next_conn_id: AtomicU64,
     started_nanos: u128,
 }
@@ -110,12 +132,10 @@ pub(crate) struct Attached {
 }
 
 impl Shared {
-    fn new(config: Config) -> Shared {
+    fn new(runtime: Runtime) -> Shared {
         Shared {
-            runtime: ArcSwap::from_pointee(Runtime {
-                config,
-                generation: 1,
-            }),
+            runtime: ArcSwap::from_pointee(runtime),
+            auth_failures: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             subscriptions: RwLock::new(SubscriptionTrie::new()),
             retained: RwLock::new(RetainedStore::new()),
@@ -136,7 +156,10 @@ impl Shared {
 
     /// A client id for a client that sent an empty one [MQTT-3.1.3-6].
     pub fn assign_client_id(&self, conn_id: u64) -> String {
-        format!("auto-{:x}-{conn_id:x}", self.started_nanos & 0xffff_ffff_ffff)
+        format!(
+            "auto-{:x}-{conn_id:x}",
+            self.started_nanos & 0xffff_ffff_ffff
+        )
     }
 
     /// Attaches connection `conn_id` to the session of `client_id`, taking it over from any
@@ -145,13 +168,14 @@ impl Shared {
     /// will is published before the new connection is acknowledged.
     pub async fn attach(
         &self,
-        client_id: &str,
-        clean_session: bool,
+        client: &Arc<ClientInfo>,
         conn_id: u64,
         cancel: CancellationToken,
         done: watch::Receiver<bool>,
     ) -> Attached {
         let limits = self.runtime.load().session_limits();
+        let client_id: &str = &client.client_id;
+        let clean_session = client.clean_session;
         let (attached, previous) = {
             let mut sessions = self.sessions.lock();
             let existing = sessions.get(client_id).cloned();
@@ -173,11 +197,13 @@ impl Shared {
                     client_id: id.clone(),
                     state: Mutex::new(Session::new(id.clone(), clean_session, limits)),
                     wake: Notify::new(),
+                    client: Mutex::new(client.clone()),
                     owner: Mutex::new(None),
                 });
                 sessions.insert(id, entry.clone());
                 entry
             });
+            *entry.client.lock() = client.clone();
             *entry.owner.lock() = Some(Owner {
                 conn_id,
                 cancel,
@@ -241,7 +267,11 @@ impl Shared {
 
     /// Adds or replaces a subscription of `entry` to `filter`.
     pub fn subscribe(&self, entry: &Arc<SessionEntry>, filter: &str, qos: QoS) {
-        entry.state.lock().subscriptions.insert(filter.to_owned(), qos);
+        entry
+            .state
+            .lock()
+            .subscriptions
+            .insert(filter.to_owned(), qos);
         self.subscriptions.write().insert(
             filter,
             entry.client_id.clone(),
@@ -280,8 +310,9 @@ impl Shared {
     ///
     /// Stores or deletes the retained message first when RETAIN is set [MQTT-3.3.1-5].
     pub fn publish(&self, msg: Message) -> usize {
+        let runtime = self.runtime.load();
         if msg.retain {
-            let limit = self.runtime.load().config.persistence.retained_message_limit;
+            let limit = runtime.config.persistence.retained_message_limit;
             if self.retained.write().retain(&msg, limit) == RetainOutcome::LimitReached {
                 Counters::inc(&self.counters.retained_refused_limit);
                 warn!(topic = %msg.topic, limit, "retained message refused: retained_message_limit reached");
@@ -290,15 +321,38 @@ impl Shared {
         let mut targets: Vec<(Arc<SessionEntry>, QoS)> = Vec::new();
         self.subscriptions
             .read()
-            .for_each_match(&msg.topic, |_, sub| targets.push((sub.session.clone(), sub.qos)));
+            .for_each_match(&msg.topic, |_, sub| {
+                targets.push((sub.session.clone(), sub.qos))
+            });
         if targets.is_empty() {
             Counters::inc(&self.counters.dropped_no_subscribers);
             return 0;
         }
         // One delivery per client, at the highest QoS of its matching subscriptions [MQTT-3.3.5-1].
         if targets.len() > 1 {
-            targets.sort_by(|a, b| Arc::as_ptr(&a.0).cmp(&Arc::as_ptr(&b.0)).then(b.1.cmp(&a.1)));
+            targets.sort_by(|a, b| {
+                Arc::as_ptr(&a.0)
+                    .cmp(&Arc::as_ptr(&b.0))
+                    .then(b.1.cmp(&a.1))
+            });
             targets.dedup_by(|later, first| Arc::ptr_eq(&later.0, &first.0));
+        }
+        // A wildcard subscription never leaks a topic its client may not read.
+        if runtime.security.has_authorizers() {
+            targets.retain(|(entry, granted)| {
+                let client = entry.client.lock().clone();
+                let request = AclRequest {
+                    action: AclAction::Deliver,
+                    topic: &msg.topic,
+                    qos: msg.qos.min(*granted),
+                    retain: false,
+                };
+                let allowed = runtime.security.authorize(&client, &request);
+                if !allowed {
+                    Counters::inc(&self.counters.acl_denied_deliver);
+                }
+                allowed
+            });
         }
         let count = targets.len();
         for (entry, granted) in targets {
@@ -380,21 +434,28 @@ impl Shared {
 pub struct Broker;
 
 impl Broker {
+    /// Builds everything a config describes (files, plugins) without binding listeners:
+    /// what `--check-config` runs.
+    pub fn check(config: Config) -> Result<(), BrokerError> {
+        build_runtime(config, 0).map(|_| ())
+    }
+
     /// Validates `config`, binds every listener and starts serving.
     ///
     /// Returns once all listeners are bound, so that clients can connect immediately.
     pub async fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
-        config.validate(std::path::Path::new("<config>"))?;
         let listeners = config.effective_listeners();
-        let shared = Arc::new(Shared::new(config));
+        let shared = Arc::new(Shared::new(build_runtime(config, 1)?));
         let mut bound = Vec::new();
         let mut tasks = Vec::new();
         for l in &listeners {
-            let listener = transport::bind(l).await.map_err(|source| BrokerError::Bind {
-                name: l.display_name(),
-                addr: l.bind,
-                source,
-            })?;
+            let listener = transport::bind(l)
+                .await
+                .map_err(|source| BrokerError::Bind {
+                    name: l.display_name(),
+                    addr: l.bind,
+                    source,
+                })?;
             let addr = listener.local_addr().unwrap_or(l.bind);
             info!(listener = %l.display_name(), %addr, "listening");
             bound.push(BoundListener {
@@ -472,9 +533,9 @@ impl BrokerHandle {
 
     /// Applies a new configuration to the running broker (listeners excepted).
     pub fn apply_config(&self, config: Config) -> Result<u64, BrokerError> {
-        config.validate(std::path::Path::new("<config>"))?;
         let generation = self.shared.runtime.load().generation + 1;
-        self.shared.runtime.store(Arc::new(Runtime { config, generation }));
+        let runtime = build_runtime(config, generation)?;
+        self.shared.runtime.store(Arc::new(runtime));
         Ok(generation)
     }
 

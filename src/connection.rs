@@ -5,12 +5,13 @@
 //! the socket, the read and write buffers, the keep-alive timer and the connect timeout;
 //! protocol decisions live in the codec and the session.
 
-use crate::broker::{SessionEntry, Shared};
+use crate::broker::{Runtime, SessionEntry, Shared};
 use crate::config::TransportKind;
+use crate::hooks::{AclAction, AclRequest, ClientInfo, Credentials, DenyReason};
 use crate::metrics::Counters;
 use crate::protocol::codec::{self, encode};
 use crate::protocol::{
-    ConnAck, ConnectReturnCode, LastWill, Packet, ProtocolError, Publish, QoS, SubAck,
+    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, ProtocolError, Publish, QoS, SubAck,
     SubAckCode,
 };
 use crate::routing::Message;
@@ -128,6 +129,15 @@ where
         out: Vec::new(),
         max_packet_size: cfg.max_packet_size,
         client_id: Arc::from(""),
+        client: Arc::new(ClientInfo {
+            client_id: Arc::from(""),
+            username: None,
+            peer: info.peer,
+            transport: info.transport,
+            tls_identity: None,
+            protocol: crate::protocol::ProtocolLevel::V311,
+            clean_session: true,
+        }),
     };
 
     // [MQTT-3.1.0-1]: the first packet must be CONNECT, within connect_timeout.
@@ -155,19 +165,25 @@ where
         Ok(Ok(Packet::Connect(c))) => c,
         Ok(Ok(other)) => {
             Counters::inc(&shared.counters.protocol_errors);
-            warn!(packet = other.name(), "closing: first packet is not CONNECT [MQTT-3.1.0-1]");
+            warn!(
+                packet = other.name(),
+                "closing: first packet is not CONNECT [MQTT-3.1.0-1]"
+            );
             return;
         }
     };
 
-    let refuse = |code| Packet::ConnAck(ConnAck {
-        session_present: false,
-        code,
-    });
+    let refuse = |code| {
+        Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+        })
+    };
     if over_global_limit || info.over_listener_limit {
         Counters::inc(&shared.counters.connections_refused_limit);
         warn!(client_id = %connect.client_id, listener = %info.listener, "refusing connection: max_connections reached");
-        conn.send_and_close(refuse(ConnectReturnCode::ServerUnavailable)).await;
+        conn.send_and_close(refuse(ConnectReturnCode::ServerUnavailable))
+            .await;
         return;
     }
     let conn_id = shared.next_conn_id();
@@ -175,7 +191,8 @@ where
         if !connect.clean_session {
             // [MQTT-3.1.3-8]
             info!("refusing connection: empty client id without clean session");
-            conn.send_and_close(refuse(ConnectReturnCode::IdentifierRejected)).await;
+            conn.send_and_close(refuse(ConnectReturnCode::IdentifierRejected))
+                .await;
             return;
         }
         // [MQTT-3.1.3-6]
@@ -185,11 +202,25 @@ where
     };
     tracing::Span::current().record("client_id", client_id.as_str());
     conn.client_id = Arc::from(client_id.as_str());
+    let client = Arc::new(ClientInfo {
+        client_id: conn.client_id.clone(),
+        username: connect.username.clone(),
+        peer: info.peer,
+        transport: info.transport,
+        tls_identity: None,
+        protocol: connect.protocol,
+        clean_session: connect.clean_session,
+    });
+    if let Err(code) = authenticate(&shared, &runtime, &client, &connect).await {
+        conn.send_and_close(refuse(code)).await;
+        return;
+    }
+    conn.client = client.clone();
 
     let cancel = shared.shutdown.child_token();
     let (done_tx, done_rx) = watch::channel(false);
     let attached = shared
-        .attach(&client_id, connect.clean_session, conn_id, cancel.clone(), done_rx)
+        .attach(&client, conn_id, cancel.clone(), done_rx)
         .await;
     let entry = attached.entry;
     // [MQTT-3.2.2-1], [MQTT-3.2.2-2]: session present only when a stored session resumed.
@@ -221,27 +252,105 @@ where
         Close::PeerClosed => info!("connection closed by client without DISCONNECT"),
         Close::KeepAlive => {
             Counters::inc(&shared.counters.keep_alive_timeouts);
-            warn!(keep_alive = connect.keep_alive, "closing: keep-alive expired");
+            warn!(
+                keep_alive = connect.keep_alive,
+                "closing: keep-alive expired"
+            );
         }
         Close::Protocol(r) => {
             Counters::inc(&shared.counters.protocol_errors);
             warn!(reason = %r, "closing: protocol error");
         }
-        Close::Cancelled if shared.shutdown.is_cancelled() => info!("closing: broker shutting down"),
+        Close::Cancelled if shared.shutdown.is_cancelled() => {
+            info!("closing: broker shutting down")
+        }
         Close::Cancelled => info!("closing: session taken over or connection closed by operator"),
         Close::Io(e) => info!(error = %e, "connection error"),
     }
     if reason.publishes_will() {
         if let Some(will) = &connect.will {
-            publish_will(&shared, will);
+            publish_will(&shared, &client, will);
         }
     }
     shared.detach(&entry, conn_id);
     let _ = done_tx.send(true);
 }
 
+/// Runs the authentication chain off the async workers (password hashing and plugins are
+/// deliberately slow), and delays refusals per source address to slow password guessing.
+async fn authenticate(
+    shared: &Arc<Shared>,
+    runtime: &Arc<Runtime>,
+    client: &Arc<ClientInfo>,
+    connect: &Connect,
+) -> Result<(), ConnectReturnCode> {
+    let (rt, c, username, password) = (
+        runtime.clone(),
+        client.clone(),
+        connect.username.clone(),
+        connect.password.clone(),
+    );
+    let result = tokio::task::spawn_blocking(move || {
+        let credentials = Credentials {
+            username: username.as_deref(),
+            password: password.as_deref(),
+        };
+        rt.security.authenticate(&c, &credentials)
+    })
+    .await
+    .unwrap_or_else(|_| Err((DenyReason::NotAuthorized, "authentication panicked".into())));
+    let ip = client.peer.ip();
+    match result {
+        Ok(()) => {
+            Counters::inc(&shared.counters.auth_success);
+            shared.auth_failures.lock().remove(&ip);
+            Ok(())
+        }
+        Err((reason, why)) => {
+            Counters::inc(&shared.counters.auth_failure);
+            let delay = {
+                let cfg = &runtime.config.security;
+                let mut failures = shared.auth_failures.lock();
+                if failures.len() > 100_000 {
+                    failures.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(600));
+                }
+                let entry = failures.entry(ip).or_insert((0, std::time::Instant::now()));
+                if entry.1.elapsed() > Duration::from_secs(600) {
+                    entry.0 = 0;
+                }
+                entry.0 = entry.0.saturating_add(1);
+                entry.1 = std::time::Instant::now();
+                let factor = 1u32 << (entry.0 - 1).min(16);
+                (cfg.auth_failure_delay.get() * factor).min(cfg.auth_failure_max_delay.get())
+            };
+            // The password itself is never logged.
+            warn!(
+                username = client.username.as_deref().unwrap_or(""),
+                reason = %why,
+                code = reason.return_code() as u8,
+                delay_ms = delay.as_millis() as u64,
+                "authentication failed"
+            );
+            tokio::time::sleep(delay).await;
+            Err(reason.return_code())
+        }
+    }
+}
+
 /// Publishes a will message like any other PUBLISH [MQTT-3.1.2-8].
-fn publish_will(shared: &Shared, will: &LastWill) {
+fn publish_will(shared: &Shared, client: &ClientInfo, will: &LastWill) {
+    let runtime = shared.runtime.load();
+    let request = AclRequest {
+        action: AclAction::Publish,
+        topic: &will.topic,
+        qos: will.qos,
+        retain: will.retain,
+    };
+    if !runtime.security.authorize(client, &request) {
+        Counters::inc(&shared.counters.acl_denied_publish);
+        warn!(topic = %will.topic, "will message denied by ACL; not published");
+        return;
+    }
     Counters::inc(&shared.counters.wills_published);
     info!(topic = %will.topic, "publishing will message");
     shared.publish(Message {
@@ -262,6 +371,7 @@ struct Conn<S> {
     out: Vec<Packet>,
     max_packet_size: usize,
     client_id: Arc<str>,
+    client: Arc<ClientInfo>,
 }
 
 impl<S: AsyncRead + AsyncWrite> Conn<S> {
@@ -334,7 +444,10 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             self.wr.write_all(&wbuf).await?;
             self.wr.shutdown().await
         };
-        if tokio::time::timeout(Duration::from_secs(1), write).await.is_ok() {
+        if tokio::time::timeout(Duration::from_secs(1), write)
+            .await
+            .is_ok()
+        {
             Counters::add(&self.shared.counters.bytes_out, wbuf.len() as u64);
         }
     }
@@ -408,9 +521,23 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             }
             Packet::PubRel(pid) => entry.state.lock().pubrel(pid, &mut self.out),
             Packet::Subscribe(s) => {
+                let runtime = self.shared.runtime.load();
                 let mut codes = Vec::with_capacity(s.filters.len());
                 let mut granted = Vec::with_capacity(s.filters.len());
                 for (filter, requested) in &s.filters {
+                    let request = AclRequest {
+                        action: AclAction::Subscribe,
+                        topic: filter,
+                        qos: *requested,
+                        retain: false,
+                    };
+                    if !runtime.security.authorize(&self.client, &request) {
+                        // A refused filter gets 0x80; the others are still granted [MQTT-3.9.3-1].
+                        Counters::inc(&self.shared.counters.acl_denied_subscribe);
+                        warn!(%filter, "subscription denied by ACL");
+                        codes.push(SubAckCode::Failure);
+                        continue;
+                    }
                     // The broker supports every QoS, so the grant is what was asked [MQTT-3.9.3-2].
                     self.shared.subscribe(entry, filter, *requested);
                     codes.push(SubAckCode::Granted(*requested));
@@ -434,7 +561,9 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             Packet::PingReq => self.out.push(Packet::PingResp),
             Packet::Disconnect => return Err(Close::Disconnect),
             // [MQTT-3.1.0-2]
-            Packet::Connect(_) => return Err(Close::Protocol("second CONNECT [MQTT-3.1.0-2]".into())),
+            Packet::Connect(_) => {
+                return Err(Close::Protocol("second CONNECT [MQTT-3.1.0-2]".into()))
+            }
             other @ (Packet::ConnAck(_)
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
@@ -451,11 +580,9 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     fn handle_publish(&mut self, entry: &Arc<SessionEntry>, p: Publish) {
         Counters::inc(&self.shared.counters.messages_in);
         match (p.qos, p.pid) {
-            (QoS::AtMostOnce, _) => {
-                self.shared.publish(Message::from_publish(p));
-            }
+            (QoS::AtMostOnce, _) => self.route(p),
             (QoS::AtLeastOnce, Some(pid)) => {
-                self.shared.publish(Message::from_publish(p));
+                self.route(p);
                 // [MQTT-4.3.2-2]: PUBACK after taking ownership of the message.
                 self.out.push(Packet::PubAck(pid));
             }
@@ -463,12 +590,39 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 // Method B of 4.3.3: keep the packet id until PUBREL, route only the first copy.
                 let first = entry.state.lock().inbound_qos2(pid, &mut self.out);
                 if first == InboundQos2::New {
-                    self.shared.publish(Message::from_publish(p));
+                    self.route(p);
                 }
             }
             // The codec guarantees a packet id for QoS > 0.
             (_, None) => {}
         }
     }
-}
 
+    /// Checks the ACL, runs transforms and routes the result. A refused PUBLISH is still
+    /// acknowledged by the caller (3.1.1 has no negative acknowledgement) but goes nowhere.
+    fn route(&mut self, p: Publish) {
+        let runtime = self.shared.runtime.load();
+        let request = AclRequest {
+            action: AclAction::Publish,
+            topic: &p.topic,
+            qos: p.qos,
+            retain: p.retain,
+        };
+        if !runtime.security.authorize(&self.client, &request) {
+            Counters::inc(&self.shared.counters.acl_denied_publish);
+            warn!(topic = %p.topic, "publish denied by ACL; acknowledged and dropped");
+            return;
+        }
+        for message in runtime
+            .security
+            .transform(&self.client, Message::from_publish(p))
+        {
+            // A transform may produce anything; only valid topic names are routed.
+            if let Err(e) = crate::protocol::topic::validate_topic_name(&message.topic) {
+                warn!(topic = %message.topic, error = %e, "transform produced an invalid topic; dropped");
+                continue;
+            }
+            self.shared.publish(message);
+        }
+    }
+}

@@ -5,8 +5,8 @@
 //! messages), [`config`], [`metrics`], and [`broker`] which wires them; [`connection`]
 //! is the async shell that moves bytes between a socket and a session.
 
-pub mod broker;
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub(crate) mod connection;
 pub mod hooks;

@@ -9,6 +9,8 @@ use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 /// MQTT 3.1.1 broker with sandboxed WebAssembly plugins and live reload.
+///
+/// Without arguments it runs on built-in defaults (TCP on 0.0.0.0:1883).
 #[derive(Parser, Debug)]
 #[command(name = "mqtt-broker", version, about)]
 struct Cli {
@@ -25,14 +27,25 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Add or update USER in a Mosquitto-format password FILE (created if missing).
+    /// The password is read from the terminal without echo, or from one line of stdin.
+    Passwd {
+        /// Password file.
+        file: PathBuf,
+        /// User name.
+        user: String,
+    },
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(path) = &cli.check_config {
         return check_config(path);
     }
-    let _ = &cli.command;
+    if let Some(Command::Passwd { file, user }) = &cli.command {
+        return passwd(file, user);
+    }
     let config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
@@ -59,8 +72,51 @@ fn main() -> ExitCode {
     runtime.block_on(run(config, cli.config))
 }
 
+fn passwd(file: &Path, user: &str) -> ExitCode {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ");
+        let second = rpassword::prompt_password("Reenter password: ");
+        match (first, second) {
+            (Ok(a), Ok(b)) if a == b => a,
+            (Ok(_), Ok(_)) => {
+                eprintln!("error: passwords do not match");
+                return ExitCode::FAILURE;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("error: cannot read password: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut line) {
+            eprintln!("error: cannot read password from stdin: {e}");
+            return ExitCode::FAILURE;
+        }
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
+    if password.is_empty() {
+        eprintln!("error: empty password");
+        return ExitCode::FAILURE;
+    }
+    match mqtt_broker::auth::set_user(file, user, password.as_bytes()) {
+        Ok(()) => {
+            eprintln!("{}: password for {user} set", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn check_config(path: &Path) -> ExitCode {
-    match Config::load(path) {
+    match Config::load(path).map_err(|e| e.to_string()).and_then(|c| {
+        Broker::check(c.clone()).map_err(|e| e.to_string())?;
+        Ok(c)
+    }) {
         Ok(c) => {
             print!("{}", c.to_yaml());
             eprintln!("{}: configuration is valid", path.display());
@@ -75,8 +131,8 @@ fn check_config(path: &Path) -> ExitCode {
 
 fn init_logging(config: &Config) {
     // RUST_LOG wins over the config file, as operators expect.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

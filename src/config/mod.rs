@@ -9,6 +9,7 @@ mod duration;
 
 pub use duration::{parse_duration, ConfigDuration};
 
+use crate::auth::{AclDefault, AclRule, UserConfig};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -158,6 +159,26 @@ pub struct SecurityConfig {
     pub require_auth: bool,
     /// Clients without a user name may connect (ignored when `require_auth` is true).
     pub allow_anonymous: bool,
+    /// A Mosquitto `mosquitto_passwd` file (`$7$` PBKDF2-SHA512 or `$6$` SHA-512 hashes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Inline users with password hashes (never plaintext).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserConfig>,
+    /// A Mosquitto ACL file (`user`, `topic`, `pattern` with `%c` / `%u`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl_file: Option<PathBuf>,
+    /// Inline ACL rules, first match wins, evaluated before the ACL file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub acl: Vec<AclRule>,
+    /// What happens when no rule decides: `deny` by default once any ACL exists, else `allow`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl_default: Option<AclDefault>,
+    /// Per source address, each failed authentication doubles the delay before the refusing
+    /// CONNACK, starting here (0 = no delay).
+    pub auth_failure_delay: ConfigDuration,
+    /// Upper bound of that delay.
+    pub auth_failure_max_delay: ConfigDuration,
 }
 
 impl Default for SecurityConfig {
@@ -165,6 +186,13 @@ impl Default for SecurityConfig {
         SecurityConfig {
             require_auth: false,
             allow_anonymous: true,
+            password_file: None,
+            users: Vec::new(),
+            acl_file: None,
+            acl: Vec::new(),
+            acl_default: None,
+            auth_failure_delay: ConfigDuration::millis(100),
+            auth_failure_max_delay: ConfigDuration::secs(10),
         }
     }
 }
@@ -267,7 +295,23 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        if let Some(dir) = path.parent() {
+            config.resolve_paths(dir);
+        }
+        Ok(config)
+    }
+
+    /// Makes relative file paths relative to `base` (the config file's directory), so a config
+    /// works whatever directory the broker is started from.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        self.security.password_file.as_mut().map(resolve);
+        self.security.acl_file.as_mut().map(resolve);
     }
 
     /// Parses and validates YAML text; `path` only labels errors.
@@ -310,13 +354,21 @@ impl Config {
             return invalid("server.max_packet_size", "must be at least 64 bytes");
         }
         if self.server.max_packet_size > crate::protocol::codec::MAX_REMAINING_LENGTH + 5 {
-            return invalid("server.max_packet_size", "must be at most 268435460 bytes (the protocol maximum)");
+            return invalid(
+                "server.max_packet_size",
+                "must be at most 268435460 bytes (the protocol maximum)",
+            );
         }
         if self.performance.message_queue_limit == 0 {
             return invalid("performance.message_queue_limit", "must be at least 1");
         }
-        if self.performance.inflight_window_size == 0 || self.performance.inflight_window_size > 65_535 {
-            return invalid("performance.inflight_window_size", "must be between 1 and 65535");
+        if self.performance.inflight_window_size == 0
+            || self.performance.inflight_window_size > 65_535
+        {
+            return invalid(
+                "performance.inflight_window_size",
+                "must be between 1 and 65535",
+            );
         }
         if self.persistence.retained_message_limit == 0 {
             return invalid("persistence.retained_message_limit", "must be at least 1");
@@ -324,11 +376,28 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             if l.max_connections == Some(0) {
-                return invalid(&format!("listeners[{i}].max_connections"), "must be at least 1");
+                return invalid(
+                    &format!("listeners[{i}].max_connections"),
+                    "must be at least 1",
+                );
             }
             if l.bind.port() != 0 && !seen.insert(l.bind) {
-                return invalid(&format!("listeners[{i}].bind"), "the same address is bound twice");
+                return invalid(
+                    &format!("listeners[{i}].bind"),
+                    "the same address is bound twice",
+                );
             }
+        }
+        for (i, u) in self.security.users.iter().enumerate() {
+            if let Err(e) = u.validate() {
+                return invalid(&format!("security.users[{i}]"), &e.to_string());
+            }
+        }
+        if self.security.auth_failure_max_delay < self.security.auth_failure_delay {
+            return invalid(
+                "security.auth_failure_max_delay",
+                "must not be smaller than auth_failure_delay",
+            );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid("log.level", &e.to_string());
@@ -353,7 +422,8 @@ impl Config {
     pub fn to_yaml(&self) -> String {
         let mut effective = self.clone();
         effective.listeners = self.effective_listeners();
-        serde_yaml_ng::to_string(&effective).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+        serde_yaml_ng::to_string(&effective)
+            .unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 }
 
@@ -373,7 +443,9 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let err = parse("server:\n  port: 1883\n  prot: 1\n").unwrap_err().to_string();
+        let err = parse("server:\n  port: 1883\n  prot: 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("prot"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
@@ -388,13 +460,16 @@ mod tests {
     fn out_of_range_names_key() {
         let err = parse("server:\n  port: 0\n").unwrap_err().to_string();
         assert!(err.contains("server.port"), "{err}");
-        let err = parse("performance:\n  message_queue_limit: 0\n").unwrap_err().to_string();
+        let err = parse("performance:\n  message_queue_limit: 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("performance.message_queue_limit"), "{err}");
     }
 
     #[test]
     fn seed_camel_case_aliases() {
-        let c = parse("server:\n  maxConnections: 5\nperformance:\n  inflightWindowSize: 7\n").unwrap();
+        let c =
+            parse("server:\n  maxConnections: 5\nperformance:\n  inflightWindowSize: 7\n").unwrap();
         assert_eq!(c.server.max_connections, 5);
         assert_eq!(c.performance.inflight_window_size, 7);
     }

@@ -36,6 +36,16 @@ pub struct Counters {
     pub dropped_no_subscribers: AtomicU64,
     /// New retained topics refused because `retained_message_limit` was reached.
     pub retained_refused_limit: AtomicU64,
+    /// Successful authentications.
+    pub auth_success: AtomicU64,
+    /// Failed authentications.
+    pub auth_failure: AtomicU64,
+    /// PUBLISH packets refused by the ACL (acknowledged and dropped).
+    pub acl_denied_publish: AtomicU64,
+    /// SUBSCRIBE filters refused by the ACL (SUBACK 0x80).
+    pub acl_denied_subscribe: AtomicU64,
+    /// Deliveries withheld because the subscriber may not read the topic.
+    pub acl_denied_deliver: AtomicU64,
     /// Will messages published.
     pub wills_published: AtomicU64,
 }

@@ -209,7 +209,9 @@ impl Session {
     pub fn has_sendable(&self) -> bool {
         match self.queue.front() {
             None => false,
-            Some(m) => m.qos == QoS::AtMostOnce || self.inflight.len() < self.limits.inflight_window,
+            Some(m) => {
+                m.qos == QoS::AtMostOnce || self.inflight.len() < self.limits.inflight_window
+            }
         }
     }
 
@@ -335,7 +337,10 @@ mod tests {
     #[test]
     fn qos0_not_queued_offline_by_default() {
         let mut s = Session::new("c".into(), false, SessionLimits::default());
-        assert_eq!(s.enqueue(msg(1, QoS::AtMostOnce)), Err(DropReason::Qos0Offline));
+        assert_eq!(
+            s.enqueue(msg(1, QoS::AtMostOnce)),
+            Err(DropReason::Qos0Offline)
+        );
         assert!(s.enqueue(msg(1, QoS::AtLeastOnce)).is_ok());
     }
 

@@ -16,8 +16,10 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 /// Starts a broker on 127.0.0.1 with a free port, after letting the test adjust the config.
 pub async fn start_broker(adjust: impl FnOnce(&mut Config)) -> BrokerHandle {
-    let mut config = Config::default();
-    config.listeners = vec![BrokerHandle::loopback_listener()];
+    let mut config = Config {
+        listeners: vec![BrokerHandle::loopback_listener()],
+        ..Default::default()
+    };
     adjust(&mut config);
     Broker::start(config).await.expect("broker starts")
 }
@@ -96,14 +98,17 @@ impl RawClient {
     /// Receives the next packet, or `None` if the broker closed the connection.
     /// Panics if nothing arrives within [`WAIT`].
     pub async fn recv(&mut self) -> Option<Packet> {
-        self.recv_within(WAIT).await.expect("timed out waiting for a packet")
+        self.recv_within(WAIT)
+            .await
+            .expect("timed out waiting for a packet")
     }
 
     /// `Err` on timeout, `Ok(None)` on close.
     pub async fn recv_within(&mut self, d: Duration) -> Result<Option<Packet>, ()> {
         let deadline = tokio::time::Instant::now() + d;
         loop {
-            if let Some(p) = decode(&mut self.buf, usize::MAX).expect("broker sent a valid packet") {
+            if let Some(p) = decode(&mut self.buf, usize::MAX).expect("broker sent a valid packet")
+            {
                 return Ok(Some(p));
             }
             let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await;
@@ -159,7 +164,8 @@ impl RawClient {
 
     /// Publishes at QoS 2 and completes the flow, asserting each acknowledgement.
     pub async fn publish_qos2(&mut self, topic: &str, payload: &[u8], pid: u16) {
-        self.send(&publish(topic, payload, QoS::ExactlyOnce, Some(pid), false)).await;
+        self.send(&publish(topic, payload, QoS::ExactlyOnce, Some(pid), false))
+            .await;
         assert_eq!(self.recv().await, Some(Packet::PubRec(pid)));
         self.send(&Packet::PubRel(pid)).await;
         assert_eq!(self.recv().await, Some(Packet::PubComp(pid)));
