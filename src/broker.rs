@@ -32,6 +32,9 @@ pub enum BrokerError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// A certificate or key file could not be loaded.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
     /// A password or ACL file could not be loaded.
     #[error(transparent)]
     Security(#[from] crate::auth::SecurityConfigError),
@@ -56,6 +59,8 @@ pub struct Runtime {
     pub generation: u64,
     /// Authentication, authorization and transform hooks in call order.
     pub security: SecurityChain,
+    /// TLS server configs of the TLS and WSS listeners, by listener name.
+    pub tls: HashMap<String, Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 /// Builds the complete runtime state from a config: reads password and ACL files and loads
@@ -63,10 +68,12 @@ pub struct Runtime {
 pub(crate) fn build_runtime(config: Config, generation: u64) -> Result<Runtime, BrokerError> {
     config.validate(std::path::Path::new("<config>"))?;
     let security = crate::auth::build_security_chain(&config.security)?;
+    let tls = transport::tls_configs(&config.effective_listeners())?;
     Ok(Runtime {
         config,
         generation,
         security,
+        tls,
     })
 }
 
@@ -406,6 +413,9 @@ impl Shared {
             connections: ConnectionStats {
                 total: Counters::get(&c.connections),
                 tcp: Counters::get(&c.connections_tcp),
+                tls: Counters::get(&c.connections_tls),
+                websocket: Counters::get(&c.connections_ws),
+                wss: Counters::get(&c.connections_wss),
             },
             sessions: SessionStats {
                 total: sessions.len() as u64,

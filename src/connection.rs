@@ -41,6 +41,12 @@ pub(crate) struct ConnectionInfo {
     pub listener: Arc<str>,
     pub listener_conns: Arc<AtomicUsize>,
     pub over_listener_limit: bool,
+    /// CONNECT (and any TLS/WebSocket handshake before it) must complete by then.
+    pub deadline: Instant,
+    /// Subject CN of a verified TLS client certificate.
+    pub tls_identity: Option<String>,
+    /// Whether that CN replaces the user name and counts as authentication.
+    pub use_identity_as_username: bool,
 }
 
 /// Why a connection ended.
@@ -98,6 +104,9 @@ impl Drop for ConnGuard {
 fn transport_counter(shared: &Shared, t: TransportKind) -> &std::sync::atomic::AtomicU64 {
     match t {
         TransportKind::Tcp => &shared.counters.connections_tcp,
+        TransportKind::Tls => &shared.counters.connections_tls,
+        TransportKind::Ws => &shared.counters.connections_ws,
+        TransportKind::Wss => &shared.counters.connections_wss,
     }
 }
 
@@ -141,7 +150,7 @@ where
     };
 
     // [MQTT-3.1.0-1]: the first packet must be CONNECT, within connect_timeout.
-    let first = tokio::time::timeout(cfg.connect_timeout.get(), conn.read_packet()).await;
+    let first = tokio::time::timeout_at(info.deadline, conn.read_packet()).await;
     let connect = match first {
         Err(_) => {
             info!(timeout = %cfg.connect_timeout, "closing: no CONNECT within connect_timeout");
@@ -202,16 +211,23 @@ where
     };
     tracing::Span::current().record("client_id", client_id.as_str());
     conn.client_id = Arc::from(client_id.as_str());
+    let identity_as_username = info.use_identity_as_username && info.tls_identity.is_some();
     let client = Arc::new(ClientInfo {
         client_id: conn.client_id.clone(),
-        username: connect.username.clone(),
+        username: if identity_as_username {
+            info.tls_identity.clone()
+        } else {
+            connect.username.clone()
+        },
         peer: info.peer,
         transport: info.transport,
-        tls_identity: None,
+        tls_identity: info.tls_identity.clone(),
         protocol: connect.protocol,
         clean_session: connect.clean_session,
     });
-    if let Err(code) = authenticate(&shared, &runtime, &client, &connect).await {
+    if let Err(code) =
+        authenticate(&shared, &runtime, &client, &connect, identity_as_username).await
+    {
         conn.send_and_close(refuse(code)).await;
         return;
     }
@@ -283,17 +299,14 @@ async fn authenticate(
     runtime: &Arc<Runtime>,
     client: &Arc<ClientInfo>,
     connect: &Connect,
+    certificate_verified: bool,
 ) -> Result<(), ConnectReturnCode> {
-    let (rt, c, username, password) = (
-        runtime.clone(),
-        client.clone(),
-        connect.username.clone(),
-        connect.password.clone(),
-    );
+    let (rt, c, password) = (runtime.clone(), client.clone(), connect.password.clone());
     let result = tokio::task::spawn_blocking(move || {
         let credentials = Credentials {
-            username: username.as_deref(),
+            username: c.username.as_deref(),
             password: password.as_deref(),
+            certificate_verified,
         };
         rt.security.authenticate(&c, &credentials)
     })
@@ -334,6 +347,18 @@ async fn authenticate(
             tokio::time::sleep(delay).await;
             Err(reason.return_code())
         }
+    }
+}
+
+/// Writes pending bytes (`Some(n)`), or flushes when nothing is pending (`None`).
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    wbuf: &BytesMut,
+) -> std::io::Result<Option<usize>> {
+    if wbuf.is_empty() {
+        wr.flush().await.map(|()| None)
+    } else {
+        wr.write(wbuf).await.map(Some)
     }
 }
 
@@ -461,6 +486,8 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     ) -> Close {
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut deadline = idle_limit.map_or(far_future, |d| Instant::now() + d);
+        // TLS and WebSocket streams buffer internally: flush once the write buffer is drained.
+        let mut needs_flush = false;
         loop {
             self.encode_out();
             if self.rbuf.capacity() - self.rbuf.len() < 512 && self.wbuf.len() < WRITE_HARD_LIMIT {
@@ -469,12 +496,14 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Close::Cancelled,
-                r = self.wr.write(&self.wbuf), if !self.wbuf.is_empty() => match r {
-                    Ok(0) => return Close::PeerClosed,
-                    Ok(n) => {
+                r = write_or_flush(&mut self.wr, &self.wbuf), if !self.wbuf.is_empty() || needs_flush => match r {
+                    Ok(Some(0)) => return Close::PeerClosed,
+                    Ok(Some(n)) => {
                         let _ = self.wbuf.split_to(n);
+                        needs_flush = true;
                         Counters::add(&self.shared.counters.bytes_out, n as u64);
                     }
+                    Ok(None) => needs_flush = false,
                     Err(e) => return Close::Io(e),
                 },
                 r = self.rd.read_buf(&mut self.rbuf), if self.wbuf.len() < WRITE_HARD_LIMIT => match r {

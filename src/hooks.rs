@@ -39,6 +39,9 @@ pub struct Credentials<'a> {
     pub username: Option<&'a str>,
     /// Password bytes (never logged).
     pub password: Option<&'a [u8]>,
+    /// The user name is the subject of a client certificate the TLS layer verified
+    /// (`use_identity_as_username`), which counts as authentication.
+    pub certificate_verified: bool,
 }
 
 /// Why an authenticator refused a client; maps to a CONNACK return code.
@@ -218,7 +221,9 @@ impl SecurityChain {
         client: &ClientInfo,
         credentials: &Credentials<'_>,
     ) -> Result<(), (DenyReason, String)> {
-        let mut allowed_by = None;
+        let mut allowed_by = credentials
+            .certificate_verified
+            .then_some("tls-client-certificate");
         for a in &self.authenticators {
             match a.authenticate(client, credentials) {
                 AuthOutcome::Deny(reason, why) => {

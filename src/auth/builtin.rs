@@ -39,6 +39,10 @@ impl Authenticator for PasswordAuthenticator {
         let Some(username) = credentials.username else {
             return AuthOutcome::Abstain;
         };
+        if credentials.certificate_verified && credentials.password.is_none() {
+            // The certificate already authenticated this user (Mosquitto's use_identity_as_username).
+            return AuthOutcome::Abstain;
+        }
         let password = credentials.password.unwrap_or(&[]);
         for source in &self.sources {
             match source.verify(username, password) {

@@ -103,6 +103,12 @@ pub enum TransportKind {
     /// Plain TCP.
     #[default]
     Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
 }
 
 impl TransportKind {
@@ -110,8 +116,29 @@ impl TransportKind {
     pub fn as_str(self) -> &'static str {
         match self {
             TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
+            TransportKind::Ws => "ws",
+            TransportKind::Wss => "wss",
         }
     }
+
+    /// Whether the listener terminates TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, TransportKind::Tls | TransportKind::Wss)
+    }
+
+    /// Whether the listener speaks WebSocket.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, TransportKind::Ws | TransportKind::Wss)
+    }
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".into()
+}
+
+fn is_default_ws_path(p: &String) -> bool {
+    p == "/mqtt"
 }
 
 /// One entry of `listeners:`.
@@ -129,6 +156,28 @@ pub struct ListenerConfig {
     /// Connections this listener accepts at once (in addition to the global cap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// HTTP path of the WebSocket endpoint (`ws`, `wss`); other paths get 404.
+    #[serde(
+        default = "default_ws_path",
+        skip_serializing_if = "is_default_ws_path"
+    )]
+    pub path: String,
+    /// PEM certificate chain (`tls`, `wss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key: PKCS#8, RSA or EC (`tls`, `wss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundle used to verify client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by `client_ca_file`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_client_cert: bool,
+    /// Use the client certificate's subject CN as the user name (as Mosquitto does); the
+    /// verified certificate then counts as authentication.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_identity_as_username: bool,
 }
 
 impl ListenerConfig {
@@ -139,6 +188,20 @@ impl ListenerConfig {
             bind,
             protocol: TransportKind::Tcp,
             max_connections: None,
+            path: default_ws_path(),
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            require_client_cert: false,
+            use_identity_as_username: false,
+        }
+    }
+
+    /// A listener of another protocol on `bind`, without TLS files.
+    pub fn new(protocol: TransportKind, bind: SocketAddr) -> Self {
+        ListenerConfig {
+            protocol,
+            ..ListenerConfig::tcp(bind)
         }
     }
 
@@ -174,6 +237,15 @@ pub struct SecurityConfig {
     /// What happens when no rule decides: `deny` by default once any ACL exists, else `allow`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acl_default: Option<AclDefault>,
+    /// Seed shorthand: make the default listener (`server.host:server.port`) TLS.
+    #[serde(alias = "enableTLS", skip_serializing_if = "std::ops::Not::not")]
+    pub enable_tls: bool,
+    /// Seed shorthand: certificate chain of the default TLS listener.
+    #[serde(alias = "certFile", skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Seed shorthand: private key of the default TLS listener.
+    #[serde(alias = "keyFile", skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
     /// Per source address, each failed authentication doubles the delay before the refusing
     /// CONNACK, starting here (0 = no delay).
     pub auth_failure_delay: ConfigDuration,
@@ -191,6 +263,9 @@ impl Default for SecurityConfig {
             acl_file: None,
             acl: Vec::new(),
             acl_default: None,
+            enable_tls: false,
+            cert_file: None,
+            key_file: None,
             auth_failure_delay: ConfigDuration::millis(100),
             auth_failure_max_delay: ConfigDuration::secs(10),
         }
@@ -310,8 +385,25 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        self.security.password_file.as_mut().map(resolve);
-        self.security.acl_file.as_mut().map(resolve);
+        for p in [
+            &mut self.security.password_file,
+            &mut self.security.acl_file,
+            &mut self.security.cert_file,
+            &mut self.security.key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(p);
+        }
+        for l in &mut self.listeners {
+            for p in [&mut l.cert_file, &mut l.key_file, &mut l.client_ca_file]
+                .into_iter()
+                .flatten()
+            {
+                resolve(p);
+            }
+        }
     }
 
     /// Parses and validates YAML text; `path` only labels errors.
@@ -415,7 +507,15 @@ impl Config {
             .host
             .parse()
             .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-        vec![ListenerConfig::tcp(SocketAddr::new(ip, self.server.port))]
+        let bind = SocketAddr::new(ip, self.server.port);
+        if self.security.enable_tls {
+            return vec![ListenerConfig {
+                cert_file: self.security.cert_file.clone(),
+                key_file: self.security.key_file.clone(),
+                ..ListenerConfig::new(TransportKind::Tls, bind)
+            }];
+        }
+        vec![ListenerConfig::tcp(bind)]
     }
 
     /// The effective config as YAML (what `--check-config` prints).

@@ -12,6 +12,12 @@ pub struct Counters {
     pub connections: AtomicU64,
     /// Open TCP connections.
     pub connections_tcp: AtomicU64,
+    /// Open TLS connections.
+    pub connections_tls: AtomicU64,
+    /// Open WebSocket connections.
+    pub connections_ws: AtomicU64,
+    /// Open WebSocket-over-TLS connections.
+    pub connections_wss: AtomicU64,
     /// Connections ever accepted.
     pub connections_accepted: AtomicU64,
     /// Connections refused because `max_connections` was reached.
@@ -83,6 +89,12 @@ pub struct ConnectionStats {
     pub total: u64,
     /// Plain TCP.
     pub tcp: u64,
+    /// TLS.
+    pub tls: u64,
+    /// WebSocket (the seed's `websocket`).
+    pub websocket: u64,
+    /// WebSocket over TLS.
+    pub wss: u64,
 }
 
 /// Session counts.
