@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -38,6 +37,12 @@ pub enum BrokerError {
     /// A password or ACL file could not be loaded.
     #[error(transparent)]
     Security(#[from] crate::auth::SecurityConfigError),
+    /// A setting that cannot change while the broker runs was changed.
+    #[error("`{0}` cannot change while the broker runs; restart to apply it (reload refused, nothing changed)")]
+    NotReloadable(&'static str),
+    /// A reload step failed unexpectedly.
+    #[error("reload failed: {0}")]
+    Reload(String),
     /// A listener could not be bound.
     #[error("cannot bind listener {name} on {addr}: {source}")]
     Bind {
@@ -61,6 +66,8 @@ pub struct Runtime {
     pub security: SecurityChain,
     /// TLS server configs of the TLS and WSS listeners, by listener name.
     pub tls: HashMap<String, Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// Listener settings by name, read at each accept.
+    pub listeners: HashMap<String, Arc<ListenerConfig>>,
 }
 
 /// Builds the complete runtime state from a config: reads password and ACL files and loads
@@ -68,12 +75,18 @@ pub struct Runtime {
 pub(crate) fn build_runtime(config: Config, generation: u64) -> Result<Runtime, BrokerError> {
     config.validate(std::path::Path::new("<config>"))?;
     let security = crate::auth::build_security_chain(&config.security)?;
-    let tls = transport::tls_configs(&config.effective_listeners())?;
+    let effective = config.effective_listeners();
+    let tls = transport::tls_configs(&effective)?;
+    let listeners = effective
+        .into_iter()
+        .map(|l| (l.display_name(), Arc::new(l)))
+        .collect();
     Ok(Runtime {
         config,
         generation,
         security,
         tls,
+        listeners,
     })
 }
 
@@ -126,6 +139,14 @@ pub(crate) struct Shared {
     pub retained: RwLock<RetainedStore>,
     pub counters: Counters,
     pub shutdown: CancellationToken,
+    /// Running listeners; the async lock also serializes reloads.
+    pub listeners: tokio::sync::Mutex<Vec<transport::listeners::RunningListener>>,
+    /// Snapshot of the bound listeners for synchronous readers.
+    pub bound: Mutex<Vec<BoundListener>>,
+    /// Tells connections that a new generation is live (they re-check credentials).
+    pub reload_tx: watch::Sender<u64>,
+    /// Outcome of the last reload attempt.
+    pub last_reload: Mutex<ReloadStatus>,
     /// Recent authentication failures per source address, for the back-off delay.
     pub auth_failures: Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
     next_conn_id: AtomicU64,
@@ -140,7 +161,17 @@ pub(crate) struct Attached {
 
 impl Shared {
     fn new(runtime: Runtime) -> Shared {
+        let generation = runtime.generation;
         Shared {
+            listeners: tokio::sync::Mutex::new(Vec::new()),
+            bound: Mutex::new(Vec::new()),
+            reload_tx: watch::channel(generation).0,
+            last_reload: Mutex::new(ReloadStatus {
+                generation,
+                ok: true,
+                error: None,
+                at: std::time::SystemTime::now(),
+            }),
             runtime: ArcSwap::from_pointee(runtime),
             auth_failures: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -410,6 +441,7 @@ impl Shared {
             }
         }
         StatsSnapshot {
+            config_generation: self.runtime.load().generation,
             connections: ConnectionStats {
                 total: Counters::get(&c.connections),
                 tcp: Counters::get(&c.connections_tcp),
@@ -456,34 +488,115 @@ impl Broker {
     pub async fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
         let listeners = config.effective_listeners();
         let shared = Arc::new(Shared::new(build_runtime(config, 1)?));
-        let mut bound = Vec::new();
-        let mut tasks = Vec::new();
-        for l in &listeners {
-            let listener = transport::bind(l)
-                .await
-                .map_err(|source| BrokerError::Bind {
-                    name: l.display_name(),
-                    addr: l.bind,
-                    source,
-                })?;
-            let addr = listener.local_addr().unwrap_or(l.bind);
-            info!(listener = %l.display_name(), %addr, "listening");
-            bound.push(BoundListener {
-                name: l.display_name(),
-                transport: l.protocol,
-                addr,
-            });
-            tasks.push(tokio::spawn(transport::accept_loop(
-                listener,
-                l.clone(),
-                shared.clone(),
-            )));
+        let running = transport::listeners::start_all(&listeners, &shared).await?;
+        shared.set_listeners(running, &mut *shared.listeners.lock().await);
+        Ok(BrokerHandle { shared })
+    }
+}
+
+/// Outcome of the last reload attempt.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadStatus {
+    /// Generation in force after the attempt.
+    pub generation: u64,
+    /// Whether the attempt succeeded.
+    pub ok: bool,
+    /// Why it failed (file, line and reason), if it did.
+    pub error: Option<String>,
+    /// When it happened.
+    #[serde(serialize_with = "serialize_time")]
+    pub at: std::time::SystemTime,
+}
+
+fn serialize_time<S: serde::Serializer>(
+    t: &std::time::SystemTime,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    s.serialize_u64(ms)
+}
+
+impl Shared {
+    fn set_listeners(
+        &self,
+        running: Vec<transport::listeners::RunningListener>,
+        slot: &mut Vec<transport::listeners::RunningListener>,
+    ) {
+        *self.bound.lock() = running
+            .iter()
+            .map(|r| BoundListener {
+                name: r.name.clone(),
+                transport: r.transport(),
+                addr: r.addr,
+            })
+            .collect();
+        *slot = running;
+    }
+
+    /// Applies a new configuration as one transaction: builds the complete runtime (files,
+    /// certificates, plugins) and binds new listeners first; only when all of it succeeded is
+    /// the runtime swapped in one store. Any error leaves the running state untouched.
+    pub async fn reload(self: &Arc<Self>, config: Config) -> Result<u64, BrokerError> {
+        let mut running = self.listeners.lock().await;
+        let current = self.runtime.load_full();
+        let result = self.reload_locked(&current, config, &mut running).await;
+        let mut status = self.last_reload.lock();
+        *status = ReloadStatus {
+            generation: self.runtime.load().generation,
+            ok: result.is_ok(),
+            error: result.as_ref().err().map(|e| e.to_string()),
+            at: std::time::SystemTime::now(),
+        };
+        match &result {
+            Ok(generation) => {
+                Counters::inc(&self.counters.reloads_ok);
+                info!(generation, "configuration reloaded");
+            }
+            Err(e) => {
+                Counters::inc(&self.counters.reloads_failed);
+                tracing::error!(error = %e, generation = current.generation, "configuration reload refused; the running configuration stays in force");
+            }
         }
-        Ok(BrokerHandle {
-            shared,
-            listeners: bound,
-            tasks,
-        })
+        result
+    }
+
+    async fn reload_locked(
+        self: &Arc<Self>,
+        current: &Arc<Runtime>,
+        config: Config,
+        running: &mut Vec<transport::listeners::RunningListener>,
+    ) -> Result<u64, BrokerError> {
+        if config.performance.worker_threads != current.config.performance.worker_threads {
+            return Err(BrokerError::NotReloadable("performance.worker_threads"));
+        }
+        let generation = current.generation + 1;
+        // Reading files and compiling plugins is slow: keep it off the async workers.
+        let runtime = tokio::task::spawn_blocking(move || build_runtime(config, generation))
+            .await
+            .map_err(|e| BrokerError::Reload(e.to_string()))??;
+        let desired = runtime.config.effective_listeners();
+        let plan = match transport::listeners::prepare(std::mem::take(running), &desired).await {
+            Ok(plan) => plan,
+            Err((unchanged, e)) => {
+                *running = unchanged;
+                return Err(e);
+            }
+        };
+        let limits = runtime.session_limits();
+        self.runtime.store(Arc::new(runtime));
+        let now_running = transport::listeners::commit(plan, self).await;
+        self.set_listeners(now_running, running);
+        // Lowered limits apply to new work; nothing already queued is dropped.
+        let sessions: Vec<Arc<SessionEntry>> = self.sessions.lock().values().cloned().collect();
+        for s in sessions {
+            s.state.lock().set_limits(limits);
+        }
+        crate::logging::apply(&self.runtime.load().config.log);
+        let _ = self.reload_tx.send(generation);
+        Ok(generation)
     }
 }
 
@@ -499,21 +612,68 @@ pub struct BoundListener {
 }
 
 /// Control of a running broker.
+#[derive(Clone)]
 pub struct BrokerHandle {
     shared: Arc<Shared>,
-    listeners: Vec<BoundListener>,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 impl BrokerHandle {
     /// Address of the first listener.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listeners[0].addr
+        self.shared.bound.lock()[0].addr
     }
 
-    /// Every bound listener.
-    pub fn listeners(&self) -> &[BoundListener] {
-        &self.listeners
+    /// Every bound listener, in configured order.
+    pub fn listeners(&self) -> Vec<BoundListener> {
+        self.shared.bound.lock().clone()
+    }
+
+    /// Generation of the configuration in force (1 at start, +1 per successful reload).
+    pub fn generation(&self) -> u64 {
+        self.shared.runtime.load().generation
+    }
+
+    /// Outcome of the last reload attempt.
+    pub fn last_reload(&self) -> ReloadStatus {
+        self.shared.last_reload.lock().clone()
+    }
+
+    /// Applies a new configuration live, as one transaction (see the README's "Change config
+    /// without restarting"). Returns the new generation, or why nothing changed.
+    pub async fn reload(&self, config: Config) -> Result<u64, BrokerError> {
+        self.shared.reload(config).await
+    }
+
+    /// Re-reads `path` and applies it live; a file that does not parse changes nothing.
+    pub async fn reload_from_file(&self, path: &std::path::Path) -> Result<u64, BrokerError> {
+        match Config::load(path) {
+            Ok(config) => self.shared.reload(config).await,
+            Err(e) => {
+                let err = BrokerError::Config(e);
+                Counters::inc(&self.shared.counters.reloads_failed);
+                tracing::error!(error = %err, "configuration reload refused; the running configuration stays in force");
+                *self.shared.last_reload.lock() = ReloadStatus {
+                    generation: self.generation(),
+                    ok: false,
+                    error: Some(err.to_string()),
+                    at: std::time::SystemTime::now(),
+                };
+                Err(err)
+            }
+        }
+    }
+
+    /// Watches `path`, the files it names and the plugin directory, and reloads on change
+    /// (debounced). Runs until the broker shuts down.
+    pub fn watch_config(
+        &self,
+        path: std::path::PathBuf,
+    ) -> Result<(), crate::config::watch::WatchError> {
+        crate::config::watch::spawn(self.clone(), path)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Counters and sizes right now.
@@ -528,8 +688,8 @@ impl BrokerHandle {
 
     /// Stops accepting, closes every connection and waits (up to 10 s) for them to end.
     pub async fn shutdown(self) {
-        for t in &self.tasks {
-            t.abort();
+        for l in std::mem::take(&mut *self.shared.listeners.lock().await) {
+            l.stop(false);
         }
         self.shared.shutdown.cancel();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -539,14 +699,6 @@ impl BrokerHandle {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         info!("broker stopped");
-    }
-
-    /// Applies a new configuration to the running broker (listeners excepted).
-    pub fn apply_config(&self, config: Config) -> Result<u64, BrokerError> {
-        let generation = self.shared.runtime.load().generation + 1;
-        let runtime = build_runtime(config, generation)?;
-        self.shared.runtime.store(Arc::new(runtime));
-        Ok(generation)
     }
 
     /// Convenience for tests and embedders: a listener config on loopback with a free port.

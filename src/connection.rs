@@ -47,6 +47,8 @@ pub(crate) struct ConnectionInfo {
     pub tls_identity: Option<String>,
     /// Whether that CN replaces the user name and counts as authentication.
     pub use_identity_as_username: bool,
+    /// Cancelled when the listener is removed with `drain: true`, or at shutdown.
+    pub cancel: CancellationToken,
 }
 
 /// Why a connection ended.
@@ -62,6 +64,8 @@ enum Close {
     Protocol(String),
     /// Another connection took the session over, or an operator/shutdown closed it.
     Cancelled,
+    /// A reload revoked the client's credentials (`reauthorize_on_reload`).
+    Revoked(String),
     /// Socket error.
     Io(std::io::Error),
 }
@@ -137,6 +141,9 @@ where
         wbuf: BytesMut::new(),
         out: Vec::new(),
         max_packet_size: cfg.max_packet_size,
+        password: None,
+        certificate_verified: false,
+        reload: shared.reload_tx.subscribe(),
         client_id: Arc::from(""),
         client: Arc::new(ClientInfo {
             client_id: Arc::from(""),
@@ -232,8 +239,10 @@ where
         return;
     }
     conn.client = client.clone();
+    conn.password = connect.password.clone();
+    conn.certificate_verified = identity_as_username;
 
-    let cancel = shared.shutdown.child_token();
+    let cancel = info.cancel.clone();
     let (done_tx, done_rx) = watch::channel(false);
     let attached = shared
         .attach(&client, conn_id, cancel.clone(), done_rx)
@@ -282,6 +291,10 @@ where
         }
         Close::Cancelled => info!("closing: session taken over or connection closed by operator"),
         Close::Io(e) => info!(error = %e, "connection error"),
+        Close::Revoked(why) => {
+            Counters::inc(&shared.counters.reauth_disconnects);
+            warn!(reason = %why, "closing: credentials no longer accepted after reload");
+        }
     }
     if reason.publishes_will() {
         if let Some(will) = &connect.will {
@@ -397,6 +410,10 @@ struct Conn<S> {
     max_packet_size: usize,
     client_id: Arc<str>,
     client: Arc<ClientInfo>,
+    /// Kept to re-check the client after a reload; never logged.
+    password: Option<bytes::Bytes>,
+    certificate_verified: bool,
+    reload: watch::Receiver<u64>,
 }
 
 impl<S: AsyncRead + AsyncWrite> Conn<S> {
@@ -531,8 +548,41 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                     entry.state.lock().drain(&mut self.out);
                 }
                 _ = tokio::time::sleep_until(deadline), if idle_limit.is_some() => return Close::KeepAlive,
+                _ = self.reload.changed() => {
+                    if let Err(why) = self.recheck().await {
+                        return Close::Revoked(why);
+                    }
+                }
             }
         }
+    }
+
+    /// After a reload: picks up new limits and, with `reauthorize_on_reload`, re-runs the
+    /// authentication chain with the credentials this client connected with.
+    async fn recheck(&mut self) -> Result<(), String> {
+        let runtime = self.shared.runtime.load_full();
+        self.max_packet_size = runtime.config.server.max_packet_size;
+        if !runtime.config.security.reauthorize_on_reload {
+            return Ok(());
+        }
+        let (client, password, verified) = (
+            self.client.clone(),
+            self.password.clone(),
+            self.certificate_verified,
+        );
+        tokio::task::spawn_blocking(move || {
+            let credentials = Credentials {
+                username: client.username.as_deref(),
+                password: password.as_deref(),
+                certificate_verified: verified,
+            };
+            runtime
+                .security
+                .authenticate(&client, &credentials)
+                .map_err(|(_, why)| why)
+        })
+        .await
+        .unwrap_or_else(|_| Err("authentication panicked".into()))
     }
 
     /// Handles one packet from a connected client.

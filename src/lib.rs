@@ -10,6 +10,7 @@ pub mod broker;
 pub mod config;
 pub(crate) mod connection;
 pub mod hooks;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod routing;

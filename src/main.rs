@@ -1,12 +1,11 @@
 //! The `mqtt-broker` command: run the broker, or check a config file.
 
 use clap::{Parser, Subcommand};
-use mqtt_broker::config::{Config, LogFormat};
+use mqtt_broker::config::Config;
 use mqtt_broker::Broker;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
 /// MQTT 3.1.1 broker with sandboxed WebAssembly plugins and live reload.
 ///
@@ -56,7 +55,7 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
-    init_logging(&config);
+    mqtt_broker::logging::init(&config.log);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if config.performance.worker_threads > 0 {
@@ -129,23 +128,10 @@ fn check_config(path: &Path) -> ExitCode {
     }
 }
 
-fn init_logging(config: &Config) {
-    // RUST_LOG wins over the config file, as operators expect.
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    match config.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
-    let source = path.map_or("built-in defaults".to_string(), |p| p.display().to_string());
+    let source = path
+        .as_ref()
+        .map_or("built-in defaults".to_string(), |p| p.display().to_string());
     info!(version = env!("CARGO_PKG_VERSION"), config = %source, "starting mqtt-broker");
     let handle = match Broker::start(config).await {
         Ok(h) => h,
@@ -154,30 +140,46 @@ async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_signal().await;
+    if let Some(path) = &path {
+        if let Err(e) = handle.watch_config(path.clone()) {
+            error!("cannot watch the configuration for changes: {e}; SIGHUP still reloads it");
+        }
+    }
+    wait_for_signal(&handle, path.as_deref()).await;
     info!("shutting down");
     handle.shutdown().await;
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or Ctrl-C; SIGHUP re-reads the config file meanwhile.
+async fn wait_for_signal(handle: &mqtt_broker::BrokerHandle, path: Option<&Path>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = hup.recv() => match path {
+                    Some(p) => {
+                        info!("SIGHUP: reloading {}", p.display());
+                        let _ = handle.reload_from_file(p).await;
+                    }
+                    None => info!("SIGHUP ignored: running on built-in defaults, no file to reload"),
+                },
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = (handle, path);
         let _ = tokio::signal::ctrl_c().await;
     }
 }

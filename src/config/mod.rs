@@ -6,6 +6,7 @@
 //! reload.
 
 mod duration;
+pub mod watch;
 
 pub use duration::{parse_duration, ConfigDuration};
 
@@ -178,6 +179,10 @@ pub struct ListenerConfig {
     /// verified certificate then counts as authentication.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub use_identity_as_username: bool,
+    /// When a reload removes this listener, also close the connections it accepted
+    /// (otherwise they stay connected and only new connections are refused).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain: bool,
 }
 
 impl ListenerConfig {
@@ -194,6 +199,7 @@ impl ListenerConfig {
             client_ca_file: None,
             require_client_cert: false,
             use_identity_as_username: false,
+            drain: false,
         }
     }
 
@@ -220,6 +226,9 @@ pub struct SecurityConfig {
     /// Every client must present valid credentials (the seed's `requireAuth`).
     #[serde(alias = "requireAuth")]
     pub require_auth: bool,
+    /// After a reload, re-check every connected client's credentials with the new settings
+    /// and disconnect those no longer accepted.
+    pub reauthorize_on_reload: bool,
     /// Clients without a user name may connect (ignored when `require_auth` is true).
     pub allow_anonymous: bool,
     /// A Mosquitto `mosquitto_passwd` file (`$7$` PBKDF2-SHA512 or `$6$` SHA-512 hashes).
@@ -257,6 +266,7 @@ impl Default for SecurityConfig {
     fn default() -> Self {
         SecurityConfig {
             require_auth: false,
+            reauthorize_on_reload: true,
             allow_anonymous: true,
             password_file: None,
             users: Vec::new(),
@@ -375,6 +385,30 @@ impl Config {
             config.resolve_paths(dir);
         }
         Ok(config)
+    }
+
+    /// Every file the configuration names (password, ACL, certificates, plugins): what a
+    /// reload re-reads and the watcher follows.
+    pub fn referenced_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = [
+            &self.security.password_file,
+            &self.security.acl_file,
+            &self.security.cert_file,
+            &self.security.key_file,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        for l in &self.listeners {
+            files.extend(
+                [&l.cert_file, &l.key_file, &l.client_ca_file]
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+        }
+        files
     }
 
     /// Makes relative file paths relative to `base` (the config file's directory), so a config

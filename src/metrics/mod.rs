@@ -52,6 +52,12 @@ pub struct Counters {
     pub acl_denied_subscribe: AtomicU64,
     /// Deliveries withheld because the subscriber may not read the topic.
     pub acl_denied_deliver: AtomicU64,
+    /// Successful configuration reloads.
+    pub reloads_ok: AtomicU64,
+    /// Refused configuration reloads.
+    pub reloads_failed: AtomicU64,
+    /// Clients disconnected because a reload revoked their credentials.
+    pub reauth_disconnects: AtomicU64,
     /// Will messages published.
     pub wills_published: AtomicU64,
 }
@@ -151,6 +157,8 @@ pub struct ByteStats {
 /// A point-in-time view of the broker, shaped like the seed's `getStats()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub struct StatsSnapshot {
+    /// Generation of the configuration in force (+1 per successful reload).
+    pub config_generation: u64,
     /// Open connections.
     pub connections: ConnectionStats,
     /// Sessions.

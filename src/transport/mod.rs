@@ -4,6 +4,7 @@
 //! [`crate::connection::serve`], so sessions, routing and hooks never know how a client
 //! arrived, except through the `transport` field of its `ClientInfo`.
 
+pub(crate) mod listeners;
 pub mod tls;
 pub mod ws;
 
@@ -18,6 +19,7 @@ use thiserror::Error;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
 /// Transport-layer failures.
@@ -52,10 +54,18 @@ pub(crate) async fn bind(cfg: &ListenerConfig) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts connections until the task is aborted.
-pub(crate) async fn accept_loop(listener: TcpListener, cfg: ListenerConfig, shared: Arc<Shared>) {
+///
+/// Per-connection settings (path, limits, client certificates) are read from the current
+/// runtime at each accept, so a reload changes them without rebinding the socket.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    bound: ListenerConfig,
+    shared: Arc<Shared>,
+    connections: CancellationToken,
+) {
     let listener_conns = Arc::new(AtomicUsize::new(0));
-    let name: Arc<str> = cfg.display_name().into();
-    let cfg = Arc::new(cfg);
+    let name: Arc<str> = bound.display_name().into();
+    let bound = Arc::new(bound);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -69,10 +79,17 @@ pub(crate) async fn accept_loop(listener: TcpListener, cfg: ListenerConfig, shar
         if let Err(e) = stream.set_nodelay(true) {
             warn!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
+        let runtime = shared.runtime.load();
+        let cfg = runtime
+            .listeners
+            .get(&*name)
+            .cloned()
+            .unwrap_or_else(|| bound.clone());
         let over_listener_limit = cfg
             .max_connections
             .is_some_and(|max| listener_conns.load(Ordering::Relaxed) >= max);
-        let connect_timeout = shared.runtime.load().config.server.connect_timeout.get();
+        let connect_timeout = runtime.config.server.connect_timeout.get();
+        drop(runtime);
         let info = ConnectionInfo {
             peer,
             transport: cfg.protocol,
@@ -82,6 +99,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, cfg: ListenerConfig, shar
             deadline: Instant::now() + connect_timeout,
             tls_identity: None,
             use_identity_as_username: cfg.use_identity_as_username,
+            cancel: connections.child_token(),
         };
         if cfg.protocol == TransportKind::Tcp {
             tokio::spawn(connection::serve(shared.clone(), stream, info));
