@@ -144,6 +144,7 @@ where
         password: None,
         certificate_verified: false,
         reload: shared.reload_tx.subscribe(),
+        pending_ticket: None,
         client_id: Arc::from(""),
         client: Arc::new(ClientInfo {
             client_id: Arc::from(""),
@@ -253,7 +254,12 @@ where
         session_present: attached.session_present,
         code: ConnectReturnCode::Accepted,
     }));
-    entry.state.lock().connect(&mut conn.out);
+    {
+        let mut state = entry.state.lock();
+        state.connect(&mut conn.out);
+        let ticket = shared.persist(&mut state);
+        conn.note(ticket);
+    }
     info!(
         keep_alive = connect.keep_alive,
         clean_session = connect.clean_session,
@@ -414,6 +420,8 @@ struct Conn<S> {
     password: Option<bytes::Bytes>,
     certificate_verified: bool,
     reload: watch::Receiver<u64>,
+    /// Storage ticket that must be durable before the pending output is written.
+    pending_ticket: Option<u64>,
 }
 
 impl<S: AsyncRead + AsyncWrite> Conn<S> {
@@ -506,6 +514,12 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         // TLS and WebSocket streams buffer internally: flush once the write buffer is drained.
         let mut needs_flush = false;
         loop {
+            // Acknowledgements promise durability: with `sync: always` they wait for the store.
+            if let (Some(ticket), Some(storage)) =
+                (self.pending_ticket.take(), &self.shared.storage)
+            {
+                storage.wait_durable(ticket).await;
+            }
             self.encode_out();
             if self.rbuf.capacity() - self.rbuf.len() < 512 && self.wbuf.len() < WRITE_HARD_LIMIT {
                 self.rbuf.reserve(READ_CHUNK);
@@ -545,7 +559,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                     Err(e) => return Close::Io(e),
                 },
                 _ = entry.wake.notified(), if self.wbuf.len() < WRITE_HIGH_WATER => {
-                    entry.state.lock().drain(&mut self.out);
+                    self.with_session(entry, |s, out| s.drain(out));
                 }
                 _ = tokio::time::sleep_until(deadline), if idle_limit.is_some() => return Close::KeepAlive,
                 _ = self.reload.changed() => {
@@ -585,20 +599,41 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         .unwrap_or_else(|_| Err("authentication panicked".into()))
     }
 
+    /// Remembers a storage ticket the pending output depends on.
+    fn note(&mut self, ticket: Option<u64>) {
+        if let Some(t) = ticket {
+            self.pending_ticket = Some(self.pending_ticket.map_or(t, |p| p.max(t)));
+        }
+    }
+
+    /// Runs one session transition under its lock and submits what it journaled.
+    fn with_session<R>(
+        &mut self,
+        entry: &SessionEntry,
+        f: impl FnOnce(&mut crate::session::Session, &mut Vec<Packet>) -> R,
+    ) -> R {
+        let mut state = entry.state.lock();
+        let r = f(&mut state, &mut self.out);
+        let ticket = self.shared.persist(&mut state);
+        drop(state);
+        self.note(ticket);
+        r
+    }
+
     /// Handles one packet from a connected client.
     fn handle(&mut self, entry: &Arc<SessionEntry>, packet: Packet) -> Result<(), Close> {
         match packet {
             Packet::Publish(p) => self.handle_publish(entry, p),
             Packet::PubAck(pid) => {
-                entry.state.lock().puback(pid, &mut self.out);
+                self.with_session(entry, |s, out| s.puback(pid, out));
             }
             Packet::PubRec(pid) => {
-                entry.state.lock().pubrec(pid, &mut self.out);
+                self.with_session(entry, |s, out| s.pubrec(pid, out));
             }
             Packet::PubComp(pid) => {
-                entry.state.lock().pubcomp(pid, &mut self.out);
+                self.with_session(entry, |s, out| s.pubcomp(pid, out));
             }
-            Packet::PubRel(pid) => entry.state.lock().pubrel(pid, &mut self.out),
+            Packet::PubRel(pid) => self.with_session(entry, |s, out| s.pubrel(pid, out)),
             Packet::Subscribe(s) => {
                 let runtime = self.shared.runtime.load();
                 let mut codes = Vec::with_capacity(s.filters.len());
@@ -618,14 +653,16 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                         continue;
                     }
                     // The broker supports every QoS, so the grant is what was asked [MQTT-3.9.3-2].
-                    self.shared.subscribe(entry, filter, *requested);
+                    let ticket = self.shared.subscribe(entry, filter, *requested);
+                    self.note(ticket);
                     codes.push(SubAckCode::Granted(*requested));
                     granted.push((filter, *requested));
                 }
                 // SUBACK first, then the retained messages [MQTT-3.8.4-1], [MQTT-3.8.4-3].
                 self.out.push(Packet::SubAck(SubAck { pid: s.pid, codes }));
                 for (filter, qos) in granted {
-                    self.shared.send_retained(entry, filter, qos);
+                    let ticket = self.shared.send_retained(entry, filter, qos);
+                    self.note(ticket);
                 }
                 debug!(filters = ?s.filters, "subscribed");
             }
@@ -667,7 +704,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             }
             (QoS::ExactlyOnce, Some(pid)) => {
                 // Method B of 4.3.3: keep the packet id until PUBREL, route only the first copy.
-                let first = entry.state.lock().inbound_qos2(pid, &mut self.out);
+                let first = self.with_session(entry, |s, out| s.inbound_qos2(pid, out));
                 if first == InboundQos2::New {
                     self.route(p);
                 }
@@ -701,7 +738,8 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 warn!(topic = %message.topic, error = %e, "transform produced an invalid topic; dropped");
                 continue;
             }
-            self.shared.publish(message);
+            let (_, ticket) = self.shared.publish_tracked(message);
+            self.note(ticket);
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod routing;
 pub mod session;
+pub mod storage;
 pub mod transport;
 
 pub use broker::{Broker, BrokerError, BrokerHandle};
