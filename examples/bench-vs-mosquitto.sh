@@ -175,6 +175,7 @@ print(json.dumps(r))' "$scenario" "$broker" "$run" >>"$work/results.jsonl"
   echo "  $scenario run $run $broker: $(tail -c 300 <<<"$line")" >&2
 }
 
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date +%s)
 for scenario in $scenarios; do
   for run in $(seq "$runs"); do
@@ -185,6 +186,7 @@ for scenario in $scenarios; do
   done
 done
 elapsed=$(($(date +%s) - started))
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- the table ---------------------------------------------------------------------------
 cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
@@ -223,8 +225,10 @@ def fmt(v):
 spec = [
     ("fan-in", "fan-in 8→1, QoS 0: delivered msg/s", "msgs_per_s", (">=", 2.0)),
     ("fan-in", "fan-in: broker CPU µs/msg", "broker_cpu_us_per_msg", None),
+    ("fan-in", "fan-in: loadgen CPU µs/msg", "loadgen_cpu_us_per_delivery", None),
     ("fan-out", "fan-out 1→100, QoS 0: deliveries/s", "deliveries_per_s", (">=", 2.0)),
     ("fan-out", "fan-out: broker CPU µs/delivery", "broker_cpu_us_per_delivery", None),
+    ("fan-out", "fan-out: loadgen CPU µs/delivery", "loadgen_cpu_us_per_delivery", None),
 ]
 for q in (0, 1, 2):
     c = f"latency{q}"
@@ -233,14 +237,18 @@ for q in (0, 1, 2):
         (c, f"latency QoS {q}: p99 µs", "p99_us", ("<=", 1.0)),
         (c, f"latency QoS {q}: p99.9 µs", "p999_us", ("<=", 1.0)),
         (c, f"latency QoS {q}: lost + duplicated", "_lostdup", ("==0", None)),
+        (c, f"latency QoS {q}: achieved msg/s", "achieved_rate", None),
+        (c, f"latency QoS {q}: broker CPU µs/msg", "broker_cpu_us_per_msg", None),
     ]
 spec += [
     ("idle", "idle 10k: broker bytes/connection", "bytes_per_conn", ("<=", 1.5)),
     ("idle", "idle 10k: connects/s (to CONNACK)", "connects_per_s", (">=", 1.0)),
+    ("idle", "idle 10k: broker CPU µs/connect", "broker_cpu_us_per_connect", None),
     ("filters", "100k filters: broker bytes/filter", "bytes_per_filter", ("<=", 1.0)),
     ("filters", "100k filters: matching msg/s", "msgs_per_s", (">=", 1.0)),
     ("filters", "100k filters: subscribe time s", "subscribe_s", None),
     ("retained", "100k retained → new '#': time s", "deliver_s", ("<=", 1.0)),
+    ("retained", "retained: first message after SUBSCRIBE, ms", "first_message_ms", None),
     ("retained", "retained: broker bytes/message", "bytes_per_retained", None),
 ]
 for r in rows:
@@ -278,7 +286,7 @@ report=$(cat <<EOF
 Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPU(s), ${cpu_model}, $(uname -sr);
 ${ours_version:-mqtt-broker} (commit $commit) vs ${mosq_version:-mosquitto}; loadgen on 1 thread on the same machine.
 $runs run(s) per scenario and broker, medians; measurements ${duration} (latency: ${duration} at 5,000 msg/s);
-total time ${elapsed} s.
+total time ${elapsed} s; load average before ${load_before}, after ${load_after}.
 
 $table
 EOF
