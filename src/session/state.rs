@@ -19,6 +19,8 @@ pub struct SessionLimits {
     pub queue_limit: usize,
     /// Whether QoS 0 messages are queued while the client is offline.
     pub queue_qos0_offline: bool,
+    /// Payload bytes that may wait in the outbound queue (`limits.max_queued_bytes`).
+    pub queue_bytes_limit: usize,
 }
 
 impl Default for SessionLimits {
@@ -27,6 +29,7 @@ impl Default for SessionLimits {
             inflight_window: 32,
             queue_limit: 1000,
             queue_qos0_offline: false,
+            queue_bytes_limit: 16 * 1024 * 1024,
         }
     }
 }
@@ -60,6 +63,8 @@ pub enum DropReason {
     QueueFull,
     /// QoS 0 message for an offline client with QoS 0 queueing off.
     Qos0Offline,
+    /// The queued payload bytes would exceed `queue_bytes_limit`.
+    QueueBytesFull,
 }
 
 /// Result of an inbound QoS 2 PUBLISH.
@@ -85,6 +90,10 @@ pub struct Session {
     next_pid: u16,
     inflight: VecDeque<Inflight>,
     queue: VecDeque<Message>,
+    /// Payload bytes in `queue`.
+    queued_bytes: usize,
+    /// Routing times of messages handed to the wire since the last `take_delivered_stamps`.
+    delivered_stamps: Vec<std::time::Instant>,
     inbound_qos2: HashSet<u16>,
 }
 
@@ -100,6 +109,8 @@ impl Session {
             next_pid: 1,
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
+            queued_bytes: 0,
+            delivered_stamps: Vec::new(),
             inbound_qos2: HashSet::new(),
         }
     }
@@ -117,6 +128,16 @@ impl Session {
     /// Number of messages waiting behind the inflight window.
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Payload bytes waiting behind the inflight window.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Routing times of the messages sent since the last call, for the latency histogram.
+    pub fn take_delivered_stamps(&mut self) -> Vec<std::time::Instant> {
+        std::mem::take(&mut self.delivered_stamps)
     }
 
     /// The inflight window, oldest first.
@@ -150,7 +171,10 @@ impl Session {
         // QoS 0 messages are not kept for an offline client unless configured.
         if !self.limits.queue_qos0_offline {
             self.queue.retain(|m| m.qos != QoS::AtMostOnce);
+            self.queued_bytes = self.queue.iter().map(|m| m.payload.len()).sum();
         }
+        // Nobody takes them while offline; a resend after reconnect is not a first delivery.
+        self.delivered_stamps = Vec::new();
     }
 
     /// Offers a message routed to this subscriber (already at its granted QoS).
@@ -161,6 +185,14 @@ impl Session {
         if self.queue.len() >= self.limits.queue_limit {
             return Err(DropReason::QueueFull);
         }
+        // An empty queue always takes one message, so a single payload larger than the
+        // limit still reaches a subscriber that keeps up.
+        if !self.queue.is_empty()
+            && self.queued_bytes + message.payload.len() > self.limits.queue_bytes_limit
+        {
+            return Err(DropReason::QueueBytesFull);
+        }
+        self.queued_bytes += message.payload.len();
         self.queue.push_back(message);
         Ok(())
     }
@@ -170,6 +202,7 @@ impl Session {
     /// Not subject to `queue_limit`: the retained set is already bounded by
     /// `retained_message_limit`, and a subscriber must receive all of it [MQTT-3.3.1-6].
     pub fn enqueue_retained(&mut self, message: Message) {
+        self.queued_bytes += message.payload.len();
         self.queue.push_back(message);
     }
 
@@ -185,6 +218,13 @@ impl Session {
             let Some(message) = self.queue.pop_front() else {
                 break;
             };
+            self.queued_bytes -= message.payload.len();
+            // Bounded: the connection takes them after every drain.
+            if let Some(at) = message.enqueued_at {
+                if self.delivered_stamps.len() < 4096 {
+                    self.delivered_stamps.push(at);
+                }
+            }
             match message.qos {
                 QoS::AtMostOnce => out.push(Packet::Publish(message.to_publish(None, false))),
                 qos => {
@@ -345,6 +385,30 @@ mod tests {
     }
 
     #[test]
+    fn queued_bytes_limit() {
+        let limits = SessionLimits {
+            queue_bytes_limit: 10,
+            ..Default::default()
+        };
+        let mut s = Session::new("c".into(), false, limits);
+        let big = |n| Message::new("t", Bytes::from(vec![0u8; n]), QoS::AtLeastOnce, false);
+        assert!(
+            s.enqueue(big(20)).is_ok(),
+            "an empty queue takes one message"
+        );
+        assert_eq!(s.enqueue(big(1)), Err(DropReason::QueueBytesFull));
+        let mut out = Vec::new();
+        s.connect(&mut out);
+        assert_eq!(s.queued_bytes(), 0);
+        s.enqueue(big(6)).unwrap();
+        s.enqueue(big(4)).unwrap();
+        assert_eq!(s.queued_bytes(), 10);
+        assert_eq!(s.enqueue(big(1)), Err(DropReason::QueueBytesFull));
+        s.drain(&mut out);
+        assert_eq!(s.queued_bytes(), 0, "both went inflight");
+    }
+
+    #[test]
     fn inbound_qos2_exactly_once() {
         let mut s = Session::new("c".into(), false, SessionLimits::default());
         let mut out = Vec::new();
@@ -377,7 +441,7 @@ mod tests {
         /// exactly once, and first transmissions happen in enqueue order.
         #[test]
         fn outbound_flow_invariants(ops in prop::collection::vec(op(), 1..200), window in 1usize..5) {
-            let limits = SessionLimits { inflight_window: window, queue_limit: 10_000, queue_qos0_offline: true };
+            let limits = SessionLimits { inflight_window: window, queue_limit: 10_000, queue_qos0_offline: true, ..Default::default() };
             let mut s = Session::new("c".into(), false, limits);
             let mut out = Vec::new();
             s.connect(&mut out);
