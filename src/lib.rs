@@ -5,13 +5,17 @@
 //! messages), [`config`], [`metrics`], and [`broker`] which wires them; [`connection`]
 //! is the async shell that moves bytes between a socket and a session.
 
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod config;
 pub(crate) mod connection;
+pub mod events;
 pub mod hooks;
+pub(crate) mod limits;
 pub mod logging;
 pub mod metrics;
+pub(crate) mod ops;
 pub mod protocol;
 pub mod routing;
 pub mod session;
@@ -20,3 +24,4 @@ pub mod transport;
 
 pub use broker::{Broker, BrokerError, BrokerHandle};
 pub use config::Config;
+pub use events::BrokerEvent;

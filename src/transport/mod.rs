@@ -161,7 +161,10 @@ async fn handshake(
     match result {
         Ok(Ok(())) => debug!("handshake complete"),
         Ok(Err(e)) => info!(error = %e, "closing: handshake failed"),
-        Err(_) => info!("closing: handshake not completed within connect_timeout"),
+        Err(_) => {
+            crate::metrics::Counters::inc(&shared.counters.ops.connect_timeouts);
+            info!("closing: handshake not completed within connect_timeout")
+        }
     }
 }
 
