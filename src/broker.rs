@@ -41,6 +41,9 @@ pub enum BrokerError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// A Wasm plugin could not be loaded.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugins::PluginError),
 }
 
 /// Everything derived from the configuration, swapped whole on reload.
@@ -50,6 +53,32 @@ pub struct Runtime {
     pub config: Config,
     /// Increases with every successful (re)load.
     pub generation: u64,
+    /// Authentication, authorization and transform hooks in call order.
+    pub security: crate::hooks::SecurityChain,
+    /// The Wasm plugins of this generation (also present in `security`), for stats.
+    pub plugins: crate::plugins::PluginSet,
+}
+
+/// Builds everything derived from `config`: the built-in checks, then the Wasm plugins.
+///
+/// Pure apart from reading files: on error nothing changes, so a reload can keep the old runtime.
+pub(crate) fn build_runtime(config: Config, generation: u64) -> Result<Runtime, BrokerError> {
+    // Placeholder until the built-in password/ACL chain is wired (lead: `build_security_chain`).
+    let mut security = crate::hooks::SecurityChain {
+        require_auth: config.security.require_auth,
+        allow_anonymous: config.security.allow_anonymous,
+        acl_default_allow: true,
+        ..Default::default()
+    };
+    // Plugins come after the built-in checks, in list order.
+    let plugins = crate::plugins::PluginSet::load_configured(&config.plugins)?;
+    plugins.append_to(&mut security);
+    Ok(Runtime {
+        config,
+        generation,
+        security,
+        plugins,
+    })
 }
 
 impl Runtime {
@@ -110,12 +139,9 @@ pub(crate) struct Attached {
 }
 
 impl Shared {
-    fn new(config: Config) -> Shared {
+    fn new(runtime: Runtime) -> Shared {
         Shared {
-            runtime: ArcSwap::from_pointee(Runtime {
-                config,
-                generation: 1,
-            }),
+            runtime: ArcSwap::from_pointee(runtime),
             sessions: Mutex::new(HashMap::new()),
             subscriptions: RwLock::new(SubscriptionTrie::new()),
             retained: RwLock::new(RetainedStore::new()),
@@ -386,7 +412,7 @@ impl Broker {
     pub async fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
         config.validate(std::path::Path::new("<config>"))?;
         let listeners = config.effective_listeners();
-        let shared = Arc::new(Shared::new(config));
+        let shared = Arc::new(Shared::new(build_runtime(config, 1)?));
         let mut bound = Vec::new();
         let mut tasks = Vec::new();
         for l in &listeners {
@@ -450,6 +476,11 @@ impl BrokerHandle {
         self.shared.stats()
     }
 
+    /// State and counters of each loaded Wasm plugin, in call order.
+    pub fn plugin_stats(&self) -> Vec<crate::plugins::PluginStats> {
+        self.shared.runtime.load().plugins.stats()
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> Config {
         self.shared.runtime.load().config.clone()
@@ -474,7 +505,7 @@ impl BrokerHandle {
     pub fn apply_config(&self, config: Config) -> Result<u64, BrokerError> {
         config.validate(std::path::Path::new("<config>"))?;
         let generation = self.shared.runtime.load().generation + 1;
-        self.shared.runtime.store(Arc::new(Runtime { config, generation }));
+        self.shared.runtime.store(Arc::new(build_runtime(config, generation)?));
         Ok(generation)
     }
 

@@ -7,6 +7,7 @@
 
 use crate::broker::{SessionEntry, Shared};
 use crate::config::TransportKind;
+use crate::hooks::{AclAction, AclRequest, ClientInfo, Credentials, SecurityChain};
 use crate::metrics::Counters;
 use crate::protocol::codec::{self, encode};
 use crate::protocol::{
@@ -128,6 +129,7 @@ where
         out: Vec::new(),
         max_packet_size: cfg.max_packet_size,
         client_id: Arc::from(""),
+        client: None,
     };
 
     // [MQTT-3.1.0-1]: the first packet must be CONNECT, within connect_timeout.
@@ -185,6 +187,26 @@ where
     };
     tracing::Span::current().record("client_id", client_id.as_str());
     conn.client_id = Arc::from(client_id.as_str());
+    conn.client = Some(ClientInfo {
+        client_id: conn.client_id.clone(),
+        username: connect.username.clone(),
+        peer: info.peer,
+        transport: info.transport,
+        tls_identity: None,
+        protocol: connect.protocol,
+        clean_session: connect.clean_session,
+    });
+    if let Some(client) = &conn.client {
+        let credentials = Credentials {
+            username: connect.username.as_deref(),
+            password: connect.password.as_deref(),
+        };
+        if let Err((reason, why)) = runtime.security.authenticate(client, &credentials) {
+            info!(%why, code = ?reason.return_code(), "refusing connection: authentication failed");
+            conn.send_and_close(refuse(reason.return_code())).await;
+            return;
+        }
+    }
 
     let cancel = shared.shutdown.child_token();
     let (done_tx, done_rx) = watch::channel(false);
@@ -262,6 +284,8 @@ struct Conn<S> {
     out: Vec<Packet>,
     max_packet_size: usize,
     client_id: Arc<str>,
+    /// What the hooks are told about this client (set once CONNECT is read).
+    client: Option<ClientInfo>,
 }
 
 impl<S: AsyncRead + AsyncWrite> Conn<S> {
@@ -410,7 +434,13 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             Packet::Subscribe(s) => {
                 let mut codes = Vec::with_capacity(s.filters.len());
                 let mut granted = Vec::with_capacity(s.filters.len());
+                let runtime = self.shared.runtime.load();
                 for (filter, requested) in &s.filters {
+                    if !self.allowed(&runtime.security, AclAction::Subscribe, filter, *requested, false) {
+                        info!(%filter, "subscription refused by authorization");
+                        codes.push(SubAckCode::Failure);
+                        continue;
+                    }
                     // The broker supports every QoS, so the grant is what was asked [MQTT-3.9.3-2].
                     self.shared.subscribe(entry, filter, *requested);
                     codes.push(SubAckCode::Granted(*requested));
@@ -448,14 +478,36 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         Ok(())
     }
 
+    /// Asks the authorization chain; `true` when there is no client yet (cannot happen).
+    fn allowed(&self, chain: &SecurityChain, action: AclAction, topic: &str, qos: QoS, retain: bool) -> bool {
+        let Some(client) = &self.client else { return true };
+        chain.authorize(client, &AclRequest { action, topic, qos, retain })
+    }
+
+    /// Authorizes and transforms a received message, then routes what comes out.
+    fn route(&self, p: Publish) {
+        let runtime = self.shared.runtime.load();
+        let chain = &runtime.security;
+        if !self.allowed(chain, AclAction::Publish, &p.topic, p.qos, p.retain) {
+            // MQTT 3.1.1 has no negative acknowledgement: the flow completes, nothing is routed.
+            info!(topic = %p.topic, "publish refused by authorization");
+            return;
+        }
+        let message = Message::from_publish(p);
+        let Some(client) = &self.client else { return };
+        for m in chain.transform(client, message) {
+            self.shared.publish(m);
+        }
+    }
+
     fn handle_publish(&mut self, entry: &Arc<SessionEntry>, p: Publish) {
         Counters::inc(&self.shared.counters.messages_in);
         match (p.qos, p.pid) {
             (QoS::AtMostOnce, _) => {
-                self.shared.publish(Message::from_publish(p));
+                self.route(p);
             }
             (QoS::AtLeastOnce, Some(pid)) => {
-                self.shared.publish(Message::from_publish(p));
+                self.route(p);
                 // [MQTT-4.3.2-2]: PUBACK after taking ownership of the message.
                 self.out.push(Packet::PubAck(pid));
             }
@@ -463,7 +515,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 // Method B of 4.3.3: keep the packet id until PUBREL, route only the first copy.
                 let first = entry.state.lock().inbound_qos2(pid, &mut self.out);
                 if first == InboundQos2::New {
-                    self.shared.publish(Message::from_publish(p));
+                    self.route(p);
                 }
             }
             // The codec guarantees a packet id for QoS > 0.

@@ -11,6 +11,7 @@ pub mod config;
 pub(crate) mod connection;
 pub mod hooks;
 pub mod metrics;
+pub mod plugins;
 pub mod protocol;
 pub mod routing;
 pub mod session;

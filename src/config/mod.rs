@@ -61,6 +61,9 @@ pub struct Config {
     pub performance: PerformanceConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Wasm plugins, in call order (after the built-in password/ACL checks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<crate::plugins::PluginConfig>,
 }
 
 /// `server:` section (the seed's `server`).
@@ -329,6 +332,9 @@ impl Config {
             if l.bind.port() != 0 && !seen.insert(l.bind) {
                 return invalid(&format!("listeners[{i}].bind"), "the same address is bound twice");
             }
+        }
+        if let Err((key, reason)) = crate::plugins::config::validate_all(&self.plugins) {
+            return invalid(&key, &reason);
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid("log.level", &e.to_string());
