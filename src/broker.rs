@@ -2,7 +2,9 @@
 //! subscription trie, retained store, counters), the routing of one message to its
 //! subscribers, and the public `Broker::start` / `BrokerHandle` API for embedding.
 
+use crate::config::StorageType;
 use crate::config::{Config, ListenerConfig, TransportKind};
+use crate::hooks::{AclAction, AclRequest, ClientInfo, SecurityChain};
 use crate::metrics::{
     ByteStats, ConnectionStats, Counters, InflightStats, MessageStats, SessionStats, StatsSnapshot,
     SubscriptionStats,
@@ -11,6 +13,7 @@ use crate::protocol::QoS;
 use crate::routing::{Message, RetainOutcome, RetainedStore, SubscriptionTrie};
 use crate::session::state::OutboundState;
 use crate::session::{DropReason, Session, SessionLimits};
+use crate::storage::{FileStorage, Recovered, SessionRecord, Storage, StorageHandle, StorageOp};
 use crate::transport;
 use arc_swap::ArcSwap;
 use parking_lot::{Mutex, RwLock};
@@ -21,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -31,6 +33,24 @@ pub enum BrokerError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// A certificate or key file could not be loaded.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    /// A password or ACL file could not be loaded.
+    #[error(transparent)]
+    Security(#[from] crate::auth::SecurityConfigError),
+    /// The store could not be opened or loaded.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// A setting that cannot change while the broker runs was changed.
+    #[error("`{0}` cannot change while the broker runs; restart to apply it (reload refused, nothing changed)")]
+    NotReloadable(&'static str),
+    /// A reload step failed unexpectedly.
+    #[error("reload failed: {0}")]
+    Reload(String),
+    /// A Wasm plugin could not be loaded.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugins::PluginError),
     /// A listener could not be bound.
     #[error("cannot bind listener {name} on {addr}: {source}")]
     Bind {
@@ -41,9 +61,6 @@ pub enum BrokerError {
         /// Underlying error.
         source: std::io::Error,
     },
-    /// A Wasm plugin could not be loaded.
-    #[error(transparent)]
-    Plugin(#[from] crate::plugins::PluginError),
 }
 
 /// Everything derived from the configuration, swapped whole on reload.
@@ -54,29 +71,35 @@ pub struct Runtime {
     /// Increases with every successful (re)load.
     pub generation: u64,
     /// Authentication, authorization and transform hooks in call order.
-    pub security: crate::hooks::SecurityChain,
-    /// The Wasm plugins of this generation (also present in `security`), for stats.
+    pub security: SecurityChain,
+    /// TLS server configs of the TLS and WSS listeners, by listener name.
+    pub tls: HashMap<String, Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// Listener settings by name, read at each accept.
+    pub listeners: HashMap<String, Arc<ListenerConfig>>,
+    /// The Wasm plugins of this generation (also in `security`), for stats.
     pub plugins: crate::plugins::PluginSet,
 }
 
-/// Builds everything derived from `config`: the built-in checks, then the Wasm plugins.
-///
-/// Pure apart from reading files: on error nothing changes, so a reload can keep the old runtime.
+/// Builds the complete runtime state from a config: reads password and ACL files and loads
+/// plugins. Pure with respect to the running broker, so a failure changes nothing.
 pub(crate) fn build_runtime(config: Config, generation: u64) -> Result<Runtime, BrokerError> {
-    // Placeholder until the built-in password/ACL chain is wired (lead: `build_security_chain`).
-    let mut security = crate::hooks::SecurityChain {
-        require_auth: config.security.require_auth,
-        allow_anonymous: config.security.allow_anonymous,
-        acl_default_allow: true,
-        ..Default::default()
-    };
+    config.validate(std::path::Path::new("<config>"))?;
+    let mut security = crate::auth::build_security_chain(&config.security)?;
     // Plugins come after the built-in checks, in list order.
     let plugins = crate::plugins::PluginSet::load_configured(&config.plugins)?;
     plugins.append_to(&mut security);
+    let effective = config.effective_listeners();
+    let tls = transport::tls_configs(&effective)?;
+    let listeners = effective
+        .into_iter()
+        .map(|l| (l.display_name(), Arc::new(l)))
+        .collect();
     Ok(Runtime {
         config,
         generation,
         security,
+        tls,
+        listeners,
         plugins,
     })
 }
@@ -110,6 +133,10 @@ pub struct SessionEntry {
     pub(crate) state: Mutex<Session>,
     /// Wakes the attached connection when messages were queued.
     pub(crate) wake: Notify,
+    /// The client as last connected, for delivery-time ACL checks.
+    pub(crate) client: Mutex<Arc<ClientInfo>>,
+    /// When the last connection ended (for `persistence.session_expiry`); `None` while online.
+    pub(crate) offline_since: Mutex<Option<std::time::SystemTime>>,
     pub(crate) owner: Mutex<Option<Owner>>,
 }
 
@@ -128,6 +155,18 @@ pub(crate) struct Shared {
     pub retained: RwLock<RetainedStore>,
     pub counters: Counters,
     pub shutdown: CancellationToken,
+    /// The storage writer when persistence is on (`None`: memory only, nothing journaled).
+    pub storage: Option<Arc<StorageHandle>>,
+    /// Running listeners; the async lock also serializes reloads.
+    pub listeners: tokio::sync::Mutex<Vec<transport::listeners::RunningListener>>,
+    /// Snapshot of the bound listeners for synchronous readers.
+    pub bound: Mutex<Vec<BoundListener>>,
+    /// Tells connections that a new generation is live (they re-check credentials).
+    pub reload_tx: watch::Sender<u64>,
+    /// Outcome of the last reload attempt.
+    pub last_reload: Mutex<ReloadStatus>,
+    /// Recent authentication failures per source address, for the back-off delay.
+    pub auth_failures: Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
     next_conn_id: AtomicU64,
     started_nanos: u128,
 }
@@ -139,9 +178,21 @@ pub(crate) struct Attached {
 }
 
 impl Shared {
-    fn new(runtime: Runtime) -> Shared {
+    fn new(runtime: Runtime, storage: Option<Arc<StorageHandle>>) -> Shared {
+        let generation = runtime.generation;
         Shared {
+            storage,
+            listeners: tokio::sync::Mutex::new(Vec::new()),
+            bound: Mutex::new(Vec::new()),
+            reload_tx: watch::channel(generation).0,
+            last_reload: Mutex::new(ReloadStatus {
+                generation,
+                ok: true,
+                error: None,
+                at: std::time::SystemTime::now(),
+            }),
             runtime: ArcSwap::from_pointee(runtime),
+            auth_failures: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             subscriptions: RwLock::new(SubscriptionTrie::new()),
             retained: RwLock::new(RetainedStore::new()),
@@ -162,7 +213,10 @@ impl Shared {
 
     /// A client id for a client that sent an empty one [MQTT-3.1.3-6].
     pub fn assign_client_id(&self, conn_id: u64) -> String {
-        format!("auto-{:x}-{conn_id:x}", self.started_nanos & 0xffff_ffff_ffff)
+        format!(
+            "auto-{:x}-{conn_id:x}",
+            self.started_nanos & 0xffff_ffff_ffff
+        )
     }
 
     /// Attaches connection `conn_id` to the session of `client_id`, taking it over from any
@@ -171,13 +225,14 @@ impl Shared {
     /// will is published before the new connection is acknowledged.
     pub async fn attach(
         &self,
-        client_id: &str,
-        clean_session: bool,
+        client: &Arc<ClientInfo>,
         conn_id: u64,
         cancel: CancellationToken,
         done: watch::Receiver<bool>,
     ) -> Attached {
         let limits = self.runtime.load().session_limits();
+        let client_id: &str = &client.client_id;
+        let clean_session = client.clean_session;
         let (attached, previous) = {
             let mut sessions = self.sessions.lock();
             let existing = sessions.get(client_id).cloned();
@@ -186,8 +241,7 @@ impl Shared {
             if let Some(old) = existing {
                 previous = old.owner.lock().take();
                 if clean_session || old.state.lock().clean_session {
-                    self.discard_subscriptions(&old);
-                    sessions.remove(client_id);
+                    self.remove_session(&mut sessions, &old);
                 } else {
                     reuse = Some(old);
                 }
@@ -199,11 +253,18 @@ impl Shared {
                     client_id: id.clone(),
                     state: Mutex::new(Session::new(id.clone(), clean_session, limits)),
                     wake: Notify::new(),
+                    client: Mutex::new(client.clone()),
+                    offline_since: Mutex::new(None),
                     owner: Mutex::new(None),
                 });
+                if !clean_session && self.storage.is_some() {
+                    entry.state.lock().enable_persistence();
+                }
                 sessions.insert(id, entry.clone());
                 entry
             });
+            *entry.client.lock() = client.clone();
+            *entry.offline_since.lock() = None;
             *entry.owner.lock() = Some(Owner {
                 conn_id,
                 cancel,
@@ -224,7 +285,91 @@ impl Shared {
             let _ = tokio::time::timeout(Duration::from_secs(5), done.wait_for(|d| *d)).await;
         }
         attached.entry.state.lock().set_limits(limits);
+        if !clean_session {
+            self.persist_record(&attached.entry);
+        }
         attached
+    }
+
+    /// Submits the operations a session journaled; returns the ticket to wait for.
+    pub fn persist(&self, state: &mut Session) -> Option<u64> {
+        let storage = self.storage.as_ref()?;
+        let ops = state.take_journal();
+        (!ops.is_empty()).then(|| storage.submit(ops))
+    }
+
+    /// Writes a persistent session's record (subscriptions, user name, last seen).
+    pub fn persist_record(&self, entry: &SessionEntry) -> Option<u64> {
+        let storage = self.storage.as_ref()?;
+        let record = {
+            let state = entry.state.lock();
+            if state.clean_session {
+                return None;
+            }
+            SessionRecord {
+                username: entry.client.lock().username.clone(),
+                subscriptions: state
+                    .subscriptions
+                    .iter()
+                    .map(|(f, q)| (f.clone(), *q))
+                    .collect(),
+                last_seen_ms: entry
+                    .offline_since
+                    .lock()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_millis() as u64),
+            }
+        };
+        Some(storage.submit(vec![StorageOp::PutSession {
+            client_id: entry.client_id.clone(),
+            record,
+        }]))
+    }
+
+    /// Forgets a session: its subscriptions, registry entry and stored state.
+    fn remove_session(
+        &self,
+        sessions: &mut HashMap<Arc<str>, Arc<SessionEntry>>,
+        entry: &Arc<SessionEntry>,
+    ) {
+        let was_persistent = !entry.state.lock().clean_session;
+        self.discard_subscriptions(entry);
+        if sessions
+            .get(&entry.client_id)
+            .is_some_and(|e| Arc::ptr_eq(e, entry))
+        {
+            sessions.remove(&entry.client_id);
+        }
+        if was_persistent {
+            if let Some(storage) = &self.storage {
+                storage.submit(vec![StorageOp::DeleteSession(entry.client_id.clone())]);
+            }
+        }
+    }
+
+    /// Removes persistent sessions offline for longer than `persistence.session_expiry`.
+    pub fn expire_sessions(&self) -> usize {
+        let expiry = self.runtime.load().config.persistence.session_expiry.get();
+        if expiry.is_zero() {
+            return 0;
+        }
+        let now = std::time::SystemTime::now();
+        let mut sessions = self.sessions.lock();
+        let expired: Vec<Arc<SessionEntry>> = sessions
+            .values()
+            .filter(|e| {
+                e.owner.lock().is_none()
+                    && e.offline_since
+                        .lock()
+                        .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= expiry)
+            })
+            .cloned()
+            .collect();
+        for e in &expired {
+            info!(client_id = %e.client_id, "persistent session expired (persistence.session_expiry)");
+            self.remove_session(&mut sessions, e);
+        }
+        expired.len()
     }
 
     /// Detaches connection `conn_id` from its session; a clean session ends here [MQTT-3.1.2-6].
@@ -244,13 +389,11 @@ impl Shared {
             state.clean_session
         };
         if clean {
-            self.discard_subscriptions(entry);
-            if sessions
-                .get(&entry.client_id)
-                .is_some_and(|e| Arc::ptr_eq(e, entry))
-            {
-                sessions.remove(&entry.client_id);
-            }
+            self.remove_session(&mut sessions, entry);
+        } else {
+            *entry.offline_since.lock() = Some(std::time::SystemTime::now());
+            drop(sessions);
+            self.persist_record(entry);
         }
     }
 
@@ -265,9 +408,18 @@ impl Shared {
         }
     }
 
-    /// Adds or replaces a subscription of `entry` to `filter`.
-    pub fn subscribe(&self, entry: &Arc<SessionEntry>, filter: &str, qos: QoS) {
-        entry.state.lock().subscriptions.insert(filter.to_owned(), qos);
+    /// Adds or replaces a subscription of `entry` to `filter`; returns a storage ticket.
+    pub fn subscribe(&self, entry: &Arc<SessionEntry>, filter: &str, qos: QoS) -> Option<u64> {
+        entry
+            .state
+            .lock()
+            .subscriptions
+            .insert(filter.to_owned(), qos);
+        self.insert_subscription(entry, filter, qos);
+        self.persist_record(entry)
+    }
+
+    fn insert_subscription(&self, entry: &Arc<SessionEntry>, filter: &str, qos: QoS) {
         self.subscriptions.write().insert(
             filter,
             entry.client_id.clone(),
@@ -281,50 +433,107 @@ impl Shared {
     /// Removes a subscription; returns whether it existed.
     pub fn unsubscribe(&self, entry: &Arc<SessionEntry>, filter: &str) -> bool {
         entry.state.lock().subscriptions.remove(filter);
-        self.subscriptions
+        let existed = self
+            .subscriptions
             .write()
             .remove(filter, &entry.client_id)
-            .is_some()
+            .is_some();
+        if existed {
+            self.persist_record(entry);
+        }
+        existed
     }
 
     /// Queues the retained messages matching a new subscription, flagged RETAIN=1 [MQTT-3.3.1-6].
-    pub fn send_retained(&self, entry: &SessionEntry, filter: &str, granted: QoS) {
+    pub fn send_retained(&self, entry: &SessionEntry, filter: &str, granted: QoS) -> Option<u64> {
         let messages = self.retained.read().matching(filter);
         if messages.is_empty() {
-            return;
+            return None;
         }
         let mut state = entry.state.lock();
         for m in messages {
             let qos = m.qos.min(granted);
             state.enqueue_retained(Message { qos, ..m });
         }
+        let ticket = self.persist(&mut state);
         drop(state);
         entry.wake.notify_one();
+        ticket
     }
 
     /// Routes a message to every matching subscriber and returns how many received it.
+    pub fn publish(&self, msg: Message) -> usize {
+        self.publish_tracked(msg).0
+    }
+
+    /// Routes a message; also returns the storage ticket of what it wrote (retained message,
+    /// persistent subscribers' queues), which must be durable before the publisher is
+    /// acknowledged.
     ///
     /// Stores or deletes the retained message first when RETAIN is set [MQTT-3.3.1-5].
-    pub fn publish(&self, msg: Message) -> usize {
+    pub fn publish_tracked(&self, msg: Message) -> (usize, Option<u64>) {
+        let runtime = self.runtime.load();
+        let mut ticket = None;
         if msg.retain {
-            let limit = self.runtime.load().config.persistence.retained_message_limit;
-            if self.retained.write().retain(&msg, limit) == RetainOutcome::LimitReached {
-                Counters::inc(&self.counters.retained_refused_limit);
-                warn!(topic = %msg.topic, limit, "retained message refused: retained_message_limit reached");
+            let limit = runtime.config.persistence.retained_message_limit;
+            let outcome = self.retained.write().retain(&msg, limit);
+            match outcome {
+                RetainOutcome::LimitReached => {
+                    Counters::inc(&self.counters.retained_refused_limit);
+                    warn!(topic = %msg.topic, limit, "retained message refused: retained_message_limit reached");
+                }
+                RetainOutcome::Added | RetainOutcome::Replaced => {
+                    if let Some(st) = &self.storage {
+                        ticket = Some(st.submit(vec![StorageOp::PutRetained(Message {
+                            retain: true,
+                            ..msg.clone()
+                        })]));
+                    }
+                }
+                RetainOutcome::Removed => {
+                    if let Some(st) = &self.storage {
+                        ticket =
+                            Some(st.submit(vec![StorageOp::DeleteRetained(msg.topic.clone())]));
+                    }
+                }
+                RetainOutcome::NothingToRemove => {}
             }
         }
         let mut targets: Vec<(Arc<SessionEntry>, QoS)> = Vec::new();
         self.subscriptions
             .read()
-            .for_each_match(&msg.topic, |_, sub| targets.push((sub.session.clone(), sub.qos)));
+            .for_each_match(&msg.topic, |_, sub| {
+                targets.push((sub.session.clone(), sub.qos))
+            });
         if targets.is_empty() {
             Counters::inc(&self.counters.dropped_no_subscribers);
-            return 0;
+            return (0, ticket);
         }
         // One delivery per client, at the highest QoS of its matching subscriptions [MQTT-3.3.5-1].
         if targets.len() > 1 {
-            targets.sort_by(|a, b| Arc::as_ptr(&a.0).cmp(&Arc::as_ptr(&b.0)).then(b.1.cmp(&a.1)));
+            targets.sort_by(|a, b| {
+                Arc::as_ptr(&a.0)
+                    .cmp(&Arc::as_ptr(&b.0))
+                    .then(b.1.cmp(&a.1))
+            });
             targets.dedup_by(|later, first| Arc::ptr_eq(&later.0, &first.0));
+        }
+        // A wildcard subscription never leaks a topic its client may not read.
+        if runtime.security.has_authorizers() {
+            targets.retain(|(entry, granted)| {
+                let client = entry.client.lock().clone();
+                let request = AclRequest {
+                    action: AclAction::Deliver,
+                    topic: &msg.topic,
+                    qos: msg.qos.min(*granted),
+                    retain: false,
+                };
+                let allowed = runtime.security.authorize(&client, &request);
+                if !allowed {
+                    Counters::inc(&self.counters.acl_denied_deliver);
+                }
+                allowed
+            });
         }
         let count = targets.len();
         for (entry, granted) in targets {
@@ -339,6 +548,9 @@ impl Shared {
             match state.enqueue(delivered) {
                 Ok(()) => {
                     let online = state.is_online();
+                    if let Some(t) = self.persist(&mut state) {
+                        ticket = Some(t);
+                    }
                     drop(state);
                     if online {
                         entry.wake.notify_one();
@@ -352,7 +564,7 @@ impl Shared {
                 Err(DropReason::Qos0Offline) => Counters::inc(&self.counters.dropped_offline_qos0),
             }
         }
-        count
+        (count, ticket)
     }
 
     /// A snapshot of the counters and registry sizes.
@@ -375,9 +587,13 @@ impl Shared {
             }
         }
         StatsSnapshot {
+            config_generation: self.runtime.load().generation,
             connections: ConnectionStats {
                 total: Counters::get(&c.connections),
                 tcp: Counters::get(&c.connections_tcp),
+                tls: Counters::get(&c.connections_tls),
+                websocket: Counters::get(&c.connections_ws),
+                wss: Counters::get(&c.connections_wss),
             },
             sessions: SessionStats {
                 total: sessions.len() as u64,
@@ -406,39 +622,245 @@ impl Shared {
 pub struct Broker;
 
 impl Broker {
+    /// Builds everything a config describes (files, plugins) without binding listeners:
+    /// what `--check-config` runs.
+    pub fn check(config: Config) -> Result<(), BrokerError> {
+        build_runtime(config, 0).map(|_| ())
+    }
+
     /// Validates `config`, binds every listener and starts serving.
     ///
     /// Returns once all listeners are bound, so that clients can connect immediately.
     pub async fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
-        config.validate(std::path::Path::new("<config>"))?;
+        let storage: Option<Arc<dyn Storage>> = match config.persistence.storage_type {
+            StorageType::File => {
+                let path = config.persistence.path.clone();
+                let opened = tokio::task::spawn_blocking(move || FileStorage::open(&path))
+                    .await
+                    .map_err(|e| BrokerError::Reload(e.to_string()))??;
+                info!(path = %opened.path().display(), "file persistence enabled");
+                Some(Arc::new(opened))
+            }
+            _ => None,
+        };
+        Broker::start_inner(config, storage).await
+    }
+
+    /// Like [`Broker::start`], on a storage backend the embedder provides (e.g. a
+    /// [`MemoryStorage`] shared with a previous broker in the same process).
+    pub async fn start_with_storage(
+        config: Config,
+        storage: Arc<dyn Storage>,
+    ) -> Result<BrokerHandle, BrokerError> {
+        Broker::start_inner(config, Some(storage)).await
+    }
+
+    async fn start_inner(
+        config: Config,
+        storage: Option<Arc<dyn Storage>>,
+    ) -> Result<BrokerHandle, BrokerError> {
         let listeners = config.effective_listeners();
-        let shared = Arc::new(Shared::new(build_runtime(config, 1)?));
-        let mut bound = Vec::new();
-        let mut tasks = Vec::new();
-        for l in &listeners {
-            let listener = transport::bind(l).await.map_err(|source| BrokerError::Bind {
-                name: l.display_name(),
-                addr: l.bind,
-                source,
-            })?;
-            let addr = listener.local_addr().unwrap_or(l.bind);
-            info!(listener = %l.display_name(), %addr, "listening");
-            bound.push(BoundListener {
-                name: l.display_name(),
-                transport: l.protocol,
-                addr,
-            });
-            tasks.push(tokio::spawn(transport::accept_loop(
-                listener,
-                l.clone(),
-                shared.clone(),
-            )));
+        let runtime = build_runtime(config, 1)?;
+        // Recovery happens before any listener opens: clients only ever see a complete state.
+        let (handle, recovered) = match storage {
+            Some(storage) => {
+                let started = std::time::Instant::now();
+                let loader = storage.clone();
+                let recovered = tokio::task::spawn_blocking(move || loader.load())
+                    .await
+                    .map_err(|e| BrokerError::Reload(e.to_string()))??;
+                let mode = runtime.config.persistence.sync_mode();
+                info!(
+                    sessions = recovered.sessions.len(),
+                    retained = recovered.retained.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "storage recovered"
+                );
+                (
+                    Some(Arc::new(StorageHandle::start(storage, mode))),
+                    Some(recovered),
+                )
+            }
+            None => (None, None),
+        };
+        let shared = Arc::new(Shared::new(runtime, handle));
+        if let Some(recovered) = recovered {
+            shared.recover(recovered);
         }
-        Ok(BrokerHandle {
-            shared,
-            listeners: bound,
-            tasks,
-        })
+        let running = transport::listeners::start_all(&listeners, &shared).await?;
+        shared.set_listeners(running, &mut *shared.listeners.lock().await);
+        let sweeper = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = sweeper.shutdown.cancelled() => break,
+                    _ = tick.tick() => { sweeper.expire_sessions(); }
+                }
+            }
+        });
+        Ok(BrokerHandle { shared })
+    }
+}
+
+/// Outcome of the last reload attempt.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadStatus {
+    /// Generation in force after the attempt.
+    pub generation: u64,
+    /// Whether the attempt succeeded.
+    pub ok: bool,
+    /// Why it failed (file, line and reason), if it did.
+    pub error: Option<String>,
+    /// When it happened.
+    #[serde(serialize_with = "serialize_time")]
+    pub at: std::time::SystemTime,
+}
+
+fn serialize_time<S: serde::Serializer>(
+    t: &std::time::SystemTime,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    s.serialize_u64(ms)
+}
+
+impl Shared {
+    /// Rebuilds retained messages and persistent sessions (with their subscriptions) from storage.
+    fn recover(&self, recovered: Recovered) {
+        let limits = self.runtime.load().session_limits();
+        let mut retained = self.retained.write();
+        for m in recovered.retained {
+            retained.retain(&m, usize::MAX);
+        }
+        drop(retained);
+        let mut sessions = self.sessions.lock();
+        for r in recovered.sessions {
+            let subscriptions = r.record.subscriptions.iter().cloned().collect();
+            let client = Arc::new(ClientInfo {
+                client_id: r.client_id.clone(),
+                username: r.record.username.clone(),
+                peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+                transport: TransportKind::Tcp,
+                tls_identity: None,
+                protocol: crate::protocol::ProtocolLevel::V311,
+                clean_session: false,
+            });
+            let last_seen = match r.record.last_seen_ms {
+                0 => std::time::SystemTime::now(),
+                ms => std::time::UNIX_EPOCH + Duration::from_millis(ms),
+            };
+            let entry = Arc::new(SessionEntry {
+                client_id: r.client_id.clone(),
+                state: Mutex::new(Session::restore(
+                    r.client_id.clone(),
+                    limits,
+                    subscriptions,
+                    r.messages,
+                    r.inbound,
+                )),
+                wake: Notify::new(),
+                client: Mutex::new(client),
+                offline_since: Mutex::new(Some(last_seen)),
+                owner: Mutex::new(None),
+            });
+            for (f, q) in &r.record.subscriptions {
+                self.insert_subscription(&entry, f, *q);
+            }
+            sessions.insert(r.client_id, entry);
+        }
+    }
+
+    fn set_listeners(
+        &self,
+        running: Vec<transport::listeners::RunningListener>,
+        slot: &mut Vec<transport::listeners::RunningListener>,
+    ) {
+        *self.bound.lock() = running
+            .iter()
+            .map(|r| BoundListener {
+                name: r.name.clone(),
+                transport: r.transport(),
+                addr: r.addr,
+            })
+            .collect();
+        *slot = running;
+    }
+
+    /// Applies a new configuration as one transaction: builds the complete runtime (files,
+    /// certificates, plugins) and binds new listeners first; only when all of it succeeded is
+    /// the runtime swapped in one store. Any error leaves the running state untouched.
+    pub async fn reload(self: &Arc<Self>, config: Config) -> Result<u64, BrokerError> {
+        let mut running = self.listeners.lock().await;
+        let current = self.runtime.load_full();
+        let result = self.reload_locked(&current, config, &mut running).await;
+        let mut status = self.last_reload.lock();
+        *status = ReloadStatus {
+            generation: self.runtime.load().generation,
+            ok: result.is_ok(),
+            error: result.as_ref().err().map(|e| e.to_string()),
+            at: std::time::SystemTime::now(),
+        };
+        match &result {
+            Ok(generation) => {
+                Counters::inc(&self.counters.reloads_ok);
+                info!(generation, "configuration reloaded");
+            }
+            Err(e) => {
+                Counters::inc(&self.counters.reloads_failed);
+                tracing::error!(error = %e, generation = current.generation, "configuration reload refused; the running configuration stays in force");
+            }
+        }
+        result
+    }
+
+    async fn reload_locked(
+        self: &Arc<Self>,
+        current: &Arc<Runtime>,
+        config: Config,
+        running: &mut Vec<transport::listeners::RunningListener>,
+    ) -> Result<u64, BrokerError> {
+        if config.performance.worker_threads != current.config.performance.worker_threads {
+            return Err(BrokerError::NotReloadable("performance.worker_threads"));
+        }
+        let generation = current.generation + 1;
+        // Reading files and compiling plugins is slow: keep it off the async workers.
+        let runtime = tokio::task::spawn_blocking(move || build_runtime(config, generation))
+            .await
+            .map_err(|e| BrokerError::Reload(e.to_string()))??;
+        let desired = runtime.config.effective_listeners();
+        let plan = match transport::listeners::prepare(std::mem::take(running), &desired).await {
+            Ok(plan) => plan,
+            Err((unchanged, e)) => {
+                *running = unchanged;
+                return Err(e);
+            }
+        };
+        let limits = runtime.session_limits();
+        let old = &current.config.persistence;
+        let new = &runtime.config.persistence;
+        if (old.storage_type, &old.path, old.sync, old.sync_interval)
+            != (new.storage_type, &new.path, new.sync, new.sync_interval)
+        {
+            *running = transport::listeners::abandon(plan);
+            return Err(BrokerError::NotReloadable(
+                "persistence (storage_type, path, sync)",
+            ));
+        }
+        self.runtime.store(Arc::new(runtime));
+        let now_running = transport::listeners::commit(plan, self).await;
+        self.set_listeners(now_running, running);
+        // Lowered limits apply to new work; nothing already queued is dropped.
+        let sessions: Vec<Arc<SessionEntry>> = self.sessions.lock().values().cloned().collect();
+        for s in sessions {
+            s.state.lock().set_limits(limits);
+        }
+        crate::logging::apply(&self.runtime.load().config.log);
+        let _ = self.reload_tx.send(generation);
+        Ok(generation)
     }
 }
 
@@ -454,31 +876,78 @@ pub struct BoundListener {
 }
 
 /// Control of a running broker.
+#[derive(Clone)]
 pub struct BrokerHandle {
     shared: Arc<Shared>,
-    listeners: Vec<BoundListener>,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 impl BrokerHandle {
     /// Address of the first listener.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listeners[0].addr
-    }
-
-    /// Every bound listener.
-    pub fn listeners(&self) -> &[BoundListener] {
-        &self.listeners
-    }
-
-    /// Counters and sizes right now.
-    pub fn stats(&self) -> StatsSnapshot {
-        self.shared.stats()
+        self.shared.bound.lock()[0].addr
     }
 
     /// State and counters of each loaded Wasm plugin, in call order.
     pub fn plugin_stats(&self) -> Vec<crate::plugins::PluginStats> {
         self.shared.runtime.load().plugins.stats()
+    }
+
+    /// Every bound listener, in configured order.
+    pub fn listeners(&self) -> Vec<BoundListener> {
+        self.shared.bound.lock().clone()
+    }
+
+    /// Generation of the configuration in force (1 at start, +1 per successful reload).
+    pub fn generation(&self) -> u64 {
+        self.shared.runtime.load().generation
+    }
+
+    /// Outcome of the last reload attempt.
+    pub fn last_reload(&self) -> ReloadStatus {
+        self.shared.last_reload.lock().clone()
+    }
+
+    /// Applies a new configuration live, as one transaction (see the README's "Change config
+    /// without restarting"). Returns the new generation, or why nothing changed.
+    pub async fn reload(&self, config: Config) -> Result<u64, BrokerError> {
+        self.shared.reload(config).await
+    }
+
+    /// Re-reads `path` and applies it live; a file that does not parse changes nothing.
+    pub async fn reload_from_file(&self, path: &std::path::Path) -> Result<u64, BrokerError> {
+        match Config::load(path) {
+            Ok(config) => self.shared.reload(config).await,
+            Err(e) => {
+                let err = BrokerError::Config(e);
+                Counters::inc(&self.shared.counters.reloads_failed);
+                tracing::error!(error = %err, "configuration reload refused; the running configuration stays in force");
+                *self.shared.last_reload.lock() = ReloadStatus {
+                    generation: self.generation(),
+                    ok: false,
+                    error: Some(err.to_string()),
+                    at: std::time::SystemTime::now(),
+                };
+                Err(err)
+            }
+        }
+    }
+
+    /// Watches `path`, the files it names and the plugin directory, and reloads on change
+    /// (debounced). Runs until the broker shuts down.
+    pub fn watch_config(
+        &self,
+        path: std::path::PathBuf,
+    ) -> Result<(), crate::config::watch::WatchError> {
+        crate::config::watch::spawn(self.clone(), path)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Counters and sizes right now.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats()
     }
 
     /// The configuration in force.
@@ -488,8 +957,8 @@ impl BrokerHandle {
 
     /// Stops accepting, closes every connection and waits (up to 10 s) for them to end.
     pub async fn shutdown(self) {
-        for t in &self.tasks {
-            t.abort();
+        for l in std::mem::take(&mut *self.shared.listeners.lock().await) {
+            l.stop(false);
         }
         self.shared.shutdown.cancel();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -498,15 +967,11 @@ impl BrokerHandle {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        if let Some(storage) = self.shared.storage.clone() {
+            // Everything journaled is written and made durable before returning.
+            let _ = tokio::task::spawn_blocking(move || storage.close()).await;
+        }
         info!("broker stopped");
-    }
-
-    /// Applies a new configuration to the running broker (listeners excepted).
-    pub fn apply_config(&self, config: Config) -> Result<u64, BrokerError> {
-        config.validate(std::path::Path::new("<config>"))?;
-        let generation = self.shared.runtime.load().generation + 1;
-        self.shared.runtime.store(Arc::new(build_runtime(config, generation)?));
-        Ok(generation)
     }
 
     /// Convenience for tests and embedders: a listener config on loopback with a free port.

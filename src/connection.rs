@@ -5,13 +5,13 @@
 //! the socket, the read and write buffers, the keep-alive timer and the connect timeout;
 //! protocol decisions live in the codec and the session.
 
-use crate::broker::{SessionEntry, Shared};
+use crate::broker::{Runtime, SessionEntry, Shared};
 use crate::config::TransportKind;
-use crate::hooks::{AclAction, AclRequest, ClientInfo, Credentials, SecurityChain};
+use crate::hooks::{AclAction, AclRequest, ClientInfo, Credentials, DenyReason};
 use crate::metrics::Counters;
 use crate::protocol::codec::{self, encode};
 use crate::protocol::{
-    ConnAck, ConnectReturnCode, LastWill, Packet, ProtocolError, Publish, QoS, SubAck,
+    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, ProtocolError, Publish, QoS, SubAck,
     SubAckCode,
 };
 use crate::routing::Message;
@@ -41,6 +41,14 @@ pub(crate) struct ConnectionInfo {
     pub listener: Arc<str>,
     pub listener_conns: Arc<AtomicUsize>,
     pub over_listener_limit: bool,
+    /// CONNECT (and any TLS/WebSocket handshake before it) must complete by then.
+    pub deadline: Instant,
+    /// Subject CN of a verified TLS client certificate.
+    pub tls_identity: Option<String>,
+    /// Whether that CN replaces the user name and counts as authentication.
+    pub use_identity_as_username: bool,
+    /// Cancelled when the listener is removed with `drain: true`, or at shutdown.
+    pub cancel: CancellationToken,
 }
 
 /// Why a connection ended.
@@ -56,6 +64,8 @@ enum Close {
     Protocol(String),
     /// Another connection took the session over, or an operator/shutdown closed it.
     Cancelled,
+    /// A reload revoked the client's credentials (`reauthorize_on_reload`).
+    Revoked(String),
     /// Socket error.
     Io(std::io::Error),
 }
@@ -98,6 +108,9 @@ impl Drop for ConnGuard {
 fn transport_counter(shared: &Shared, t: TransportKind) -> &std::sync::atomic::AtomicU64 {
     match t {
         TransportKind::Tcp => &shared.counters.connections_tcp,
+        TransportKind::Tls => &shared.counters.connections_tls,
+        TransportKind::Ws => &shared.counters.connections_ws,
+        TransportKind::Wss => &shared.counters.connections_wss,
     }
 }
 
@@ -128,12 +141,24 @@ where
         wbuf: BytesMut::new(),
         out: Vec::new(),
         max_packet_size: cfg.max_packet_size,
+        password: None,
+        certificate_verified: false,
+        reload: shared.reload_tx.subscribe(),
+        pending_ticket: None,
         client_id: Arc::from(""),
-        client: None,
+        client: Arc::new(ClientInfo {
+            client_id: Arc::from(""),
+            username: None,
+            peer: info.peer,
+            transport: info.transport,
+            tls_identity: None,
+            protocol: crate::protocol::ProtocolLevel::V311,
+            clean_session: true,
+        }),
     };
 
     // [MQTT-3.1.0-1]: the first packet must be CONNECT, within connect_timeout.
-    let first = tokio::time::timeout(cfg.connect_timeout.get(), conn.read_packet()).await;
+    let first = tokio::time::timeout_at(info.deadline, conn.read_packet()).await;
     let connect = match first {
         Err(_) => {
             info!(timeout = %cfg.connect_timeout, "closing: no CONNECT within connect_timeout");
@@ -157,19 +182,25 @@ where
         Ok(Ok(Packet::Connect(c))) => c,
         Ok(Ok(other)) => {
             Counters::inc(&shared.counters.protocol_errors);
-            warn!(packet = other.name(), "closing: first packet is not CONNECT [MQTT-3.1.0-1]");
+            warn!(
+                packet = other.name(),
+                "closing: first packet is not CONNECT [MQTT-3.1.0-1]"
+            );
             return;
         }
     };
 
-    let refuse = |code| Packet::ConnAck(ConnAck {
-        session_present: false,
-        code,
-    });
+    let refuse = |code| {
+        Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+        })
+    };
     if over_global_limit || info.over_listener_limit {
         Counters::inc(&shared.counters.connections_refused_limit);
         warn!(client_id = %connect.client_id, listener = %info.listener, "refusing connection: max_connections reached");
-        conn.send_and_close(refuse(ConnectReturnCode::ServerUnavailable)).await;
+        conn.send_and_close(refuse(ConnectReturnCode::ServerUnavailable))
+            .await;
         return;
     }
     let conn_id = shared.next_conn_id();
@@ -177,7 +208,8 @@ where
         if !connect.clean_session {
             // [MQTT-3.1.3-8]
             info!("refusing connection: empty client id without clean session");
-            conn.send_and_close(refuse(ConnectReturnCode::IdentifierRejected)).await;
+            conn.send_and_close(refuse(ConnectReturnCode::IdentifierRejected))
+                .await;
             return;
         }
         // [MQTT-3.1.3-6]
@@ -187,31 +219,34 @@ where
     };
     tracing::Span::current().record("client_id", client_id.as_str());
     conn.client_id = Arc::from(client_id.as_str());
-    conn.client = Some(ClientInfo {
+    let identity_as_username = info.use_identity_as_username && info.tls_identity.is_some();
+    let client = Arc::new(ClientInfo {
         client_id: conn.client_id.clone(),
-        username: connect.username.clone(),
+        username: if identity_as_username {
+            info.tls_identity.clone()
+        } else {
+            connect.username.clone()
+        },
         peer: info.peer,
         transport: info.transport,
-        tls_identity: None,
+        tls_identity: info.tls_identity.clone(),
         protocol: connect.protocol,
         clean_session: connect.clean_session,
     });
-    if let Some(client) = &conn.client {
-        let credentials = Credentials {
-            username: connect.username.as_deref(),
-            password: connect.password.as_deref(),
-        };
-        if let Err((reason, why)) = runtime.security.authenticate(client, &credentials) {
-            info!(%why, code = ?reason.return_code(), "refusing connection: authentication failed");
-            conn.send_and_close(refuse(reason.return_code())).await;
-            return;
-        }
+    if let Err(code) =
+        authenticate(&shared, &runtime, &client, &connect, identity_as_username).await
+    {
+        conn.send_and_close(refuse(code)).await;
+        return;
     }
+    conn.client = client.clone();
+    conn.password = connect.password.clone();
+    conn.certificate_verified = identity_as_username;
 
-    let cancel = shared.shutdown.child_token();
+    let cancel = info.cancel.clone();
     let (done_tx, done_rx) = watch::channel(false);
     let attached = shared
-        .attach(&client_id, connect.clean_session, conn_id, cancel.clone(), done_rx)
+        .attach(&client, conn_id, cancel.clone(), done_rx)
         .await;
     let entry = attached.entry;
     // [MQTT-3.2.2-1], [MQTT-3.2.2-2]: session present only when a stored session resumed.
@@ -219,7 +254,12 @@ where
         session_present: attached.session_present,
         code: ConnectReturnCode::Accepted,
     }));
-    entry.state.lock().connect(&mut conn.out);
+    {
+        let mut state = entry.state.lock();
+        state.connect(&mut conn.out);
+        let ticket = shared.persist(&mut state);
+        conn.note(ticket);
+    }
     info!(
         keep_alive = connect.keep_alive,
         clean_session = connect.clean_session,
@@ -243,27 +283,118 @@ where
         Close::PeerClosed => info!("connection closed by client without DISCONNECT"),
         Close::KeepAlive => {
             Counters::inc(&shared.counters.keep_alive_timeouts);
-            warn!(keep_alive = connect.keep_alive, "closing: keep-alive expired");
+            warn!(
+                keep_alive = connect.keep_alive,
+                "closing: keep-alive expired"
+            );
         }
         Close::Protocol(r) => {
             Counters::inc(&shared.counters.protocol_errors);
             warn!(reason = %r, "closing: protocol error");
         }
-        Close::Cancelled if shared.shutdown.is_cancelled() => info!("closing: broker shutting down"),
+        Close::Cancelled if shared.shutdown.is_cancelled() => {
+            info!("closing: broker shutting down")
+        }
         Close::Cancelled => info!("closing: session taken over or connection closed by operator"),
         Close::Io(e) => info!(error = %e, "connection error"),
+        Close::Revoked(why) => {
+            Counters::inc(&shared.counters.reauth_disconnects);
+            warn!(reason = %why, "closing: credentials no longer accepted after reload");
+        }
     }
     if reason.publishes_will() {
         if let Some(will) = &connect.will {
-            publish_will(&shared, will);
+            publish_will(&shared, &client, will);
         }
     }
     shared.detach(&entry, conn_id);
     let _ = done_tx.send(true);
 }
 
+/// Runs the authentication chain off the async workers (password hashing and plugins are
+/// deliberately slow), and delays refusals per source address to slow password guessing.
+async fn authenticate(
+    shared: &Arc<Shared>,
+    runtime: &Arc<Runtime>,
+    client: &Arc<ClientInfo>,
+    connect: &Connect,
+    certificate_verified: bool,
+) -> Result<(), ConnectReturnCode> {
+    let (rt, c, password) = (runtime.clone(), client.clone(), connect.password.clone());
+    let result = tokio::task::spawn_blocking(move || {
+        let credentials = Credentials {
+            username: c.username.as_deref(),
+            password: password.as_deref(),
+            certificate_verified,
+        };
+        rt.security.authenticate(&c, &credentials)
+    })
+    .await
+    .unwrap_or_else(|_| Err((DenyReason::NotAuthorized, "authentication panicked".into())));
+    let ip = client.peer.ip();
+    match result {
+        Ok(()) => {
+            Counters::inc(&shared.counters.auth_success);
+            shared.auth_failures.lock().remove(&ip);
+            Ok(())
+        }
+        Err((reason, why)) => {
+            Counters::inc(&shared.counters.auth_failure);
+            let delay = {
+                let cfg = &runtime.config.security;
+                let mut failures = shared.auth_failures.lock();
+                if failures.len() > 100_000 {
+                    failures.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(600));
+                }
+                let entry = failures.entry(ip).or_insert((0, std::time::Instant::now()));
+                if entry.1.elapsed() > Duration::from_secs(600) {
+                    entry.0 = 0;
+                }
+                entry.0 = entry.0.saturating_add(1);
+                entry.1 = std::time::Instant::now();
+                let factor = 1u32 << (entry.0 - 1).min(16);
+                (cfg.auth_failure_delay.get() * factor).min(cfg.auth_failure_max_delay.get())
+            };
+            // The password itself is never logged.
+            warn!(
+                username = client.username.as_deref().unwrap_or(""),
+                reason = %why,
+                code = reason.return_code() as u8,
+                delay_ms = delay.as_millis() as u64,
+                "authentication failed"
+            );
+            tokio::time::sleep(delay).await;
+            Err(reason.return_code())
+        }
+    }
+}
+
+/// Writes pending bytes (`Some(n)`), or flushes when nothing is pending (`None`).
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    wbuf: &BytesMut,
+) -> std::io::Result<Option<usize>> {
+    if wbuf.is_empty() {
+        wr.flush().await.map(|()| None)
+    } else {
+        wr.write(wbuf).await.map(Some)
+    }
+}
+
 /// Publishes a will message like any other PUBLISH [MQTT-3.1.2-8].
-fn publish_will(shared: &Shared, will: &LastWill) {
+fn publish_will(shared: &Shared, client: &ClientInfo, will: &LastWill) {
+    let runtime = shared.runtime.load();
+    let request = AclRequest {
+        action: AclAction::Publish,
+        topic: &will.topic,
+        qos: will.qos,
+        retain: will.retain,
+    };
+    if !runtime.security.authorize(client, &request) {
+        Counters::inc(&shared.counters.acl_denied_publish);
+        warn!(topic = %will.topic, "will message denied by ACL; not published");
+        return;
+    }
     Counters::inc(&shared.counters.wills_published);
     info!(topic = %will.topic, "publishing will message");
     shared.publish(Message {
@@ -284,8 +415,13 @@ struct Conn<S> {
     out: Vec<Packet>,
     max_packet_size: usize,
     client_id: Arc<str>,
-    /// What the hooks are told about this client (set once CONNECT is read).
-    client: Option<ClientInfo>,
+    client: Arc<ClientInfo>,
+    /// Kept to re-check the client after a reload; never logged.
+    password: Option<bytes::Bytes>,
+    certificate_verified: bool,
+    reload: watch::Receiver<u64>,
+    /// Storage ticket that must be durable before the pending output is written.
+    pending_ticket: Option<u64>,
 }
 
 impl<S: AsyncRead + AsyncWrite> Conn<S> {
@@ -358,7 +494,10 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             self.wr.write_all(&wbuf).await?;
             self.wr.shutdown().await
         };
-        if tokio::time::timeout(Duration::from_secs(1), write).await.is_ok() {
+        if tokio::time::timeout(Duration::from_secs(1), write)
+            .await
+            .is_ok()
+        {
             Counters::add(&self.shared.counters.bytes_out, wbuf.len() as u64);
         }
     }
@@ -372,7 +511,15 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     ) -> Close {
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut deadline = idle_limit.map_or(far_future, |d| Instant::now() + d);
+        // TLS and WebSocket streams buffer internally: flush once the write buffer is drained.
+        let mut needs_flush = false;
         loop {
+            // Acknowledgements promise durability: with `sync: always` they wait for the store.
+            if let (Some(ticket), Some(storage)) =
+                (self.pending_ticket.take(), &self.shared.storage)
+            {
+                storage.wait_durable(ticket).await;
+            }
             self.encode_out();
             if self.rbuf.capacity() - self.rbuf.len() < 512 && self.wbuf.len() < WRITE_HARD_LIMIT {
                 self.rbuf.reserve(READ_CHUNK);
@@ -380,12 +527,14 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Close::Cancelled,
-                r = self.wr.write(&self.wbuf), if !self.wbuf.is_empty() => match r {
-                    Ok(0) => return Close::PeerClosed,
-                    Ok(n) => {
+                r = write_or_flush(&mut self.wr, &self.wbuf), if !self.wbuf.is_empty() || needs_flush => match r {
+                    Ok(Some(0)) => return Close::PeerClosed,
+                    Ok(Some(n)) => {
                         let _ = self.wbuf.split_to(n);
+                        needs_flush = true;
                         Counters::add(&self.shared.counters.bytes_out, n as u64);
                     }
+                    Ok(None) => needs_flush = false,
                     Err(e) => return Close::Io(e),
                 },
                 r = self.rd.read_buf(&mut self.rbuf), if self.wbuf.len() < WRITE_HARD_LIMIT => match r {
@@ -410,11 +559,65 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                     Err(e) => return Close::Io(e),
                 },
                 _ = entry.wake.notified(), if self.wbuf.len() < WRITE_HIGH_WATER => {
-                    entry.state.lock().drain(&mut self.out);
+                    self.with_session(entry, |s, out| s.drain(out));
                 }
                 _ = tokio::time::sleep_until(deadline), if idle_limit.is_some() => return Close::KeepAlive,
+                _ = self.reload.changed() => {
+                    if let Err(why) = self.recheck().await {
+                        return Close::Revoked(why);
+                    }
+                }
             }
         }
+    }
+
+    /// After a reload: picks up new limits and, with `reauthorize_on_reload`, re-runs the
+    /// authentication chain with the credentials this client connected with.
+    async fn recheck(&mut self) -> Result<(), String> {
+        let runtime = self.shared.runtime.load_full();
+        self.max_packet_size = runtime.config.server.max_packet_size;
+        if !runtime.config.security.reauthorize_on_reload {
+            return Ok(());
+        }
+        let (client, password, verified) = (
+            self.client.clone(),
+            self.password.clone(),
+            self.certificate_verified,
+        );
+        tokio::task::spawn_blocking(move || {
+            let credentials = Credentials {
+                username: client.username.as_deref(),
+                password: password.as_deref(),
+                certificate_verified: verified,
+            };
+            runtime
+                .security
+                .authenticate(&client, &credentials)
+                .map_err(|(_, why)| why)
+        })
+        .await
+        .unwrap_or_else(|_| Err("authentication panicked".into()))
+    }
+
+    /// Remembers a storage ticket the pending output depends on.
+    fn note(&mut self, ticket: Option<u64>) {
+        if let Some(t) = ticket {
+            self.pending_ticket = Some(self.pending_ticket.map_or(t, |p| p.max(t)));
+        }
+    }
+
+    /// Runs one session transition under its lock and submits what it journaled.
+    fn with_session<R>(
+        &mut self,
+        entry: &SessionEntry,
+        f: impl FnOnce(&mut crate::session::Session, &mut Vec<Packet>) -> R,
+    ) -> R {
+        let mut state = entry.state.lock();
+        let r = f(&mut state, &mut self.out);
+        let ticket = self.shared.persist(&mut state);
+        drop(state);
+        self.note(ticket);
+        r
     }
 
     /// Handles one packet from a connected client.
@@ -422,34 +625,44 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         match packet {
             Packet::Publish(p) => self.handle_publish(entry, p),
             Packet::PubAck(pid) => {
-                entry.state.lock().puback(pid, &mut self.out);
+                self.with_session(entry, |s, out| s.puback(pid, out));
             }
             Packet::PubRec(pid) => {
-                entry.state.lock().pubrec(pid, &mut self.out);
+                self.with_session(entry, |s, out| s.pubrec(pid, out));
             }
             Packet::PubComp(pid) => {
-                entry.state.lock().pubcomp(pid, &mut self.out);
+                self.with_session(entry, |s, out| s.pubcomp(pid, out));
             }
-            Packet::PubRel(pid) => entry.state.lock().pubrel(pid, &mut self.out),
+            Packet::PubRel(pid) => self.with_session(entry, |s, out| s.pubrel(pid, out)),
             Packet::Subscribe(s) => {
+                let runtime = self.shared.runtime.load();
                 let mut codes = Vec::with_capacity(s.filters.len());
                 let mut granted = Vec::with_capacity(s.filters.len());
-                let runtime = self.shared.runtime.load();
                 for (filter, requested) in &s.filters {
-                    if !self.allowed(&runtime.security, AclAction::Subscribe, filter, *requested, false) {
-                        info!(%filter, "subscription refused by authorization");
+                    let request = AclRequest {
+                        action: AclAction::Subscribe,
+                        topic: filter,
+                        qos: *requested,
+                        retain: false,
+                    };
+                    if !runtime.security.authorize(&self.client, &request) {
+                        // A refused filter gets 0x80; the others are still granted [MQTT-3.9.3-1].
+                        Counters::inc(&self.shared.counters.acl_denied_subscribe);
+                        warn!(%filter, "subscription denied by ACL");
                         codes.push(SubAckCode::Failure);
                         continue;
                     }
                     // The broker supports every QoS, so the grant is what was asked [MQTT-3.9.3-2].
-                    self.shared.subscribe(entry, filter, *requested);
+                    let ticket = self.shared.subscribe(entry, filter, *requested);
+                    self.note(ticket);
                     codes.push(SubAckCode::Granted(*requested));
                     granted.push((filter, *requested));
                 }
                 // SUBACK first, then the retained messages [MQTT-3.8.4-1], [MQTT-3.8.4-3].
                 self.out.push(Packet::SubAck(SubAck { pid: s.pid, codes }));
                 for (filter, qos) in granted {
-                    self.shared.send_retained(entry, filter, qos);
+                    let ticket = self.shared.send_retained(entry, filter, qos);
+                    self.note(ticket);
                 }
                 debug!(filters = ?s.filters, "subscribed");
             }
@@ -464,7 +677,9 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             Packet::PingReq => self.out.push(Packet::PingResp),
             Packet::Disconnect => return Err(Close::Disconnect),
             // [MQTT-3.1.0-2]
-            Packet::Connect(_) => return Err(Close::Protocol("second CONNECT [MQTT-3.1.0-2]".into())),
+            Packet::Connect(_) => {
+                return Err(Close::Protocol("second CONNECT [MQTT-3.1.0-2]".into()))
+            }
             other @ (Packet::ConnAck(_)
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
@@ -478,34 +693,10 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         Ok(())
     }
 
-    /// Asks the authorization chain; `true` when there is no client yet (cannot happen).
-    fn allowed(&self, chain: &SecurityChain, action: AclAction, topic: &str, qos: QoS, retain: bool) -> bool {
-        let Some(client) = &self.client else { return true };
-        chain.authorize(client, &AclRequest { action, topic, qos, retain })
-    }
-
-    /// Authorizes and transforms a received message, then routes what comes out.
-    fn route(&self, p: Publish) {
-        let runtime = self.shared.runtime.load();
-        let chain = &runtime.security;
-        if !self.allowed(chain, AclAction::Publish, &p.topic, p.qos, p.retain) {
-            // MQTT 3.1.1 has no negative acknowledgement: the flow completes, nothing is routed.
-            info!(topic = %p.topic, "publish refused by authorization");
-            return;
-        }
-        let message = Message::from_publish(p);
-        let Some(client) = &self.client else { return };
-        for m in chain.transform(client, message) {
-            self.shared.publish(m);
-        }
-    }
-
     fn handle_publish(&mut self, entry: &Arc<SessionEntry>, p: Publish) {
         Counters::inc(&self.shared.counters.messages_in);
         match (p.qos, p.pid) {
-            (QoS::AtMostOnce, _) => {
-                self.route(p);
-            }
+            (QoS::AtMostOnce, _) => self.route(p),
             (QoS::AtLeastOnce, Some(pid)) => {
                 self.route(p);
                 // [MQTT-4.3.2-2]: PUBACK after taking ownership of the message.
@@ -513,7 +704,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             }
             (QoS::ExactlyOnce, Some(pid)) => {
                 // Method B of 4.3.3: keep the packet id until PUBREL, route only the first copy.
-                let first = entry.state.lock().inbound_qos2(pid, &mut self.out);
+                let first = self.with_session(entry, |s, out| s.inbound_qos2(pid, out));
                 if first == InboundQos2::New {
                     self.route(p);
                 }
@@ -522,5 +713,33 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             (_, None) => {}
         }
     }
-}
 
+    /// Checks the ACL, runs transforms and routes the result. A refused PUBLISH is still
+    /// acknowledged by the caller (3.1.1 has no negative acknowledgement) but goes nowhere.
+    fn route(&mut self, p: Publish) {
+        let runtime = self.shared.runtime.load();
+        let request = AclRequest {
+            action: AclAction::Publish,
+            topic: &p.topic,
+            qos: p.qos,
+            retain: p.retain,
+        };
+        if !runtime.security.authorize(&self.client, &request) {
+            Counters::inc(&self.shared.counters.acl_denied_publish);
+            warn!(topic = %p.topic, "publish denied by ACL; acknowledged and dropped");
+            return;
+        }
+        for message in runtime
+            .security
+            .transform(&self.client, Message::from_publish(p))
+        {
+            // A transform may produce anything; only valid topic names are routed.
+            if let Err(e) = crate::protocol::topic::validate_topic_name(&message.topic) {
+                warn!(topic = %message.topic, error = %e, "transform produced an invalid topic; dropped");
+                continue;
+            }
+            let (_, ticket) = self.shared.publish_tracked(message);
+            self.note(ticket);
+        }
+    }
+}

@@ -39,6 +39,9 @@ pub struct Credentials<'a> {
     pub username: Option<&'a str>,
     /// Password bytes (never logged).
     pub password: Option<&'a [u8]>,
+    /// The user name is the subject of a client certificate the TLS layer verified
+    /// (`use_identity_as_username`), which counts as authentication.
+    pub certificate_verified: bool,
 }
 
 /// Why an authenticator refused a client; maps to a CONNACK return code.
@@ -184,9 +187,18 @@ impl std::fmt::Debug for SecurityChain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names = |v: Vec<&str>| v.join(",");
         f.debug_struct("SecurityChain")
-            .field("authenticators", &names(self.authenticators.iter().map(|a| a.name()).collect()))
-            .field("authorizers", &names(self.authorizers.iter().map(|a| a.name()).collect()))
-            .field("transformers", &names(self.transformers.iter().map(|a| a.name()).collect()))
+            .field(
+                "authenticators",
+                &names(self.authenticators.iter().map(|a| a.name()).collect()),
+            )
+            .field(
+                "authorizers",
+                &names(self.authorizers.iter().map(|a| a.name()).collect()),
+            )
+            .field(
+                "transformers",
+                &names(self.transformers.iter().map(|a| a.name()).collect()),
+            )
             .field("require_auth", &self.require_auth)
             .field("acl_default_allow", &self.acl_default_allow)
             .finish()
@@ -209,10 +221,14 @@ impl SecurityChain {
         client: &ClientInfo,
         credentials: &Credentials<'_>,
     ) -> Result<(), (DenyReason, String)> {
-        let mut allowed_by = None;
+        let mut allowed_by = credentials
+            .certificate_verified
+            .then_some("tls-client-certificate");
         for a in &self.authenticators {
             match a.authenticate(client, credentials) {
-                AuthOutcome::Deny(reason, why) => return Err((reason, format!("{}: {why}", a.name()))),
+                AuthOutcome::Deny(reason, why) => {
+                    return Err((reason, format!("{}: {why}", a.name())))
+                }
                 AuthOutcome::Allow => allowed_by = allowed_by.or(Some(a.name())),
                 AuthOutcome::Abstain => {}
             }
@@ -225,8 +241,13 @@ impl SecurityChain {
                 Err((DenyReason::NotAuthorized, "unknown user".into()))
             }
             Some(_) => Ok(()),
-            None if self.require_auth => Err((DenyReason::NotAuthorized, "authentication required".into())),
-            None if !self.allow_anonymous => Err((DenyReason::NotAuthorized, "anonymous clients are not allowed".into())),
+            None if self.require_auth => {
+                Err((DenyReason::NotAuthorized, "authentication required".into()))
+            }
+            None if !self.allow_anonymous => Err((
+                DenyReason::NotAuthorized,
+                "anonymous clients are not allowed".into(),
+            )),
             None => Ok(()),
         }
     }

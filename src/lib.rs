@@ -5,16 +5,18 @@
 //! messages), [`config`], [`metrics`], and [`broker`] which wires them; [`connection`]
 //! is the async shell that moves bytes between a socket and a session.
 
-pub mod broker;
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub(crate) mod connection;
 pub mod hooks;
+pub mod logging;
 pub mod metrics;
 pub mod plugins;
 pub mod protocol;
 pub mod routing;
 pub mod session;
+pub mod storage;
 pub mod transport;
 
 pub use broker::{Broker, BrokerError, BrokerHandle};

@@ -1,14 +1,15 @@
 //! The `mqtt-broker` command: run the broker, or check a config file.
 
 use clap::{Parser, Subcommand};
-use mqtt_broker::config::{Config, LogFormat};
+use mqtt_broker::config::Config;
 use mqtt_broker::Broker;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
 /// MQTT 3.1.1 broker with sandboxed WebAssembly plugins and live reload.
+///
+/// Without arguments it runs on built-in defaults (TCP on 0.0.0.0:1883).
 #[derive(Parser, Debug)]
 #[command(name = "mqtt-broker", version, about)]
 struct Cli {
@@ -20,19 +21,35 @@ struct Cli {
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     check_config: Option<PathBuf>,
 
+    /// If the file store (persistence.path) cannot be opened, move it aside to
+    /// `PATH.corrupt-<time>` and start with an empty store instead of refusing to start.
+    #[arg(long)]
+    move_corrupt_store: bool,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Add or update USER in a Mosquitto-format password FILE (created if missing).
+    /// The password is read from the terminal without echo, or from one line of stdin.
+    Passwd {
+        /// Password file.
+        file: PathBuf,
+        /// User name.
+        user: String,
+    },
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(path) = &cli.check_config {
         return check_config(path);
     }
-    let _ = &cli.command;
+    if let Some(Command::Passwd { file, user }) = &cli.command {
+        return passwd(file, user);
+    }
     let config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
@@ -43,7 +60,23 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
-    init_logging(&config);
+    mqtt_broker::logging::init(&config.log);
+    if cli.move_corrupt_store
+        && config.persistence.storage_type == mqtt_broker::config::StorageType::File
+    {
+        let dir = &config.persistence.path;
+        if let Err(e) = mqtt_broker::storage::FileStorage::open(dir) {
+            match mqtt_broker::storage::FileStorage::move_aside(dir) {
+                Ok(to) => {
+                    tracing::warn!(error = %e, moved_to = %to.display(), "store could not be opened; moved aside, starting empty")
+                }
+                Err(m) => {
+                    eprintln!("error: {e}; moving it aside failed: {m}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if config.performance.worker_threads > 0 {
@@ -59,8 +92,51 @@ fn main() -> ExitCode {
     runtime.block_on(run(config, cli.config))
 }
 
+fn passwd(file: &Path, user: &str) -> ExitCode {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ");
+        let second = rpassword::prompt_password("Reenter password: ");
+        match (first, second) {
+            (Ok(a), Ok(b)) if a == b => a,
+            (Ok(_), Ok(_)) => {
+                eprintln!("error: passwords do not match");
+                return ExitCode::FAILURE;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("error: cannot read password: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut line) {
+            eprintln!("error: cannot read password from stdin: {e}");
+            return ExitCode::FAILURE;
+        }
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
+    if password.is_empty() {
+        eprintln!("error: empty password");
+        return ExitCode::FAILURE;
+    }
+    match mqtt_broker::auth::set_user(file, user, password.as_bytes()) {
+        Ok(()) => {
+            eprintln!("{}: password for {user} set", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn check_config(path: &Path) -> ExitCode {
-    match Config::load(path) {
+    match Config::load(path).map_err(|e| e.to_string()).and_then(|c| {
+        Broker::check(c.clone()).map_err(|e| e.to_string())?;
+        Ok(c)
+    }) {
         Ok(c) => {
             print!("{}", c.to_yaml());
             eprintln!("{}: configuration is valid", path.display());
@@ -73,23 +149,10 @@ fn check_config(path: &Path) -> ExitCode {
     }
 }
 
-fn init_logging(config: &Config) {
-    // RUST_LOG wins over the config file, as operators expect.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    match config.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
-    let source = path.map_or("built-in defaults".to_string(), |p| p.display().to_string());
+    let source = path
+        .as_ref()
+        .map_or("built-in defaults".to_string(), |p| p.display().to_string());
     info!(version = env!("CARGO_PKG_VERSION"), config = %source, "starting mqtt-broker");
     let handle = match Broker::start(config).await {
         Ok(h) => h,
@@ -98,30 +161,46 @@ async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_signal().await;
+    if let Some(path) = &path {
+        if let Err(e) = handle.watch_config(path.clone()) {
+            error!("cannot watch the configuration for changes: {e}; SIGHUP still reloads it");
+        }
+    }
+    wait_for_signal(&handle, path.as_deref()).await;
     info!("shutting down");
     handle.shutdown().await;
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or Ctrl-C; SIGHUP re-reads the config file meanwhile.
+async fn wait_for_signal(handle: &mqtt_broker::BrokerHandle, path: Option<&Path>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = hup.recv() => match path {
+                    Some(p) => {
+                        info!("SIGHUP: reloading {}", p.display());
+                        let _ = handle.reload_from_file(p).await;
+                    }
+                    None => info!("SIGHUP ignored: running on built-in defaults, no file to reload"),
+                },
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = (handle, path);
         let _ = tokio::signal::ctrl_c().await;
     }
 }

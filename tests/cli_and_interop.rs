@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-broker");
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn require(tool: &str) {
@@ -19,7 +23,10 @@ fn require(tool: &str) {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(found, "{tool} is required (apt-get install mosquitto-clients; .ci/run does this)");
+    assert!(
+        found,
+        "{tool} is required (apt-get install mosquitto-clients; .ci/run does this)"
+    );
 }
 
 /// Runs the broker binary on a free loopback port; killed on drop.
@@ -34,7 +41,11 @@ impl BrokerProcess {
         let dir = std::env::temp_dir().join(format!("mqtt-broker-test-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("broker.yaml");
-        std::fs::write(&cfg, format!("server:\n  host: 127.0.0.1\n  port: {port}\n{extra_yaml}")).unwrap();
+        std::fs::write(
+            &cfg,
+            format!("server:\n  host: 127.0.0.1\n  port: {port}\n{extra_yaml}"),
+        )
+        .unwrap();
         let child = Command::new(BIN)
             .arg("--config")
             .arg(&cfg)
@@ -65,14 +76,24 @@ fn version_and_help() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("--config") && help.contains("--check-config"), "{help}");
+    assert!(
+        help.contains("--config") && help.contains("--check-config"),
+        "{help}"
+    );
 }
 
 #[test]
 fn check_config_accepts_example_and_prints_effective_config() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/broker.yaml");
-    let out = Command::new(BIN).args(["--check-config", example]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["--check-config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("max_connections"), "{printed}");
     assert!(printed.contains("listeners"), "{printed}");
@@ -84,12 +105,23 @@ fn check_config_rejects_unknown_key_with_line_and_exit_1() {
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, "server:\n  port: 1883\n  max_conections: 5\n").unwrap();
-    let out = Command::new(BIN).arg("--check-config").arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("max_conections") && err.contains("line 3"), "{err}");
+    assert!(
+        err.contains("max_conections") && err.contains("line 3"),
+        "{err}"
+    );
     std::fs::write(&bad, "server:\n  port: 0\n").unwrap();
-    let out = Command::new(BIN).arg("--check-config").arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.port"));
 }
@@ -100,7 +132,11 @@ fn invalid_config_refuses_to_start() {
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, "performance:\n  inflight_window_size: nope\n").unwrap();
-    let out = Command::new(BIN).arg("--config").arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("inflight_window_size"));
 }
@@ -114,7 +150,24 @@ fn mosquitto_clients_qos2_retained_roundtrip() {
     let broker = BrokerProcess::start("");
     let port = broker.port.to_string();
     let mut sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-t", "sensors/#", "-q", "2", "-c", "-i", "probe", "-v", "-C", "2", "-W", "10"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "sensors/#",
+            "-q",
+            "2",
+            "-c",
+            "-i",
+            "probe",
+            "-v",
+            "-C",
+            "2",
+            "-W",
+            "10",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -122,7 +175,19 @@ fn mosquitto_clients_qos2_retained_roundtrip() {
     std::thread::sleep(Duration::from_millis(500));
     for (topic, msg) in [("sensors/a", "25.5"), ("sensors/b", "40.1")] {
         let st = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port, "-t", topic, "-m", msg, "-q", "2", "-r"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                topic,
+                "-m",
+                msg,
+                "-q",
+                "2",
+                "-r",
+            ])
             .status()
             .unwrap();
         assert!(st.success());
@@ -137,7 +202,18 @@ fn mosquitto_clients_qos2_retained_roundtrip() {
 
     // A new subscriber gets the retained values.
     let out = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-t", "sensors/a", "-C", "1", "-W", "5"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "sensors/a",
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "25.5");
@@ -150,16 +226,49 @@ fn mosquitto_persistent_session_receives_offline_messages() {
     require("mosquitto_sub");
     let broker = BrokerProcess::start("");
     let port = broker.port.to_string();
-    let sub_args = ["-h", "127.0.0.1", "-p", &port, "-t", "offline/#", "-q", "1", "-c", "-i", "keeper", "-W", "3"];
+    let sub_args = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-t",
+        "offline/#",
+        "-q",
+        "1",
+        "-c",
+        "-i",
+        "keeper",
+        "-W",
+        "3",
+    ];
     // First run registers the session and exits on the -W timeout.
-    let _ = Command::new("mosquitto_sub").args(sub_args).args(["-C", "1"]).output().unwrap();
+    let _ = Command::new("mosquitto_sub")
+        .args(sub_args)
+        .args(["-C", "1"])
+        .output()
+        .unwrap();
     for i in 0..3 {
         let st = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port, "-t", "offline/x", "-m", &i.to_string(), "-q", "1"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                "offline/x",
+                "-m",
+                &i.to_string(),
+                "-q",
+                "1",
+            ])
             .status()
             .unwrap();
         assert!(st.success());
     }
-    let out = Command::new("mosquitto_sub").args(sub_args).args(["-C", "3"]).output().unwrap();
+    let out = Command::new("mosquitto_sub")
+        .args(sub_args)
+        .args(["-C", "3"])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n1\n2\n");
 }

@@ -16,7 +16,10 @@ async fn rumqttc_publish_subscribe_all_qos() {
     let mut opts = rumqttc::MqttOptions::new("rumqttc-sub", addr.ip().to_string(), addr.port());
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut events) = rumqttc::AsyncClient::new(opts, 10);
-    client.subscribe("sensors/#", rumqttc::QoS::ExactlyOnce).await.unwrap();
+    client
+        .subscribe("sensors/#", rumqttc::QoS::ExactlyOnce)
+        .await
+        .unwrap();
     // Wait for the SUBACK before publishing.
     loop {
         if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) = events.poll().await.unwrap() {
@@ -24,13 +27,26 @@ async fn rumqttc_publish_subscribe_all_qos() {
         }
     }
     let (mut publisher, _) = RawClient::connect(addr, "pub", true).await;
-    publisher.send(&publish("sensors/a", b"0", QoS::AtMostOnce, None, false)).await;
-    publisher.send(&publish("sensors/b", b"1", QoS::AtLeastOnce, Some(1), false)).await;
+    publisher
+        .send(&publish("sensors/a", b"0", QoS::AtMostOnce, None, false))
+        .await;
+    publisher
+        .send(&publish(
+            "sensors/b",
+            b"1",
+            QoS::AtLeastOnce,
+            Some(1),
+            false,
+        ))
+        .await;
     assert_eq!(publisher.recv().await, Some(Packet::PubAck(1)));
     publisher.publish_qos2("sensors/c", b"2", 2).await;
     let mut got = Vec::new();
     while got.len() < 3 {
-        let ev = tokio::time::timeout(WAIT, events.poll()).await.unwrap().unwrap();
+        let ev = tokio::time::timeout(WAIT, events.poll())
+            .await
+            .unwrap()
+            .unwrap();
         if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
             got.push((p.topic.clone(), p.qos as u8, p.payload.to_vec()));
         }
@@ -59,7 +75,8 @@ async fn delivery_qos_is_minimum_of_publish_and_subscription() {
     publ.publish_qos2("t", b"x", 7).await;
     let p = sub.recv_publish().await;
     assert_eq!(p.qos, QoS::AtLeastOnce);
-    publ.send(&publish("t", b"y", QoS::AtMostOnce, None, false)).await;
+    publ.send(&publish("t", b"y", QoS::AtMostOnce, None, false))
+        .await;
     let p2 = sub.recv_publish().await;
     assert_eq!((p2.qos, p2.pid), (QoS::AtMostOnce, None));
 }
@@ -68,8 +85,15 @@ async fn delivery_qos_is_minimum_of_publish_and_subscription() {
 async fn overlapping_subscriptions_deliver_once_at_highest_qos_mqtt_3_3_5_1() {
     let broker = start_broker(|_| {}).await;
     let (mut sub, _) = RawClient::connect(broker.local_addr(), "sub", true).await;
-    sub.subscribe(1, &[("a/#", QoS::AtMostOnce), ("a/+", QoS::ExactlyOnce), ("a/b", QoS::AtLeastOnce)])
-        .await;
+    sub.subscribe(
+        1,
+        &[
+            ("a/#", QoS::AtMostOnce),
+            ("a/+", QoS::ExactlyOnce),
+            ("a/b", QoS::AtLeastOnce),
+        ],
+    )
+    .await;
     let (mut publ, _) = RawClient::connect(broker.local_addr(), "pub", true).await;
     publ.publish_qos2("a/b", b"once", 3).await;
     let p = sub.receive_qos2().await;
@@ -85,7 +109,8 @@ async fn inbound_qos2_duplicate_is_routed_once_across_reconnect_mqtt_4_3_3() {
     sub.subscribe(1, &[("q2", QoS::ExactlyOnce)]).await;
 
     let (mut publ, _) = RawClient::connect(addr, "pub", false).await;
-    publ.send(&publish("q2", b"m", QoS::ExactlyOnce, Some(42), false)).await;
+    publ.send(&publish("q2", b"m", QoS::ExactlyOnce, Some(42), false))
+        .await;
     assert_eq!(publ.recv().await, Some(Packet::PubRec(42)));
     // The publisher loses the connection before PUBREL and re-sends with DUP after reconnecting.
     drop(publ);
@@ -150,11 +175,14 @@ async fn offline_persistent_session_queues_qos1_and_qos2_not_qos0() {
     sub.expect_closed().await;
 
     let (mut publ, _) = RawClient::connect(addr, "pub", true).await;
-    publ.send(&publish("q/1", b"a", QoS::AtLeastOnce, Some(1), false)).await;
+    publ.send(&publish("q/1", b"a", QoS::AtLeastOnce, Some(1), false))
+        .await;
     publ.recv().await;
-    publ.send(&publish("q/0", b"dropped", QoS::AtMostOnce, None, false)).await;
+    publ.send(&publish("q/0", b"dropped", QoS::AtMostOnce, None, false))
+        .await;
     publ.publish_qos2("q/2", b"b", 2).await;
-    publ.send(&publish("q/1", b"c", QoS::AtLeastOnce, Some(3), false)).await;
+    publ.send(&publish("q/1", b"c", QoS::AtLeastOnce, Some(3), false))
+        .await;
     publ.recv().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(broker.stats().messages.queued, 3);
@@ -184,7 +212,10 @@ async fn offline_persistent_session_queues_qos1_and_qos2_not_qos0() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(payloads, vec![Bytes::from("a"), Bytes::from("b"), Bytes::from("c")]);
+    assert_eq!(
+        payloads,
+        vec![Bytes::from("a"), Bytes::from("b"), Bytes::from("c")]
+    );
     sub.expect_silence(Duration::from_millis(300)).await;
 }
 
@@ -197,7 +228,10 @@ async fn clean_session_discards_state_mqtt_3_1_2_6() {
     c.send(&Packet::Disconnect).await;
     c.expect_closed().await;
     let (mut c, present) = RawClient::connect(addr, "c", true).await;
-    assert!(!present, "clean session never reports a session [MQTT-3.2.2-1]");
+    assert!(
+        !present,
+        "clean session never reports a session [MQTT-3.2.2-1]"
+    );
     c.send(&Packet::Disconnect).await;
     c.expect_closed().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -211,7 +245,9 @@ async fn will_published_on_abrupt_close_and_discarded_on_disconnect() {
     let broker = start_broker(|_| {}).await;
     let addr = broker.local_addr();
     let (mut watcher, _) = RawClient::connect(addr, "watcher", true).await;
-    watcher.subscribe(1, &[("status/#", QoS::AtLeastOnce)]).await;
+    watcher
+        .subscribe(1, &[("status/#", QoS::AtLeastOnce)])
+        .await;
 
     let with_will = |id: &str| {
         let mut c = connect_packet(id, true);
@@ -234,7 +270,10 @@ async fn will_published_on_abrupt_close_and_discarded_on_disconnect() {
     let p = watcher.recv_publish().await;
     assert_eq!(&*p.topic, "status/rude");
     assert_eq!(&p.payload[..], b"offline");
-    assert!(!p.retain, "forwarded to an existing subscriber without RETAIN [MQTT-3.3.1-9]");
+    assert!(
+        !p.retain,
+        "forwarded to an existing subscriber without RETAIN [MQTT-3.3.1-9]"
+    );
     watcher.send(&Packet::PubAck(p.pid.unwrap())).await;
     // The will was retained: a new subscriber gets it with RETAIN=1.
     let (mut late, _) = RawClient::connect(addr, "late", true).await;
@@ -265,7 +304,8 @@ async fn second_connection_with_same_id_takes_over_mqtt_3_1_4_2() {
     assert_eq!(&watcher.recv_publish().await.payload[..], b"gone");
     // The session (and its subscription) continues on the new connection.
     let (mut publ, _) = RawClient::connect(addr, "pub", true).await;
-    publ.send(&publish("cmd", b"go", QoS::AtLeastOnce, Some(1), false)).await;
+    publ.send(&publish("cmd", b"go", QoS::AtLeastOnce, Some(1), false))
+        .await;
     let p = new.recv_publish().await;
     assert_eq!(&p.payload[..], b"go");
     assert_eq!(broker.stats().sessions.connected, 3);
@@ -292,7 +332,10 @@ async fn keep_alive_expiry_closes_and_publishes_will_mqtt_3_1_2_24() {
     assert_eq!(sleepy.recv().await, Some(Packet::PingResp));
     sleepy.expect_closed().await;
     let elapsed = start.elapsed();
-    assert!(elapsed >= Duration::from_millis(1400), "closed too early: {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(1400),
+        "closed too early: {elapsed:?}"
+    );
     assert_eq!(&watcher.recv_publish().await.payload[..], b"timed out");
 }
 
@@ -301,10 +344,14 @@ async fn retained_messages_replace_delete_and_flag_mqtt_3_3_1() {
     let broker = start_broker(|_| {}).await;
     let addr = broker.local_addr();
     let (mut publ, _) = RawClient::connect(addr, "pub", true).await;
-    publ.send(&publish("r/a", b"1", QoS::AtMostOnce, None, true)).await;
-    publ.send(&publish("r/a", b"2", QoS::AtMostOnce, None, true)).await;
-    publ.send(&publish("r/b", b"3", QoS::AtMostOnce, None, true)).await;
-    publ.send(&publish("r/b", b"", QoS::AtMostOnce, None, true)).await;
+    publ.send(&publish("r/a", b"1", QoS::AtMostOnce, None, true))
+        .await;
+    publ.send(&publish("r/a", b"2", QoS::AtMostOnce, None, true))
+        .await;
+    publ.send(&publish("r/b", b"3", QoS::AtMostOnce, None, true))
+        .await;
+    publ.send(&publish("r/b", b"", QoS::AtMostOnce, None, true))
+        .await;
     publ.send(&Packet::PingReq).await;
     assert_eq!(publ.recv().await, Some(Packet::PingResp));
     assert_eq!(broker.stats().messages.retained, 1);
@@ -312,7 +359,10 @@ async fn retained_messages_replace_delete_and_flag_mqtt_3_3_1() {
     let (mut sub, _) = RawClient::connect(addr, "sub", true).await;
     sub.subscribe(1, &[("r/#", QoS::AtLeastOnce)]).await;
     let p = sub.recv_publish().await;
-    assert_eq!((&*p.topic, &p.payload[..], p.retain), ("r/a", &b"2"[..], true));
+    assert_eq!(
+        (&*p.topic, &p.payload[..], p.retain),
+        ("r/a", &b"2"[..], true)
+    );
     // Retained message was published at QoS 0: delivered at QoS 0.
     assert_eq!(p.qos, QoS::AtMostOnce);
     sub.expect_silence(Duration::from_millis(200)).await;
@@ -326,12 +376,13 @@ async fn retained_limit_refuses_new_topics_but_updates_existing() {
     let broker = start_broker(|c| c.persistence.retained_message_limit = 2).await;
     let (mut publ, _) = RawClient::connect(broker.local_addr(), "pub", true).await;
     for (t, v) in [("a", "1"), ("b", "1"), ("c", "1"), ("a", "2")] {
-        publ.send(&publish(t, v.as_bytes(), QoS::AtLeastOnce, Some(1), true)).await;
+        publ.send(&publish(t, v.as_bytes(), QoS::AtLeastOnce, Some(1), true))
+            .await;
         assert_eq!(publ.recv().await, Some(Packet::PubAck(1)));
     }
     let (mut sub, _) = RawClient::connect(broker.local_addr(), "sub", true).await;
     sub.subscribe(1, &[("#", QoS::AtMostOnce)]).await;
-    let mut got = vec![sub.recv_publish().await, sub.recv_publish().await];
+    let mut got = [sub.recv_publish().await, sub.recv_publish().await];
     got.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert_eq!(&*got[0].topic, "a");
     assert_eq!(&got[0].payload[..], b"2");
@@ -344,12 +395,15 @@ async fn dollar_topics_not_matched_by_leading_wildcards_mqtt_4_7_2_1() {
     let broker = start_broker(|_| {}).await;
     let addr = broker.local_addr();
     let (mut all, _) = RawClient::connect(addr, "all", true).await;
-    all.subscribe(1, &[("#", QoS::AtMostOnce), ("+/x", QoS::AtMostOnce)]).await;
+    all.subscribe(1, &[("#", QoS::AtMostOnce), ("+/x", QoS::AtMostOnce)])
+        .await;
     let (mut dollar, _) = RawClient::connect(addr, "dollar", true).await;
     dollar.subscribe(1, &[("$app/#", QoS::AtMostOnce)]).await;
     let (mut publ, _) = RawClient::connect(addr, "pub", true).await;
-    publ.send(&publish("$app/x", b"d", QoS::AtMostOnce, None, false)).await;
-    publ.send(&publish("plain/x", b"p", QoS::AtMostOnce, None, false)).await;
+    publ.send(&publish("$app/x", b"d", QoS::AtMostOnce, None, false))
+        .await;
+    publ.send(&publish("plain/x", b"p", QoS::AtMostOnce, None, false))
+        .await;
     assert_eq!(&dollar.recv_publish().await.payload[..], b"d");
     assert_eq!(&all.recv_publish().await.payload[..], b"p");
     all.expect_silence(Duration::from_millis(200)).await;
@@ -360,10 +414,14 @@ async fn unsubscribe_stops_delivery_and_is_always_acknowledged() {
     let broker = start_broker(|_| {}).await;
     let (mut c, _) = RawClient::connect(broker.local_addr(), "c", true).await;
     c.subscribe(1, &[("u", QoS::AtMostOnce)]).await;
-    c.send(&Packet::Unsubscribe(Unsubscribe { pid: 2, filters: vec!["u".into(), "never".into()] }))
-        .await;
+    c.send(&Packet::Unsubscribe(Unsubscribe {
+        pid: 2,
+        filters: vec!["u".into(), "never".into()],
+    }))
+    .await;
     assert_eq!(c.recv().await, Some(Packet::UnsubAck(2)));
-    c.send(&publish("u", b"x", QoS::AtMostOnce, None, false)).await;
+    c.send(&publish("u", b"x", QoS::AtMostOnce, None, false))
+        .await;
     c.expect_silence(Duration::from_millis(200)).await;
     assert_eq!(broker.stats().subscriptions.total, 0);
 }
@@ -391,7 +449,8 @@ async fn mqtt_3_1_level_3_accepted_and_level_5_refused_mqtt_3_1_2_2() {
     assert_eq!(c.recv().await, Some(Packet::PingResp));
 
     let mut v5 = RawClient::open(addr).await;
-    v5.send_raw(&[0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0, 0]).await;
+    v5.send_raw(&[0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0, 0])
+        .await;
     assert_eq!(
         v5.recv().await,
         Some(Packet::ConnAck(ConnAck {
@@ -427,7 +486,8 @@ async fn oversized_packet_closes_only_that_connection() {
     big.send_raw(&[0x30, 0xff, 0xff, 0xff, 0x7f]).await;
     big.expect_closed().await;
     let (mut publ, _) = RawClient::connect(addr, "pub", true).await;
-    publ.send(&publish("t", &[7u8; 900], QoS::AtMostOnce, None, false)).await;
+    publ.send(&publish("t", &[7u8; 900], QoS::AtMostOnce, None, false))
+        .await;
     assert_eq!(good.recv_publish().await.payload.len(), 900);
 }
 
@@ -443,7 +503,14 @@ async fn subscriber_queue_limit_drops_and_counts() {
     sub.subscribe(1, &[("t", QoS::AtLeastOnce)]).await;
     let (mut publ, _) = RawClient::connect(addr, "pub", true).await;
     for i in 1..=10u16 {
-        publ.send(&publish("t", &i.to_be_bytes(), QoS::AtLeastOnce, Some(i), false)).await;
+        publ.send(&publish(
+            "t",
+            &i.to_be_bytes(),
+            QoS::AtLeastOnce,
+            Some(i),
+            false,
+        ))
+        .await;
         assert_eq!(publ.recv().await, Some(Packet::PubAck(i)));
     }
     // One inflight + three queued reach the subscriber; six were dropped.
@@ -468,25 +535,84 @@ async fn malformed_packets_close_only_that_connection() {
     good.subscribe(1, &[("ok", QoS::ExactlyOnce)]).await;
     let connect = {
         let mut out = bytes::BytesMut::new();
-        encode(&Packet::Connect(Box::new(connect_packet("bad", true))), &mut out);
+        encode(
+            &Packet::Connect(Box::new(connect_packet("bad", true))),
+            &mut out,
+        );
         out.to_vec()
     };
     let cases: Vec<(&str, Vec<u8>, bool)> = vec![
-        ("packet before CONNECT [MQTT-3.1.0-1]", vec![0xc0, 0x00], false),
-        ("wrong protocol name [MQTT-3.1.2-1]", vec![0x10, 12, 0, 4, b'M', b'Q', b'X', b'X', 4, 2, 0, 60, 0, 0], false),
-        ("reserved CONNECT flag [MQTT-3.1.2-3]", vec![0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 3, 0, 60, 0, 0], false),
-        ("password without user name [MQTT-3.1.2-22]", vec![0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x42, 0, 60, 0, 0], false),
-        ("five-byte remaining length", vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01], true),
+        (
+            "packet before CONNECT [MQTT-3.1.0-1]",
+            vec![0xc0, 0x00],
+            false,
+        ),
+        (
+            "wrong protocol name [MQTT-3.1.2-1]",
+            vec![0x10, 12, 0, 4, b'M', b'Q', b'X', b'X', 4, 2, 0, 60, 0, 0],
+            false,
+        ),
+        (
+            "reserved CONNECT flag [MQTT-3.1.2-3]",
+            vec![0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 3, 0, 60, 0, 0],
+            false,
+        ),
+        (
+            "password without user name [MQTT-3.1.2-22]",
+            vec![0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x42, 0, 60, 0, 0],
+            false,
+        ),
+        (
+            "five-byte remaining length",
+            vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+            true,
+        ),
         ("second CONNECT [MQTT-3.1.0-2]", connect.clone(), true),
-        ("PUBLISH QoS 3 [MQTT-3.3.1-4]", vec![0x36, 5, 0, 1, b't', 0, 1], true),
-        ("wildcard in topic name [MQTT-3.3.2-2]", vec![0x30, 4, 0, 2, b'a', b'#'], true),
-        ("invalid UTF-8 topic [MQTT-1.5.3-1]", vec![0x30, 4, 0, 2, 0xc3, 0x28], true),
-        ("U+0000 in topic [MQTT-1.5.3-2]", vec![0x30, 4, 0, 2, b'a', 0], true),
-        ("packet id 0 [MQTT-2.3.1-1]", vec![0x32, 5, 0, 1, b't', 0, 0], true),
-        ("SUBSCRIBE bad flags [MQTT-3.8.1-1]", vec![0x80, 6, 0, 1, 0, 1, b't', 0], true),
-        ("SUBSCRIBE without filters [MQTT-3.8.3-3]", vec![0x82, 2, 0, 1], true),
-        ("'#' not last [MQTT-4.7.1-2]", vec![0x82, 8, 0, 1, 0, 3, b'#', b'/', b'a', 0], true),
-        ("empty topic filter [MQTT-4.7.3-1]", vec![0x82, 5, 0, 1, 0, 0, 0], true),
+        (
+            "PUBLISH QoS 3 [MQTT-3.3.1-4]",
+            vec![0x36, 5, 0, 1, b't', 0, 1],
+            true,
+        ),
+        (
+            "wildcard in topic name [MQTT-3.3.2-2]",
+            vec![0x30, 4, 0, 2, b'a', b'#'],
+            true,
+        ),
+        (
+            "invalid UTF-8 topic [MQTT-1.5.3-1]",
+            vec![0x30, 4, 0, 2, 0xc3, 0x28],
+            true,
+        ),
+        (
+            "U+0000 in topic [MQTT-1.5.3-2]",
+            vec![0x30, 4, 0, 2, b'a', 0],
+            true,
+        ),
+        (
+            "packet id 0 [MQTT-2.3.1-1]",
+            vec![0x32, 5, 0, 1, b't', 0, 0],
+            true,
+        ),
+        (
+            "SUBSCRIBE bad flags [MQTT-3.8.1-1]",
+            vec![0x80, 6, 0, 1, 0, 1, b't', 0],
+            true,
+        ),
+        (
+            "SUBSCRIBE without filters [MQTT-3.8.3-3]",
+            vec![0x82, 2, 0, 1],
+            true,
+        ),
+        (
+            "'#' not last [MQTT-4.7.1-2]",
+            vec![0x82, 8, 0, 1, 0, 3, b'#', b'/', b'a', 0],
+            true,
+        ),
+        (
+            "empty topic filter [MQTT-4.7.3-1]",
+            vec![0x82, 5, 0, 1, 0, 0, 0],
+            true,
+        ),
         ("PUBREL bad flags [MQTT-3.6.1-1]", vec![0x60, 2, 0, 1], true),
         ("reserved packet type", vec![0xf0, 0], true),
         ("server-only packet CONNACK", vec![0x20, 2, 0, 0], true),
@@ -503,14 +629,22 @@ async fn malformed_packets_close_only_that_connection() {
             other => panic!("{name}: connection not closed: {other:?}"),
         }
         let mut publ = RawClient::connect(addr, "pub", true).await.0;
-        publ.publish_qos2("ok", name.as_bytes(), (i + 1) as u16).await;
-        assert_eq!(&good.receive_qos2().await.payload[..], name.as_bytes(), "{name}");
+        publ.publish_qos2("ok", name.as_bytes(), (i + 1) as u16)
+            .await;
+        assert_eq!(
+            &good.receive_qos2().await.payload[..],
+            name.as_bytes(),
+            "{name}"
+        );
     }
 }
 
 #[tokio::test]
 async fn connect_timeout_closes_silent_socket() {
-    let broker = start_broker(|c| c.server.connect_timeout = mqtt_broker::config::ConfigDuration::millis(300)).await;
+    let broker = start_broker(|c| {
+        c.server.connect_timeout = mqtt_broker::config::ConfigDuration::millis(300)
+    })
+    .await;
     let mut silent = RawClient::open(broker.local_addr()).await;
     // A partial CONNECT (slowloris) must not keep the socket open.
     silent.send_raw(&[0x10, 20, 0]).await;

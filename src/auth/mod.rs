@@ -5,12 +5,14 @@
 //! decides the order in which inline rules, the ACL file and the default policy are consulted.
 
 pub mod acl;
+pub mod builtin;
 pub mod password;
 
 pub use acl::{
     filter_is_subset, filters_overlap, Access, AclDefault, AclError, AclFile, AclRule, Action,
     Effect, InlineAcl, RuleScope,
 };
+pub use builtin::{build_security_chain, SecurityConfigError};
 pub use password::{
     hash_password, hash_password_with_salt, set_user, AuthError, HashError, PasswordCheck,
     PasswordFile, PasswordHash, UserConfig,

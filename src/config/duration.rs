@@ -45,7 +45,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
         "d" => n.checked_mul(86_400_000),
-        other => return Err(format!("invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d")),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
+            ))
+        }
     };
     ms.map(Duration::from_millis)
         .ok_or_else(|| format!("duration {s:?} is too large"))
@@ -106,7 +110,13 @@ mod tests {
 
     #[test]
     fn parse_and_print() {
-        for (s, ms) in [("500ms", 500), ("10s", 10_000), ("10", 10_000), ("5m", 300_000), ("7d", 604_800_000)] {
+        for (s, ms) in [
+            ("500ms", 500),
+            ("10s", 10_000),
+            ("10", 10_000),
+            ("5m", 300_000),
+            ("7d", 604_800_000),
+        ] {
             let d = parse_duration(s).unwrap();
             assert_eq!(d.as_millis(), ms);
             assert_eq!(parse_duration(&ConfigDuration(d).to_string()).unwrap(), d);

@@ -6,9 +6,11 @@
 //! reload.
 
 mod duration;
+pub mod watch;
 
 pub use duration::{parse_duration, ConfigDuration};
 
+use crate::auth::{AclDefault, AclRule, UserConfig};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -105,6 +107,12 @@ pub enum TransportKind {
     /// Plain TCP.
     #[default]
     Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
 }
 
 impl TransportKind {
@@ -112,8 +120,29 @@ impl TransportKind {
     pub fn as_str(self) -> &'static str {
         match self {
             TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
+            TransportKind::Ws => "ws",
+            TransportKind::Wss => "wss",
         }
     }
+
+    /// Whether the listener terminates TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, TransportKind::Tls | TransportKind::Wss)
+    }
+
+    /// Whether the listener speaks WebSocket.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, TransportKind::Ws | TransportKind::Wss)
+    }
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".into()
+}
+
+fn is_default_ws_path(p: &String) -> bool {
+    p == "/mqtt"
 }
 
 /// One entry of `listeners:`.
@@ -131,6 +160,32 @@ pub struct ListenerConfig {
     /// Connections this listener accepts at once (in addition to the global cap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// HTTP path of the WebSocket endpoint (`ws`, `wss`); other paths get 404.
+    #[serde(
+        default = "default_ws_path",
+        skip_serializing_if = "is_default_ws_path"
+    )]
+    pub path: String,
+    /// PEM certificate chain (`tls`, `wss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key: PKCS#8, RSA or EC (`tls`, `wss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundle used to verify client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by `client_ca_file`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_client_cert: bool,
+    /// Use the client certificate's subject CN as the user name (as Mosquitto does); the
+    /// verified certificate then counts as authentication.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_identity_as_username: bool,
+    /// When a reload removes this listener, also close the connections it accepted
+    /// (otherwise they stay connected and only new connections are refused).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain: bool,
 }
 
 impl ListenerConfig {
@@ -141,6 +196,21 @@ impl ListenerConfig {
             bind,
             protocol: TransportKind::Tcp,
             max_connections: None,
+            path: default_ws_path(),
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            require_client_cert: false,
+            use_identity_as_username: false,
+            drain: false,
+        }
+    }
+
+    /// A listener of another protocol on `bind`, without TLS files.
+    pub fn new(protocol: TransportKind, bind: SocketAddr) -> Self {
+        ListenerConfig {
+            protocol,
+            ..ListenerConfig::tcp(bind)
         }
     }
 
@@ -159,15 +229,58 @@ pub struct SecurityConfig {
     /// Every client must present valid credentials (the seed's `requireAuth`).
     #[serde(alias = "requireAuth")]
     pub require_auth: bool,
+    /// After a reload, re-check every connected client's credentials with the new settings
+    /// and disconnect those no longer accepted.
+    pub reauthorize_on_reload: bool,
     /// Clients without a user name may connect (ignored when `require_auth` is true).
     pub allow_anonymous: bool,
+    /// A Mosquitto `mosquitto_passwd` file (`$7$` PBKDF2-SHA512 or `$6$` SHA-512 hashes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Inline users with password hashes (never plaintext).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserConfig>,
+    /// A Mosquitto ACL file (`user`, `topic`, `pattern` with `%c` / `%u`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl_file: Option<PathBuf>,
+    /// Inline ACL rules, first match wins, evaluated before the ACL file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub acl: Vec<AclRule>,
+    /// What happens when no rule decides: `deny` by default once any ACL exists, else `allow`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl_default: Option<AclDefault>,
+    /// Seed shorthand: make the default listener (`server.host:server.port`) TLS.
+    #[serde(alias = "enableTLS", skip_serializing_if = "std::ops::Not::not")]
+    pub enable_tls: bool,
+    /// Seed shorthand: certificate chain of the default TLS listener.
+    #[serde(alias = "certFile", skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Seed shorthand: private key of the default TLS listener.
+    #[serde(alias = "keyFile", skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Per source address, each failed authentication doubles the delay before the refusing
+    /// CONNACK, starting here (0 = no delay).
+    pub auth_failure_delay: ConfigDuration,
+    /// Upper bound of that delay.
+    pub auth_failure_max_delay: ConfigDuration,
 }
 
 impl Default for SecurityConfig {
     fn default() -> Self {
         SecurityConfig {
             require_auth: false,
+            reauthorize_on_reload: true,
             allow_anonymous: true,
+            password_file: None,
+            users: Vec::new(),
+            acl_file: None,
+            acl: Vec::new(),
+            acl_default: None,
+            enable_tls: false,
+            cert_file: None,
+            key_file: None,
+            auth_failure_delay: ConfigDuration::millis(100),
+            auth_failure_max_delay: ConfigDuration::secs(10),
         }
     }
 }
@@ -179,17 +292,42 @@ pub enum StorageType {
     /// Everything in memory; nothing survives a restart.
     #[default]
     Memory,
+    /// A crash-safe embedded database in `persistence.path`.
+    File,
+    /// The seed's external database: not offered (refused by validation with a message).
+    Database,
+}
+
+/// When writes become durable (`persistence.sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// Acknowledge QoS 1/2 only after the write is on disk; concurrent writes share an fsync.
+    #[default]
+    Always,
+    /// fsync every `sync_interval`; a crash loses at most that window.
+    Interval,
+    /// Never fsync explicitly; a crash may lose what the OS had not written yet.
+    Never,
 }
 
 /// `persistence:` section (the seed's `persistence`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PersistenceConfig {
-    /// Whether state is persisted beyond memory (only `memory` exists today).
+    /// The seed's switch: `true` with no `storage_type` means `file`.
     pub enabled: bool,
-    /// Backend.
+    /// Backend: `memory` or `file`.
     #[serde(alias = "storageType")]
     pub storage_type: StorageType,
+    /// Directory of the file store.
+    pub path: PathBuf,
+    /// Durability of writes.
+    pub sync: SyncPolicy,
+    /// fsync interval with `sync: interval`.
+    pub sync_interval: ConfigDuration,
+    /// Persistent sessions offline longer than this are removed with their queues (0 = never).
+    pub session_expiry: ConfigDuration,
     /// Maximum number of topics with a retained message.
     #[serde(alias = "retainedMessageLimit")]
     pub retained_message_limit: usize,
@@ -200,7 +338,23 @@ impl Default for PersistenceConfig {
         PersistenceConfig {
             enabled: false,
             storage_type: StorageType::Memory,
+            path: PathBuf::from("data"),
+            sync: SyncPolicy::Always,
+            sync_interval: ConfigDuration::millis(100),
+            session_expiry: ConfigDuration::secs(7 * 86_400),
             retained_message_limit: 100_000,
+        }
+    }
+}
+
+impl PersistenceConfig {
+    /// The writer's sync mode.
+    pub fn sync_mode(&self) -> crate::storage::writer::SyncMode {
+        use crate::storage::writer::SyncMode;
+        match self.sync {
+            SyncPolicy::Always => SyncMode::Always,
+            SyncPolicy::Interval => SyncMode::Interval(self.sync_interval.get()),
+            SyncPolicy::Never => SyncMode::Never,
         }
     }
 }
@@ -270,7 +424,72 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        if let Some(dir) = path.parent() {
+            config.resolve_paths(dir);
+        }
+        Ok(config)
+    }
+
+    /// Every file the configuration names (password, ACL, certificates, plugins): what a
+    /// reload re-reads and the watcher follows.
+    pub fn referenced_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = [
+            &self.security.password_file,
+            &self.security.acl_file,
+            &self.security.cert_file,
+            &self.security.key_file,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        for l in &self.listeners {
+            files.extend(
+                [&l.cert_file, &l.key_file, &l.client_ca_file]
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+        }
+        files.extend(self.plugins.iter().map(|p| p.path.clone()));
+        files
+    }
+
+    /// Makes relative file paths relative to `base` (the config file's directory), so a config
+    /// works whatever directory the broker is started from.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.persistence.path);
+        for p in &mut self.plugins {
+            resolve(&mut p.path);
+            if let Some(dir) = &mut p.cache_dir {
+                resolve(dir);
+            }
+        }
+        for p in [
+            &mut self.security.password_file,
+            &mut self.security.acl_file,
+            &mut self.security.cert_file,
+            &mut self.security.key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(p);
+        }
+        for l in &mut self.listeners {
+            for p in [&mut l.cert_file, &mut l.key_file, &mut l.client_ca_file]
+                .into_iter()
+                .flatten()
+            {
+                resolve(p);
+            }
+        }
     }
 
     /// Parses and validates YAML text; `path` only labels errors.
@@ -284,6 +503,14 @@ impl Config {
                 message: e.to_string(),
             })?
         };
+        let mut config = config;
+        // The seed's `enabled: true` meant "persist"; without an explicit backend that is `file`.
+        if config.persistence.enabled
+            && !text.contains("storage_type")
+            && !text.contains("storageType")
+        {
+            config.persistence.storage_type = StorageType::File;
+        }
         config.validate(path)?;
         Ok(config)
     }
@@ -313,13 +540,34 @@ impl Config {
             return invalid("server.max_packet_size", "must be at least 64 bytes");
         }
         if self.server.max_packet_size > crate::protocol::codec::MAX_REMAINING_LENGTH + 5 {
-            return invalid("server.max_packet_size", "must be at most 268435460 bytes (the protocol maximum)");
+            return invalid(
+                "server.max_packet_size",
+                "must be at most 268435460 bytes (the protocol maximum)",
+            );
         }
         if self.performance.message_queue_limit == 0 {
             return invalid("performance.message_queue_limit", "must be at least 1");
         }
-        if self.performance.inflight_window_size == 0 || self.performance.inflight_window_size > 65_535 {
-            return invalid("performance.inflight_window_size", "must be between 1 and 65535");
+        if self.performance.inflight_window_size == 0
+            || self.performance.inflight_window_size > 65_535
+        {
+            return invalid(
+                "performance.inflight_window_size",
+                "must be between 1 and 65535",
+            );
+        }
+        if self.persistence.storage_type == StorageType::Database {
+            return invalid(
+                "persistence.storage_type",
+                "`database` is not offered yet; use `file` (an embedded, crash-safe store in persistence.path) or `memory`",
+            );
+        }
+        if self.persistence.sync == SyncPolicy::Interval && self.persistence.sync_interval.is_zero()
+        {
+            return invalid(
+                "persistence.sync_interval",
+                "must be greater than 0 with sync: interval",
+            );
         }
         if self.persistence.retained_message_limit == 0 {
             return invalid("persistence.retained_message_limit", "must be at least 1");
@@ -327,11 +575,28 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             if l.max_connections == Some(0) {
-                return invalid(&format!("listeners[{i}].max_connections"), "must be at least 1");
+                return invalid(
+                    &format!("listeners[{i}].max_connections"),
+                    "must be at least 1",
+                );
             }
             if l.bind.port() != 0 && !seen.insert(l.bind) {
-                return invalid(&format!("listeners[{i}].bind"), "the same address is bound twice");
+                return invalid(
+                    &format!("listeners[{i}].bind"),
+                    "the same address is bound twice",
+                );
             }
+        }
+        for (i, u) in self.security.users.iter().enumerate() {
+            if let Err(e) = u.validate() {
+                return invalid(&format!("security.users[{i}]"), &e.to_string());
+            }
+        }
+        if self.security.auth_failure_max_delay < self.security.auth_failure_delay {
+            return invalid(
+                "security.auth_failure_max_delay",
+                "must not be smaller than auth_failure_delay",
+            );
         }
         if let Err((key, reason)) = crate::plugins::config::validate_all(&self.plugins) {
             return invalid(&key, &reason);
@@ -352,14 +617,23 @@ impl Config {
             .host
             .parse()
             .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-        vec![ListenerConfig::tcp(SocketAddr::new(ip, self.server.port))]
+        let bind = SocketAddr::new(ip, self.server.port);
+        if self.security.enable_tls {
+            return vec![ListenerConfig {
+                cert_file: self.security.cert_file.clone(),
+                key_file: self.security.key_file.clone(),
+                ..ListenerConfig::new(TransportKind::Tls, bind)
+            }];
+        }
+        vec![ListenerConfig::tcp(bind)]
     }
 
     /// The effective config as YAML (what `--check-config` prints).
     pub fn to_yaml(&self) -> String {
         let mut effective = self.clone();
         effective.listeners = self.effective_listeners();
-        serde_yaml_ng::to_string(&effective).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+        serde_yaml_ng::to_string(&effective)
+            .unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 }
 
@@ -379,7 +653,9 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let err = parse("server:\n  port: 1883\n  prot: 1\n").unwrap_err().to_string();
+        let err = parse("server:\n  port: 1883\n  prot: 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("prot"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
@@ -394,13 +670,16 @@ mod tests {
     fn out_of_range_names_key() {
         let err = parse("server:\n  port: 0\n").unwrap_err().to_string();
         assert!(err.contains("server.port"), "{err}");
-        let err = parse("performance:\n  message_queue_limit: 0\n").unwrap_err().to_string();
+        let err = parse("performance:\n  message_queue_limit: 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("performance.message_queue_limit"), "{err}");
     }
 
     #[test]
     fn seed_camel_case_aliases() {
-        let c = parse("server:\n  maxConnections: 5\nperformance:\n  inflightWindowSize: 7\n").unwrap();
+        let c =
+            parse("server:\n  maxConnections: 5\nperformance:\n  inflightWindowSize: 7\n").unwrap();
         assert_eq!(c.server.max_connections, 5);
         assert_eq!(c.performance.inflight_window_size, 7);
     }

@@ -12,6 +12,12 @@ pub struct Counters {
     pub connections: AtomicU64,
     /// Open TCP connections.
     pub connections_tcp: AtomicU64,
+    /// Open TLS connections.
+    pub connections_tls: AtomicU64,
+    /// Open WebSocket connections.
+    pub connections_ws: AtomicU64,
+    /// Open WebSocket-over-TLS connections.
+    pub connections_wss: AtomicU64,
     /// Connections ever accepted.
     pub connections_accepted: AtomicU64,
     /// Connections refused because `max_connections` was reached.
@@ -36,6 +42,22 @@ pub struct Counters {
     pub dropped_no_subscribers: AtomicU64,
     /// New retained topics refused because `retained_message_limit` was reached.
     pub retained_refused_limit: AtomicU64,
+    /// Successful authentications.
+    pub auth_success: AtomicU64,
+    /// Failed authentications.
+    pub auth_failure: AtomicU64,
+    /// PUBLISH packets refused by the ACL (acknowledged and dropped).
+    pub acl_denied_publish: AtomicU64,
+    /// SUBSCRIBE filters refused by the ACL (SUBACK 0x80).
+    pub acl_denied_subscribe: AtomicU64,
+    /// Deliveries withheld because the subscriber may not read the topic.
+    pub acl_denied_deliver: AtomicU64,
+    /// Successful configuration reloads.
+    pub reloads_ok: AtomicU64,
+    /// Refused configuration reloads.
+    pub reloads_failed: AtomicU64,
+    /// Clients disconnected because a reload revoked their credentials.
+    pub reauth_disconnects: AtomicU64,
     /// Will messages published.
     pub wills_published: AtomicU64,
 }
@@ -73,6 +95,12 @@ pub struct ConnectionStats {
     pub total: u64,
     /// Plain TCP.
     pub tcp: u64,
+    /// TLS.
+    pub tls: u64,
+    /// WebSocket (the seed's `websocket`).
+    pub websocket: u64,
+    /// WebSocket over TLS.
+    pub wss: u64,
 }
 
 /// Session counts.
@@ -129,6 +157,8 @@ pub struct ByteStats {
 /// A point-in-time view of the broker, shaped like the seed's `getStats()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub struct StatsSnapshot {
+    /// Generation of the configuration in force (+1 per successful reload).
+    pub config_generation: u64,
     /// Open connections.
     pub connections: ConnectionStats,
     /// Sessions.

@@ -88,7 +88,10 @@ pub fn decode_body(first_byte: u8, body: Bytes) -> Result<Packet, ProtocolError>
         if flags == expected {
             Ok(())
         } else {
-            Err(ProtocolError::InvalidFlags { packet: name, flags })
+            Err(ProtocolError::InvalidFlags {
+                packet: name,
+                flags,
+            })
         }
     };
     let packet = match packet_type {
@@ -138,7 +141,9 @@ pub fn decode_body(first_byte: u8, body: Bytes) -> Result<Packet, ProtocolError>
                 let options = r.u8()?;
                 // Upper six bits are reserved [MQTT-3.8.3-4].
                 if options & 0xfc != 0 {
-                    return Err(ProtocolError::Malformed("SUBSCRIBE options reserved bits set"));
+                    return Err(ProtocolError::Malformed(
+                        "SUBSCRIBE options reserved bits set",
+                    ));
                 }
                 let qos = QoS::from_u8(options).ok_or(ProtocolError::InvalidQoS)?;
                 filters.push((filter, qos));
@@ -175,7 +180,9 @@ pub fn decode_body(first_byte: u8, body: Bytes) -> Result<Packet, ProtocolError>
             }
             if filters.is_empty() {
                 // [MQTT-3.10.3-2]
-                return Err(ProtocolError::Malformed("UNSUBSCRIBE without topic filters"));
+                return Err(ProtocolError::Malformed(
+                    "UNSUBSCRIBE without topic filters",
+                ));
             }
             Packet::Unsubscribe(Unsubscribe { pid, filters })
         }
@@ -229,13 +236,17 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, ProtocolError> {
     let username_flag = flags & 0x80 != 0;
     if !will_flag && (will_qos_bits != 0 || will_retain) {
         // [MQTT-3.1.2-11], [MQTT-3.1.2-13], [MQTT-3.1.2-15]
-        return Err(ProtocolError::Malformed("will QoS or retain set without will flag"));
+        return Err(ProtocolError::Malformed(
+            "will QoS or retain set without will flag",
+        ));
     }
     // [MQTT-3.1.2-14]
     let will_qos = QoS::from_u8(will_qos_bits).ok_or(ProtocolError::InvalidQoS)?;
     if password_flag && !username_flag {
         // [MQTT-3.1.2-22]
-        return Err(ProtocolError::Malformed("password flag set without user name flag"));
+        return Err(ProtocolError::Malformed(
+            "password flag set without user name flag",
+        ));
     }
     let keep_alive = r.u16()?;
     // [MQTT-3.1.3-4]: the client id is a UTF-8 string.
@@ -253,8 +264,16 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, ProtocolError> {
     } else {
         None
     };
-    let username = if username_flag { Some(r.string()?) } else { None };
-    let password = if password_flag { Some(r.binary()?) } else { None };
+    let username = if username_flag {
+        Some(r.string()?)
+    } else {
+        None
+    };
+    let password = if password_flag {
+        Some(r.binary()?)
+    } else {
+        None
+    };
     Ok(Connect {
         protocol,
         clean_session,
@@ -563,9 +582,8 @@ mod tests {
 
     #[test]
     fn protocol_level_5_is_unsupported_mqtt_3_1_2_2() {
-        let mut buf = BytesMut::from(
-            &[0x10u8, 12, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0][..],
-        );
+        let mut buf =
+            BytesMut::from(&[0x10u8, 12, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0][..]);
         assert_eq!(
             decode(&mut buf, 1024),
             Err(ProtocolError::UnsupportedProtocolLevel(5))
@@ -591,16 +609,16 @@ mod proptests {
     }
 
     fn topic_filter() -> impl Strategy<Value = String> {
-        prop::collection::vec(prop_oneof!["[a-z0-9]{0,5}", Just("+".to_string())], 1..5).prop_flat_map(
-            |levels| {
+        prop::collection::vec(prop_oneof!["[a-z0-9]{0,5}", Just("+".to_string())], 1..5)
+            .prop_flat_map(|levels| {
                 let base = levels.join("/");
-                let base = if base.is_empty() { "e".to_string() } else { base };
-                prop_oneof![
-                    Just(base.clone()),
-                    Just(format!("{base}/#"))
-                ]
-            },
-        )
+                let base = if base.is_empty() {
+                    "e".to_string()
+                } else {
+                    base
+                };
+                prop_oneof![Just(base.clone()), Just(format!("{base}/#"))]
+            })
     }
 
     fn bytes() -> impl Strategy<Value = Bytes> {
@@ -626,7 +644,11 @@ mod proptests {
                     None => (None, None),
                 };
                 Packet::Connect(Box::new(Connect {
-                    protocol: if v31 { ProtocolLevel::V31 } else { ProtocolLevel::V311 },
+                    protocol: if v31 {
+                        ProtocolLevel::V31
+                    } else {
+                        ProtocolLevel::V311
+                    },
                     clean_session,
                     keep_alive,
                     client_id,
@@ -640,8 +662,15 @@ mod proptests {
                     password,
                 }))
             });
-        let publish = (any::<bool>(), qos(), any::<bool>(), topic_name(), pid(), bytes()).prop_map(
-            |(dup, qos, retain, topic, pid, payload)| {
+        let publish = (
+            any::<bool>(),
+            qos(),
+            any::<bool>(),
+            topic_name(),
+            pid(),
+            bytes(),
+        )
+            .prop_map(|(dup, qos, retain, topic, pid, payload)| {
                 let qos0 = qos == QoS::AtMostOnce;
                 Packet::Publish(Publish {
                     dup: dup && !qos0,
@@ -651,9 +680,11 @@ mod proptests {
                     pid: (!qos0).then_some(pid),
                     payload,
                 })
-            },
-        );
-        let code = prop_oneof![qos().prop_map(SubAckCode::Granted), Just(SubAckCode::Failure)];
+            });
+        let code = prop_oneof![
+            qos().prop_map(SubAckCode::Granted),
+            Just(SubAckCode::Failure)
+        ];
         prop_oneof![
             connect,
             (any::<bool>(), 0u8..6).prop_map(|(sp, c)| Packet::ConnAck(ConnAck {
@@ -714,11 +745,8 @@ mod proptests {
         fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..512)) {
             let mut buf = BytesMut::from(&data[..]);
             let before = buf.len();
-            loop {
-                match decode(&mut buf, 1024) {
-                    Ok(Some(_)) => prop_assert!(buf.len() < before),
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(_)) = decode(&mut buf, 1024) {
+                prop_assert!(buf.len() < before);
             }
             prop_assert!(buf.len() <= before);
         }

@@ -39,7 +39,10 @@ impl<K, V> Default for Node<K, V> {
 
 impl<K, V> Node<K, V> {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.plus.is_none() && self.hash.is_empty() && self.exact.is_empty()
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_empty()
+            && self.exact.is_empty()
     }
 }
 
@@ -216,10 +219,7 @@ mod tests {
 
     fn filter() -> impl Strategy<Value = String> {
         (
-            prop::collection::vec(
-                prop_oneof![level(), Just("+".to_string())],
-                0..5,
-            ),
+            prop::collection::vec(prop_oneof![level(), Just("+".to_string())], 0..5),
             any::<bool>(),
         )
             .prop_filter_map("empty filter", |(mut levels, hash)| {

@@ -16,8 +16,10 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 /// Starts a broker on 127.0.0.1 with a free port, after letting the test adjust the config.
 pub async fn start_broker(adjust: impl FnOnce(&mut Config)) -> BrokerHandle {
-    let mut config = Config::default();
-    config.listeners = vec![BrokerHandle::loopback_listener()];
+    let mut config = Config {
+        listeners: vec![BrokerHandle::loopback_listener()],
+        ..Default::default()
+    };
     adjust(&mut config);
     Broker::start(config).await.expect("broker starts")
 }
@@ -47,9 +49,13 @@ pub fn publish(topic: &str, payload: &[u8], qos: QoS, pid: Option<u16>, retain: 
     })
 }
 
+/// Any byte stream a test client can speak MQTT over (TCP, TLS, WebSocket).
+pub trait ByteStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ByteStream for T {}
+
 /// A client that speaks MQTT byte by byte over a real socket.
 pub struct RawClient {
-    pub stream: TcpStream,
+    pub stream: Box<dyn ByteStream>,
     buf: BytesMut,
 }
 
@@ -58,9 +64,27 @@ impl RawClient {
     pub async fn open(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("tcp connect");
         stream.set_nodelay(true).unwrap();
+        RawClient::over(Box::new(stream))
+    }
+
+    /// Uses an already established stream (TLS, WebSocket).
+    pub fn over(stream: Box<dyn ByteStream>) -> RawClient {
         RawClient {
             stream,
             buf: BytesMut::new(),
+        }
+    }
+
+    /// Sends CONNECT over an established stream and returns the CONNACK.
+    pub async fn connect_over(
+        stream: Box<dyn ByteStream>,
+        connect: Connect,
+    ) -> (RawClient, ConnAck) {
+        let mut c = RawClient::over(stream);
+        c.send(&Packet::Connect(Box::new(connect))).await;
+        match c.recv().await {
+            Some(Packet::ConnAck(ack)) => (c, ack),
+            other => panic!("expected CONNACK, got {other:?}"),
         }
     }
 
@@ -96,14 +120,17 @@ impl RawClient {
     /// Receives the next packet, or `None` if the broker closed the connection.
     /// Panics if nothing arrives within [`WAIT`].
     pub async fn recv(&mut self) -> Option<Packet> {
-        self.recv_within(WAIT).await.expect("timed out waiting for a packet")
+        self.recv_within(WAIT)
+            .await
+            .expect("timed out waiting for a packet")
     }
 
     /// `Err` on timeout, `Ok(None)` on close.
     pub async fn recv_within(&mut self, d: Duration) -> Result<Option<Packet>, ()> {
         let deadline = tokio::time::Instant::now() + d;
         loop {
-            if let Some(p) = decode(&mut self.buf, usize::MAX).expect("broker sent a valid packet") {
+            if let Some(p) = decode(&mut self.buf, usize::MAX).expect("broker sent a valid packet")
+            {
                 return Ok(Some(p));
             }
             let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await;
@@ -159,7 +186,8 @@ impl RawClient {
 
     /// Publishes at QoS 2 and completes the flow, asserting each acknowledgement.
     pub async fn publish_qos2(&mut self, topic: &str, payload: &[u8], pid: u16) {
-        self.send(&publish(topic, payload, QoS::ExactlyOnce, Some(pid), false)).await;
+        self.send(&publish(topic, payload, QoS::ExactlyOnce, Some(pid), false))
+            .await;
         assert_eq!(self.recv().await, Some(Packet::PubRec(pid)));
         self.send(&Packet::PubRel(pid)).await;
         assert_eq!(self.recv().await, Some(Packet::PubComp(pid)));
@@ -175,4 +203,131 @@ impl RawClient {
         self.send(&Packet::PubComp(pid)).await;
         p
     }
+}
+
+/// A throw-away PKI for TLS tests: a CA, a server certificate for localhost/127.0.0.1, and
+/// client certificates, written as PEM files into a temporary directory.
+pub struct TestPki {
+    pub dir: std::path::PathBuf,
+    ca_params: rcgen::CertificateParams,
+    ca_key: rcgen::KeyPair,
+}
+
+impl TestPki {
+    /// Creates the CA and the server certificate.
+    pub fn new(name: &str) -> TestPki {
+        let dir = std::env::temp_dir().join(format!("mqtt-pki-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mqtt-broker test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        let pki = TestPki {
+            dir,
+            ca_params,
+            ca_key,
+        };
+        pki.issue("server", vec!["localhost".into(), "127.0.0.1".into()]);
+        pki
+    }
+
+    /// Issues a certificate signed by the CA; writes NAME.pem and NAME.key.
+    pub fn issue(&self, name: &str, sans: Vec<String>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(sans).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(self.dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+
+    /// A self-signed certificate no CA vouches for; writes NAME.pem and NAME.key.
+    pub fn rogue(&self, name: &str) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(self.dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+
+    /// Path of a file in the PKI directory.
+    pub fn path(&self, file: &str) -> std::path::PathBuf {
+        self.dir.join(file)
+    }
+
+    /// A rustls client config trusting the CA, optionally presenting client certificate NAME.
+    pub fn client_config(
+        &self,
+        client_cert: Option<&str>,
+    ) -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(self.path("ca.pem")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match client_cert {
+            Some(name) => {
+                let certs = CertificateDer::pem_file_iter(self.path(&format!("{name}.pem")))
+                    .unwrap()
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap();
+                let key = PrivateKeyDer::from_pem_file(self.path(&format!("{name}.key"))).unwrap();
+                builder.with_client_auth_cert(certs, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        std::sync::Arc::new(config)
+    }
+}
+
+/// Opens a TLS connection to `addr` (server name "localhost").
+pub async fn tls_stream(
+    addr: SocketAddr,
+    config: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+) -> std::io::Result<Box<dyn ByteStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    Ok(Box::new(tls))
+}
+
+/// Performs a WebSocket upgrade (subprotocol `mqtt`) over `stream` and returns the MQTT byte stream.
+pub async fn ws_upgrade<S>(stream: S, url: &str) -> Result<Box<dyn ByteStream>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(
+        resp.headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.to_str().unwrap()),
+        Some("mqtt")
+    );
+    Ok(Box::new(mqtt_broker::transport::ws::WsByteStream::new(ws)))
 }

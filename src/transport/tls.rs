@@ -1,0 +1,102 @@
+//! TLS for `tls` and `wss` listeners: server configs built from PEM files (TLS 1.2 and 1.3
+//! only, via rustls), optional client-certificate verification, and the client identity.
+
+use super::TransportError;
+use crate::config::ListenerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
+use std::sync::Arc;
+use tokio_rustls::rustls;
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+    let bad = |reason: String| TransportError::Certificate {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("no CERTIFICATE block found".into()));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TransportError> {
+    let bad = |reason: String| TransportError::Certificate {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        bad(format!(
+            "no usable private key (PKCS#8, RSA or EC PEM expected): {e}"
+        ))
+    })
+}
+
+/// Builds the rustls server config of one listener from its files.
+///
+/// Every problem names the file and the reason, so it can be reported at start, at
+/// `--check-config` and on reload.
+pub fn server_config(l: &ListenerConfig) -> Result<Arc<rustls::ServerConfig>, TransportError> {
+    let (Some(cert_file), Some(key_file)) = (&l.cert_file, &l.key_file) else {
+        return Err(TransportError::Config(format!(
+            "listener {} needs cert_file and key_file",
+            l.display_name()
+        )));
+    };
+    let certs = read_certs(cert_file)?;
+    let key = read_key(key_file)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TransportError::Config(e.to_string()))?;
+    let builder = match &l.client_ca_file {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in read_certs(ca)? {
+                roots.add(c).map_err(|e| TransportError::Certificate {
+                    path: ca.clone(),
+                    reason: format!("invalid CA certificate: {e}"),
+                })?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let verifier = if l.require_client_cert {
+                verifier.build()
+            } else {
+                verifier.allow_unauthenticated().build()
+            }
+            .map_err(|e| TransportError::Certificate {
+                path: ca.clone(),
+                reason: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config =
+        builder
+            .with_single_cert(certs, key)
+            .map_err(|e| TransportError::Certificate {
+                path: key_file.clone(),
+                reason: format!("key does not match the certificate or is unsupported: {e}"),
+            })?;
+    if l.protocol.is_websocket() {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    Ok(Arc::new(config))
+}
+
+/// Subject common name of the verified client certificate, if any.
+pub fn peer_identity(conn: &rustls::ServerConnection) -> Option<String> {
+    let cert = conn.peer_certificates()?.first()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}

@@ -1,0 +1,404 @@
+//! Built-in authentication and ACL over real sockets, including password files written by
+//! Mosquitto's own `mosquitto_passwd` and read by Mosquitto's own broker (both directions).
+
+mod common;
+
+use common::*;
+use mqtt_broker::auth::{hash_password, UserConfig};
+use mqtt_broker::protocol::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt-broker");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mqtt-auth-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn login(user: &str, pass: &str) -> Connect {
+    let mut c = connect_packet(user, true);
+    c.username = Some(user.into());
+    c.password = Some(bytes::Bytes::copy_from_slice(pass.as_bytes()));
+    c
+}
+
+async fn connack(addr: std::net::SocketAddr, c: Connect) -> ConnectReturnCode {
+    RawClient::connect_with(addr, c).await.1.code
+}
+
+fn mosquitto_passwd(file: &Path, user: &str, pass: &str) {
+    let st = Command::new("mosquitto_passwd")
+        .args(["-b"])
+        .arg(file)
+        .args([user, pass])
+        .status()
+        .expect("mosquitto_passwd is required (apt-get install mosquitto; .ci/run does this)");
+    assert!(st.success());
+}
+
+#[tokio::test]
+async fn mosquitto_passwd_file_is_accepted() {
+    let dir = temp_dir("mosq");
+    let file = dir.join("passwd");
+    std::fs::write(&file, "").unwrap();
+    mosquitto_passwd(&file, "alice", "s3cret");
+    mosquitto_passwd(&file, "bob", "p@ss:w0rd ü");
+    let broker = start_broker(|c| {
+        c.security.password_file = Some(file.clone());
+        c.security.allow_anonymous = false;
+        c.security.auth_failure_delay = mqtt_broker::config::ConfigDuration::millis(0);
+    })
+    .await;
+    let addr = broker.local_addr();
+    assert_eq!(
+        connack(addr, login("alice", "s3cret")).await,
+        ConnectReturnCode::Accepted
+    );
+    assert_eq!(
+        connack(addr, login("bob", "p@ss:w0rd ü")).await,
+        ConnectReturnCode::Accepted
+    );
+    // Wrong password: 0x04; unknown user: 0x05; anonymous refused: 0x05.
+    assert_eq!(
+        connack(addr, login("alice", "wrong")).await,
+        ConnectReturnCode::BadUsernameOrPassword
+    );
+    assert_eq!(
+        connack(addr, login("mallory", "x")).await,
+        ConnectReturnCode::NotAuthorized
+    );
+    assert_eq!(
+        connack(addr, connect_packet("anon", true)).await,
+        ConnectReturnCode::NotAuthorized
+    );
+}
+
+/// A file written by `mqtt-broker passwd` works in Mosquitto's broker.
+#[test]
+fn our_passwd_file_is_accepted_by_mosquitto() {
+    let dir = temp_dir("ours");
+    let file = dir.join("passwd");
+    let mut child = Command::new(BIN)
+        .arg("passwd")
+        .arg(&file)
+        .arg("carol")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hunter2\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("carol:$7$101$"), "{text}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nuser root\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let mut mosq = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto is required (apt-get install mosquitto; .ci/run does this)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let publish = |pass: &str| {
+        Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-u",
+                "carol",
+                "-P",
+                pass,
+                "-t",
+                "t",
+                "-m",
+                "x",
+            ])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let good = publish("hunter2");
+    let bad = publish("wrong");
+    let _ = mosq.kill();
+    let _ = mosq.wait();
+    assert!(
+        good,
+        "mosquitto refused a password written by mqtt-broker passwd"
+    );
+    assert!(!bad, "mosquitto accepted a wrong password");
+}
+
+#[tokio::test]
+async fn inline_users_and_require_auth() {
+    let broker = start_broker(|c| {
+        c.security.require_auth = true;
+        c.security.users = vec![UserConfig {
+            username: "dev1".into(),
+            password_hash: hash_password(b"pw1"),
+        }];
+        c.security.auth_failure_delay = mqtt_broker::config::ConfigDuration::millis(0);
+    })
+    .await;
+    let addr = broker.local_addr();
+    assert_eq!(
+        connack(addr, login("dev1", "pw1")).await,
+        ConnectReturnCode::Accepted
+    );
+    assert_eq!(
+        connack(addr, login("dev1", "pw2")).await,
+        ConnectReturnCode::BadUsernameOrPassword
+    );
+    assert_eq!(
+        connack(addr, connect_packet("nobody", true)).await,
+        ConnectReturnCode::NotAuthorized
+    );
+}
+
+#[test]
+fn plaintext_password_in_config_is_refused_with_hint() {
+    let err = mqtt_broker::Config::parse(
+        "security:\n  users:\n    - username: a\n      password: secret\n",
+        Path::new("broker.yaml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("mqtt-broker passwd"), "{err}");
+    assert!(
+        !err.contains("secret"),
+        "the password leaked into the error: {err}"
+    );
+}
+
+#[tokio::test]
+async fn failed_authentication_is_delayed_exponentially_per_address() {
+    let broker = start_broker(|c| {
+        c.security.require_auth = true;
+        c.security.users = vec![UserConfig {
+            username: "u".into(),
+            password_hash: hash_password(b"p"),
+        }];
+        c.security.auth_failure_delay = mqtt_broker::config::ConfigDuration::millis(200);
+    })
+    .await;
+    let addr = broker.local_addr();
+    let t = Instant::now();
+    assert_eq!(
+        connack(addr, login("u", "bad")).await,
+        ConnectReturnCode::BadUsernameOrPassword
+    );
+    let first = t.elapsed();
+    let t = Instant::now();
+    assert_eq!(
+        connack(addr, login("u", "bad")).await,
+        ConnectReturnCode::BadUsernameOrPassword
+    );
+    let second = t.elapsed();
+    assert!(first >= Duration::from_millis(200), "{first:?}");
+    assert!(second >= Duration::from_millis(400), "{second:?}");
+    // Success resets the back-off.
+    assert_eq!(
+        connack(addr, login("u", "p")).await,
+        ConnectReturnCode::Accepted
+    );
+    let t = Instant::now();
+    connack(addr, login("u", "bad")).await;
+    assert!(t.elapsed() < Duration::from_millis(400));
+}
+
+const ACL_FILE: &str = "\
+# anonymous clients
+topic read public/#
+
+user reader
+topic read sensors/#
+topic deny sensors/private/#
+
+user writer
+topic write sensors/#
+
+pattern readwrite devices/%c/#
+pattern read users/%u/inbox
+";
+
+async fn acl_broker(dir: &Path) -> mqtt_broker::BrokerHandle {
+    let acl = dir.join("acl");
+    std::fs::write(&acl, ACL_FILE).unwrap();
+    start_broker(|c| c.security.acl_file = Some(acl.clone())).await
+}
+
+fn as_user(user: &str, id: &str) -> Connect {
+    let mut c = connect_packet(id, true);
+    c.username = Some(user.into());
+    c
+}
+
+#[tokio::test]
+async fn denied_subscription_gets_0x80_while_others_are_granted() {
+    let dir = temp_dir("acl-sub");
+    let broker = acl_broker(&dir).await;
+    let (mut reader, ack) =
+        RawClient::connect_with(broker.local_addr(), as_user("reader", "r1")).await;
+    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    let codes = reader
+        .subscribe(
+            1,
+            &[
+                ("sensors/#", QoS::AtLeastOnce),
+                ("other/x", QoS::AtMostOnce),
+                ("sensors/private/#", QoS::AtMostOnce),
+                ("devices/r1/#", QoS::ExactlyOnce),
+            ],
+        )
+        .await;
+    assert_eq!(
+        codes,
+        vec![
+            SubAckCode::Granted(QoS::AtLeastOnce),
+            SubAckCode::Failure,
+            SubAckCode::Failure,
+            SubAckCode::Granted(QoS::ExactlyOnce)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn hash_subscriber_never_receives_topics_it_cannot_read() {
+    let dir = temp_dir("acl-hash");
+    let broker = acl_broker(&dir).await;
+    let addr = broker.local_addr();
+    let (mut reader, _) = RawClient::connect_with(addr, as_user("reader", "r1")).await;
+    assert_eq!(
+        reader.subscribe(1, &[("#", QoS::AtMostOnce)]).await,
+        vec![SubAckCode::Granted(QoS::AtMostOnce)]
+    );
+    let (mut writer, _) = RawClient::connect_with(addr, as_user("writer", "w1")).await;
+    for topic in ["sensors/private/key", "sensors/a"] {
+        writer
+            .send(&publish(
+                topic,
+                topic.as_bytes(),
+                QoS::AtLeastOnce,
+                Some(1),
+                false,
+            ))
+            .await;
+        assert_eq!(writer.recv().await, Some(Packet::PubAck(1)));
+    }
+    let p = reader.recv_publish().await;
+    assert_eq!(&*p.topic, "sensors/a");
+    reader.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(broker.stats().messages.received, 2);
+}
+
+#[tokio::test]
+async fn denied_publish_is_acknowledged_and_dropped() {
+    let dir = temp_dir("acl-pub");
+    let broker = acl_broker(&dir).await;
+    let addr = broker.local_addr();
+    let (mut anon_sub, _) = RawClient::connect(addr, "anon-sub", true).await;
+    anon_sub
+        .subscribe(1, &[("public/#", QoS::AtMostOnce)])
+        .await;
+    let (mut reader, _) = RawClient::connect_with(addr, as_user("reader", "r1")).await;
+    // reader has no write rights on public/: QoS 1 and QoS 2 flows still complete.
+    reader
+        .send(&publish(
+            "public/x",
+            b"no",
+            QoS::AtLeastOnce,
+            Some(5),
+            false,
+        ))
+        .await;
+    assert_eq!(reader.recv().await, Some(Packet::PubAck(5)));
+    reader.publish_qos2("public/x", b"no", 6).await;
+    anon_sub.expect_silence(Duration::from_millis(300)).await;
+    // The %c pattern lets a client use its own device tree.
+    let (mut dev, _) = RawClient::connect_with(addr, as_user("reader", "dev7")).await;
+    dev.subscribe(1, &[("devices/dev7/#", QoS::AtMostOnce)])
+        .await;
+    dev.send(&publish(
+        "devices/dev7/cmd",
+        b"ok",
+        QoS::AtMostOnce,
+        None,
+        false,
+    ))
+    .await;
+    assert_eq!(&dev.recv_publish().await.payload[..], b"ok");
+}
+
+#[tokio::test]
+async fn inline_acl_rules_first_match_then_default() {
+    let broker = start_broker(|c| {
+        c.security.acl = serde_yaml_ng::from_str(
+            "- {deny: subscribe, topic: 'secret/#'}\n- {allow: all, topic: 'open/#'}\n- {allow: publish, topic: 'in/%c', user: dev}\n",
+        )
+        .unwrap();
+    })
+    .await;
+    let addr = broker.local_addr();
+    let (mut c, _) = RawClient::connect_with(addr, as_user("dev", "d1")).await;
+    let codes = c
+        .subscribe(
+            1,
+            &[
+                ("secret/x", QoS::AtMostOnce),
+                ("open/x", QoS::AtMostOnce),
+                ("elsewhere", QoS::AtMostOnce),
+            ],
+        )
+        .await;
+    // No rule decides "elsewhere": the default is deny once rules exist.
+    assert_eq!(
+        codes,
+        vec![
+            SubAckCode::Failure,
+            SubAckCode::Granted(QoS::AtMostOnce),
+            SubAckCode::Failure
+        ]
+    );
+    let (mut watcher, _) = RawClient::connect_with(addr, as_user("dev", "w")).await;
+    watcher.subscribe(1, &[("open/#", QoS::AtMostOnce)]).await;
+    c.send(&publish("open/y", b"1", QoS::AtMostOnce, None, false))
+        .await;
+    assert_eq!(&watcher.recv_publish().await.payload[..], b"1");
+}
+
+#[test]
+fn check_config_reports_missing_acl_file() {
+    let dir = temp_dir("check");
+    let cfg = dir.join("broker.yaml");
+    std::fs::write(&cfg, "security:\n  acl_file: nowhere.acl\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("--check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nowhere.acl"), "{err}");
+}
