@@ -49,6 +49,9 @@ pub enum BrokerError {
     /// A reload step failed unexpectedly.
     #[error("reload failed: {0}")]
     Reload(String),
+    /// A Wasm plugin could not be loaded.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugins::PluginError),
     /// A listener could not be bound.
     #[error("cannot bind listener {name} on {addr}: {source}")]
     Bind {
@@ -76,14 +79,19 @@ pub struct Runtime {
     pub listeners: HashMap<String, Arc<ListenerConfig>>,
     /// Bearer token of the admin API, from `admin.token_file`.
     pub admin_token: Option<crate::admin::Token>,
+    /// The Wasm plugins of this generation (also in `security`), for stats.
+    pub plugins: crate::plugins::PluginSet,
 }
 
 /// Builds the complete runtime state from a config: reads password and ACL files and loads
 /// plugins. Pure with respect to the running broker, so a failure changes nothing.
 pub(crate) fn build_runtime(config: Config, generation: u64) -> Result<Runtime, BrokerError> {
     config.validate(std::path::Path::new("<config>"))?;
-    let security = crate::auth::build_security_chain(&config.security)?;
     let admin_token = crate::admin::load_token(&config.admin)?;
+    let mut security = crate::auth::build_security_chain(&config.security)?;
+    // Plugins come after the built-in checks, in list order.
+    let plugins = crate::plugins::PluginSet::load_configured(&config.plugins)?;
+    plugins.append_to(&mut security);
     let effective = config.effective_listeners();
     let tls = transport::tls_configs(&effective)?;
     let listeners = effective
@@ -97,6 +105,7 @@ pub(crate) fn build_runtime(config: Config, generation: u64) -> Result<Runtime, 
         tls,
         listeners,
         admin_token,
+        plugins,
     })
 }
 
@@ -925,6 +934,11 @@ impl BrokerHandle {
     /// Address of the first listener.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.bound.lock()[0].addr
+    }
+
+    /// State and counters of each loaded Wasm plugin, in call order.
+    pub fn plugin_stats(&self) -> Vec<crate::plugins::PluginStats> {
+        self.shared.runtime.load().plugins.stats()
     }
 
     /// Every bound listener, in configured order.

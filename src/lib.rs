@@ -16,6 +16,7 @@ pub(crate) mod limits;
 pub mod logging;
 pub mod metrics;
 pub(crate) mod ops;
+pub mod plugins;
 pub mod protocol;
 pub mod routing;
 pub mod session;

@@ -68,6 +68,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Per-client resource limits.
     pub limits: LimitsConfig,
+    /// Wasm plugins, in call order (after the built-in password/ACL checks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<crate::plugins::PluginConfig>,
 }
 
 /// `server:` section (the seed's `server`).
@@ -467,6 +470,7 @@ impl Config {
                     .cloned(),
             );
         }
+        files.extend(self.plugins.iter().map(|p| p.path.clone()));
         files
     }
 
@@ -479,6 +483,12 @@ impl Config {
             }
         };
         resolve(&mut self.persistence.path);
+        for p in &mut self.plugins {
+            resolve(&mut p.path);
+            if let Some(dir) = &mut p.cache_dir {
+                resolve(dir);
+            }
+        }
         for p in [
             &mut self.security.password_file,
             &mut self.security.acl_file,
@@ -606,6 +616,9 @@ impl Config {
                 "security.auth_failure_max_delay",
                 "must not be smaller than auth_failure_delay",
             );
+        }
+        if let Err((key, reason)) = crate::plugins::config::validate_all(&self.plugins) {
+            return invalid(&key, &reason);
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid("log.level", &e.to_string());

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Installs the plugin toolchains and builds every example plugin from source.
+#
+# Idempotent: tools already at the pinned versions are not reinstalled, and a plugin whose
+# component is newer than its sources (and the WIT) is not rebuilt. Works on a fresh
+# Debian 12 machine with Rust, Python 3.11+ with pip, Node 20+ with npm: everything else
+# comes from Debian, crates.io, PyPI and npm.
+#
+#   bash .ci/plugins.sh            # install what is missing, build what is stale
+#   FORCE=1 bash .ci/plugins.sh    # rebuild every plugin
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WIT_BINDGEN_VERSION=0.60.0      # wit-component 0.254, as wasmtime 48 (the broker's host)
+WASM_TOOLS_VERSION=1.254.2
+COMPONENTIZE_PY_VERSION=0.25.1
+APT_PACKAGES=(clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32)
+
+log() { echo "== plugins: $*"; }
+
+# --- Debian packages: clang 19 for wasm32-wasi, its linker and runtime, and wasi-libc.
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "apt-get install ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
+fi
+
+# --- Rust tools from crates.io (pinned; --locked for reproducible builds).
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo_tool() { # binary crate version
+    local have
+    have=$("$1" --version 2>/dev/null | awk '{print $2}') || true
+    if [ "$have" != "$3" ]; then
+        log "cargo install $2@$3 (have: ${have:-none}); this takes a few minutes"
+        cargo install --locked "$2@$3"
+    fi
+}
+cargo_tool wit-bindgen wit-bindgen-cli "$WIT_BINDGEN_VERSION"
+cargo_tool wasm-tools wasm-tools "$WASM_TOOLS_VERSION"
+
+# --- componentize-py from PyPI.
+have_py=$(python3 -m pip show componentize-py 2>/dev/null | awk '/^Version:/ {print $2}') || true
+if [ "$have_py" != "$COMPONENTIZE_PY_VERSION" ]; then
+    log "pip install componentize-py==$COMPONENTIZE_PY_VERSION (have: ${have_py:-none})"
+    python3 -m pip install --quiet "componentize-py==$COMPONENTIZE_PY_VERSION"
+fi
+# pip may put console scripts in a directory that is not on PATH (user installs).
+PY_SCRIPTS=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+export PATH="$PATH:$PY_SCRIPTS:$HOME/.local/bin"
+
+# --- Build each plugin when its output is missing or older than an input.
+stale() { # output inputs...
+    local out=$1
+    shift
+    [ -n "${FORCE:-}" ] && return 0
+    [ -f "$out" ] || return 0
+    for f in "$@"; do
+        [ "$f" -nt "$out" ] && return 0
+    done
+    return 1
+}
+build() { # name output inputs...
+    local name=$1 out=$2
+    shift 2
+    if stale "$out" "$@" wit/plugin.wit "plugins/$name/build.sh"; then
+        log "building $name"
+        local started=$SECONDS
+        bash "plugins/$name/build.sh"
+        log "built $name in $((SECONDS - started)) s ($(stat -c %s "$out") bytes)"
+    else
+        log "$name is up to date"
+    fi
+}
+build device-auth plugins/device-auth/device-auth.wasm plugins/device-auth/app.py
+build device-acl plugins/device-acl/device-acl.wasm plugins/device-acl/device_acl.c plugins/device-acl/policy.h
+build topic-rewrite plugins/topic-rewrite/topic-rewrite.wasm plugins/topic-rewrite/topic-rewrite.js plugins/topic-rewrite/package-lock.json
+log "all plugins built"

@@ -1,0 +1,422 @@
+//! The long-lived part of the plugin system: one `wasmtime::Engine` per broker, the epoch
+//! ticker that bounds every call, the linker with the host functions, and the cache of
+//! compiled components on disk.
+//!
+//! Loading a plugin set is a pure "config in, `PluginSet` or error out" operation on a
+//! `PluginHost`, so a reload can build a new set off the hot path while the old one serves.
+
+use super::bindings::{self, host::LogLevel};
+use super::config::PluginConfig;
+use super::plugin::WasmPlugin;
+use super::{PluginError, PluginSet};
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// The wasmtime version compiled in (pinned in Cargo.toml); part of the artifact cache key.
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
+/// Interval of the epoch ticker: the granularity of per-call time limits.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Settings that change generated machine code, and so the compiled-artifact cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EngineSettings {
+    /// Cranelift optimization level.
+    pub opt_level: OptLevel,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            opt_level: OptLevel::Speed,
+        }
+    }
+}
+
+/// Cranelift optimization level (a copy of wasmtime's, so that it can be hashed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OptLevel {
+    /// No optimizations: fastest compile.
+    None,
+    /// Optimize for speed.
+    Speed,
+    /// Optimize for speed and size.
+    SpeedAndSize,
+}
+
+/// Where a component's compiled code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactSource {
+    /// Deserialized from the on-disk cache.
+    Cache,
+    /// Compiled now (and written to the cache when possible).
+    Compiled,
+}
+
+struct HostInner {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    settings: EngineSettings,
+    /// Hex digest of everything besides the component that decides the compiled code.
+    engine_key: String,
+    cache_hits: AtomicU64,
+    compiles: AtomicU64,
+}
+
+/// One Wasm engine, linker and artifact cache, shared by every plugin set of a broker.
+#[derive(Clone)]
+pub struct PluginHost {
+    inner: Arc<HostInner>,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("settings", &self.inner.settings)
+            .field("engine_key", &self.inner.engine_key)
+            .finish()
+    }
+}
+
+impl PluginHost {
+    /// Creates the engine (with epoch interruption) and starts its epoch ticker thread.
+    pub fn new(settings: EngineSettings) -> Result<PluginHost, PluginError> {
+        let mut cfg = wasmtime::Config::new();
+        cfg.wasm_component_model(true);
+        // Every call is bounded by an epoch deadline; a ticker thread advances the epoch.
+        cfg.epoch_interruption(true);
+        cfg.parallel_compilation(true);
+        cfg.cranelift_opt_level(match settings.opt_level {
+            OptLevel::None => wasmtime::OptLevel::None,
+            OptLevel::Speed => wasmtime::OptLevel::Speed,
+            OptLevel::SpeedAndSize => wasmtime::OptLevel::SpeedAndSize,
+        });
+        let engine = Engine::new(&cfg).map_err(|e| PluginError::Engine(e.to_string()))?;
+
+        let mut linker: Linker<StoreState> = Linker::new(&engine);
+        // WASI preview 2 for toolchains that insist on importing it; the context each store
+        // gets has nothing preopened, no environment, no arguments and no network.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| PluginError::Engine(format!("linking WASI: {e}")))?;
+        bindings::Full::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Engine(format!("linking host functions: {e}")))?;
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        settings.hash(&mut hasher);
+        let engine_key = format!("{:016x}", hasher.finish());
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(EPOCH_TICK);
+                // The thread ends with the last user of the engine.
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            })
+            .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+
+        Ok(PluginHost {
+            inner: Arc::new(HostInner {
+                engine,
+                linker,
+                settings,
+                engine_key,
+                cache_hits: AtomicU64::new(0),
+                compiles: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The process-wide host with default settings, created on first use.
+    ///
+    /// One engine per process: every broker (and every reload) in it shares the compiled code,
+    /// the epoch ticker and the artifact cache.
+    pub fn shared() -> Result<&'static PluginHost, PluginError> {
+        static SHARED: std::sync::OnceLock<PluginHost> = std::sync::OnceLock::new();
+        if let Some(h) = SHARED.get() {
+            return Ok(h);
+        }
+        let host = PluginHost::new(EngineSettings::default())?;
+        Ok(SHARED.get_or_init(|| host))
+    }
+
+    /// The engine settings in force.
+    pub fn settings(&self) -> EngineSettings {
+        self.inner.settings
+    }
+
+    /// The Wasm engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<StoreState> {
+        &self.inner.linker
+    }
+
+    /// Components loaded from the artifact cache so far.
+    pub fn cache_hits(&self) -> u64 {
+        self.inner.cache_hits.load(Ordering::Relaxed)
+    }
+
+    /// Components compiled so far.
+    pub fn compiles(&self) -> u64 {
+        self.inner.compiles.load(Ordering::Relaxed)
+    }
+
+    /// Loads every configured plugin, in order; any failure refuses the whole set.
+    pub fn load(&self, configs: &[PluginConfig]) -> Result<PluginSet, PluginError> {
+        let mut plugins = Vec::with_capacity(configs.len());
+        for c in configs {
+            if plugins.iter().any(|p: &Arc<WasmPlugin>| p.name() == c.name) {
+                return Err(PluginError::DuplicateName(c.name.clone()));
+            }
+            plugins.push(Arc::new(WasmPlugin::load(self, c)?));
+        }
+        Ok(PluginSet::new(plugins))
+    }
+
+    /// The compiled component for `config.path`, from the cache when possible.
+    pub(crate) fn component(
+        &self,
+        config: &PluginConfig,
+    ) -> Result<(Component, ArtifactSource), PluginError> {
+        let plugin = &config.name;
+        let path = &config.path;
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            plugin: plugin.clone(),
+            path: path.clone(),
+            source,
+        })?;
+        check_is_component(plugin, path, &bytes)?;
+        let digest = Sha256::digest(&bytes);
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let key = format!("{hex}-{}-wasmtime{WASMTIME_VERSION}", self.inner.engine_key);
+        let dir = cache_dir(config);
+        let file = dir.join(format!("{key}.cwasm"));
+
+        if file.is_file() {
+            let started = Instant::now();
+            // SAFETY: `deserialize_file` trusts the file to be a wasmtime artifact. The name
+            // binds it to the component's SHA-256 and to this engine's configuration and
+            // version, and wasmtime itself checks the version and configuration header; the
+            // cache directory must be writable only by the broker's operator (documented).
+            match unsafe { Component::deserialize_file(&self.inner.engine, &file) } {
+                Ok(component) => {
+                    self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    info!(plugin, artifact = %file.display(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "plugin loaded from the compiled-artifact cache");
+                    return Ok((component, ArtifactSource::Cache));
+                }
+                Err(e) => {
+                    warn!(plugin, artifact = %file.display(), error = %e, "cached artifact unusable; recompiling");
+                }
+            }
+        }
+
+        let started = Instant::now();
+        let component =
+            Component::new(&self.inner.engine, &bytes).map_err(|e| PluginError::Compile {
+                plugin: plugin.clone(),
+                path: path.clone(),
+                message: format!("{e:#}"),
+            })?;
+        self.inner.compiles.fetch_add(1, Ordering::Relaxed);
+        info!(plugin, path = %path.display(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "plugin compiled");
+        match component.serialize() {
+            Ok(artifact) => {
+                if let Err(e) = write_atomically(&dir, &file, &artifact) {
+                    // Not fatal: the broker works, it just compiles again next start.
+                    warn!(plugin, dir = %dir.display(), error = %e, "cannot write the compiled-artifact cache");
+                } else {
+                    debug!(plugin, artifact = %file.display(), "compiled artifact cached");
+                }
+            }
+            Err(e) => warn!(plugin, error = %e, "cannot serialize the compiled component"),
+        }
+        Ok((component, ArtifactSource::Compiled))
+    }
+}
+
+/// The cache directory of one plugin: configured, or `.cache/` beside the component.
+pub fn cache_dir(config: &PluginConfig) -> PathBuf {
+    match &config.cache_dir {
+        Some(d) => d.clone(),
+        None => config
+            .path
+            .parent()
+            .map(|p| p.join(".cache"))
+            .unwrap_or_else(|| PathBuf::from(".cache")),
+    }
+}
+
+fn write_atomically(dir: &Path, file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    // A unique temporary name, so that two brokers starting at once do not interleave.
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        file.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("artifact"),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, file)
+}
+
+/// Refuses core modules and other files early, with a hint, instead of a parser error.
+fn check_is_component(plugin: &str, path: &Path, bytes: &[u8]) -> Result<(), PluginError> {
+    let not = |why: &str| {
+        Err(PluginError::NotComponent {
+            plugin: plugin.to_owned(),
+            path: path.to_owned(),
+            reason: why.to_owned(),
+        })
+    };
+    if bytes.starts_with(b"\0asm") {
+        // Bytes 4..8: version and layer; a component has layer 1.
+        return match bytes.get(6..8) {
+            Some([1, 0]) => Ok(()),
+            Some([0, 0]) => not("it is a core Wasm module, not a component (wrap it with `wasm-tools component new`)"),
+            _ => not("unknown Wasm binary layer"),
+        };
+    }
+    let is_wat = path.extension().is_some_and(|e| e == "wat");
+    if is_wat && std::str::from_utf8(bytes).is_ok() {
+        return Ok(());
+    }
+    not("not a Wasm binary (and not a .wat text file)")
+}
+
+/// Per-instance state inside a wasmtime `Store`.
+pub(crate) struct StoreState {
+    /// Plugin name, for log lines.
+    pub plugin: Arc<str>,
+    /// Client of the call in progress, for log lines.
+    pub client_id: Option<Arc<str>>,
+    /// Memory accounting.
+    pub limiter: Limiter,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl StoreState {
+    /// Fresh state with an empty WASI context.
+    pub fn new(plugin: Arc<str>, limiter: Limiter) -> Self {
+        // Nothing preopened, no env, no args, stdio to the void, sockets refused.
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
+        StoreState {
+            plugin,
+            client_id: None,
+            limiter,
+            wasi,
+            table: ResourceTable::new(),
+        }
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Longest plugin log message kept; the rest is cut (plugins are untrusted in size).
+const MAX_LOG_BYTES: usize = 2048;
+
+impl bindings::host::Host for StoreState {
+    fn log(&mut self, level: LogLevel, message: String) {
+        let plugin = &*self.plugin;
+        let client_id = self.client_id.as_deref().unwrap_or("");
+        let message = bindings::truncate(&message, MAX_LOG_BYTES);
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin, client_id, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, client_id, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, client_id, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, client_id, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, client_id, "{message}"),
+        }
+    }
+
+    fn now_millis(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+impl bindings::wit::Host for StoreState {}
+
+/// Caps the linear memory and tables of one instance, and remembers the peak.
+pub(crate) struct Limiter {
+    /// Bytes of linear memory allowed across all memories of the instance.
+    pub limit: usize,
+    /// Bytes granted so far.
+    pub used: usize,
+    /// Set when a growth was refused, to classify the resulting trap.
+    pub hit_limit: bool,
+    /// Highest `used` of any instance of this plugin (shared with the plugin's stats).
+    pub peak: Arc<AtomicU64>,
+}
+
+/// Table elements allowed per table (each costs a pointer on the host).
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let after = self.used.saturating_sub(current).saturating_add(desired);
+        if after > self.limit {
+            self.hit_limit = true;
+            // An error (rather than `Ok(false)`) traps at once, so a guest that ignores a
+            // failed `memory.grow` cannot spin until its deadline.
+            wasmtime::bail!(
+                "memory limit exceeded: {desired} bytes requested, {} allowed",
+                self.limit
+            );
+        }
+        self.used = after;
+        self.peak.fetch_max(after as u64, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            self.hit_limit = true;
+            wasmtime::bail!(
+                "table limit exceeded: {desired} elements requested, {MAX_TABLE_ELEMENTS} allowed"
+            );
+        }
+        Ok(true)
+    }
+}
