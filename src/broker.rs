@@ -2,6 +2,7 @@
 //! subscription trie, retained store, counters), the routing of one message to its
 //! subscribers, and the public `Broker::start` / `BrokerHandle` API for embedding.
 
+use crate::config::StorageType;
 use crate::config::{Config, ListenerConfig, TransportKind};
 use crate::hooks::{AclAction, AclRequest, ClientInfo, SecurityChain};
 use crate::metrics::ops::LimitKind;
@@ -13,6 +14,7 @@ use crate::protocol::QoS;
 use crate::routing::{Message, RetainOutcome, RetainedStore, SubscriptionTrie};
 use crate::session::state::OutboundState;
 use crate::session::{DropReason, Session, SessionLimits};
+use crate::storage::{FileStorage, Recovered, SessionRecord, Storage, StorageHandle, StorageOp};
 use crate::transport;
 use arc_swap::ArcSwap;
 use parking_lot::{Mutex, RwLock};
@@ -38,6 +40,9 @@ pub enum BrokerError {
     /// A password or ACL file could not be loaded.
     #[error(transparent)]
     Security(#[from] crate::auth::SecurityConfigError),
+    /// The store could not be opened or loaded.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
     /// A setting that cannot change while the broker runs was changed.
     #[error("`{0}` cannot change while the broker runs; restart to apply it (reload refused, nothing changed)")]
     NotReloadable(&'static str),
@@ -127,6 +132,8 @@ pub struct SessionEntry {
     pub(crate) wake: Notify,
     /// The client as last connected, for delivery-time ACL checks.
     pub(crate) client: Mutex<Arc<ClientInfo>>,
+    /// When the last connection ended (for `persistence.session_expiry`); `None` while online.
+    pub(crate) offline_since: Mutex<Option<std::time::SystemTime>>,
     pub(crate) owner: Mutex<Option<Owner>>,
 }
 
@@ -145,6 +152,8 @@ pub(crate) struct Shared {
     pub retained: RwLock<RetainedStore>,
     pub counters: Counters,
     pub shutdown: CancellationToken,
+    /// The storage writer when persistence is on (`None`: memory only, nothing journaled).
+    pub storage: Option<Arc<StorageHandle>>,
     /// Running listeners; the async lock also serializes reloads.
     pub listeners: tokio::sync::Mutex<Vec<transport::listeners::RunningListener>>,
     /// Snapshot of the bound listeners for synchronous readers.
@@ -168,9 +177,10 @@ pub(crate) struct Attached {
 }
 
 impl Shared {
-    fn new(runtime: Runtime) -> Shared {
+    fn new(runtime: Runtime, storage: Option<Arc<StorageHandle>>) -> Shared {
         let generation = runtime.generation;
         Shared {
+            storage,
             listeners: tokio::sync::Mutex::new(Vec::new()),
             bound: Mutex::new(Vec::new()),
             reload_tx: watch::channel(generation).0,
@@ -231,8 +241,7 @@ impl Shared {
             if let Some(old) = existing {
                 previous = old.owner.lock().take();
                 if clean_session || old.state.lock().clean_session {
-                    self.discard_subscriptions(&old);
-                    sessions.remove(client_id);
+                    self.remove_session(&mut sessions, &old);
                 } else {
                     reuse = Some(old);
                 }
@@ -245,12 +254,17 @@ impl Shared {
                     state: Mutex::new(Session::new(id.clone(), clean_session, limits)),
                     wake: Notify::new(),
                     client: Mutex::new(client.clone()),
+                    offline_since: Mutex::new(None),
                     owner: Mutex::new(None),
                 });
+                if !clean_session && self.storage.is_some() {
+                    entry.state.lock().enable_persistence();
+                }
                 sessions.insert(id, entry.clone());
                 entry
             });
             *entry.client.lock() = client.clone();
+            *entry.offline_since.lock() = None;
             *entry.owner.lock() = Some(Owner {
                 conn_id,
                 cancel,
@@ -271,7 +285,91 @@ impl Shared {
             let _ = tokio::time::timeout(Duration::from_secs(5), done.wait_for(|d| *d)).await;
         }
         attached.entry.state.lock().set_limits(limits);
+        if !clean_session {
+            self.persist_record(&attached.entry);
+        }
         attached
+    }
+
+    /// Submits the operations a session journaled; returns the ticket to wait for.
+    pub fn persist(&self, state: &mut Session) -> Option<u64> {
+        let storage = self.storage.as_ref()?;
+        let ops = state.take_journal();
+        (!ops.is_empty()).then(|| storage.submit(ops))
+    }
+
+    /// Writes a persistent session's record (subscriptions, user name, last seen).
+    pub fn persist_record(&self, entry: &SessionEntry) -> Option<u64> {
+        let storage = self.storage.as_ref()?;
+        let record = {
+            let state = entry.state.lock();
+            if state.clean_session {
+                return None;
+            }
+            SessionRecord {
+                username: entry.client.lock().username.clone(),
+                subscriptions: state
+                    .subscriptions
+                    .iter()
+                    .map(|(f, q)| (f.clone(), *q))
+                    .collect(),
+                last_seen_ms: entry
+                    .offline_since
+                    .lock()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_millis() as u64),
+            }
+        };
+        Some(storage.submit(vec![StorageOp::PutSession {
+            client_id: entry.client_id.clone(),
+            record,
+        }]))
+    }
+
+    /// Forgets a session: its subscriptions, registry entry and stored state.
+    fn remove_session(
+        &self,
+        sessions: &mut HashMap<Arc<str>, Arc<SessionEntry>>,
+        entry: &Arc<SessionEntry>,
+    ) {
+        let was_persistent = !entry.state.lock().clean_session;
+        self.discard_subscriptions(entry);
+        if sessions
+            .get(&entry.client_id)
+            .is_some_and(|e| Arc::ptr_eq(e, entry))
+        {
+            sessions.remove(&entry.client_id);
+        }
+        if was_persistent {
+            if let Some(storage) = &self.storage {
+                storage.submit(vec![StorageOp::DeleteSession(entry.client_id.clone())]);
+            }
+        }
+    }
+
+    /// Removes persistent sessions offline for longer than `persistence.session_expiry`.
+    pub fn expire_sessions(&self) -> usize {
+        let expiry = self.runtime.load().config.persistence.session_expiry.get();
+        if expiry.is_zero() {
+            return 0;
+        }
+        let now = std::time::SystemTime::now();
+        let mut sessions = self.sessions.lock();
+        let expired: Vec<Arc<SessionEntry>> = sessions
+            .values()
+            .filter(|e| {
+                e.owner.lock().is_none()
+                    && e.offline_since
+                        .lock()
+                        .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= expiry)
+            })
+            .cloned()
+            .collect();
+        for e in &expired {
+            info!(client_id = %e.client_id, "persistent session expired (persistence.session_expiry)");
+            self.remove_session(&mut sessions, e);
+        }
+        expired.len()
     }
 
     /// Detaches connection `conn_id` from its session; a clean session ends here [MQTT-3.1.2-6].
@@ -291,13 +389,11 @@ impl Shared {
             state.clean_session
         };
         if clean {
-            self.discard_subscriptions(entry);
-            if sessions
-                .get(&entry.client_id)
-                .is_some_and(|e| Arc::ptr_eq(e, entry))
-            {
-                sessions.remove(&entry.client_id);
-            }
+            self.remove_session(&mut sessions, entry);
+        } else {
+            *entry.offline_since.lock() = Some(std::time::SystemTime::now());
+            drop(sessions);
+            self.persist_record(entry);
         }
     }
 
@@ -312,13 +408,18 @@ impl Shared {
         }
     }
 
-    /// Adds or replaces a subscription of `entry` to `filter`.
-    pub fn subscribe(&self, entry: &Arc<SessionEntry>, filter: &str, qos: QoS) {
+    /// Adds or replaces a subscription of `entry` to `filter`; returns a storage ticket.
+    pub fn subscribe(&self, entry: &Arc<SessionEntry>, filter: &str, qos: QoS) -> Option<u64> {
         entry
             .state
             .lock()
             .subscriptions
             .insert(filter.to_owned(), qos);
+        self.insert_subscription(entry, filter, qos);
+        self.persist_record(entry)
+    }
+
+    fn insert_subscription(&self, entry: &Arc<SessionEntry>, filter: &str, qos: QoS) {
         self.subscriptions.write().insert(
             filter,
             entry.client_id.clone(),
@@ -332,38 +433,71 @@ impl Shared {
     /// Removes a subscription; returns whether it existed.
     pub fn unsubscribe(&self, entry: &Arc<SessionEntry>, filter: &str) -> bool {
         entry.state.lock().subscriptions.remove(filter);
-        self.subscriptions
+        let existed = self
+            .subscriptions
             .write()
             .remove(filter, &entry.client_id)
-            .is_some()
+            .is_some();
+        if existed {
+            self.persist_record(entry);
+        }
+        existed
     }
 
     /// Queues the retained messages matching a new subscription, flagged RETAIN=1 [MQTT-3.3.1-6].
-    pub fn send_retained(&self, entry: &SessionEntry, filter: &str, granted: QoS) {
+    pub fn send_retained(&self, entry: &SessionEntry, filter: &str, granted: QoS) -> Option<u64> {
         let messages = self.retained.read().matching(filter);
         if messages.is_empty() {
-            return;
+            return None;
         }
         let mut state = entry.state.lock();
         for m in messages {
             let qos = m.qos.min(granted);
             state.enqueue_retained(Message { qos, ..m });
         }
+        let ticket = self.persist(&mut state);
         drop(state);
         entry.wake.notify_one();
+        ticket
     }
 
     /// Routes a message to every matching subscriber and returns how many received it.
+    pub fn publish(&self, msg: Message) -> usize {
+        self.publish_tracked(msg).0
+    }
+
+    /// Routes a message; also returns the storage ticket of what it wrote (retained message,
+    /// persistent subscribers' queues), which must be durable before the publisher is
+    /// acknowledged.
     ///
     /// Stores or deletes the retained message first when RETAIN is set [MQTT-3.3.1-5].
-    pub fn publish(&self, mut msg: Message) -> usize {
+    pub fn publish_tracked(&self, mut msg: Message) -> (usize, Option<u64>) {
         msg.enqueued_at.get_or_insert_with(std::time::Instant::now);
         let runtime = self.runtime.load();
+        let mut ticket = None;
         if msg.retain {
             let limit = runtime.config.persistence.retained_message_limit;
-            if self.retained.write().retain(&msg, limit) == RetainOutcome::LimitReached {
-                Counters::inc(&self.counters.retained_refused_limit);
-                warn!(topic = %msg.topic, limit, "retained message refused: retained_message_limit reached");
+            let outcome = self.retained.write().retain(&msg, limit);
+            match outcome {
+                RetainOutcome::LimitReached => {
+                    Counters::inc(&self.counters.retained_refused_limit);
+                    warn!(topic = %msg.topic, limit, "retained message refused: retained_message_limit reached");
+                }
+                RetainOutcome::Added | RetainOutcome::Replaced => {
+                    if let Some(st) = &self.storage {
+                        ticket = Some(st.submit(vec![StorageOp::PutRetained(Message {
+                            retain: true,
+                            ..msg.clone()
+                        })]));
+                    }
+                }
+                RetainOutcome::Removed => {
+                    if let Some(st) = &self.storage {
+                        ticket =
+                            Some(st.submit(vec![StorageOp::DeleteRetained(msg.topic.clone())]));
+                    }
+                }
+                RetainOutcome::NothingToRemove => {}
             }
         }
         let mut targets: Vec<(Arc<SessionEntry>, QoS)> = Vec::new();
@@ -377,7 +511,7 @@ impl Shared {
             if !msg.topic.starts_with("$SYS/") {
                 Counters::inc(&self.counters.dropped_no_subscribers);
             }
-            return 0;
+            return (0, ticket);
         }
         // One delivery per client, at the highest QoS of its matching subscriptions [MQTT-3.3.5-1].
         if targets.len() > 1 {
@@ -418,6 +552,9 @@ impl Shared {
             match state.enqueue(delivered) {
                 Ok(()) => {
                     let online = state.is_online();
+                    if let Some(t) = self.persist(&mut state) {
+                        ticket = Some(t);
+                    }
                     drop(state);
                     if online {
                         entry.wake.notify_one();
@@ -447,7 +584,7 @@ impl Shared {
                 Err(DropReason::Qos0Offline) => Counters::inc(&self.counters.dropped_offline_qos0),
             }
         }
-        count
+        (count, ticket)
     }
 
     /// A snapshot of the counters and registry sizes.
@@ -515,14 +652,77 @@ impl Broker {
     ///
     /// Returns once all listeners are bound, so that clients can connect immediately.
     pub async fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
+        let storage: Option<Arc<dyn Storage>> = match config.persistence.storage_type {
+            StorageType::File => {
+                let path = config.persistence.path.clone();
+                let opened = tokio::task::spawn_blocking(move || FileStorage::open(&path))
+                    .await
+                    .map_err(|e| BrokerError::Reload(e.to_string()))??;
+                info!(path = %opened.path().display(), "file persistence enabled");
+                Some(Arc::new(opened))
+            }
+            _ => None,
+        };
+        Broker::start_inner(config, storage).await
+    }
+
+    /// Like [`Broker::start`], on a storage backend the embedder provides (e.g. a
+    /// [`MemoryStorage`] shared with a previous broker in the same process).
+    pub async fn start_with_storage(
+        config: Config,
+        storage: Arc<dyn Storage>,
+    ) -> Result<BrokerHandle, BrokerError> {
+        Broker::start_inner(config, Some(storage)).await
+    }
+
+    async fn start_inner(
+        config: Config,
+        storage: Option<Arc<dyn Storage>>,
+    ) -> Result<BrokerHandle, BrokerError> {
         let listeners = config.effective_listeners();
-        let shared = Arc::new(Shared::new(build_runtime(config, 1)?));
+        let runtime = build_runtime(config, 1)?;
+        // Recovery happens before any listener opens: clients only ever see a complete state.
+        let (handle, recovered) = match storage {
+            Some(storage) => {
+                let started = std::time::Instant::now();
+                let loader = storage.clone();
+                let recovered = tokio::task::spawn_blocking(move || loader.load())
+                    .await
+                    .map_err(|e| BrokerError::Reload(e.to_string()))??;
+                let mode = runtime.config.persistence.sync_mode();
+                info!(
+                    sessions = recovered.sessions.len(),
+                    retained = recovered.retained.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "storage recovered"
+                );
+                (
+                    Some(Arc::new(StorageHandle::start(storage, mode))),
+                    Some(recovered),
+                )
+            }
+            None => (None, None),
+        };
+        let shared = Arc::new(Shared::new(runtime, handle));
+        if let Some(recovered) = recovered {
+            shared.recover(recovered);
+        }
         let running = transport::listeners::start_all(&listeners, &shared).await?;
         shared.set_listeners(running, &mut *shared.listeners.lock().await);
-        // Storage recovery (when persistence lands) must finish before readiness.
+        // Storage was recovered above and every listener is bound: ready.
         shared.ops.ready.store(true, Ordering::Relaxed);
         crate::admin::start(&shared).await;
         crate::metrics::sys::spawn(&shared);
+        let sweeper = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = sweeper.shutdown.cancelled() => break,
+                    _ = tick.tick() => { sweeper.expire_sessions(); }
+                }
+            }
+        });
         Ok(BrokerHandle { shared })
     }
 }
@@ -553,6 +753,51 @@ fn serialize_time<S: serde::Serializer>(
 }
 
 impl Shared {
+    /// Rebuilds retained messages and persistent sessions (with their subscriptions) from storage.
+    fn recover(&self, recovered: Recovered) {
+        let limits = self.runtime.load().session_limits();
+        let mut retained = self.retained.write();
+        for m in recovered.retained {
+            retained.retain(&m, usize::MAX);
+        }
+        drop(retained);
+        let mut sessions = self.sessions.lock();
+        for r in recovered.sessions {
+            let subscriptions = r.record.subscriptions.iter().cloned().collect();
+            let client = Arc::new(ClientInfo {
+                client_id: r.client_id.clone(),
+                username: r.record.username.clone(),
+                peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+                transport: TransportKind::Tcp,
+                tls_identity: None,
+                protocol: crate::protocol::ProtocolLevel::V311,
+                clean_session: false,
+            });
+            let last_seen = match r.record.last_seen_ms {
+                0 => std::time::SystemTime::now(),
+                ms => std::time::UNIX_EPOCH + Duration::from_millis(ms),
+            };
+            let entry = Arc::new(SessionEntry {
+                client_id: r.client_id.clone(),
+                state: Mutex::new(Session::restore(
+                    r.client_id.clone(),
+                    limits,
+                    subscriptions,
+                    r.messages,
+                    r.inbound,
+                )),
+                wake: Notify::new(),
+                client: Mutex::new(client),
+                offline_since: Mutex::new(Some(last_seen)),
+                owner: Mutex::new(None),
+            });
+            for (f, q) in &r.record.subscriptions {
+                self.insert_subscription(&entry, f, *q);
+            }
+            sessions.insert(r.client_id, entry);
+        }
+    }
+
     fn set_listeners(
         &self,
         running: Vec<transport::listeners::RunningListener>,
@@ -629,6 +874,16 @@ impl Shared {
             }
         };
         let limits = runtime.session_limits();
+        let old = &current.config.persistence;
+        let new = &runtime.config.persistence;
+        if (old.storage_type, &old.path, old.sync, old.sync_interval)
+            != (new.storage_type, &new.path, new.sync, new.sync_interval)
+        {
+            *running = transport::listeners::abandon(plan);
+            return Err(BrokerError::NotReloadable(
+                "persistence (storage_type, path, sync)",
+            ));
+        }
         self.runtime.store(Arc::new(runtime));
         let now_running = transport::listeners::commit(plan, self).await;
         self.set_listeners(now_running, running);

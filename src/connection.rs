@@ -153,6 +153,7 @@ where
         rate_msgs: TokenBucket::new(std::time::Instant::now()),
         rate_bytes: TokenBucket::new(std::time::Instant::now()),
         throttle: None,
+        pending_ticket: None,
         client_id: Arc::from(""),
         client: Arc::new(ClientInfo {
             client_id: Arc::from(""),
@@ -264,7 +265,12 @@ where
         session_present: attached.session_present,
         code: ConnectReturnCode::Accepted,
     }));
-    entry.state.lock().connect(&mut conn.out);
+    {
+        let mut state = entry.state.lock();
+        state.connect(&mut conn.out);
+        let ticket = shared.persist(&mut state);
+        conn.note(ticket);
+    }
     let registration = shared
         .ops
         .register(conn_id, &client, &entry, cancel.clone());
@@ -491,6 +497,8 @@ struct Conn<S> {
     rate_bytes: TokenBucket,
     /// Reading is paused until then: the client is over its publish rate.
     throttle: Option<Instant>,
+    /// Storage ticket that must be durable before the pending output is written.
+    pending_ticket: Option<u64>,
 }
 
 impl<S: AsyncRead + AsyncWrite> Conn<S> {
@@ -654,6 +662,11 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
 
     /// Writes whatever is pending, giving up after a short time.
     async fn flush_best_effort(&mut self) {
+        // Acknowledgements still pending (e.g. from the shutdown's last reads) promise
+        // durability too.
+        if let (Some(ticket), Some(storage)) = (self.pending_ticket.take(), &self.shared.storage) {
+            storage.wait_durable(ticket).await;
+        }
         self.encode_out();
         let wbuf = std::mem::take(&mut self.wbuf);
         let write = async {
@@ -680,6 +693,12 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         // TLS and WebSocket streams buffer internally: flush once the write buffer is drained.
         let mut needs_flush = false;
         loop {
+            // Acknowledgements promise durability: with `sync: always` they wait for the store.
+            if let (Some(ticket), Some(storage)) =
+                (self.pending_ticket.take(), &self.shared.storage)
+            {
+                storage.wait_durable(ticket).await;
+            }
             if self.encode_out() > 0 {
                 self.observe_latency(entry);
             }
@@ -724,7 +743,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                     }
                 },
                 _ = entry.wake.notified(), if self.wbuf.len() < WRITE_HIGH_WATER => {
-                    entry.state.lock().drain(&mut self.out);
+                    self.with_session(entry, |s, out| s.drain(out));
                 }
                 _ = tokio::time::sleep_until(deadline), if idle_limit.is_some() && self.throttle.is_none() => return Close::KeepAlive,
                 _ = self.reload.changed() => {
@@ -764,20 +783,41 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         .unwrap_or_else(|_| Err("authentication panicked".into()))
     }
 
+    /// Remembers a storage ticket the pending output depends on.
+    fn note(&mut self, ticket: Option<u64>) {
+        if let Some(t) = ticket {
+            self.pending_ticket = Some(self.pending_ticket.map_or(t, |p| p.max(t)));
+        }
+    }
+
+    /// Runs one session transition under its lock and submits what it journaled.
+    fn with_session<R>(
+        &mut self,
+        entry: &SessionEntry,
+        f: impl FnOnce(&mut crate::session::Session, &mut Vec<Packet>) -> R,
+    ) -> R {
+        let mut state = entry.state.lock();
+        let r = f(&mut state, &mut self.out);
+        let ticket = self.shared.persist(&mut state);
+        drop(state);
+        self.note(ticket);
+        r
+    }
+
     /// Handles one packet from a connected client.
     fn handle(&mut self, entry: &Arc<SessionEntry>, packet: Packet) -> Result<(), Close> {
         match packet {
             Packet::Publish(p) => self.handle_publish(entry, p)?,
             Packet::PubAck(pid) => {
-                entry.state.lock().puback(pid, &mut self.out);
+                self.with_session(entry, |s, out| s.puback(pid, out));
             }
             Packet::PubRec(pid) => {
-                entry.state.lock().pubrec(pid, &mut self.out);
+                self.with_session(entry, |s, out| s.pubrec(pid, out));
             }
             Packet::PubComp(pid) => {
-                entry.state.lock().pubcomp(pid, &mut self.out);
+                self.with_session(entry, |s, out| s.pubcomp(pid, out));
             }
-            Packet::PubRel(pid) => entry.state.lock().pubrel(pid, &mut self.out),
+            Packet::PubRel(pid) => self.with_session(entry, |s, out| s.pubrel(pid, out)),
             Packet::Subscribe(s) => {
                 let runtime = self.shared.runtime.load();
                 let mut codes = Vec::with_capacity(s.filters.len());
@@ -818,7 +858,8 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                         continue;
                     }
                     // The broker supports every QoS, so the grant is what was asked [MQTT-3.9.3-2].
-                    self.shared.subscribe(entry, filter, *requested);
+                    let ticket = self.shared.subscribe(entry, filter, *requested);
+                    self.note(ticket);
                     self.shared.ops.events.emit(|| BrokerEvent::Subscribed {
                         client_id: self.client_id.clone(),
                         filter: filter.clone(),
@@ -830,7 +871,8 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 // SUBACK first, then the retained messages [MQTT-3.8.4-1], [MQTT-3.8.4-3].
                 self.out.push(Packet::SubAck(SubAck { pid: s.pid, codes }));
                 for (filter, qos) in granted {
-                    self.shared.send_retained(entry, filter, qos);
+                    let ticket = self.shared.send_retained(entry, filter, qos);
+                    self.note(ticket);
                 }
                 debug!(filters = ?s.filters, "subscribed");
             }
@@ -897,7 +939,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             }
             (QoS::ExactlyOnce, Some(pid)) => {
                 // Method B of 4.3.3: keep the packet id until PUBREL, route only the first copy.
-                let first = entry.state.lock().inbound_qos2(pid, &mut self.out);
+                let first = self.with_session(entry, |s, out| s.inbound_qos2(pid, out));
                 if first == InboundQos2::New {
                     self.route(p);
                 }
@@ -947,7 +989,8 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 message.retain,
                 message.payload.len(),
             );
-            let subscribers = self.shared.publish(message);
+            let (subscribers, ticket) = self.shared.publish_tracked(message);
+            self.note(ticket);
             self.shared
                 .ops
                 .events

@@ -21,6 +21,7 @@ pub(crate) mod ops;
 pub mod protocol;
 pub mod routing;
 pub mod session;
+pub mod storage;
 pub mod transport;
 
 pub use broker::{Broker, BrokerError, BrokerHandle};

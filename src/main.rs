@@ -21,6 +21,11 @@ struct Cli {
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     check_config: Option<PathBuf>,
 
+    /// If the file store (persistence.path) cannot be opened, move it aside to
+    /// `PATH.corrupt-<time>` and start with an empty store instead of refusing to start.
+    #[arg(long)]
+    move_corrupt_store: bool,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -56,6 +61,22 @@ fn main() -> ExitCode {
         None => Config::default(),
     };
     mqtt_broker::logging::init(&config.log);
+    if cli.move_corrupt_store
+        && config.persistence.storage_type == mqtt_broker::config::StorageType::File
+    {
+        let dir = &config.persistence.path;
+        if let Err(e) = mqtt_broker::storage::FileStorage::open(dir) {
+            match mqtt_broker::storage::FileStorage::move_aside(dir) {
+                Ok(to) => {
+                    tracing::warn!(error = %e, moved_to = %to.display(), "store could not be opened; moved aside, starting empty")
+                }
+                Err(m) => {
+                    eprintln!("error: {e}; moving it aside failed: {m}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if config.performance.worker_threads > 0 {

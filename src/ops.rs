@@ -185,7 +185,10 @@ pub(crate) async fn shutdown(shared: &Arc<crate::broker::Shared>) -> bool {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let remaining = Counters::get(&shared.counters.connections);
-    // Persistent storage is flushed here once it exists; sessions stay in memory until then.
+    if let Some(storage) = shared.storage.clone() {
+        // Everything journaled is written and made durable before returning.
+        let _ = tokio::task::spawn_blocking(move || storage.close()).await;
+    }
     shared.ops.stop.cancel();
     if remaining > 0 {
         warn!(

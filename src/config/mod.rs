@@ -304,17 +304,42 @@ pub enum StorageType {
     /// Everything in memory; nothing survives a restart.
     #[default]
     Memory,
+    /// A crash-safe embedded database in `persistence.path`.
+    File,
+    /// The seed's external database: not offered (refused by validation with a message).
+    Database,
+}
+
+/// When writes become durable (`persistence.sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// Acknowledge QoS 1/2 only after the write is on disk; concurrent writes share an fsync.
+    #[default]
+    Always,
+    /// fsync every `sync_interval`; a crash loses at most that window.
+    Interval,
+    /// Never fsync explicitly; a crash may lose what the OS had not written yet.
+    Never,
 }
 
 /// `persistence:` section (the seed's `persistence`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PersistenceConfig {
-    /// Whether state is persisted beyond memory (only `memory` exists today).
+    /// The seed's switch: `true` with no `storage_type` means `file`.
     pub enabled: bool,
-    /// Backend.
+    /// Backend: `memory` or `file`.
     #[serde(alias = "storageType")]
     pub storage_type: StorageType,
+    /// Directory of the file store.
+    pub path: PathBuf,
+    /// Durability of writes.
+    pub sync: SyncPolicy,
+    /// fsync interval with `sync: interval`.
+    pub sync_interval: ConfigDuration,
+    /// Persistent sessions offline longer than this are removed with their queues (0 = never).
+    pub session_expiry: ConfigDuration,
     /// Maximum number of topics with a retained message.
     #[serde(alias = "retainedMessageLimit")]
     pub retained_message_limit: usize,
@@ -325,7 +350,23 @@ impl Default for PersistenceConfig {
         PersistenceConfig {
             enabled: false,
             storage_type: StorageType::Memory,
+            path: PathBuf::from("data"),
+            sync: SyncPolicy::Always,
+            sync_interval: ConfigDuration::millis(100),
+            session_expiry: ConfigDuration::secs(7 * 86_400),
             retained_message_limit: 100_000,
+        }
+    }
+}
+
+impl PersistenceConfig {
+    /// The writer's sync mode.
+    pub fn sync_mode(&self) -> crate::storage::writer::SyncMode {
+        use crate::storage::writer::SyncMode;
+        match self.sync {
+            SyncPolicy::Always => SyncMode::Always,
+            SyncPolicy::Interval => SyncMode::Interval(self.sync_interval.get()),
+            SyncPolicy::Never => SyncMode::Never,
         }
     }
 }
@@ -437,6 +478,7 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
+        resolve(&mut self.persistence.path);
         for p in [
             &mut self.security.password_file,
             &mut self.security.acl_file,
@@ -470,6 +512,14 @@ impl Config {
                 message: e.to_string(),
             })?
         };
+        let mut config = config;
+        // The seed's `enabled: true` meant "persist"; without an explicit backend that is `file`.
+        if config.persistence.enabled
+            && !text.contains("storage_type")
+            && !text.contains("storageType")
+        {
+            config.persistence.storage_type = StorageType::File;
+        }
         config.validate(path)?;
         Ok(config)
     }
@@ -513,6 +563,19 @@ impl Config {
             return invalid(
                 "performance.inflight_window_size",
                 "must be between 1 and 65535",
+            );
+        }
+        if self.persistence.storage_type == StorageType::Database {
+            return invalid(
+                "persistence.storage_type",
+                "`database` is not offered yet; use `file` (an embedded, crash-safe store in persistence.path) or `memory`",
+            );
+        }
+        if self.persistence.sync == SyncPolicy::Interval && self.persistence.sync_interval.is_zero()
+        {
+            return invalid(
+                "persistence.sync_interval",
+                "must be greater than 0 with sync: interval",
             );
         }
         if self.persistence.retained_message_limit == 0 {

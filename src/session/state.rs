@@ -7,6 +7,7 @@
 
 use crate::protocol::{Packet, QoS};
 use crate::routing::Message;
+use crate::storage::{StorageOp, StoredMessage};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -48,6 +49,8 @@ pub enum OutboundState {
 /// One outbound message in the inflight window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inflight {
+    /// Position in the session's outbound sequence (the storage key).
+    pub seq: u64,
     /// Packet identifier assigned to it.
     pub pid: u16,
     /// The message, with the QoS granted to this subscriber.
@@ -88,13 +91,17 @@ pub struct Session {
     limits: SessionLimits,
     online: bool,
     next_pid: u16,
+    next_seq: u64,
     inflight: VecDeque<Inflight>,
-    queue: VecDeque<Message>,
+    queue: VecDeque<(u64, Message)>,
     /// Payload bytes in `queue`.
     queued_bytes: usize,
     /// Routing times of messages handed to the wire since the last `take_delivered_stamps`.
     delivered_stamps: Vec<std::time::Instant>,
     inbound_qos2: HashSet<u16>,
+    /// Whether state changes are journaled for storage (persistent session, file store).
+    persist: bool,
+    journal: Vec<StorageOp>,
 }
 
 impl Session {
@@ -107,11 +114,81 @@ impl Session {
             limits,
             online: false,
             next_pid: 1,
+            next_seq: 1,
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
             delivered_stamps: Vec::new(),
             inbound_qos2: HashSet::new(),
+            persist: false,
+            journal: Vec::new(),
+        }
+    }
+
+    /// Rebuilds a persistent session from storage: messages in sequence order, those with a
+    /// packet id back in the inflight window, the rest queued; inbound QoS 2 ids restored.
+    pub fn restore(
+        client_id: Arc<str>,
+        limits: SessionLimits,
+        subscriptions: BTreeMap<String, QoS>,
+        mut messages: Vec<StoredMessage>,
+        inbound: Vec<u16>,
+    ) -> Self {
+        let mut s = Session::new(client_id, false, limits);
+        s.subscriptions = subscriptions;
+        s.persist = true;
+        messages.sort_by_key(|m| m.seq);
+        for m in messages {
+            s.next_seq = s.next_seq.max(m.seq + 1);
+            match (m.pid, m.state) {
+                (Some(pid), Some(state)) => s.inflight.push_back(Inflight {
+                    seq: m.seq,
+                    pid,
+                    message: m.message,
+                    state,
+                }),
+                _ => s.queue.push_back((m.seq, m.message)),
+            }
+        }
+        s.inbound_qos2 = inbound.into_iter().collect();
+        s.queued_bytes = s.queue.iter().map(|(_, m)| m.payload.len()).sum();
+        s
+    }
+
+    /// Journals every later state change for storage (a persistent session on a file store).
+    pub fn enable_persistence(&mut self) {
+        self.persist = !self.clean_session;
+    }
+
+    /// Takes the storage operations journaled since the last call.
+    pub fn take_journal(&mut self) -> Vec<StorageOp> {
+        std::mem::take(&mut self.journal)
+    }
+
+    fn journal_put(
+        &mut self,
+        seq: u64,
+        message: &Message,
+        pid: Option<u16>,
+        state: Option<OutboundState>,
+    ) {
+        // QoS 0 is at most once: losing it in a crash is within its contract.
+        if self.persist && message.qos != QoS::AtMostOnce {
+            self.journal.push(StorageOp::PutMessage {
+                client_id: self.client_id.clone(),
+                stored: StoredMessage {
+                    seq,
+                    message: message.clone(),
+                    pid,
+                    state,
+                },
+            });
+        }
+    }
+
+    fn journal(&mut self, op: impl FnOnce(Arc<str>) -> StorageOp) {
+        if self.persist {
+            self.journal.push(op(self.client_id.clone()));
         }
     }
 
@@ -170,11 +247,19 @@ impl Session {
         self.online = false;
         // QoS 0 messages are not kept for an offline client unless configured.
         if !self.limits.queue_qos0_offline {
-            self.queue.retain(|m| m.qos != QoS::AtMostOnce);
-            self.queued_bytes = self.queue.iter().map(|m| m.payload.len()).sum();
+            self.queue.retain(|(_, m)| m.qos != QoS::AtMostOnce);
+            self.queued_bytes = self.queue.iter().map(|(_, m)| m.payload.len()).sum();
         }
         // Nobody takes them while offline; a resend after reconnect is not a first delivery.
         self.delivered_stamps = Vec::new();
+    }
+
+    fn push_queue(&mut self, message: Message) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.journal_put(seq, &message, None, None);
+        self.queued_bytes += message.payload.len();
+        self.queue.push_back((seq, message));
     }
 
     /// Offers a message routed to this subscriber (already at its granted QoS).
@@ -192,8 +277,7 @@ impl Session {
         {
             return Err(DropReason::QueueBytesFull);
         }
-        self.queued_bytes += message.payload.len();
-        self.queue.push_back(message);
+        self.push_queue(message);
         Ok(())
     }
 
@@ -202,8 +286,7 @@ impl Session {
     /// Not subject to `queue_limit`: the retained set is already bounded by
     /// `retained_message_limit`, and a subscriber must receive all of it [MQTT-3.3.1-6].
     pub fn enqueue_retained(&mut self, message: Message) {
-        self.queued_bytes += message.payload.len();
-        self.queue.push_back(message);
+        self.push_queue(message);
     }
 
     /// Moves queued messages onto the wire while the inflight window allows, in queue order.
@@ -211,11 +294,11 @@ impl Session {
         if !self.online {
             return;
         }
-        while let Some(front) = self.queue.front() {
+        while let Some((_, front)) = self.queue.front() {
             if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.limits.inflight_window {
                 break;
             }
-            let Some(message) = self.queue.pop_front() else {
+            let Some((seq, message)) = self.queue.pop_front() else {
                 break;
             };
             self.queued_bytes -= message.payload.len();
@@ -235,7 +318,11 @@ impl Session {
                     } else {
                         OutboundState::AwaitPubRec
                     };
+                    // The packet id is stored before the PUBLISH leaves (the caller waits for
+                    // the journal), so a restart re-sends it with the same id [MQTT-4.4.0-1].
+                    self.journal_put(seq, &message, Some(pid), Some(state));
                     self.inflight.push_back(Inflight {
+                        seq,
                         pid,
                         message,
                         state,
@@ -249,7 +336,7 @@ impl Session {
     pub fn has_sendable(&self) -> bool {
         match self.queue.front() {
             None => false,
-            Some(m) => {
+            Some((_, m)) => {
                 m.qos == QoS::AtMostOnce || self.inflight.len() < self.limits.inflight_window
             }
         }
@@ -276,7 +363,7 @@ impl Session {
     /// PUBACK from the client: the QoS 1 message is delivered. Returns whether it was known.
     pub fn puback(&mut self, pid: u16, out: &mut Vec<Packet>) -> bool {
         let known = match self.position(pid, OutboundState::AwaitPubAck) {
-            Some(i) => self.inflight.remove(i).is_some(),
+            Some(i) => self.complete(i),
             None => false,
         };
         self.drain(out);
@@ -291,6 +378,8 @@ impl Session {
                 // The message itself is no longer needed once the client has it.
                 f.message.payload = bytes::Bytes::new();
                 f.state = OutboundState::AwaitPubComp;
+                let (seq, message) = (f.seq, f.message.clone());
+                self.journal_put(seq, &message, Some(pid), Some(OutboundState::AwaitPubComp));
                 true
             }
             None => self.position(pid, OutboundState::AwaitPubComp).is_some(),
@@ -303,17 +392,32 @@ impl Session {
     /// PUBCOMP from the client: the QoS 2 flow is complete. Returns whether it was known.
     pub fn pubcomp(&mut self, pid: u16, out: &mut Vec<Packet>) -> bool {
         let known = match self.position(pid, OutboundState::AwaitPubComp) {
-            Some(i) => self.inflight.remove(i).is_some(),
+            Some(i) => self.complete(i),
             None => false,
         };
         self.drain(out);
         known
     }
 
+    /// Removes a finished inflight message.
+    fn complete(&mut self, i: usize) -> bool {
+        match self.inflight.remove(i) {
+            Some(f) => {
+                self.journal(|client_id| StorageOp::DeleteMessage {
+                    client_id,
+                    seq: f.seq,
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
     /// An inbound QoS 2 PUBLISH: records its id until PUBREL and answers PUBREC.
     pub fn inbound_qos2(&mut self, pid: u16, out: &mut Vec<Packet>) -> InboundQos2 {
         out.push(Packet::PubRec(pid));
         if self.inbound_qos2.insert(pid) {
+            self.journal(|client_id| StorageOp::PutInbound { client_id, pid });
             InboundQos2::New
         } else {
             InboundQos2::Duplicate
@@ -322,7 +426,9 @@ impl Session {
 
     /// PUBREL from the client: forget the id and answer PUBCOMP [MQTT-4.3.3-2].
     pub fn pubrel(&mut self, pid: u16, out: &mut Vec<Packet>) {
-        self.inbound_qos2.remove(&pid);
+        if self.inbound_qos2.remove(&pid) {
+            self.journal(|client_id| StorageOp::DeleteInbound { client_id, pid });
+        }
         out.push(Packet::PubComp(pid));
     }
 }

@@ -1,0 +1,1732 @@
+//! Load generator for MQTT 3.1.1 brokers (this one, Mosquitto, any other), built to cost far
+//! less per message than the broker it measures, so that the broker is the bottleneck.
+//!
+//! Scenarios (`loadgen <scenario> --help` lists every option), each bounded in time, each
+//! printing ONE JSON line of results on stdout:
+//!
+//! - `fan-in`: N publishers -> 1 wildcard subscriber, QoS 0, delivered msg/s.
+//! - `fan-out`: 1 publisher -> M subscribers, QoS 0, deliveries/s.
+//! - `latency`: fixed rate at QoS 0, 1 or 2; p50/p99/p99.9 publish-to-receive, and loss and
+//!   duplicate accounting from a sequence number in each payload.
+//! - `idle`: K idle connections: connect rate and broker memory per connection.
+//! - `filters`: one client with F wildcard filters: memory per filter, then throughput.
+//! - `retained`: R retained messages, then how long a new `#` subscriber takes to get them.
+//!
+//! With `--broker-pid` every scenario also reports the broker's CPU time (utime + stime from
+//! `/proc/<pid>/stat`, so µs of broker CPU per message) and its resident memory (VmRSS
+//! sampled every 50 ms, and VmHWM). Only loopback hosts are accepted: this tool floods
+//! whatever it points at.
+//!
+//! Example: `cargo run --release --example loadgen -- fan-in --port 1883 --broker-pid "$(pgrep -n mqtt-broker)"`.
+//! `examples/bench-vs-mosquitto.sh` runs every scenario against this broker and Mosquitto.
+//!
+//! Why it is cheap: payloads and whole PUBLISH packets are encoded once, up front, with the
+//! crate's codec and written in batches of many packets per syscall; the receive side only
+//! frames packets and reads the few payload bytes it needs instead of decoding topics into
+//! owned strings; throughput clients send no keep-alive traffic.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use clap::{Args, Parser, Subcommand};
+use mqtt_broker::config::parse_duration;
+use mqtt_broker::protocol::codec::{decode_body, peek_header};
+use mqtt_broker::protocol::{
+    decode, encode, Connect, ConnectReturnCode, Packet, ProtocolLevel, Publish, QoS, SubAckCode,
+    Subscribe,
+};
+use serde_json::{json, Value};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = Result<T, Error>;
+
+fn fail<T>(msg: impl Into<String>) -> Res<T> {
+    Err(msg.into().into())
+}
+
+/// How long any single protocol step (CONNACK, SUBACK, PINGRESP) may take before the run
+/// is declared broken; far above anything a healthy broker on loopback needs.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// PUBLISH packets per write in the throughput scenarios: large enough that the syscall
+/// cost disappears, small enough to stay well inside the flow-control window.
+const BATCH: usize = 50;
+/// When a publisher has not seen its window move for this long, the messages in it are
+/// written off as lost (a broker dropped them), so the run continues instead of stalling.
+const STALL_AFTER: Duration = Duration::from_secs(1);
+
+// ---------------------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------------------
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    about = "MQTT 3.1.1 load generator (loopback only); prints one JSON line per run"
+)]
+struct Cli {
+    /// Async worker threads of the load generator itself. 1 runs everything on one thread
+    /// (cheapest, leaves the other cores to the broker).
+    #[arg(long, default_value_t = 1, global = true)]
+    threads: usize,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Target {
+    /// Broker host. Must be loopback: 127.0.0.0/8, ::1 or a name resolving only to them.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Broker port.
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// PID of the broker process: adds its CPU time and memory to the results.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Free text copied into the JSON output (e.g. "mqtt-broker" or "mosquitto").
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Hard limit on the whole run; past it the run stops with an error.
+    #[arg(long, value_parser = parse_duration, default_value = "300s")]
+    timeout: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Throughput {
+    /// Measured time.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Unmeasured time before it, for connections and caches to settle.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    warmup: Duration,
+    /// Payload size in bytes (at least 2: the publisher number).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// A publisher waits when it is more than this many messages ahead of what its
+    /// (slowest) subscriber has received from it.
+    #[arg(long, default_value_t = 1000)]
+    window: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// N publishers -> one wildcard subscriber, QoS 0: delivered messages per second.
+    FanIn {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        load: Throughput,
+        /// Number of publishers.
+        #[arg(long, default_value_t = 8)]
+        publishers: usize,
+    },
+    /// One publisher -> M subscribers of the same topic, QoS 0: deliveries per second.
+    FanOut {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        load: Throughput,
+        /// Number of subscribers.
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+    },
+    /// Fixed publish rate; publish-to-receive latency percentiles and loss/duplicates.
+    Latency {
+        #[command(flatten)]
+        target: Target,
+        /// Messages per second.
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        /// QoS of the PUBLISH and of the subscription: 0, 1 or 2.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+        qos: u8,
+        /// QoS 1/2: unacknowledged PUBLISH packets the publisher allows itself, as MQTT
+        /// client libraries do. Mosquitto acknowledges but silently drops inbound QoS 2
+        /// beyond its max_inflight_messages, so this must stay below that.
+        #[arg(long, default_value_t = 16)]
+        max_inflight: usize,
+        /// Publishing time.
+        #[arg(long, value_parser = parse_duration, default_value = "10s")]
+        duration: Duration,
+        /// Messages of this first stretch count for loss but not for the percentiles.
+        #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+        warmup: Duration,
+        /// After the last PUBLISH, how long to wait for stragglers and acknowledgements.
+        #[arg(long, value_parser = parse_duration, default_value = "3s")]
+        drain: Duration,
+        /// Payload size in bytes (at least 16: sequence number and timestamp).
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+    },
+    /// K idle connections: connect rate and broker memory per connection.
+    Idle {
+        #[command(flatten)]
+        target: Target,
+        /// Number of connections.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Connection attempts in progress at once.
+        #[arg(long, default_value_t = 64)]
+        parallel: usize,
+        /// Keep-alive announced in CONNECT, seconds.
+        #[arg(long, default_value_t = 60)]
+        keep_alive: u16,
+        /// How long to hold the connections (idle) before measuring memory; less than the
+        /// keep-alive, so no PINGREQ is needed.
+        #[arg(long, value_parser = parse_duration, default_value = "2s")]
+        hold: Duration,
+    },
+    /// One subscriber with F filters mixing `+` and `#`: memory per filter, then QoS 0
+    /// throughput to topics that each match one of them.
+    Filters {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        load: Throughput,
+        /// Number of filters: even i is `dev/{i}/+/temp`, odd i is `site/{i}/#`.
+        #[arg(long, default_value_t = 100_000)]
+        filters: usize,
+        /// Filters per SUBSCRIBE packet.
+        #[arg(long, default_value_t = 1000)]
+        per_subscribe: usize,
+        /// Number of publishers in the throughput phase.
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+    },
+    /// R retained messages on distinct topics, then the time a new `#` subscriber takes to
+    /// receive all of them.
+    Retained {
+        #[command(flatten)]
+        target: Target,
+        /// Number of retained messages (distinct topics).
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Leave the retained messages in the broker instead of deleting them at the end.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+impl Scenario {
+    fn target(&self) -> &Target {
+        match self {
+            Scenario::FanIn { target, .. }
+            | Scenario::FanOut { target, .. }
+            | Scenario::Latency { target, .. }
+            | Scenario::Idle { target, .. }
+            | Scenario::Filters { target, .. }
+            | Scenario::Retained { target, .. } => target,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Scenario::FanIn { .. } => "fan-in",
+            Scenario::FanOut { .. } => "fan-out",
+            Scenario::Latency { .. } => "latency",
+            Scenario::Idle { .. } => "idle",
+            Scenario::Filters { .. } => "filters",
+            Scenario::Retained { .. } => "retained",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let target = cli.scenario.target().clone();
+    let name = cli.scenario.name();
+    let mut builder = if cli.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cli.threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadgen: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match tokio::time::timeout(target.timeout, run(cli.scenario)).await {
+            Ok(r) => r,
+            Err(_) => fail(format!("run exceeded --timeout {:?}", target.timeout)),
+        }
+    });
+    // Tasks still blocked on a socket must not keep the process alive.
+    runtime.shutdown_background();
+    let (mut line, code) = match outcome {
+        Ok(v) => (v, ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("loadgen {name}: {e}");
+            (json!({ "error": e.to_string() }), ExitCode::FAILURE)
+        }
+    };
+    if let Value::Object(map) = &mut line {
+        map.insert("scenario".into(), json!(name));
+        map.insert("label".into(), json!(target.label));
+        map.insert("port".into(), json!(target.port));
+    }
+    println!("{line}");
+    code
+}
+
+async fn run(scenario: Scenario) -> Res<Value> {
+    let addr = loopback_addr(&scenario.target().host, scenario.target().port)?;
+    let pid = scenario.target().broker_pid;
+    match scenario {
+        Scenario::FanIn {
+            load, publishers, ..
+        } => fan_in(addr, pid, load, publishers).await,
+        Scenario::FanOut {
+            load, subscribers, ..
+        } => fan_out(addr, pid, load, subscribers).await,
+        Scenario::Latency {
+            rate,
+            qos,
+            max_inflight,
+            duration,
+            warmup,
+            drain,
+            payload,
+            ..
+        } => {
+            let qos = QoS::from_u8(qos).ok_or("qos must be 0, 1 or 2")?;
+            latency(
+                addr,
+                pid,
+                rate,
+                qos,
+                max_inflight,
+                duration,
+                warmup,
+                drain,
+                payload,
+            )
+            .await
+        }
+        Scenario::Idle {
+            connections,
+            parallel,
+            keep_alive,
+            hold,
+            ..
+        } => idle(addr, pid, connections, parallel, keep_alive, hold).await,
+        Scenario::Filters {
+            load,
+            filters,
+            per_subscribe,
+            publishers,
+            ..
+        } => filters_scenario(addr, pid, load, filters, per_subscribe, publishers).await,
+        Scenario::Retained {
+            messages,
+            payload,
+            keep,
+            ..
+        } => retained(addr, pid, messages, payload, keep).await,
+    }
+}
+
+/// Resolves the host and refuses anything that is not loopback.
+fn loopback_addr(host: &str, port: u16) -> Res<SocketAddr> {
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    let Some(first) = addrs.first().copied() else {
+        return fail(format!("{host} resolves to no address"));
+    };
+    if let Some(bad) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        return fail(format!(
+            "refusing to load {host} ({}): only loopback addresses (127.0.0.0/8, ::1) are allowed",
+            bad.ip()
+        ));
+    }
+    Ok(first)
+}
+
+/// A short id that keeps client ids and topics of concurrent runs apart.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).rotate_left(16))
+        .unwrap_or(0);
+    format!("{:06x}", (nanos ^ std::process::id()) & 0xff_ffff)
+}
+
+// ---------------------------------------------------------------------------------------
+// The broker process: CPU time and memory from /proc
+// ---------------------------------------------------------------------------------------
+
+/// Watches the broker process; every method returns `None` without a pid (or once the
+/// process is gone), so the scenarios work against any broker.
+struct Probe {
+    pid: Option<u32>,
+    peak_rss_kb: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    sampler: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Probe {
+    /// Starts sampling VmRSS every 50 ms on a plain thread, so a busy async runtime does
+    /// not delay the samples.
+    fn start(pid: Option<u32>) -> Probe {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = pid.map(|pid| {
+            let (peak, stop) = (peak.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(kb) = status_kb(pid, "VmRSS:") {
+                        peak.fetch_max(kb, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        });
+        Probe {
+            pid,
+            peak_rss_kb: peak,
+            stop,
+            sampler,
+        }
+    }
+
+    /// Resident memory now, in KiB.
+    fn rss_kb(&self) -> Option<u64> {
+        let kb = status_kb(self.pid?, "VmRSS:")?;
+        self.peak_rss_kb.fetch_max(kb, Ordering::Relaxed);
+        Some(kb)
+    }
+
+    /// CPU time (user + system) the broker has used so far, in seconds.
+    fn cpu_s(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid?)).ok()?;
+        // The command name (field 2) may contain spaces and parentheses: fields are
+        // counted from after the last ')'. utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some((utime + stime) as f64 / clock_ticks())
+    }
+
+    /// A point of the run: time, broker CPU and the load generator's own CPU.
+    fn mark(&self) -> Mark {
+        Mark {
+            at: Instant::now(),
+            cpu: self.cpu_s(),
+            own: own_cpu_s(),
+        }
+    }
+
+    /// Stops sampling; the broker's memory figures for the JSON output.
+    fn finish(mut self, start_rss_kb: Option<u64>) -> Value {
+        let end = self.rss_kb();
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.sampler.take() {
+            let _ = t.join();
+        }
+        let Some(pid) = self.pid else {
+            return Value::Null;
+        };
+        json!({
+            "pid": pid,
+            "rss_start_kb": start_rss_kb,
+            "rss_end_kb": end,
+            "rss_peak_kb": self.peak_rss_kb.load(Ordering::Relaxed),
+            "vm_hwm_kb": status_kb(pid, "VmHWM:"),
+            "threads": status_kb(pid, "Threads:"),
+            "cpu_total_s": self.cpu_s(),
+        })
+    }
+}
+
+/// One numeric field of `/proc/<pid>/status` (the `kB` unit, if any, is dropped).
+fn status_kb(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a process-wide constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU time (user + system) this process has used, in seconds: shows that the load
+/// generator costs far less per message than the broker it measures.
+fn own_cpu_s() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value; getrusage only writes into it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer to a rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    at: Instant,
+    cpu: Option<f64>,
+    own: f64,
+}
+
+impl Mark {
+    /// The load generator's CPU seconds between two marks.
+    fn own_since(&self, earlier: &Mark) -> f64 {
+        self.own - earlier.own
+    }
+
+    /// Broker CPU seconds between two marks.
+    fn cpu_since(&self, earlier: &Mark) -> Option<f64> {
+        Some(self.cpu? - earlier.cpu?)
+    }
+
+    fn secs_since(&self, earlier: &Mark) -> f64 {
+        self.at.duration_since(earlier.at).as_secs_f64()
+    }
+}
+
+/// Broker CPU µs per unit of work (message, delivery, connection), rounded for reading.
+fn cpu_us_per(cpu_s: Option<f64>, units: u64) -> Option<f64> {
+    let cpu = cpu_s?;
+    (units > 0).then(|| round2(cpu * 1e6 / units as f64))
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Raises the soft open-file limit to the hard limit (10,000 connections need 10,000 fds).
+fn raise_nofile() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return None;
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+// ---------------------------------------------------------------------------------------
+// A raw MQTT connection
+// ---------------------------------------------------------------------------------------
+
+struct Conn {
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    buf: BytesMut,
+    /// Read granularity: small for control traffic (10,000 idle connections must not
+    /// hold big buffers), large for subscribers that receive floods.
+    chunk: usize,
+}
+
+impl Conn {
+    /// TCP connect, CONNECT (MQTT 3.1.1, clean session), wait for an accepting CONNACK.
+    async fn open(addr: SocketAddr, client_id: &str, keep_alive: u16) -> Res<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (rd, wr) = stream.into_split();
+        let mut c = Conn {
+            rd,
+            wr,
+            buf: BytesMut::new(),
+            chunk: 4096,
+        };
+        c.send(&Packet::Connect(Box::new(Connect {
+            protocol: ProtocolLevel::V311,
+            clean_session: true,
+            keep_alive,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+        })))
+        .await?;
+        match c.next_packet().await? {
+            Packet::ConnAck(a) if a.code == ConnectReturnCode::Accepted => Ok(c),
+            Packet::ConnAck(a) => fail(format!("{client_id}: CONNACK refused: {:?}", a.code)),
+            other => fail(format!(
+                "{client_id}: expected CONNACK, got {}",
+                other.name()
+            )),
+        }
+    }
+
+    async fn send(&mut self, p: &Packet) -> Res<()> {
+        let mut out = BytesMut::new();
+        encode(p, &mut out);
+        self.wr.write_all(&out).await?;
+        Ok(())
+    }
+
+    /// Reads more bytes; an error when the broker closed the connection.
+    async fn read_more(&mut self) -> Res<usize> {
+        if self.buf.capacity() - self.buf.len() < self.chunk / 4 {
+            self.buf.reserve(self.chunk);
+        }
+        match self.rd.read_buf(&mut self.buf).await? {
+            0 => fail("connection closed by the broker"),
+            n => Ok(n),
+        }
+    }
+
+    /// Like `read_more`, but returns `Ok(0)` when nothing arrived within `wait`.
+    async fn read_within(&mut self, wait: Duration) -> Res<usize> {
+        match tokio::time::timeout(wait, self.read_more()).await {
+            Ok(r) => r,
+            Err(_) => Ok(0),
+        }
+    }
+
+    /// The next packet, fully decoded (for control packets, not the hot path).
+    async fn next_packet(&mut self) -> Res<Packet> {
+        let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+        loop {
+            if let Some(p) = decode(&mut self.buf, usize::MAX)? {
+                return Ok(p);
+            }
+            match tokio::time::timeout_at(deadline, self.read_more()).await {
+                Ok(r) => r?,
+                Err(_) => return fail("no answer from the broker within 30 s"),
+            };
+        }
+    }
+
+    /// SUBSCRIBE and wait for its SUBACK; every filter must be granted.
+    async fn subscribe(&mut self, filters: &[(&str, QoS)]) -> Res<()> {
+        self.send(&Packet::Subscribe(Subscribe {
+            pid: 1,
+            filters: filters.iter().map(|(f, q)| (f.to_string(), *q)).collect(),
+        }))
+        .await?;
+        match self.next_packet().await? {
+            Packet::SubAck(s) if s.codes.iter().all(|c| *c != SubAckCode::Failure) => Ok(()),
+            Packet::SubAck(_) => fail("SUBSCRIBE refused (SUBACK 0x80)"),
+            other => fail(format!("expected SUBACK, got {}", other.name())),
+        }
+    }
+
+    /// Sends PINGREQ and waits for PINGRESP, skipping anything else. A broker handles the
+    /// packets of one connection in order, so this proves all earlier ones were processed.
+    async fn ping(&mut self) -> Res<()> {
+        self.send(&Packet::PingReq).await?;
+        loop {
+            if let Packet::PingResp = self.next_packet().await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends DISCONNECT, ignoring errors (the run is over either way).
+    async fn close(mut self) {
+        let _ = self.send(&Packet::Disconnect).await;
+        let _ = self.wr.shutdown().await;
+    }
+}
+
+/// One packet framed in a receive buffer, without copying or validating its contents
+/// beyond what is needed to find its parts.
+enum Frame<'a> {
+    Publish {
+        first: u8,
+        topic: &'a [u8],
+        pid: Option<u16>,
+        payload: &'a [u8],
+    },
+    Other {
+        first: u8,
+        body: &'a [u8],
+    },
+}
+
+impl Frame<'_> {
+    /// Full decode of a non-PUBLISH packet (acknowledgements: rare next to PUBLISH).
+    fn decode_other(&self) -> Res<Option<Packet>> {
+        match self {
+            Frame::Other { first, body } => {
+                Ok(Some(decode_body(*first, Bytes::copy_from_slice(body))?))
+            }
+            Frame::Publish { .. } => Ok(None),
+        }
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> Res<u16> {
+    match b.get(at..at + 2) {
+        Some(s) => Ok(u16::from_be_bytes([s[0], s[1]])),
+        None => fail("truncated packet"),
+    }
+}
+
+fn be64(b: &[u8], at: usize) -> Option<u64> {
+    let s: [u8; 8] = b.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(s))
+}
+
+/// The next complete packet at the start of `buf` and its length, or `None` if incomplete.
+fn next_frame(buf: &[u8]) -> Res<Option<(Frame<'_>, usize)>> {
+    let Some(h) = peek_header(buf)? else {
+        return Ok(None);
+    };
+    let total = h.total_len();
+    let Some(body) = buf.get(h.header_len..total) else {
+        return Ok(None);
+    };
+    let first = h.first_byte;
+    if first >> 4 != 3 {
+        return Ok(Some((Frame::Other { first, body }, total)));
+    }
+    let topic_len = be16(body, 0)? as usize;
+    let mut at = 2 + topic_len;
+    let Some(topic) = body.get(2..at) else {
+        return fail("PUBLISH topic longer than the packet");
+    };
+    let pid = if (first >> 1) & 3 != 0 {
+        let pid = be16(body, at)?;
+        at += 2;
+        Some(pid)
+    } else {
+        None
+    };
+    let payload = body.get(at..).unwrap_or_default();
+    Ok(Some((
+        Frame::Publish {
+            first,
+            topic,
+            pid,
+            payload,
+        },
+        total,
+    )))
+}
+
+/// Hands every complete packet in `buf` to `f`, then removes them from `buf`.
+fn for_each_frame(buf: &mut BytesMut, mut f: impl FnMut(Frame<'_>) -> Res<()>) -> Res<()> {
+    let mut used = 0;
+    while let Some((frame, len)) = next_frame(&buf[used..])? {
+        f(frame)?;
+        used += len;
+    }
+    buf.advance(used);
+    Ok(())
+}
+
+fn publish_bytes(topic: &str, payload: Bytes, qos: QoS, pid: Option<u16>, retain: bool) -> Bytes {
+    let mut out = BytesMut::new();
+    encode(
+        &Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: topic.into(),
+            pid,
+            payload,
+        }),
+        &mut out,
+    );
+    out.freeze()
+}
+
+/// A throughput payload: the publisher number in the first two bytes, then filler.
+fn tagged_payload(publisher: u16, size: usize) -> Bytes {
+    let mut p = BytesMut::with_capacity(size.max(2));
+    p.put_u16(publisher);
+    p.resize(size.max(2), b'x');
+    p.freeze()
+}
+
+// ---------------------------------------------------------------------------------------
+// Throughput machinery shared by fan-in, fan-out and filters
+// ---------------------------------------------------------------------------------------
+
+/// What a publisher writes: pre-encoded batches of `BATCH` PUBLISH packets, cycled.
+struct PublisherPlan {
+    conn: Conn,
+    batches: Vec<Bytes>,
+    /// Received-message counters this publisher must stay within `window` of (the minimum
+    /// counts: fan-out waits for its slowest subscriber).
+    watch: Vec<Arc<AtomicU64>>,
+}
+
+/// State shared by the publishers and subscribers of one throughput run.
+struct Shared {
+    /// Publishers stop at the end of the measured window...
+    stop_publishing: AtomicBool,
+    /// ...subscribers once what was in flight has arrived.
+    stop: AtomicBool,
+    /// Subscribers signal it after each read, so a publisher waiting on its window wakes.
+    progress: Notify,
+    published: AtomicU64,
+    delivered: AtomicU64,
+    written_off: AtomicU64,
+    stalls: AtomicU64,
+}
+
+impl Shared {
+    fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            stop_publishing: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            progress: Notify::new(),
+            published: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            written_off: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
+        })
+    }
+}
+
+async fn run_publisher(plan: PublisherPlan, window: u64, shared: Arc<Shared>) -> Res<()> {
+    let PublisherPlan {
+        mut conn,
+        batches,
+        watch,
+    } = plan;
+    let per_batch = BATCH as u64;
+    let mut sent = 0u64;
+    let mut written_off = 0u64;
+    let mut next = 0usize;
+    let received = || watch.iter().map(|c| c.load(Ordering::Acquire)).min();
+    let mut last_progress = (received().unwrap_or(0), Instant::now());
+    while !shared.stop_publishing.load(Ordering::Relaxed) {
+        let got = received().unwrap_or(sent);
+        if got != last_progress.0 {
+            last_progress = (got, Instant::now());
+        }
+        let in_flight = sent.saturating_sub(got + written_off);
+        if in_flight + per_batch > window {
+            if last_progress.1.elapsed() > STALL_AFTER {
+                // The broker dropped messages (queue full): give the window back.
+                written_off += in_flight;
+                shared.written_off.fetch_add(in_flight, Ordering::Relaxed);
+                shared.stalls.fetch_add(1, Ordering::Relaxed);
+                last_progress.1 = Instant::now();
+                continue;
+            }
+            let notified = shared.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if received().unwrap_or(sent) == got {
+                // The timeout also bounds a missed wake-up and lets `stop` be seen.
+                let _ = tokio::time::timeout(Duration::from_millis(5), notified).await;
+            }
+            continue;
+        }
+        let batch = &batches[next % batches.len()];
+        next += 1;
+        match tokio::time::timeout(STEP_TIMEOUT, conn.wr.write_all(batch)).await {
+            Ok(r) => r?,
+            Err(_) => return fail("publisher blocked for 30 s: the broker stopped reading"),
+        }
+        sent += per_batch;
+        shared.published.fetch_add(per_batch, Ordering::Relaxed);
+    }
+    conn.close().await;
+    Ok(())
+}
+
+/// Counts PUBLISH packets per publisher (payload bytes 0..2) until `stop`.
+async fn run_counter(
+    mut conn: Conn,
+    counters: Vec<Arc<AtomicU64>>,
+    shared: Arc<Shared>,
+) -> Res<()> {
+    conn.chunk = 256 * 1024;
+    let mut local = vec![0u64; counters.len()];
+    while !shared.stop.load(Ordering::Relaxed) {
+        if conn.read_within(Duration::from_millis(100)).await? == 0 {
+            continue;
+        }
+        for_each_frame(&mut conn.buf, |f| {
+            if let Frame::Publish { payload, .. } = f {
+                let id = be16(payload, 0)? as usize;
+                match local.get_mut(id) {
+                    Some(n) => *n += 1,
+                    None => return fail("PUBLISH from an unknown publisher"),
+                }
+            }
+            Ok(())
+        })?;
+        let mut total = 0;
+        for (n, c) in local.iter_mut().zip(&counters) {
+            if *n > 0 {
+                c.fetch_add(*n, Ordering::Release);
+                total += *n;
+                *n = 0;
+            }
+        }
+        shared.delivered.fetch_add(total, Ordering::Relaxed);
+        shared.progress.notify_waiters();
+    }
+    conn.close().await;
+    Ok(())
+}
+
+/// Runs publishers against already-subscribed counters for warmup + duration, then lets
+/// what is in flight arrive (up to 2 s). Returns the figures of the measured window.
+async fn measure_throughput(
+    probe: &Probe,
+    load: &Throughput,
+    publishers: Vec<PublisherPlan>,
+    subscribers: Vec<(Conn, Vec<Arc<AtomicU64>>)>,
+    shared: Arc<Shared>,
+) -> Res<Value> {
+    let mut tasks = JoinSet::new();
+    for (conn, counters) in subscribers {
+        tasks.spawn(run_counter(conn, counters, shared.clone()));
+    }
+    for plan in publishers {
+        tasks.spawn(run_publisher(plan, load.window, shared.clone()));
+    }
+    let watch = async {
+        tokio::time::sleep(load.warmup).await;
+        let (d0, p0, m0) = (
+            shared.delivered.load(Ordering::Relaxed),
+            shared.published.load(Ordering::Relaxed),
+            probe.mark(),
+        );
+        tokio::time::sleep(load.duration).await;
+        let (d1, p1, m1) = (
+            shared.delivered.load(Ordering::Relaxed),
+            shared.published.load(Ordering::Relaxed),
+            probe.mark(),
+        );
+        (
+            d1 - d0,
+            p1 - p0,
+            m1.secs_since(&m0),
+            m1.cpu_since(&m0),
+            m1.own_since(&m0),
+        )
+    };
+    // A task that fails (broker closed a connection) ends the run at once.
+    let (delivered, published, secs, cpu, own) = tokio::select! {
+        w = watch => w,
+        Some(r) = tasks.join_next() => {
+            r??;
+            return fail("a client finished early");
+        }
+    };
+    shared.stop_publishing.store(true, Ordering::Relaxed);
+    // Publishers stop first; then give the last messages time to arrive.
+    let drain_until = Instant::now() + Duration::from_secs(2);
+    while shared.delivered.load(Ordering::Relaxed) + shared.written_off.load(Ordering::Relaxed)
+        < shared.published.load(Ordering::Relaxed)
+        && Instant::now() < drain_until
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    let total_published = shared.published.load(Ordering::Relaxed);
+    let total_delivered = shared.delivered.load(Ordering::Relaxed);
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(json!({
+        "duration_s": round2(secs),
+        "delivered_per_s": (delivered as f64 / secs).round(),
+        "published_per_s": (published as f64 / secs).round(),
+        "delivered": delivered,
+        "published_total": total_published,
+        "delivered_total": total_delivered,
+        "stalls": shared.stalls.load(Ordering::Relaxed),
+        "broker_cpu_s": cpu.map(round2),
+        "broker_cpu_us_per_delivery": cpu_us_per(cpu, delivered),
+        "broker_cpu_util": cpu.map(|c| round2(c / secs)),
+        "loadgen_cpu_us_per_delivery": cpu_us_per(Some(own), delivered),
+        "loadgen_cpu_util": round2(own / secs),
+    }))
+}
+
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Value::Object(a), Value::Object(b)) = (&mut a, b) {
+        a.extend(b);
+    }
+    a
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------
+
+async fn fan_in(addr: SocketAddr, pid: Option<u32>, load: Throughput, n: usize) -> Res<Value> {
+    if n == 0 || n > u16::MAX as usize {
+        return fail("--publishers must be 1..65535");
+    }
+    let probe = Probe::start(pid);
+    let rss0 = probe.rss_kb();
+    let id = run_id();
+    let mut sub = Conn::open(addr, &format!("lg{id}-in-sub"), 0).await?;
+    sub.subscribe(&[(&format!("bench/{id}/in/+"), QoS::AtMostOnce)])
+        .await?;
+    let counters: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let mut publishers = Vec::with_capacity(n);
+    for (i, counter) in counters.iter().enumerate() {
+        let conn = Conn::open(addr, &format!("lg{id}-in-pub{i}"), 0).await?;
+        let packet = publish_bytes(
+            &format!("bench/{id}/in/{i}"),
+            tagged_payload(i as u16, load.payload),
+            QoS::AtMostOnce,
+            None,
+            false,
+        );
+        publishers.push(PublisherPlan {
+            conn,
+            batches: vec![packet.repeat(BATCH).into()],
+            watch: vec![counter.clone()],
+        });
+    }
+    let shared = Shared::new();
+    let r = measure_throughput(&probe, &load, publishers, vec![(sub, counters)], shared).await?;
+    Ok(merge(
+        json!({
+            "publishers": n,
+            "payload": load.payload,
+            "window": load.window,
+            "msgs_per_s": r["delivered_per_s"],
+            "broker_cpu_us_per_msg": r["broker_cpu_us_per_delivery"],
+            "broker_process": probe.finish(rss0),
+        }),
+        r,
+    ))
+}
+
+async fn fan_out(addr: SocketAddr, pid: Option<u32>, load: Throughput, m: usize) -> Res<Value> {
+    if m == 0 {
+        return fail("--subscribers must be at least 1");
+    }
+    let probe = Probe::start(pid);
+    let rss0 = probe.rss_kb();
+    let id = run_id();
+    let topic = format!("bench/{id}/out");
+    let mut subscribers = Vec::with_capacity(m);
+    let mut watch = Vec::with_capacity(m);
+    for i in 0..m {
+        let mut conn = Conn::open(addr, &format!("lg{id}-out-sub{i}"), 0).await?;
+        conn.subscribe(&[(&topic, QoS::AtMostOnce)]).await?;
+        let counter = Arc::new(AtomicU64::new(0));
+        watch.push(counter.clone());
+        subscribers.push((conn, vec![counter]));
+    }
+    let conn = Conn::open(addr, &format!("lg{id}-out-pub"), 0).await?;
+    let packet = publish_bytes(
+        &topic,
+        tagged_payload(0, load.payload),
+        QoS::AtMostOnce,
+        None,
+        false,
+    );
+    let publisher = PublisherPlan {
+        conn,
+        batches: vec![packet.repeat(BATCH).into()],
+        watch,
+    };
+    let shared = Shared::new();
+    let r = measure_throughput(&probe, &load, vec![publisher], subscribers, shared).await?;
+    Ok(merge(
+        json!({
+            "subscribers": m,
+            "payload": load.payload,
+            "window": load.window,
+            "deliveries_per_s": r["delivered_per_s"],
+            "broker_process": probe.finish(rss0),
+        }),
+        r,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn latency(
+    addr: SocketAddr,
+    pid: Option<u32>,
+    rate: u64,
+    qos: QoS,
+    max_inflight: usize,
+    duration: Duration,
+    warmup: Duration,
+    drain: Duration,
+    payload: usize,
+) -> Res<Value> {
+    if max_inflight == 0 || max_inflight > 65_000 {
+        return fail("--max-inflight must be 1..65000");
+    }
+    if payload < 16 {
+        return fail("--payload must be at least 16 bytes (sequence number and timestamp)");
+    }
+    if rate == 0 || rate > 1_000_000 {
+        return fail("--rate must be 1..1000000");
+    }
+    let total = (rate as f64 * duration.as_secs_f64()).round() as u64;
+    let warmup_msgs = (rate as f64 * warmup.as_secs_f64()).round() as u64;
+    let probe = Probe::start(pid);
+    let rss0 = probe.rss_kb();
+    let id = run_id();
+    let topic = format!("bench/{id}/lat");
+    let mut sub = Conn::open(addr, &format!("lg{id}-lat-sub"), 0).await?;
+    sub.chunk = 64 * 1024;
+    sub.subscribe(&[(&topic, qos)]).await?;
+    let publisher = Conn::open(addr, &format!("lg{id}-lat-pub"), 0).await?;
+    let clock = Instant::now();
+    let done_publishing = Arc::new(Notify::new());
+
+    let pub_task = tokio::spawn(latency_publisher(
+        publisher,
+        topic,
+        qos,
+        rate,
+        max_inflight,
+        total,
+        payload,
+        clock,
+        drain,
+        done_publishing.clone(),
+    ));
+    let m0 = probe.mark();
+    let sub_task = tokio::spawn(latency_subscriber(
+        sub,
+        total,
+        warmup_msgs,
+        clock,
+        drain,
+        done_publishing,
+    ));
+    let PublisherReport {
+        sent,
+        acked,
+        secs: send_secs,
+        held_back,
+    } = pub_task.await??;
+    let rx = sub_task.await??;
+    let m1 = probe.mark();
+    let cpu = m1.cpu_since(&m0);
+
+    let mut lat = rx.latencies_ns;
+    lat.sort_unstable();
+    let pct = |q: f64| -> Option<f64> {
+        if lat.is_empty() {
+            return None;
+        }
+        // Nearest rank: the smallest value with at least q of the samples at or below it.
+        let rank = ((q * lat.len() as f64).ceil() as usize).clamp(1, lat.len());
+        Some(round2(lat[rank - 1] as f64 / 1000.0))
+    };
+    let mean = if lat.is_empty() {
+        None
+    } else {
+        Some(round2(
+            lat.iter().map(|&l| l as f64).sum::<f64>() / lat.len() as f64 / 1000.0,
+        ))
+    };
+    let lost = sent.saturating_sub(rx.unique);
+    Ok(json!({
+        "qos": qos as u8,
+        "rate": rate,
+        "payload": payload,
+        "sent": sent,
+        "achieved_rate": (sent as f64 / send_secs).round(),
+        "max_inflight": max_inflight,
+        "held_back_ticks": held_back,
+        "acknowledged": if qos == QoS::AtMostOnce { Value::Null } else { json!(acked) },
+        "received": rx.received,
+        "received_unique": rx.unique,
+        "lost": lost,
+        "duplicates": rx.duplicates,
+        "out_of_order": rx.out_of_order,
+        "all_accounted_for": lost == 0 && rx.duplicates == 0 && (qos == QoS::AtMostOnce || acked == sent),
+        "samples": lat.len(),
+        "p50_us": pct(0.50),
+        "p99_us": pct(0.99),
+        "p999_us": pct(0.999),
+        "max_us": lat.last().map(|&l| round2(l as f64 / 1000.0)),
+        "mean_us": mean,
+        "broker_cpu_s": cpu.map(round2),
+        "broker_cpu_us_per_msg": cpu_us_per(cpu, sent),
+        "loadgen_cpu_us_per_msg": cpu_us_per(Some(m1.own_since(&m0)), sent),
+        "broker_process": probe.finish(rss0),
+    }))
+}
+
+fn nanos_since(clock: Instant) -> u64 {
+    clock.elapsed().as_nanos() as u64
+}
+
+struct PublisherReport {
+    sent: u64,
+    acked: u64,
+    /// Seconds from the first to the last PUBLISH.
+    secs: f64,
+    /// Ticks on which due messages waited for the QoS 1/2 window.
+    held_back: u64,
+}
+
+/// Publishes `total` messages at `rate`, each stamped at the moment it is encoded, with at
+/// most `max_inflight` unacknowledged at QoS 1/2, and completes the QoS 1/2 flows.
+#[allow(clippy::too_many_arguments)]
+async fn latency_publisher(
+    mut conn: Conn,
+    topic: String,
+    qos: QoS,
+    rate: u64,
+    max_inflight: usize,
+    total: u64,
+    payload: usize,
+    clock: Instant,
+    drain: Duration,
+    done: Arc<Notify>,
+) -> Res<PublisherReport> {
+    let pid_slot = (qos != QoS::AtMostOnce).then_some(0u16);
+    let template = publish_bytes(
+        &topic,
+        Bytes::from(vec![0u8; payload]),
+        qos,
+        pid_slot,
+        false,
+    );
+    let payload_at = template.len() - payload;
+    let pid_at = payload_at - 2;
+    let mut in_use = vec![false; 65536];
+    let mut next_pid: u16 = 1;
+    let (mut seq, mut acked, mut in_flight, mut held_back) = (0u64, 0u64, 0usize, 0u64);
+    let mut wbuf = BytesMut::with_capacity(64 * 1024);
+    let start = Instant::now();
+    let mut finished_at: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        if seq == total {
+            let at = *finished_at.get_or_insert_with(|| {
+                done.notify_one();
+                Instant::now()
+            });
+            if qos == QoS::AtMostOnce || acked == total || at.elapsed() > drain {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = tick.tick(), if seq < total => {}
+            r = conn.read_within(Duration::from_millis(50)) => {
+                if r? > 0 {
+                    for_each_frame(&mut conn.buf, |f| {
+                        match f.decode_other()? {
+                            Some(Packet::PubAck(p)) | Some(Packet::PubComp(p))
+                                if std::mem::replace(&mut in_use[p as usize], false) =>
+                            {
+                                acked += 1;
+                                in_flight -= 1;
+                            }
+                            Some(Packet::PubRec(p)) => encode(&Packet::PubRel(p), &mut wbuf),
+                            _ => {}
+                        }
+                        Ok(())
+                    })?;
+                }
+            }
+        }
+        // Everything the schedule says is due, as far as the window allows (an
+        // acknowledgement that opens the window sends the held-back messages at once).
+        let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        if seq < due && qos != QoS::AtMostOnce && in_flight >= max_inflight {
+            held_back += 1;
+        }
+        while seq < due && (qos == QoS::AtMostOnce || in_flight < max_inflight) {
+            let at = wbuf.len();
+            wbuf.extend_from_slice(&template);
+            if qos != QoS::AtMostOnce {
+                // The window is below 65535, so a free packet id exists.
+                while in_use[next_pid as usize] {
+                    next_pid = next_pid.checked_add(1).unwrap_or(1);
+                }
+                in_use[next_pid as usize] = true;
+                in_flight += 1;
+                wbuf[at + pid_at..at + pid_at + 2].copy_from_slice(&next_pid.to_be_bytes());
+                next_pid = next_pid.checked_add(1).unwrap_or(1);
+            }
+            let p = at + payload_at;
+            wbuf[p..p + 8].copy_from_slice(&seq.to_be_bytes());
+            wbuf[p + 8..p + 16].copy_from_slice(&nanos_since(clock).to_be_bytes());
+            seq += 1;
+        }
+        if !wbuf.is_empty() {
+            conn.wr.write_all(&wbuf).await?;
+            wbuf.clear();
+        }
+    }
+    let secs = finished_at
+        .unwrap_or_else(Instant::now)
+        .duration_since(start)
+        .as_secs_f64();
+    conn.close().await;
+    Ok(PublisherReport {
+        sent: seq,
+        acked,
+        secs: secs.max(1e-9),
+        held_back,
+    })
+}
+
+struct Received {
+    latencies_ns: Vec<u64>,
+    received: u64,
+    unique: u64,
+    duplicates: u64,
+    out_of_order: u64,
+}
+
+/// Receives the latency messages, acknowledges them per their QoS, and records latency
+/// and sequence numbers; ends when all arrived, or `drain` after the publisher finished.
+async fn latency_subscriber(
+    mut conn: Conn,
+    total: u64,
+    warmup_msgs: u64,
+    clock: Instant,
+    drain: Duration,
+    publisher_done: Arc<Notify>,
+) -> Res<Received> {
+    let mut seen = vec![false; total as usize];
+    let mut rx = Received {
+        latencies_ns: Vec::with_capacity(total as usize),
+        received: 0,
+        unique: 0,
+        duplicates: 0,
+        out_of_order: 0,
+    };
+    let mut highest: Option<u64> = None;
+    let mut acks = BytesMut::new();
+    let done = publisher_done.notified();
+    tokio::pin!(done);
+    let mut deadline: Option<Instant> = None;
+    while rx.unique < total {
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            break;
+        }
+        tokio::select! {
+            _ = &mut done, if deadline.is_none() => {
+                deadline = Some(Instant::now() + drain);
+                continue;
+            }
+            r = conn.read_within(Duration::from_millis(50)) => {
+                if r? == 0 {
+                    continue;
+                }
+            }
+        }
+        let now = nanos_since(clock);
+        for_each_frame(&mut conn.buf, |f| {
+            match f {
+                Frame::Publish {
+                    first,
+                    pid,
+                    payload,
+                    ..
+                } => {
+                    let (Some(seq), Some(ts)) = (be64(payload, 0), be64(payload, 8)) else {
+                        return fail("latency PUBLISH with a short payload");
+                    };
+                    rx.received += 1;
+                    match seen.get_mut(seq as usize) {
+                        Some(s) if *s => rx.duplicates += 1,
+                        Some(s) => {
+                            *s = true;
+                            rx.unique += 1;
+                            if seq >= warmup_msgs {
+                                rx.latencies_ns.push(now.saturating_sub(ts));
+                            }
+                        }
+                        None => return fail("latency PUBLISH with an unknown sequence number"),
+                    }
+                    if highest.is_some_and(|h| seq < h) {
+                        rx.out_of_order += 1;
+                    }
+                    highest = highest.max(Some(seq));
+                    match ((first >> 1) & 3, pid) {
+                        (1, Some(p)) => encode(&Packet::PubAck(p), &mut acks),
+                        (2, Some(p)) => encode(&Packet::PubRec(p), &mut acks),
+                        _ => {}
+                    }
+                }
+                other => {
+                    if let Some(Packet::PubRel(p)) = other.decode_other()? {
+                        encode(&Packet::PubComp(p), &mut acks);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        if !acks.is_empty() {
+            conn.wr.write_all(&acks).await?;
+            acks.clear();
+        }
+    }
+    conn.close().await;
+    Ok(rx)
+}
+
+async fn idle(
+    addr: SocketAddr,
+    pid: Option<u32>,
+    k: usize,
+    parallel: usize,
+    keep_alive: u16,
+    hold: Duration,
+) -> Res<Value> {
+    if keep_alive != 0 && hold.as_secs_f64() >= f64::from(keep_alive) * 0.9 {
+        return fail("--hold must be shorter than the keep-alive (no PINGREQ is sent)");
+    }
+    let nofile = raise_nofile();
+    let probe = Probe::start(pid);
+    // Let the broker settle before the baseline.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss0 = probe.rss_kb();
+    let id = run_id();
+    let gate = Arc::new(Semaphore::new(parallel.max(1)));
+    let m0 = probe.mark();
+    let mut tasks = JoinSet::new();
+    for i in 0..k {
+        let gate = gate.clone();
+        let client_id = format!("lg{id}-idle{i}");
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let t = Instant::now();
+            let mut c = Conn::open(addr, &client_id, keep_alive).await?;
+            let elapsed = t.elapsed();
+            // Nothing more is read from it: keep the load generator's own memory small.
+            c.buf = BytesMut::new();
+            Ok::<_, Error>((c, elapsed))
+        });
+    }
+    let mut conns = Vec::with_capacity(k);
+    let mut connect_ns = Vec::with_capacity(k);
+    let mut errors = 0usize;
+    let mut first_error = None;
+    while let Some(r) = tasks.join_next().await {
+        match r? {
+            Ok((c, d)) => {
+                conns.push(c);
+                connect_ns.push(d.as_nanos() as u64);
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    let m1 = probe.mark();
+    let secs = m1.secs_since(&m0);
+    let cpu = m1.cpu_since(&m0);
+    tokio::time::sleep(hold).await;
+    let rss1 = probe.rss_kb();
+    connect_ns.sort_unstable();
+    let pct = |q: f64| {
+        connect_ns
+            .get(((q * connect_ns.len() as f64) as usize).min(connect_ns.len().saturating_sub(1)))
+            .map(|&n| round2(n as f64 / 1000.0))
+    };
+    let ok = conns.len();
+    let per_conn = match (rss0, rss1) {
+        (Some(a), Some(b)) if ok > 0 => Some(((b as f64 - a as f64) * 1024.0 / ok as f64).round()),
+        _ => None,
+    };
+    // Close with RST (zero linger): no TIME_WAIT pile-up of 10,000 sockets on loopback
+    // between runs, and the broker still sees each connection end.
+    for c in conns {
+        let _ = c.rd.as_ref().set_zero_linger();
+    }
+    Ok(json!({
+        "connections": k,
+        "connected": ok,
+        "errors": errors,
+        "first_error": first_error,
+        "parallel": parallel,
+        "keep_alive": keep_alive,
+        "nofile_limit": nofile,
+        "connect_s": round2(secs),
+        "connects_per_s": (ok as f64 / secs).round(),
+        "connect_p50_us": pct(0.5),
+        "connect_p99_us": pct(0.99),
+        "rss_before_kb": rss0,
+        "rss_after_kb": rss1,
+        "bytes_per_conn": per_conn,
+        "broker_cpu_s": cpu.map(round2),
+        "broker_cpu_us_per_connect": cpu_us_per(cpu, ok as u64),
+        "broker_process": probe.finish(rss0),
+    }))
+}
+
+fn filter_for(i: usize) -> String {
+    if i % 2 == 0 {
+        format!("dev/{i}/+/temp")
+    } else {
+        format!("site/{i}/#")
+    }
+}
+
+fn topic_matching(i: usize) -> String {
+    if i % 2 == 0 {
+        format!("dev/{i}/x/temp")
+    } else {
+        format!("site/{i}/a/b")
+    }
+}
+
+/// A small deterministic generator (splitmix64), so runs publish the same topics.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+async fn filters_scenario(
+    addr: SocketAddr,
+    pid: Option<u32>,
+    load: Throughput,
+    f: usize,
+    per_subscribe: usize,
+    n_pub: usize,
+) -> Res<Value> {
+    if f == 0 || per_subscribe == 0 || n_pub == 0 || n_pub > u16::MAX as usize {
+        return fail("--filters, --per-subscribe and --publishers must be positive");
+    }
+    let probe = Probe::start(pid);
+    let id = run_id();
+    let mut sub = Conn::open(addr, &format!("lg{id}-filters"), 0).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss0 = probe.rss_kb();
+    let m0 = probe.mark();
+    // Pipelined SUBSCRIBEs, at most 16 unanswered at once.
+    let packets = f.div_ceil(per_subscribe);
+    let (mut sent, mut acked, mut refused) = (0usize, 0usize, 0usize);
+    while acked < packets {
+        while sent < packets && sent - acked < 16 {
+            let filters = (sent * per_subscribe..((sent + 1) * per_subscribe).min(f))
+                .map(|i| (filter_for(i), QoS::AtMostOnce))
+                .collect();
+            let pid = (sent % 65535) as u16 + 1;
+            sub.send(&Packet::Subscribe(Subscribe { pid, filters }))
+                .await?;
+            sent += 1;
+        }
+        match sub.next_packet().await? {
+            Packet::SubAck(s) => {
+                acked += 1;
+                refused += s
+                    .codes
+                    .iter()
+                    .filter(|c| **c == SubAckCode::Failure)
+                    .count();
+            }
+            other => return fail(format!("expected SUBACK, got {}", other.name())),
+        }
+    }
+    let m1 = probe.mark();
+    let subscribe_s = m1.secs_since(&m0);
+    let subscribe_cpu = m1.cpu_since(&m0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss1 = probe.rss_kb();
+    let per_filter = match (rss0, rss1) {
+        (Some(a), Some(b)) => Some(round2((b as f64 - a as f64) * 1024.0 / f as f64)),
+        _ => None,
+    };
+
+    let counters: Vec<Arc<AtomicU64>> = (0..n_pub).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let mut rng = SplitMix(0x5eed);
+    let mut publishers = Vec::with_capacity(n_pub);
+    for (p, counter) in counters.iter().enumerate() {
+        let conn = Conn::open(addr, &format!("lg{id}-filters-pub{p}"), 0).await?;
+        let payload = tagged_payload(p as u16, load.payload);
+        // 64 batches of distinct random topics: 3,200 topics per publisher, spread over
+        // the whole filter set.
+        let batches = (0..64)
+            .map(|_| {
+                let mut b = BytesMut::new();
+                for _ in 0..BATCH {
+                    let i = (rng.next() % f as u64) as usize;
+                    b.extend_from_slice(&publish_bytes(
+                        &topic_matching(i),
+                        payload.clone(),
+                        QoS::AtMostOnce,
+                        None,
+                        false,
+                    ));
+                }
+                b.freeze()
+            })
+            .collect();
+        publishers.push(PublisherPlan {
+            conn,
+            batches,
+            watch: vec![counter.clone()],
+        });
+    }
+    let shared = Shared::new();
+    let r = measure_throughput(&probe, &load, publishers, vec![(sub, counters)], shared).await?;
+    Ok(merge(
+        json!({
+            "filters": f,
+            "refused": refused,
+            "subscribe_s": round2(subscribe_s),
+            "filters_per_s": (f as f64 / subscribe_s).round(),
+            "broker_cpu_us_per_filter": cpu_us_per(subscribe_cpu, f as u64),
+            "rss_before_kb": rss0,
+            "rss_after_subscribe_kb": rss1,
+            "bytes_per_filter": per_filter,
+            "publishers": n_pub,
+            "payload": load.payload,
+            "msgs_per_s": r["delivered_per_s"],
+            "broker_cpu_us_per_msg": r["broker_cpu_us_per_delivery"],
+            "broker_process": probe.finish(rss0),
+        }),
+        r,
+    ))
+}
+
+async fn retained(
+    addr: SocketAddr,
+    pid: Option<u32>,
+    r: usize,
+    payload: usize,
+    keep: bool,
+) -> Res<Value> {
+    let probe = Probe::start(pid);
+    let id = run_id();
+    let prefix = format!("bench/{id}/ret/");
+    let topic = |i: usize| format!("{prefix}{}/{}", i / 1000, i % 1000);
+    let mut publisher = Conn::open(addr, &format!("lg{id}-ret-pub"), 0).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss0 = probe.rss_kb();
+    let body = Bytes::from(vec![b'r'; payload.max(1)]);
+
+    let m0 = probe.mark();
+    let mut chunk = BytesMut::with_capacity(256 * 1024);
+    for i in 0..r {
+        encode(
+            &Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: true,
+                topic: topic(i).into(),
+                pid: None,
+                payload: body.clone(),
+            }),
+            &mut chunk,
+        );
+        if chunk.len() >= 240 * 1024 {
+            publisher.wr.write_all(&chunk).await?;
+            chunk.clear();
+        }
+    }
+    publisher.wr.write_all(&chunk).await?;
+    publisher.ping().await?;
+    let m1 = probe.mark();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss1 = probe.rss_kb();
+
+    let mut sub = Conn::open(addr, &format!("lg{id}-ret-sub"), 0).await?;
+    sub.chunk = 256 * 1024;
+    let m2 = probe.mark();
+    sub.send(&Packet::Subscribe(Subscribe {
+        pid: 1,
+        filters: vec![("#".into(), QoS::AtMostOnce)],
+    }))
+    .await?;
+    let (mut got, mut other, mut first_at) = (0usize, 0usize, None);
+    let prefix_bytes = prefix.as_bytes();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while got < r {
+        if Instant::now() > deadline {
+            return fail(format!(
+                "the # subscriber received {got} of {r} retained messages in 120 s"
+            ));
+        }
+        if sub.read_within(Duration::from_millis(200)).await? == 0 {
+            continue;
+        }
+        for_each_frame(&mut sub.buf, |f| {
+            if let Frame::Publish { first, topic, .. } = f {
+                if first & 1 == 1 && topic.starts_with(prefix_bytes) {
+                    got += 1;
+                    first_at.get_or_insert_with(Instant::now);
+                } else {
+                    other += 1;
+                }
+            }
+            Ok(())
+        })?;
+    }
+    let m3 = probe.mark();
+    let deliver_s = m3.secs_since(&m2);
+    let deliver_cpu = m3.cpu_since(&m2);
+    sub.close().await;
+
+    if !keep {
+        // Leave the broker as it was: an empty retained PUBLISH deletes the topic.
+        chunk.clear();
+        for i in 0..r {
+            chunk.extend_from_slice(&publish_bytes(
+                &topic(i),
+                Bytes::new(),
+                QoS::AtMostOnce,
+                None,
+                true,
+            ));
+            if chunk.len() >= 240 * 1024 {
+                publisher.wr.write_all(&chunk).await?;
+                chunk.clear();
+            }
+        }
+        publisher.wr.write_all(&chunk).await?;
+        publisher.ping().await?;
+    }
+    publisher.close().await;
+    let per_msg = match (rss0, rss1) {
+        (Some(a), Some(b)) if r > 0 => Some(round2((b as f64 - a as f64) * 1024.0 / r as f64)),
+        _ => None,
+    };
+    Ok(json!({
+        "messages": r,
+        "payload": payload,
+        "publish_s": round2(m1.secs_since(&m0)),
+        "broker_cpu_us_per_retain": cpu_us_per(m1.cpu_since(&m0), r as u64),
+        "bytes_per_retained": per_msg,
+        "deliver_s": round2(deliver_s),
+        "first_message_ms": first_at.map(|t| round2(t.duration_since(m2.at).as_secs_f64() * 1000.0)),
+        "deliver_msgs_per_s": (got as f64 / deliver_s).round(),
+        "other_messages": other,
+        "broker_cpu_s": deliver_cpu.map(round2),
+        "broker_cpu_us_per_msg": cpu_us_per(deliver_cpu, got as u64),
+        "broker_process": probe.finish(rss0),
+    }))
+}

@@ -1,0 +1,284 @@
+//! Persistence benchmark (issue 7): prints numbers, is not a timed test.
+//!
+//! `cargo run --release --example persist_bench -- throughput [SECONDS]`
+//!   Persistent QoS 1 throughput through one broker (in-process, loopback): 8 publishers with a
+//!   window of 16 unacknowledged messages each, one persistent subscriber acknowledging
+//!   everything, for `memory` and for `file` with `sync: never | interval | always`.
+//! `cargo run --release --example persist_bench -- recovery [RETAINED] [QUEUED]`
+//!   Writes RETAINED retained messages (default 1,000,000) and QUEUED queued messages (default
+//!   100,000, over 100 sessions) into a file store, then times a broker start (recovery) and
+//!   reports the peak RSS of the process.
+
+use bytes::{Bytes, BytesMut};
+use mqtt_broker::config::{Config, StorageType, SyncPolicy};
+use mqtt_broker::protocol::*;
+use mqtt_broker::routing::Message;
+use mqtt_broker::storage::{FileStorage, SessionRecord, Storage, StorageOp, StoredMessage};
+use mqtt_broker::{Broker, BrokerHandle};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr, id: &str, clean: bool) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let mut c = Client {
+            stream,
+            buf: BytesMut::with_capacity(64 * 1024),
+        };
+        c.send(&Packet::Connect(Box::new(Connect {
+            protocol: ProtocolLevel::V311,
+            clean_session: clean,
+            keep_alive: 60,
+            client_id: id.into(),
+            will: None,
+            username: None,
+            password: None,
+        })))
+        .await;
+        match c.recv().await {
+            Some(Packet::ConnAck(a)) if a.code == ConnectReturnCode::Accepted => c,
+            other => panic!("connect failed: {other:?}"),
+        }
+    }
+
+    async fn send(&mut self, p: &Packet) {
+        let mut out = BytesMut::new();
+        encode(p, &mut out);
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    async fn recv(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(p) = decode(&mut self.buf, usize::MAX).expect("valid packet") {
+                return Some(p);
+            }
+            if self.stream.read_buf(&mut self.buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+    }
+}
+
+fn base_config() -> Config {
+    let mut c = Config {
+        listeners: vec![BrokerHandle::loopback_listener()],
+        ..Default::default()
+    };
+    c.performance.message_queue_limit = 1_000_000;
+    c.log.level = "warn".into();
+    c
+}
+
+async fn throughput(label: &str, config: Config, seconds: u64) -> f64 {
+    let broker = Broker::start(config).await.expect("start");
+    let addr = broker.local_addr();
+    let mut sub = Client::connect(addr, "bench-sub", false).await;
+    sub.send(&Packet::Subscribe(Subscribe {
+        pid: 1,
+        filters: vec![("bench/#".into(), QoS::AtLeastOnce)],
+    }))
+    .await;
+    let _ = sub.recv().await;
+    let received = Arc::new(AtomicU64::new(0));
+    let r = received.clone();
+    let sub_task = tokio::spawn(async move {
+        while let Some(p) = sub.recv().await {
+            if let Packet::Publish(p) = p {
+                r.fetch_add(1, Ordering::Relaxed);
+                if let Some(pid) = p.pid {
+                    sub.send(&Packet::PubAck(pid)).await;
+                }
+            }
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut pubs = Vec::new();
+    for i in 0..8 {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        pubs.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr, &format!("bench-pub-{i}"), true).await;
+            let payload = Bytes::from(vec![b'x'; 64]);
+            let topic: Arc<str> = Arc::from(format!("bench/{i}").as_str());
+            let mut next: u16 = 1;
+            let mut outstanding = 0;
+            while !stop.load(Ordering::Relaxed) || outstanding > 0 {
+                while outstanding < 16 && !stop.load(Ordering::Relaxed) {
+                    c.send(&Packet::Publish(Publish {
+                        dup: false,
+                        qos: QoS::AtLeastOnce,
+                        retain: false,
+                        topic: topic.clone(),
+                        pid: Some(next),
+                        payload: payload.clone(),
+                    }))
+                    .await;
+                    next = next.checked_add(1).unwrap_or(1);
+                    outstanding += 1;
+                }
+                match c.recv().await {
+                    Some(Packet::PubAck(_)) => {
+                        outstanding -= 1;
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        }));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let n = acked.load(Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for p in pubs {
+        let _ = p.await;
+    }
+    let rate = n as f64 / elapsed;
+    println!(
+        "{{\"scenario\":\"persistent_qos1\",\"backend\":\"{label}\",\"publishers\":8,\"window\":16,\"acked_per_s\":{rate:.0},\"delivered\":{}}}",
+        received.load(Ordering::Relaxed)
+    );
+    sub_task.abort();
+    broker.shutdown().await;
+    rate
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse()
+                    .unwrap_or(0)
+            })
+        })
+        .unwrap_or(0)
+}
+
+async fn recovery(retained: usize, queued: usize) {
+    let dir = std::env::temp_dir().join(format!("mqtt-persist-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let write_start = Instant::now();
+    {
+        let store = FileStorage::open(&dir).expect("open");
+        let payload = Bytes::from(vec![b'r'; 64]);
+        for chunk in (0..retained).collect::<Vec<_>>().chunks(50_000) {
+            let ops: Vec<StorageOp> = chunk
+                .iter()
+                .map(|i| {
+                    StorageOp::PutRetained(Message::new(
+                        &format!("sensors/{}/{}", i / 1000, i % 1000),
+                        payload.clone(),
+                        QoS::AtLeastOnce,
+                        true,
+                    ))
+                })
+                .collect();
+            store.apply(&ops, false).expect("write");
+        }
+        let sessions = 100;
+        let mut ops = Vec::new();
+        for s in 0..sessions {
+            let id: Arc<str> = Arc::from(format!("device-{s}").as_str());
+            ops.push(StorageOp::PutSession {
+                client_id: id.clone(),
+                record: SessionRecord {
+                    username: None,
+                    subscriptions: vec![("cmd/#".into(), QoS::AtLeastOnce)],
+                    last_seen_ms: 0,
+                },
+            });
+            for q in 0..queued / sessions {
+                ops.push(StorageOp::PutMessage {
+                    client_id: id.clone(),
+                    stored: StoredMessage {
+                        seq: q as u64 + 1,
+                        message: Message::new("cmd/x", payload.clone(), QoS::AtLeastOnce, false),
+                        pid: None,
+                        state: None,
+                    },
+                });
+            }
+        }
+        store.apply(&ops, true).expect("write");
+    }
+    let written = write_start.elapsed();
+    let mut config = base_config();
+    config.persistence.storage_type = StorageType::File;
+    config.persistence.path = dir.clone();
+    config.persistence.retained_message_limit = retained.max(1);
+    let rss_before = peak_rss_kib();
+    let start = Instant::now();
+    let broker = Broker::start(config).await.expect("start");
+    let elapsed = start.elapsed();
+    let stats = broker.stats();
+    println!(
+        "{{\"scenario\":\"recovery\",\"retained\":{},\"queued\":{},\"sessions\":{},\"recovery_ms\":{},\"peak_rss_mib\":{:.0},\"rss_before_mib\":{:.0},\"write_s\":{:.1}}}",
+        stats.messages.retained,
+        stats.messages.queued,
+        stats.sessions.total,
+        elapsed.as_millis(),
+        peak_rss_kib() as f64 / 1024.0,
+        rss_before as f64 / 1024.0,
+        written.as_secs_f64()
+    );
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("recovery") => {
+            let retained = args
+                .get(2)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(1_000_000);
+            let queued = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+            recovery(retained, queued).await;
+        }
+        _ => {
+            let seconds = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
+            let memory = throughput("memory", base_config(), seconds).await;
+            let mut results = vec![("memory", memory)];
+            for (label, sync) in [
+                ("file, sync: never", SyncPolicy::Never),
+                ("file, sync: interval", SyncPolicy::Interval),
+                ("file, sync: always", SyncPolicy::Always),
+            ] {
+                let dir = std::env::temp_dir().join(format!(
+                    "mqtt-persist-bench-{}-{:?}",
+                    std::process::id(),
+                    sync
+                ));
+                let _ = std::fs::remove_dir_all(&dir);
+                let mut config = base_config();
+                config.persistence.storage_type = StorageType::File;
+                config.persistence.path = dir.clone();
+                config.persistence.sync = sync;
+                results.push((label, throughput(label, config, seconds).await));
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            println!("\n| backend | persistent QoS 1 acked msg/s | vs memory |\n|---|---|---|");
+            for (label, rate) in &results {
+                println!("| {label} | {rate:.0} | {:.2} |", rate / memory);
+            }
+        }
+    }
+}

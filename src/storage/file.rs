@@ -1,0 +1,188 @@
+//! The file storage backend: a redb database in `persistence.path`.
+//!
+//! redb was chosen because it is a pure-Rust, embedded, crash-safe (copy-on-write B-trees with
+//! checksummed commits) key-value store with ACID transactions and an explicit choice per
+//! transaction between "durable on return" and "durable at the next durable commit", which
+//! maps directly onto `persistence.sync` (`always` / `interval` / `never`) and group commit.
+
+use super::codec;
+use super::{Recovered, RecoveredSession, Storage, StorageError, StorageOp};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// File name of the database inside `persistence.path`.
+pub const DB_FILE: &str = "mqtt-broker.redb";
+
+const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+const INBOUND: TableDefinition<(&str, u16), ()> = TableDefinition::new("inbound");
+
+/// A redb database holding retained messages and persistent sessions.
+pub struct FileStorage {
+    db: Database,
+    path: PathBuf,
+}
+
+fn io(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Io(e.to_string())
+}
+
+impl FileStorage {
+    /// Opens (or creates) the store in directory `dir`. A corrupt or unreadable store is an
+    /// error naming the path; it is never silently reset.
+    pub fn open(dir: &Path) -> Result<FileStorage, StorageError> {
+        let path = dir.join(DB_FILE);
+        let open_err = |reason: String| StorageError::Open {
+            path: path.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
+        let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
+        {
+            // Create the tables so that reads of a fresh store find them.
+            txn.open_table(RETAINED)
+                .map_err(|e| open_err(e.to_string()))?;
+            txn.open_table(SESSIONS)
+                .map_err(|e| open_err(e.to_string()))?;
+            txn.open_table(MESSAGES)
+                .map_err(|e| open_err(e.to_string()))?;
+            txn.open_table(INBOUND)
+                .map_err(|e| open_err(e.to_string()))?;
+        }
+        txn.commit().map_err(|e| open_err(e.to_string()))?;
+        Ok(FileStorage { db, path })
+    }
+
+    /// Location of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Moves a (corrupt) store directory aside to `DIR.corrupt-<unix time>` and returns the new name.
+    pub fn move_aside(dir: &Path) -> std::io::Result<PathBuf> {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut target = dir.as_os_str().to_owned();
+        target.push(format!(".corrupt-{secs}"));
+        let target = PathBuf::from(target);
+        std::fs::rename(dir, &target)?;
+        Ok(target)
+    }
+}
+
+impl Storage for FileStorage {
+    fn apply(&self, ops: &[StorageOp], durable: bool) -> Result<(), StorageError> {
+        let mut txn = self.db.begin_write().map_err(io)?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(io)?;
+        {
+            let mut retained = txn.open_table(RETAINED).map_err(io)?;
+            let mut sessions = txn.open_table(SESSIONS).map_err(io)?;
+            let mut messages = txn.open_table(MESSAGES).map_err(io)?;
+            let mut inbound = txn.open_table(INBOUND).map_err(io)?;
+            for op in ops {
+                match op {
+                    StorageOp::PutRetained(m) => {
+                        retained
+                            .insert(&*m.topic, codec::encode_message(m, None, None).as_slice())
+                            .map_err(io)?;
+                    }
+                    StorageOp::DeleteRetained(t) => {
+                        retained.remove(&**t).map_err(io)?;
+                    }
+                    StorageOp::PutSession { client_id, record } => {
+                        sessions
+                            .insert(&**client_id, codec::encode_session(record).as_slice())
+                            .map_err(io)?;
+                    }
+                    StorageOp::DeleteSession(id) => {
+                        let id: &str = id;
+                        sessions.remove(id).map_err(io)?;
+                        messages
+                            .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)
+                            .map_err(io)?;
+                        inbound
+                            .retain_in((id, 0u16)..=(id, u16::MAX), |_, _| false)
+                            .map_err(io)?;
+                    }
+                    StorageOp::PutMessage { client_id, stored } => {
+                        let value =
+                            codec::encode_message(&stored.message, stored.pid, stored.state);
+                        messages
+                            .insert((&**client_id, stored.seq), value.as_slice())
+                            .map_err(io)?;
+                    }
+                    StorageOp::DeleteMessage { client_id, seq } => {
+                        messages.remove((&**client_id, *seq)).map_err(io)?;
+                    }
+                    StorageOp::PutInbound { client_id, pid } => {
+                        inbound.insert((&**client_id, *pid), ()).map_err(io)?;
+                    }
+                    StorageOp::DeleteInbound { client_id, pid } => {
+                        inbound.remove((&**client_id, *pid)).map_err(io)?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(io)
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        // An empty durable commit makes every earlier non-durable commit durable.
+        let mut txn = self.db.begin_write().map_err(io)?;
+        txn.set_durability(Durability::Immediate).map_err(io)?;
+        txn.commit().map_err(io)
+    }
+
+    fn load(&self) -> Result<Recovered, StorageError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let mut out = Recovered::default();
+        let retained = txn.open_table(RETAINED).map_err(io)?;
+        for item in retained.iter().map_err(io)? {
+            let (_, v) = item.map_err(io)?;
+            out.retained
+                .push(codec::decode_message("retained", v.value())?.0);
+        }
+        let mut sessions: BTreeMap<Arc<str>, RecoveredSession> = BTreeMap::new();
+        for item in txn.open_table(SESSIONS).map_err(io)?.iter().map_err(io)? {
+            let (k, v) = item.map_err(io)?;
+            let id: Arc<str> = Arc::from(k.value());
+            sessions.insert(
+                id.clone(),
+                RecoveredSession {
+                    client_id: id,
+                    record: codec::decode_session(v.value())?,
+                    messages: Vec::new(),
+                    inbound: Vec::new(),
+                },
+            );
+        }
+        for item in txn.open_table(MESSAGES).map_err(io)?.iter().map_err(io)? {
+            let (k, v) = item.map_err(io)?;
+            let (id, seq) = k.value();
+            // Messages of a session that no longer exists are leftovers; skip them.
+            if let Some(s) = sessions.get_mut(id) {
+                s.messages.push(codec::decode_stored(seq, v.value())?);
+            }
+        }
+        for item in txn.open_table(INBOUND).map_err(io)?.iter().map_err(io)? {
+            let (k, _) = item.map_err(io)?;
+            let (id, pid) = k.value();
+            if let Some(s) = sessions.get_mut(id) {
+                s.inbound.push(pid);
+            }
+        }
+        out.sessions = sessions.into_values().collect();
+        Ok(out)
+    }
+}
