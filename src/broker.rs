@@ -451,9 +451,15 @@ impl Shared {
             return None;
         }
         let mut state = entry.state.lock();
+        let now = std::time::Instant::now();
         for m in messages {
             let qos = m.qos.min(granted);
-            state.enqueue_retained(Message { qos, ..m });
+            // Latency is measured from this subscription, not from when the message was retained.
+            state.enqueue_retained(Message {
+                qos,
+                enqueued_at: Some(now),
+                ..m
+            });
         }
         let ticket = self.persist(&mut state);
         drop(state);
@@ -709,10 +715,6 @@ impl Broker {
         }
         let running = transport::listeners::start_all(&listeners, &shared).await?;
         shared.set_listeners(running, &mut *shared.listeners.lock().await);
-        // Storage was recovered above and every listener is bound: ready.
-        shared.ops.ready.store(true, Ordering::Relaxed);
-        crate::admin::start(&shared).await;
-        crate::metrics::sys::spawn(&shared);
         let sweeper = shared.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
@@ -723,6 +725,10 @@ impl Broker {
                 }
             }
         });
+        // Storage was recovered above, before any listener opened: now the broker is ready.
+        shared.ops.ready.store(true, Ordering::Relaxed);
+        crate::admin::start(&shared).await;
+        crate::metrics::sys::spawn(&shared);
         Ok(BrokerHandle { shared })
     }
 }

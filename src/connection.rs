@@ -149,11 +149,11 @@ where
         password: None,
         certificate_verified: false,
         reload: shared.reload_tx.subscribe(),
+        pending_ticket: None,
         logged: 0,
         rate_msgs: TokenBucket::new(std::time::Instant::now()),
         rate_bytes: TokenBucket::new(std::time::Instant::now()),
         throttle: None,
-        pending_ticket: None,
         client_id: Arc::from(""),
         client: Arc::new(ClientInfo {
             client_id: Arc::from(""),
@@ -491,14 +491,14 @@ struct Conn<S> {
     password: Option<bytes::Bytes>,
     certificate_verified: bool,
     reload: watch::Receiver<u64>,
+    /// Storage ticket that must be durable before the pending output is written.
+    pending_ticket: Option<u64>,
     /// `LimitKind::bit`s of the refusals already logged for this connection.
     logged: u32,
     rate_msgs: TokenBucket,
     rate_bytes: TokenBucket,
     /// Reading is paused until then: the client is over its publish rate.
     throttle: Option<Instant>,
-    /// Storage ticket that must be durable before the pending output is written.
-    pending_ticket: Option<u64>,
 }
 
 impl<S: AsyncRead + AsyncWrite> Conn<S> {

@@ -186,7 +186,7 @@ pub(crate) async fn shutdown(shared: &Arc<crate::broker::Shared>) -> bool {
     }
     let remaining = Counters::get(&shared.counters.connections);
     if let Some(storage) = shared.storage.clone() {
-        // Everything journaled is written and made durable before returning.
+        // Everything journaled is written and made durable before the process may exit.
         let _ = tokio::task::spawn_blocking(move || storage.close()).await;
     }
     shared.ops.stop.cancel();

@@ -147,7 +147,10 @@ impl Session {
                     message: m.message,
                     state,
                 }),
-                _ => s.queue.push_back((m.seq, m.message)),
+                _ => {
+                    s.queued_bytes += m.message.payload.len();
+                    s.queue.push_back((m.seq, m.message));
+                }
             }
         }
         s.inbound_qos2 = inbound.into_iter().collect();
@@ -257,6 +260,7 @@ impl Session {
     fn push_queue(&mut self, message: Message) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.queued_bytes += message.payload.len();
         self.journal_put(seq, &message, None, None);
         self.queued_bytes += message.payload.len();
         self.queue.push_back((seq, message));
@@ -301,7 +305,7 @@ impl Session {
             let Some((seq, message)) = self.queue.pop_front() else {
                 break;
             };
-            self.queued_bytes -= message.payload.len();
+            self.queued_bytes = self.queued_bytes.saturating_sub(message.payload.len());
             // Bounded: the connection takes them after every drain.
             if let Some(at) = message.enqueued_at {
                 if self.delivered_stamps.len() < 4096 {
