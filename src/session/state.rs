@@ -154,7 +154,6 @@ impl Session {
             }
         }
         s.inbound_qos2 = inbound.into_iter().collect();
-        s.queued_bytes = s.queue.iter().map(|(_, m)| m.payload.len()).sum();
         s
     }
 
@@ -262,7 +261,6 @@ impl Session {
         self.next_seq += 1;
         self.queued_bytes += message.payload.len();
         self.journal_put(seq, &message, None, None);
-        self.queued_bytes += message.payload.len();
         self.queue.push_back((seq, message));
     }
 
