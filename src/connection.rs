@@ -662,6 +662,11 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
 
     /// Writes whatever is pending, giving up after a short time.
     async fn flush_best_effort(&mut self) {
+        // Acknowledgements still pending (e.g. from the shutdown's last reads) promise
+        // durability too.
+        if let (Some(ticket), Some(storage)) = (self.pending_ticket.take(), &self.shared.storage) {
+            storage.wait_durable(ticket).await;
+        }
         self.encode_out();
         let wbuf = std::mem::take(&mut self.wbuf);
         let write = async {

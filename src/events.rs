@@ -4,12 +4,13 @@
 //! A slow consumer never slows the broker: the channel keeps the newest
 //! [`EVENT_CAPACITY`] events, and a receiver that fell further behind gets
 //! `Err(RecvError::Lagged(n))` from `recv()`, telling it how many events it missed, and then
-//! continues with the oldest event still held. Emitting costs nothing measurable when
-//! nobody listens: events are only built when a receiver exists.
+//! continues with the oldest event still held. Emitting costs one atomic load until the
+//! first receiver is handed out: events are only built from then on.
 
 use crate::config::TransportKind;
 use crate::protocol::QoS;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -173,12 +174,16 @@ pub enum BrokerEvent {
 #[derive(Debug)]
 pub(crate) struct EventBus {
     tx: broadcast::Sender<BrokerEvent>,
+    /// Set once a receiver was ever handed out: until then emitting costs one atomic load
+    /// (asking the channel for its receiver count would take its lock on every message).
+    active: AtomicBool,
 }
 
 impl Default for EventBus {
     fn default() -> Self {
         EventBus {
             tx: broadcast::channel(EVENT_CAPACITY).0,
+            active: AtomicBool::new(false),
         }
     }
 }
@@ -186,14 +191,16 @@ impl Default for EventBus {
 impl EventBus {
     /// A new receiver that sees events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<BrokerEvent> {
-        self.tx.subscribe()
+        let rx = self.tx.subscribe();
+        self.active.store(true, Ordering::Release);
+        rx
     }
 
-    /// Sends the event built by `make`, building it only when somebody listens.
+    /// Sends the event built by `make`, building it only once somebody has listened.
     #[inline]
     pub fn emit(&self, make: impl FnOnce() -> BrokerEvent) {
-        if self.tx.receiver_count() > 0 {
-            // An error only means every receiver went away meanwhile.
+        if self.active.load(Ordering::Acquire) {
+            // An error only means every receiver went away.
             let _ = self.tx.send(make());
         }
     }

@@ -3,7 +3,9 @@
 //! Layers, each in its own module: [`protocol`] (codec, no I/O), [`transport`]
 //! (listeners), [`session`] (sans-IO session state), [`routing`] (topic trie, retained
 //! messages), [`config`], [`metrics`], and [`broker`] which wires them; [`connection`]
-//! is the async shell that moves bytes between a socket and a session.
+//! is the async shell that moves bytes between a socket and a session. Operations:
+//! [`admin`] (the HTTP admin API), [`events`] (typed events for embedders), and the
+//! crate-internal `ops` (readiness, client registry, graceful shutdown) and `limits`.
 
 pub mod admin;
 pub mod auth;

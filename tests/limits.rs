@@ -315,3 +315,29 @@ async fn core_limits_are_counted_in_metrics() {
     );
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn limits_follow_a_live_reload() {
+    let (broker, _admin) = start(|c| c.limits.max_subscriptions = 1).await;
+    let (mut c, _) = RawClient::connect(broker.local_addr(), "c", true).await;
+    assert_eq!(
+        c.subscribe(1, &[("a", QoS::AtMostOnce), ("b", QoS::AtMostOnce)])
+            .await,
+        vec![SubAckCode::Granted(QoS::AtMostOnce), SubAckCode::Failure]
+    );
+    let mut config = broker.config();
+    config.limits.max_subscriptions = 3;
+    config.limits.max_topic_levels = 1;
+    broker.reload(config).await.expect("reload");
+    // The connected client gets the new limits for its next packets: one more
+    // subscription fits, a two-level filter no longer does.
+    assert_eq!(
+        c.subscribe(2, &[("b", QoS::AtMostOnce), ("c/d", QoS::AtMostOnce)])
+            .await,
+        vec![SubAckCode::Granted(QoS::AtMostOnce), SubAckCode::Failure]
+    );
+    c.send(&publish("x/y", b"deep", QoS::AtMostOnce, None, false))
+        .await;
+    assert_eq!(c.recv().await, None, "closed by the lowered level limit");
+    broker.shutdown().await;
+}
