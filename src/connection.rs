@@ -486,6 +486,11 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     ) -> Close {
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut deadline = idle_limit.map_or(far_future, |d| Instant::now() + d);
+        // Packets that arrived in the same read as CONNECT are already buffered: handle them
+        // now, not when the client happens to send more.
+        if let Err(close) = self.handle_buffered(entry) {
+            return close;
+        }
         // TLS and WebSocket streams buffer internally: flush once the write buffer is drained.
         let mut needs_flush = false;
         loop {
@@ -513,16 +518,8 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                         if let Some(d) = idle_limit {
                             deadline = Instant::now() + d;
                         }
-                        loop {
-                            match self.decode_one() {
-                                Ok(Some(p)) => {
-                                    if let Err(close) = self.handle(entry, p) {
-                                        return close;
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(close) => return close,
-                            }
+                        if let Err(close) = self.handle_buffered(entry) {
+                            return close;
                         }
                     }
                     Err(e) => return Close::Io(e),
@@ -533,6 +530,14 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 _ = tokio::time::sleep_until(deadline), if idle_limit.is_some() => return Close::KeepAlive,
             }
         }
+    }
+
+    /// Handles every complete packet in the read buffer.
+    fn handle_buffered(&mut self, entry: &Arc<SessionEntry>) -> Result<(), Close> {
+        while let Some(p) = self.decode_one()? {
+            self.handle(entry, p)?;
+        }
+        Ok(())
     }
 
     /// Handles one packet from a connected client.
