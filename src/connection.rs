@@ -334,7 +334,9 @@ async fn authenticate(
                 entry.0 = entry.0.saturating_add(1);
                 entry.1 = std::time::Instant::now();
                 let factor = 1u32 << (entry.0 - 1).min(16);
-                (cfg.auth_failure_delay.get() * factor).min(cfg.auth_failure_max_delay.get())
+                // Saturating: a delay of years times 2^16 must not overflow (and panic).
+                (cfg.auth_failure_delay.get().saturating_mul(factor))
+                    .min(cfg.auth_failure_max_delay.get())
             };
             // The password itself is never logged.
             warn!(
