@@ -14,6 +14,7 @@ use crate::protocol::{
     ConnAck, Connect, ConnectReturnCode, LastWill, Packet, ProtocolError, Publish, QoS, SubAck,
     SubAckCode,
 };
+use crate::routing::trie::MAX_FILTER_LEVELS;
 use crate::routing::Message;
 use crate::session::InboundQos2;
 use bytes::BytesMut;
@@ -561,6 +562,17 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 let mut codes = Vec::with_capacity(s.filters.len());
                 let mut granted = Vec::with_capacity(s.filters.len());
                 for (filter, requested) in &s.filters {
+                    let levels = filter.bytes().filter(|&b| b == b'/').count() + 1;
+                    if levels > MAX_FILTER_LEVELS {
+                        // Refused like a denied filter [MQTT-3.9.3-1]; see MAX_FILTER_LEVELS.
+                        warn!(
+                            levels,
+                            max = MAX_FILTER_LEVELS,
+                            "subscription refused: topic filter has too many levels"
+                        );
+                        codes.push(SubAckCode::Failure);
+                        continue;
+                    }
                     let request = AclRequest {
                         action: AclAction::Subscribe,
                         topic: filter,
