@@ -139,7 +139,7 @@ pub(crate) struct Attached {
 }
 
 impl Shared {
-    fn new(runtime: Runtime) -> Shared {
+    pub(crate) fn new(runtime: Runtime) -> Shared {
         Shared {
             runtime: ArcSwap::from_pointee(runtime),
             auth_failures: Mutex::new(HashMap::new()),

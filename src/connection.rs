@@ -240,6 +240,13 @@ where
         .attach(&client, conn_id, cancel.clone(), done_rx)
         .await;
     let entry = attached.entry;
+    // From here on the session is detached however the task ends, a panic included.
+    let attachment = Attachment {
+        shared: shared.clone(),
+        entry: entry.clone(),
+        conn_id,
+        done: done_tx,
+    };
     // [MQTT-3.2.2-1], [MQTT-3.2.2-2]: session present only when a stored session resumed.
     conn.out.push(Packet::ConnAck(ConnAck {
         session_present: attached.session_present,
@@ -289,8 +296,25 @@ where
             publish_will(&shared, &client, will);
         }
     }
-    shared.detach(&entry, conn_id);
-    let _ = done_tx.send(true);
+    // Detaches only after the will is published, so a takeover sees it first.
+    drop(attachment);
+}
+
+/// Detaches a connection from its session when dropped: on the normal path after the will
+/// is published, and while unwinding if the task panics, so that the session is not left
+/// owned by a dead connection (a clean one would leak; a takeover would wait for `done`).
+struct Attachment {
+    shared: Arc<Shared>,
+    entry: Arc<SessionEntry>,
+    conn_id: u64,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.shared.detach(&self.entry, self.conn_id);
+        let _ = self.done.send(true);
+    }
 }
 
 /// Runs the authentication chain off the async workers (password hashing and plugins are
