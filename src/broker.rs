@@ -186,7 +186,7 @@ pub(crate) struct Attached {
 }
 
 impl Shared {
-    fn new(runtime: Runtime, storage: Option<Arc<StorageHandle>>) -> Shared {
+    pub(crate) fn new(runtime: Runtime, storage: Option<Arc<StorageHandle>>) -> Shared {
         let generation = runtime.generation;
         Shared {
             storage,

@@ -17,6 +17,7 @@ use crate::protocol::{
     ConnAck, Connect, ConnectReturnCode, LastWill, Packet, ProtocolError, Publish, QoS, SubAck,
     SubAckCode,
 };
+use crate::routing::trie::MAX_FILTER_LEVELS;
 use crate::routing::Message;
 use crate::session::InboundQos2;
 use bytes::BytesMut;
@@ -260,6 +261,13 @@ where
         .attach(&client, conn_id, cancel.clone(), done_rx)
         .await;
     let entry = attached.entry;
+    // From here on the session is detached however the task ends, a panic included.
+    let attachment = Attachment {
+        shared: shared.clone(),
+        entry: entry.clone(),
+        conn_id,
+        done: done_tx,
+    };
     // [MQTT-3.2.2-1], [MQTT-3.2.2-2]: session present only when a stored session resumed.
     conn.out.push(Packet::ConnAck(ConnAck {
         session_present: attached.session_present,
@@ -339,8 +347,25 @@ where
             publish_will(&shared, &client, will);
         }
     }
-    shared.detach(&entry, conn_id);
-    let _ = done_tx.send(true);
+    // Detaches only after the will is published, so a takeover sees it first.
+    drop(attachment);
+}
+
+/// Detaches a connection from its session when dropped: on the normal path after the will
+/// is published, and while unwinding if the task panics, so that the session is not left
+/// owned by a dead connection (a clean one would leak; a takeover would wait for `done`).
+struct Attachment {
+    shared: Arc<Shared>,
+    entry: Arc<SessionEntry>,
+    conn_id: u64,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.shared.detach(&self.entry, self.conn_id);
+        let _ = self.done.send(true);
+    }
 }
 
 /// Classifies how a connected client's connection ended, for metrics and events.
@@ -423,7 +448,9 @@ async fn authenticate(
                 entry.0 = entry.0.saturating_add(1);
                 entry.1 = std::time::Instant::now();
                 let factor = 1u32 << (entry.0 - 1).min(16);
-                (cfg.auth_failure_delay.get() * factor).min(cfg.auth_failure_max_delay.get())
+                // Saturating: a delay of years times 2^16 must not overflow (and panic).
+                (cfg.auth_failure_delay.get().saturating_mul(factor))
+                    .min(cfg.auth_failure_max_delay.get())
             };
             // The password itself is never logged.
             warn!(
@@ -690,6 +717,11 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     ) -> Close {
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut deadline = idle_limit.map_or(far_future, |d| Instant::now() + d);
+        // Packets that arrived in the same read as CONNECT are already buffered: handle them
+        // now, not when the client happens to send more.
+        if let Err(close) = self.process_buffered(entry) {
+            return close;
+        }
         // TLS and WebSocket streams buffer internally: flush once the write buffer is drained.
         let mut needs_flush = false;
         loop {
@@ -824,6 +856,17 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 let mut granted = Vec::with_capacity(s.filters.len());
                 let limits = &runtime.config.limits;
                 for (filter, requested) in &s.filters {
+                    let levels = filter.bytes().filter(|&b| b == b'/').count() + 1;
+                    if levels > MAX_FILTER_LEVELS {
+                        // Refused like a denied filter [MQTT-3.9.3-1]; see MAX_FILTER_LEVELS.
+                        warn!(
+                            levels,
+                            max = MAX_FILTER_LEVELS,
+                            "subscription refused: topic filter has too many levels"
+                        );
+                        codes.push(SubAckCode::Failure);
+                        continue;
+                    }
                     if let Some(over) = limits.check_topic(filter) {
                         let kind = topic_limit_kind(over);
                         self.refuse(kind, "SUBSCRIBE filter refused with 0x80");
