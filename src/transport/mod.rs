@@ -312,7 +312,10 @@ mod tests {
         // The current-thread runtime runs every task on this thread, so a thread-local
         // subscriber sees the broker's lines.
         let _log = tracing::subscriber::set_default(subscriber);
-        let shared = Arc::new(Shared::new(build_runtime(Config::default(), 1).unwrap(), None));
+        let shared = Arc::new(Shared::new(
+            build_runtime(Config::default(), 1).unwrap(),
+            None,
+        ));
 
         for (id, clean) in [("persistent", false), ("clean", true)] {
             let mut input = connect_bytes(id, clean);
