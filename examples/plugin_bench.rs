@@ -102,8 +102,8 @@ fn bench_calls() {
     let password = {
         // device-auth's expected password, so the benchmark measures the accepting path.
         use hmac::{Hmac, Mac};
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"benchmark-secret-0123456789")
-            .expect("key");
+        let mut mac =
+            Hmac::<sha2::Sha256>::new_from_slice(b"benchmark-secret-0123456789").expect("key");
         mac.update(b"dev-1");
         mac.finalize()
             .into_bytes()
@@ -219,7 +219,11 @@ async fn connect(addr: std::net::SocketAddr, id: &str, user: Option<&str>) -> Tc
 
 /// Publishes `total` QoS 0 messages from `publishers` clients and counts what one subscriber
 /// receives; returns (messages delivered per second, delivered, elapsed).
-async fn throughput(broker: &BrokerHandle, publishers: usize, total: usize) -> (f64, usize, Duration) {
+async fn throughput(
+    broker: &BrokerHandle,
+    publishers: usize,
+    total: usize,
+) -> (f64, usize, Duration) {
     let addr = broker.local_addr();
     let mut sub = connect(addr, "ops", Some("admin")).await;
     sub.write_all(&encode(&Packet::Subscribe(Subscribe {
@@ -289,11 +293,13 @@ async fn throughput(broker: &BrokerHandle, publishers: usize, total: usize) -> (
 }
 
 async fn start(plugins: Vec<PluginConfig>) -> BrokerHandle {
-    let mut config = Config::default();
-    config.listeners = vec![BrokerHandle::loopback_listener()];
+    let mut config = Config {
+        listeners: vec![BrokerHandle::loopback_listener()],
+        plugins,
+        ..Default::default()
+    };
     // Room for bursts, so that the rate measures the broker and not queue-full drops.
     config.performance.message_queue_limit = 100_000;
-    config.plugins = plugins;
     Broker::start(config).await.expect("broker starts")
 }
 
