@@ -277,6 +277,7 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(5),
             tls_identity: None,
             use_identity_as_username: false,
+            cancel: CancellationToken::new(),
         }
     }
 
