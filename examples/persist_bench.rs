@@ -31,7 +31,10 @@ impl Client {
     async fn connect(addr: SocketAddr, id: &str, clean: bool) -> Client {
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).expect("nodelay");
-        let mut c = Client { stream, buf: BytesMut::with_capacity(64 * 1024) };
+        let mut c = Client {
+            stream,
+            buf: BytesMut::with_capacity(64 * 1024),
+        };
         c.send(&Packet::Connect(Box::new(Connect {
             protocol: ProtocolLevel::V311,
             clean_session: clean,
@@ -80,7 +83,11 @@ async fn throughput(label: &str, config: Config, seconds: u64) -> f64 {
     let broker = Broker::start(config).await.expect("start");
     let addr = broker.local_addr();
     let mut sub = Client::connect(addr, "bench-sub", false).await;
-    sub.send(&Packet::Subscribe(Subscribe { pid: 1, filters: vec![("bench/#".into(), QoS::AtLeastOnce)] })).await;
+    sub.send(&Packet::Subscribe(Subscribe {
+        pid: 1,
+        filters: vec![("bench/#".into(), QoS::AtLeastOnce)],
+    }))
+    .await;
     let _ = sub.recv().await;
     let received = Arc::new(AtomicU64::new(0));
     let r = received.clone();
@@ -107,7 +114,15 @@ async fn throughput(label: &str, config: Config, seconds: u64) -> f64 {
             let mut outstanding = 0;
             while !stop.load(Ordering::Relaxed) || outstanding > 0 {
                 while outstanding < 16 && !stop.load(Ordering::Relaxed) {
-                    c.send(&Packet::Publish(Publish { dup: false, qos: QoS::AtLeastOnce, retain: false, topic: topic.clone(), pid: Some(next), payload: payload.clone() })).await;
+                    c.send(&Packet::Publish(Publish {
+                        dup: false,
+                        qos: QoS::AtLeastOnce,
+                        retain: false,
+                        topic: topic.clone(),
+                        pid: Some(next),
+                        payload: payload.clone(),
+                    }))
+                    .await;
                     next = next.checked_add(1).unwrap_or(1);
                     outstanding += 1;
                 }
@@ -143,7 +158,15 @@ async fn throughput(label: &str, config: Config, seconds: u64) -> f64 {
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0)))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse()
+                    .unwrap_or(0)
+            })
+        })
         .unwrap_or(0)
 }
 
@@ -157,7 +180,14 @@ async fn recovery(retained: usize, queued: usize) {
         for chunk in (0..retained).collect::<Vec<_>>().chunks(50_000) {
             let ops: Vec<StorageOp> = chunk
                 .iter()
-                .map(|i| StorageOp::PutRetained(Message::new(&format!("sensors/{}/{}", i / 1000, i % 1000), payload.clone(), QoS::AtLeastOnce, true)))
+                .map(|i| {
+                    StorageOp::PutRetained(Message::new(
+                        &format!("sensors/{}/{}", i / 1000, i % 1000),
+                        payload.clone(),
+                        QoS::AtLeastOnce,
+                        true,
+                    ))
+                })
                 .collect();
             store.apply(&ops, false).expect("write");
         }
@@ -165,11 +195,23 @@ async fn recovery(retained: usize, queued: usize) {
         let mut ops = Vec::new();
         for s in 0..sessions {
             let id: Arc<str> = Arc::from(format!("device-{s}").as_str());
-            ops.push(StorageOp::PutSession { client_id: id.clone(), record: SessionRecord { username: None, subscriptions: vec![("cmd/#".into(), QoS::AtLeastOnce)], last_seen_ms: 0 } });
+            ops.push(StorageOp::PutSession {
+                client_id: id.clone(),
+                record: SessionRecord {
+                    username: None,
+                    subscriptions: vec![("cmd/#".into(), QoS::AtLeastOnce)],
+                    last_seen_ms: 0,
+                },
+            });
             for q in 0..queued / sessions {
                 ops.push(StorageOp::PutMessage {
                     client_id: id.clone(),
-                    stored: StoredMessage { seq: q as u64 + 1, message: Message::new("cmd/x", payload.clone(), QoS::AtLeastOnce, false), pid: None, state: None },
+                    stored: StoredMessage {
+                        seq: q as u64 + 1,
+                        message: Message::new("cmd/x", payload.clone(), QoS::AtLeastOnce, false),
+                        pid: None,
+                        state: None,
+                    },
                 });
             }
         }
@@ -204,7 +246,10 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("recovery") => {
-            let retained = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+            let retained = args
+                .get(2)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(1_000_000);
             let queued = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(100_000);
             recovery(retained, queued).await;
         }
@@ -212,8 +257,16 @@ async fn main() {
             let seconds = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
             let memory = throughput("memory", base_config(), seconds).await;
             let mut results = vec![("memory", memory)];
-            for (label, sync) in [("file, sync: never", SyncPolicy::Never), ("file, sync: interval", SyncPolicy::Interval), ("file, sync: always", SyncPolicy::Always)] {
-                let dir = std::env::temp_dir().join(format!("mqtt-persist-bench-{}-{:?}", std::process::id(), sync));
+            for (label, sync) in [
+                ("file, sync: never", SyncPolicy::Never),
+                ("file, sync: interval", SyncPolicy::Interval),
+                ("file, sync: always", SyncPolicy::Always),
+            ] {
+                let dir = std::env::temp_dir().join(format!(
+                    "mqtt-persist-bench-{}-{:?}",
+                    std::process::id(),
+                    sync
+                ));
                 let _ = std::fs::remove_dir_all(&dir);
                 let mut config = base_config();
                 config.persistence.storage_type = StorageType::File;

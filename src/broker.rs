@@ -5,6 +5,7 @@
 use crate::config::StorageType;
 use crate::config::{Config, ListenerConfig, TransportKind};
 use crate::hooks::{AclAction, AclRequest, ClientInfo, SecurityChain};
+use crate::metrics::ops::LimitKind;
 use crate::metrics::{
     ByteStats, ConnectionStats, Counters, InflightStats, MessageStats, SessionStats, StatsSnapshot,
     SubscriptionStats,
@@ -76,6 +77,8 @@ pub struct Runtime {
     pub tls: HashMap<String, Arc<tokio_rustls::rustls::ServerConfig>>,
     /// Listener settings by name, read at each accept.
     pub listeners: HashMap<String, Arc<ListenerConfig>>,
+    /// Bearer token of the admin API, from `admin.token_file`.
+    pub admin_token: Option<crate::admin::Token>,
     /// The Wasm plugins of this generation (also in `security`), for stats.
     pub plugins: crate::plugins::PluginSet,
 }
@@ -84,6 +87,7 @@ pub struct Runtime {
 /// plugins. Pure with respect to the running broker, so a failure changes nothing.
 pub(crate) fn build_runtime(config: Config, generation: u64) -> Result<Runtime, BrokerError> {
     config.validate(std::path::Path::new("<config>"))?;
+    let admin_token = crate::admin::load_token(&config.admin)?;
     let mut security = crate::auth::build_security_chain(&config.security)?;
     // Plugins come after the built-in checks, in list order.
     let plugins = crate::plugins::PluginSet::load_configured(&config.plugins)?;
@@ -100,6 +104,7 @@ pub(crate) fn build_runtime(config: Config, generation: u64) -> Result<Runtime, 
         security,
         tls,
         listeners,
+        admin_token,
         plugins,
     })
 }
@@ -112,6 +117,7 @@ impl Runtime {
             inflight_window: p.inflight_window_size,
             queue_limit: p.message_queue_limit,
             queue_qos0_offline: p.queue_qos0_offline,
+            queue_bytes_limit: self.config.limits.max_queued_bytes,
         }
     }
 }
@@ -167,6 +173,8 @@ pub(crate) struct Shared {
     pub last_reload: Mutex<ReloadStatus>,
     /// Recent authentication failures per source address, for the back-off delay.
     pub auth_failures: Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+    /// Events, client registry, readiness (see `crate::ops`).
+    pub ops: crate::ops::OpsState,
     next_conn_id: AtomicU64,
     started_nanos: u128,
 }
@@ -178,7 +186,7 @@ pub(crate) struct Attached {
 }
 
 impl Shared {
-    fn new(runtime: Runtime, storage: Option<Arc<StorageHandle>>) -> Shared {
+    pub(crate) fn new(runtime: Runtime, storage: Option<Arc<StorageHandle>>) -> Shared {
         let generation = runtime.generation;
         Shared {
             storage,
@@ -193,6 +201,7 @@ impl Shared {
             }),
             runtime: ArcSwap::from_pointee(runtime),
             auth_failures: Mutex::new(HashMap::new()),
+            ops: crate::ops::OpsState::default(),
             sessions: Mutex::new(HashMap::new()),
             subscriptions: RwLock::new(SubscriptionTrie::new()),
             retained: RwLock::new(RetainedStore::new()),
@@ -451,9 +460,15 @@ impl Shared {
             return None;
         }
         let mut state = entry.state.lock();
+        let now = std::time::Instant::now();
         for m in messages {
             let qos = m.qos.min(granted);
-            state.enqueue_retained(Message { qos, ..m });
+            // Latency is measured from this subscription, not from when the message was retained.
+            state.enqueue_retained(Message {
+                qos,
+                enqueued_at: Some(now),
+                ..m
+            });
         }
         let ticket = self.persist(&mut state);
         drop(state);
@@ -471,7 +486,8 @@ impl Shared {
     /// acknowledged.
     ///
     /// Stores or deletes the retained message first when RETAIN is set [MQTT-3.3.1-5].
-    pub fn publish_tracked(&self, msg: Message) -> (usize, Option<u64>) {
+    pub fn publish_tracked(&self, mut msg: Message) -> (usize, Option<u64>) {
+        msg.enqueued_at.get_or_insert_with(std::time::Instant::now);
         let runtime = self.runtime.load();
         let mut ticket = None;
         if msg.retain {
@@ -506,7 +522,10 @@ impl Shared {
                 targets.push((sub.session.clone(), sub.qos))
             });
         if targets.is_empty() {
-            Counters::inc(&self.counters.dropped_no_subscribers);
+            // The broker's own `$SYS` updates are not client messages nobody wanted.
+            if !msg.topic.starts_with("$SYS/") {
+                Counters::inc(&self.counters.dropped_no_subscribers);
+            }
             return (0, ticket);
         }
         // One delivery per client, at the highest QoS of its matching subscriptions [MQTT-3.3.5-1].
@@ -559,7 +578,23 @@ impl Shared {
                 Err(DropReason::QueueFull) => {
                     drop(state);
                     Counters::inc(&self.counters.dropped_queue_full);
-                    warn!(client_id = %entry.client_id, topic = %msg.topic, "message dropped: subscriber queue full (message_queue_limit)");
+                    self.counters.ops.limit(LimitKind::MessageQueueLimit);
+                    if self
+                        .ops
+                        .first_warning(&entry.client_id, LimitKind::MessageQueueLimit)
+                    {
+                        warn!(client_id = %entry.client_id, topic = %msg.topic, "message dropped: subscriber queue full (message_queue_limit); logged once per connection, counted in /metrics");
+                    }
+                }
+                Err(DropReason::QueueBytesFull) => {
+                    drop(state);
+                    self.counters.ops.limit(LimitKind::MaxQueuedBytes);
+                    if self
+                        .ops
+                        .first_warning(&entry.client_id, LimitKind::MaxQueuedBytes)
+                    {
+                        warn!(client_id = %entry.client_id, topic = %msg.topic, "message dropped: subscriber queue holds limits.max_queued_bytes; logged once per connection, counted in /metrics");
+                    }
                 }
                 Err(DropReason::Qos0Offline) => Counters::inc(&self.counters.dropped_offline_qos0),
             }
@@ -699,6 +734,10 @@ impl Broker {
                 }
             }
         });
+        // Storage was recovered above, before any listener opened: now the broker is ready.
+        shared.ops.ready.store(true, Ordering::Relaxed);
+        crate::admin::start(&shared).await;
+        crate::metrics::sys::spawn(&shared);
         Ok(BrokerHandle { shared })
     }
 }
@@ -804,6 +843,15 @@ impl Shared {
             error: result.as_ref().err().map(|e| e.to_string()),
             at: std::time::SystemTime::now(),
         };
+        let event = status.clone();
+        drop(status);
+        self.ops
+            .events
+            .emit(|| crate::events::BrokerEvent::ConfigReloaded {
+                generation: event.generation,
+                ok: event.ok,
+                error: event.error,
+            });
         match &result {
             Ok(generation) => {
                 Counters::inc(&self.counters.reloads_ok);
@@ -826,6 +874,7 @@ impl Shared {
         if config.performance.worker_threads != current.config.performance.worker_threads {
             return Err(BrokerError::NotReloadable("performance.worker_threads"));
         }
+        crate::admin::check_reload(&current.config.admin, &config.admin)?;
         let generation = current.generation + 1;
         // Reading files and compiling plugins is slow: keep it off the async workers.
         let runtime = tokio::task::spawn_blocking(move || build_runtime(config, generation))
@@ -927,6 +976,14 @@ impl BrokerHandle {
                     error: Some(err.to_string()),
                     at: std::time::SystemTime::now(),
                 };
+                self.shared
+                    .ops
+                    .events
+                    .emit(|| crate::events::BrokerEvent::ConfigReloaded {
+                        generation: self.generation(),
+                        ok: false,
+                        error: Some(err.to_string()),
+                    });
                 Err(err)
             }
         }
@@ -938,7 +995,12 @@ impl BrokerHandle {
         &self,
         path: std::path::PathBuf,
     ) -> Result<(), crate::config::watch::WatchError> {
+        self.set_config_path(path.clone());
         crate::config::watch::spawn(self.clone(), path)
+    }
+
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        BrokerHandle { shared }
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
@@ -955,23 +1017,35 @@ impl BrokerHandle {
         self.shared.runtime.load().config.clone()
     }
 
-    /// Stops accepting, closes every connection and waits (up to 10 s) for them to end.
-    pub async fn shutdown(self) {
-        for l in std::mem::take(&mut *self.shared.listeners.lock().await) {
-            l.stop(false);
-        }
-        self.shared.shutdown.cancel();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while Counters::get(&self.shared.counters.connections) > 0
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if let Some(storage) = self.shared.storage.clone() {
-            // Everything journaled is written and made durable before returning.
-            let _ = tokio::task::spawn_blocking(move || storage.close()).await;
-        }
-        info!("broker stopped");
+    /// Graceful shutdown: readiness turns 503, then (after `server.drain_delay`) listeners
+    /// stop accepting and every connection is closed after acknowledging what it already
+    /// sent; waits up to `server.shutdown_timeout` for them to end. Returns whether every
+    /// connection ended in time.
+    pub async fn shutdown(self) -> bool {
+        crate::ops::shutdown(&self.shared).await
+    }
+
+    /// Address of the admin HTTP listener, when it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        *self.shared.ops.admin_addr.lock()
+    }
+
+    /// A receiver of typed broker events (see [`crate::events`]): bounded; a receiver that
+    /// falls behind by more than [`crate::events::EVENT_CAPACITY`] events gets
+    /// `RecvError::Lagged(missed)` and continues with the oldest event still held, so a slow
+    /// consumer never slows the broker.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<crate::events::BrokerEvent> {
+        self.shared.ops.events.subscribe()
+    }
+
+    /// Tells the broker which file it was started from, for `POST /api/v1/reload`.
+    pub fn set_config_path(&self, path: std::path::PathBuf) {
+        *self.shared.ops.config_path.lock() = Some(path);
+    }
+
+    /// Whether `/readyz` would answer 200: listeners bound and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ops.is_ready()
     }
 
     /// Convenience for tests and embedders: a listener config on loopback with a free port.

@@ -7,13 +7,17 @@
 
 use crate::broker::{Runtime, SessionEntry, Shared};
 use crate::config::TransportKind;
+use crate::events::{BrokerEvent, DisconnectReason};
 use crate::hooks::{AclAction, AclRequest, ClientInfo, Credentials, DenyReason};
+use crate::limits::TokenBucket;
+use crate::metrics::ops::LimitKind;
 use crate::metrics::Counters;
 use crate::protocol::codec::{self, encode};
 use crate::protocol::{
     ConnAck, Connect, ConnectReturnCode, LastWill, Packet, ProtocolError, Publish, QoS, SubAck,
     SubAckCode,
 };
+use crate::routing::trie::MAX_FILTER_LEVELS;
 use crate::routing::Message;
 use crate::session::InboundQos2;
 use bytes::BytesMut;
@@ -66,6 +70,8 @@ enum Close {
     Cancelled,
     /// A reload revoked the client's credentials (`reauthorize_on_reload`).
     Revoked(String),
+    /// A resource limit that closes the connection (topic too long or too deep).
+    Policy(String),
     /// Socket error.
     Io(std::io::Error),
 }
@@ -145,6 +151,10 @@ where
         certificate_verified: false,
         reload: shared.reload_tx.subscribe(),
         pending_ticket: None,
+        logged: 0,
+        rate_msgs: TokenBucket::new(std::time::Instant::now()),
+        rate_bytes: TokenBucket::new(std::time::Instant::now()),
+        throttle: None,
         client_id: Arc::from(""),
         client: Arc::new(ClientInfo {
             client_id: Arc::from(""),
@@ -161,6 +171,7 @@ where
     let first = tokio::time::timeout_at(info.deadline, conn.read_packet()).await;
     let connect = match first {
         Err(_) => {
+            Counters::inc(&shared.counters.ops.connect_timeouts);
             info!(timeout = %cfg.connect_timeout, "closing: no CONNECT within connect_timeout");
             return;
         }
@@ -207,6 +218,7 @@ where
     let client_id = if connect.client_id.is_empty() {
         if !connect.clean_session {
             // [MQTT-3.1.3-8]
+            Counters::inc(&shared.counters.ops.connects_identifier_rejected);
             info!("refusing connection: empty client id without clean session");
             conn.send_and_close(refuse(ConnectReturnCode::IdentifierRejected))
                 .await;
@@ -249,6 +261,13 @@ where
         .attach(&client, conn_id, cancel.clone(), done_rx)
         .await;
     let entry = attached.entry;
+    // From here on the session is detached however the task ends, a panic included.
+    let attachment = Attachment {
+        shared: shared.clone(),
+        entry: entry.clone(),
+        conn_id,
+        done: done_tx,
+    };
     // [MQTT-3.2.2-1], [MQTT-3.2.2-2]: session present only when a stored session resumed.
     conn.out.push(Packet::ConnAck(ConnAck {
         session_present: attached.session_present,
@@ -260,6 +279,18 @@ where
         let ticket = shared.persist(&mut state);
         conn.note(ticket);
     }
+    let registration = shared
+        .ops
+        .register(conn_id, &client, &entry, cancel.clone());
+    Counters::inc(&shared.counters.ops.connects_accepted);
+    shared.ops.events.emit(|| BrokerEvent::ClientConnected {
+        client_id: client.client_id.clone(),
+        peer: client.peer,
+        transport: client.transport,
+        username: client.username.clone(),
+        clean_session: client.clean_session,
+        session_present: attached.session_present,
+    });
     info!(
         keep_alive = connect.keep_alive,
         clean_session = connect.clean_session,
@@ -276,7 +307,18 @@ where
         None
     };
     let reason = conn.run(&entry, &cancel, idle_limit).await;
+    if matches!(reason, Close::Cancelled) && shared.shutdown.is_cancelled() {
+        conn.finish_inbound(&entry).await;
+    }
     conn.flush_best_effort().await;
+    let why = disconnect_reason(&reason, &shared, &entry, conn_id, registration.kicked());
+    drop(registration);
+    shared.counters.ops.disconnect(why);
+    shared.ops.events.emit(|| BrokerEvent::ClientDisconnected {
+        client_id: client.client_id.clone(),
+        peer: client.peer,
+        reason: why,
+    });
 
     match &reason {
         Close::Disconnect => info!("client disconnected"),
@@ -292,10 +334,8 @@ where
             Counters::inc(&shared.counters.protocol_errors);
             warn!(reason = %r, "closing: protocol error");
         }
-        Close::Cancelled if shared.shutdown.is_cancelled() => {
-            info!("closing: broker shutting down")
-        }
-        Close::Cancelled => info!("closing: session taken over or connection closed by operator"),
+        Close::Cancelled => info!(reason = why.as_str(), "closing: connection cancelled"),
+        Close::Policy(r) => warn!(reason = %r, "closing: resource limit"),
         Close::Io(e) => info!(error = %e, "connection error"),
         Close::Revoked(why) => {
             Counters::inc(&shared.counters.reauth_disconnects);
@@ -307,8 +347,54 @@ where
             publish_will(&shared, &client, will);
         }
     }
-    shared.detach(&entry, conn_id);
-    let _ = done_tx.send(true);
+    // Detaches only after the will is published, so a takeover sees it first.
+    drop(attachment);
+}
+
+/// Detaches a connection from its session when dropped: on the normal path after the will
+/// is published, and while unwinding if the task panics, so that the session is not left
+/// owned by a dead connection (a clean one would leak; a takeover would wait for `done`).
+struct Attachment {
+    shared: Arc<Shared>,
+    entry: Arc<SessionEntry>,
+    conn_id: u64,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.shared.detach(&self.entry, self.conn_id);
+        let _ = self.done.send(true);
+    }
+}
+
+/// Classifies how a connected client's connection ended, for metrics and events.
+fn disconnect_reason(
+    close: &Close,
+    shared: &Shared,
+    entry: &SessionEntry,
+    conn_id: u64,
+    kicked: bool,
+) -> DisconnectReason {
+    match close {
+        Close::Disconnect => DisconnectReason::Disconnect,
+        Close::PeerClosed => DisconnectReason::PeerClosed,
+        Close::KeepAlive => DisconnectReason::KeepAlive,
+        Close::Protocol(_) => DisconnectReason::ProtocolError,
+        Close::Policy(_) => DisconnectReason::Policy,
+        Close::Revoked(_) => DisconnectReason::Revoked,
+        Close::Io(_) => DisconnectReason::IoError,
+        Close::Cancelled if shared.shutdown.is_cancelled() => DisconnectReason::Shutdown,
+        Close::Cancelled if kicked => DisconnectReason::Admin,
+        Close::Cancelled => {
+            let owner = entry.owner.lock().as_ref().map(|o| o.conn_id);
+            if owner == Some(conn_id) {
+                DisconnectReason::ListenerRemoved
+            } else {
+                DisconnectReason::TakenOver
+            }
+        }
+    }
 }
 
 /// Runs the authentication chain off the async workers (password hashing and plugins are
@@ -340,6 +426,15 @@ async fn authenticate(
         }
         Err((reason, why)) => {
             Counters::inc(&shared.counters.auth_failure);
+            shared
+                .ops
+                .events
+                .emit(|| crate::events::BrokerEvent::AuthFailed {
+                    client_id: client.client_id.clone(),
+                    username: client.username.clone(),
+                    peer: client.peer,
+                    reason: why.clone(),
+                });
             let delay = {
                 let cfg = &runtime.config.security;
                 let mut failures = shared.auth_failures.lock();
@@ -353,7 +448,9 @@ async fn authenticate(
                 entry.0 = entry.0.saturating_add(1);
                 entry.1 = std::time::Instant::now();
                 let factor = 1u32 << (entry.0 - 1).min(16);
-                (cfg.auth_failure_delay.get() * factor).min(cfg.auth_failure_max_delay.get())
+                // Saturating: a delay of years times 2^16 must not overflow (and panic).
+                (cfg.auth_failure_delay.get().saturating_mul(factor))
+                    .min(cfg.auth_failure_max_delay.get())
             };
             // The password itself is never logged.
             warn!(
@@ -402,6 +499,7 @@ fn publish_will(shared: &Shared, client: &ClientInfo, will: &LastWill) {
         payload: will.payload.clone(),
         qos: will.qos,
         retain: will.retain,
+        enqueued_at: None,
     });
 }
 
@@ -422,6 +520,12 @@ struct Conn<S> {
     reload: watch::Receiver<u64>,
     /// Storage ticket that must be durable before the pending output is written.
     pending_ticket: Option<u64>,
+    /// `LimitKind::bit`s of the refusals already logged for this connection.
+    logged: u32,
+    rate_msgs: TokenBucket,
+    rate_bytes: TokenBucket,
+    /// Reading is paused until then: the client is over its publish rate.
+    throttle: Option<Instant>,
 }
 
 impl<S: AsyncRead + AsyncWrite> Conn<S> {
@@ -438,6 +542,10 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     fn decode_one(&mut self) -> Result<Option<Packet>, Close> {
         match codec::decode(&mut self.rbuf, self.max_packet_size) {
             Ok(p) => Ok(p),
+            Err(e @ ProtocolError::PacketTooLarge { .. }) => {
+                Counters::inc(&self.shared.counters.ops.oversized_packets);
+                Err(Close::Protocol(e.to_string()))
+            }
             Err(ProtocolError::UnsupportedProtocolLevel(level)) => {
                 // [MQTT-3.1.2-2]: answer CONNACK 0x01, then close.
                 self.out.push(Packet::ConnAck(ConnAck {
@@ -466,18 +574,111 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         }
     }
 
-    /// Encodes pending packets into the write buffer.
-    fn encode_out(&mut self) {
+    /// Encodes pending packets into the write buffer; returns how many were PUBLISH.
+    fn encode_out(&mut self) -> u64 {
         let mut published = 0;
         for p in self.out.drain(..) {
-            if matches!(p, Packet::Publish(_)) {
+            if let Packet::Publish(p) = &p {
                 published += 1;
+                self.shared
+                    .counters
+                    .ops
+                    .publish(false, p.qos, p.payload.len());
             }
             encode(&p, &mut self.wbuf);
         }
         if published > 0 {
             Counters::add(&self.shared.counters.messages_out, published);
         }
+        published
+    }
+
+    /// Records publish-to-deliver latency of the messages the session just handed out.
+    fn observe_latency(&self, entry: &SessionEntry) {
+        let stamps = entry.state.lock().take_delivered_stamps();
+        let now = std::time::Instant::now();
+        for at in stamps {
+            self.shared
+                .counters
+                .ops
+                .deliver_latency
+                .observe(now.saturating_duration_since(at));
+        }
+    }
+
+    /// Logs a refusal the first time it happens on this connection; always counts it.
+    fn refuse(&mut self, kind: LimitKind, detail: &str) {
+        self.shared.counters.ops.limit(kind);
+        if self.logged & kind.bit() == 0 {
+            self.logged |= kind.bit();
+            warn!(
+                limit = kind.as_str(),
+                detail, "limit reached; further refusals of this kind are not logged for this connection but counted in /metrics"
+            );
+        }
+    }
+
+    /// Decodes and handles buffered packets until the buffer is empty or the publish rate
+    /// pauses the client.
+    fn process_buffered(&mut self, entry: &Arc<SessionEntry>) -> Result<(), Close> {
+        while self.throttle.is_none() {
+            match self.decode_one()? {
+                Some(p) => self.handle(entry, p)?,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// At shutdown: handles what the client had already sent (briefly waiting for more
+    /// bytes in flight), so that every QoS 1/2 PUBLISH it sent is acknowledged before the
+    /// close. Bounded in time so a chatty client cannot hold the shutdown up.
+    async fn finish_inbound(&mut self, entry: &Arc<SessionEntry>) {
+        let until = Instant::now() + Duration::from_millis(500);
+        self.throttle = None;
+        loop {
+            if self.process_buffered(entry).is_err() {
+                return;
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 512 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            let wait =
+                Duration::from_millis(20).min(until.saturating_duration_since(Instant::now()));
+            match tokio::time::timeout(wait, self.rd.read_buf(&mut self.rbuf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    Counters::add(&self.shared.counters.bytes_in, n as u64);
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Charges one PUBLISH to the client's rate budgets; pauses reading when over them.
+    fn charge_publish(&mut self, payload_len: usize) {
+        let (msgs, bytes) = {
+            let runtime = self.shared.runtime.load();
+            let l = &runtime.config.limits;
+            (f64::from(l.publish_rate), l.publish_bytes_rate as f64)
+        };
+        let now = std::time::Instant::now();
+        let by_count = self.rate_msgs.take(msgs, 1.0, now);
+        let by_bytes = self.rate_bytes.take(bytes, payload_len as f64, now);
+        let pause = match (by_count, by_bytes) {
+            (None, None) => return,
+            (Some(a), None) => {
+                self.refuse(LimitKind::PublishRate, "publish_rate: reading paused");
+                a
+            }
+            (a, Some(b)) => {
+                self.refuse(
+                    LimitKind::PublishBytesRate,
+                    "publish_bytes_rate: reading paused",
+                );
+                a.map_or(b, |a| a.max(b))
+            }
+        };
+        self.throttle = Some(Instant::now() + pause);
     }
 
     /// Sends one packet (e.g. a refusing CONNACK) and closes.
@@ -488,6 +689,11 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
 
     /// Writes whatever is pending, giving up after a short time.
     async fn flush_best_effort(&mut self) {
+        // Acknowledgements still pending (e.g. from the shutdown's last reads) promise
+        // durability too.
+        if let (Some(ticket), Some(storage)) = (self.pending_ticket.take(), &self.shared.storage) {
+            storage.wait_durable(ticket).await;
+        }
         self.encode_out();
         let wbuf = std::mem::take(&mut self.wbuf);
         let write = async {
@@ -511,6 +717,11 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     ) -> Close {
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut deadline = idle_limit.map_or(far_future, |d| Instant::now() + d);
+        // Packets that arrived in the same read as CONNECT are already buffered: handle them
+        // now, not when the client happens to send more.
+        if let Err(close) = self.process_buffered(entry) {
+            return close;
+        }
         // TLS and WebSocket streams buffer internally: flush once the write buffer is drained.
         let mut needs_flush = false;
         loop {
@@ -520,7 +731,9 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             {
                 storage.wait_durable(ticket).await;
             }
-            self.encode_out();
+            if self.encode_out() > 0 {
+                self.observe_latency(entry);
+            }
             if self.rbuf.capacity() - self.rbuf.len() < 512 && self.wbuf.len() < WRITE_HARD_LIMIT {
                 self.rbuf.reserve(READ_CHUNK);
             }
@@ -537,31 +750,34 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                     Ok(None) => needs_flush = false,
                     Err(e) => return Close::Io(e),
                 },
-                r = self.rd.read_buf(&mut self.rbuf), if self.wbuf.len() < WRITE_HARD_LIMIT => match r {
+                r = self.rd.read_buf(&mut self.rbuf), if self.wbuf.len() < WRITE_HARD_LIMIT && self.throttle.is_none() => match r {
                     Ok(0) => return Close::PeerClosed,
                     Ok(n) => {
                         Counters::add(&self.shared.counters.bytes_in, n as u64);
                         if let Some(d) = idle_limit {
                             deadline = Instant::now() + d;
                         }
-                        loop {
-                            match self.decode_one() {
-                                Ok(Some(p)) => {
-                                    if let Err(close) = self.handle(entry, p) {
-                                        return close;
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(close) => return close,
-                            }
+                        if let Err(close) = self.process_buffered(entry) {
+                            return close;
                         }
                     }
                     Err(e) => return Close::Io(e),
                 },
+                // Over the publish rate: the socket is not read until the budget refills.
+                _ = tokio::time::sleep_until(self.throttle.unwrap_or(far_future)), if self.throttle.is_some() => {
+                    self.throttle = None;
+                    // A paused client was not idle.
+                    if let Some(d) = idle_limit {
+                        deadline = Instant::now() + d;
+                    }
+                    if let Err(close) = self.process_buffered(entry) {
+                        return close;
+                    }
+                },
                 _ = entry.wake.notified(), if self.wbuf.len() < WRITE_HIGH_WATER => {
                     self.with_session(entry, |s, out| s.drain(out));
                 }
-                _ = tokio::time::sleep_until(deadline), if idle_limit.is_some() => return Close::KeepAlive,
+                _ = tokio::time::sleep_until(deadline), if idle_limit.is_some() && self.throttle.is_none() => return Close::KeepAlive,
                 _ = self.reload.changed() => {
                     if let Err(why) = self.recheck().await {
                         return Close::Revoked(why);
@@ -623,7 +839,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     /// Handles one packet from a connected client.
     fn handle(&mut self, entry: &Arc<SessionEntry>, packet: Packet) -> Result<(), Close> {
         match packet {
-            Packet::Publish(p) => self.handle_publish(entry, p),
+            Packet::Publish(p) => self.handle_publish(entry, p)?,
             Packet::PubAck(pid) => {
                 self.with_session(entry, |s, out| s.puback(pid, out));
             }
@@ -638,7 +854,25 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 let runtime = self.shared.runtime.load();
                 let mut codes = Vec::with_capacity(s.filters.len());
                 let mut granted = Vec::with_capacity(s.filters.len());
+                let limits = &runtime.config.limits;
                 for (filter, requested) in &s.filters {
+                    let levels = filter.bytes().filter(|&b| b == b'/').count() + 1;
+                    if levels > MAX_FILTER_LEVELS {
+                        // Refused like a denied filter [MQTT-3.9.3-1]; see MAX_FILTER_LEVELS.
+                        warn!(
+                            levels,
+                            max = MAX_FILTER_LEVELS,
+                            "subscription refused: topic filter has too many levels"
+                        );
+                        codes.push(SubAckCode::Failure);
+                        continue;
+                    }
+                    if let Some(over) = limits.check_topic(filter) {
+                        let kind = topic_limit_kind(over);
+                        self.refuse(kind, "SUBSCRIBE filter refused with 0x80");
+                        codes.push(SubAckCode::Failure);
+                        continue;
+                    }
                     let request = AclRequest {
                         action: AclAction::Subscribe,
                         topic: filter,
@@ -652,9 +886,28 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                         codes.push(SubAckCode::Failure);
                         continue;
                     }
+                    let held = {
+                        let state = entry.state.lock();
+                        (!state.subscriptions.contains_key(filter.as_str()))
+                            .then(|| state.subscriptions.len())
+                    };
+                    // Replacing an existing subscription never counts against the limit.
+                    if held.is_some_and(|n| n >= limits.max_subscriptions) {
+                        self.refuse(
+                            LimitKind::MaxSubscriptions,
+                            "SUBSCRIBE filter refused with 0x80",
+                        );
+                        codes.push(SubAckCode::Failure);
+                        continue;
+                    }
                     // The broker supports every QoS, so the grant is what was asked [MQTT-3.9.3-2].
                     let ticket = self.shared.subscribe(entry, filter, *requested);
                     self.note(ticket);
+                    self.shared.ops.events.emit(|| BrokerEvent::Subscribed {
+                        client_id: self.client_id.clone(),
+                        filter: filter.clone(),
+                        qos: *requested,
+                    });
                     codes.push(SubAckCode::Granted(*requested));
                     granted.push((filter, *requested));
                 }
@@ -669,6 +922,10 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             Packet::Unsubscribe(u) => {
                 for f in &u.filters {
                     self.shared.unsubscribe(entry, f);
+                    self.shared.ops.events.emit(|| BrokerEvent::Unsubscribed {
+                        client_id: self.client_id.clone(),
+                        filter: f.clone(),
+                    });
                 }
                 // UNSUBACK even when nothing matched [MQTT-3.10.4-5].
                 self.out.push(Packet::UnsubAck(u.pid));
@@ -693,8 +950,29 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         Ok(())
     }
 
-    fn handle_publish(&mut self, entry: &Arc<SessionEntry>, p: Publish) {
+    fn handle_publish(&mut self, entry: &Arc<SessionEntry>, p: Publish) -> Result<(), Close> {
         Counters::inc(&self.shared.counters.messages_in);
+        self.shared
+            .counters
+            .ops
+            .publish(true, p.qos, p.payload.len());
+        let over = self
+            .shared
+            .runtime
+            .load()
+            .config
+            .limits
+            .check_topic(&p.topic);
+        if let Some(over) = over {
+            let kind = topic_limit_kind(over);
+            self.shared.counters.ops.limit(kind);
+            return Err(Close::Policy(format!(
+                "PUBLISH topic beyond limits.{} ({} bytes)",
+                kind.as_str(),
+                p.topic.len()
+            )));
+        }
+        self.charge_publish(p.payload.len());
         match (p.qos, p.pid) {
             (QoS::AtMostOnce, _) => self.route(p),
             (QoS::AtLeastOnce, Some(pid)) => {
@@ -712,11 +990,21 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             // The codec guarantees a packet id for QoS > 0.
             (_, None) => {}
         }
+        Ok(())
     }
 
     /// Checks the ACL, runs transforms and routes the result. A refused PUBLISH is still
     /// acknowledged by the caller (3.1.1 has no negative acknowledgement) but goes nowhere.
     fn route(&mut self, p: Publish) {
+        // Only the broker publishes `$SYS` topics.
+        if &*p.topic == "$SYS" || p.topic.starts_with("$SYS/") {
+            Counters::inc(&self.shared.counters.ops.sys_publish_denied);
+            if self.logged & SYS_LOGGED == 0 {
+                self.logged |= SYS_LOGGED;
+                warn!(topic = %p.topic, "PUBLISH to $SYS refused: acknowledged and dropped (logged once per connection)");
+            }
+            return;
+        }
         let runtime = self.shared.runtime.load();
         let request = AclRequest {
             action: AclAction::Publish,
@@ -738,8 +1026,36 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 warn!(topic = %message.topic, error = %e, "transform produced an invalid topic; dropped");
                 continue;
             }
-            let (_, ticket) = self.shared.publish_tracked(message);
+            let (topic, qos, retain, len) = (
+                message.topic.clone(),
+                message.qos,
+                message.retain,
+                message.payload.len(),
+            );
+            let (subscribers, ticket) = self.shared.publish_tracked(message);
             self.note(ticket);
+            self.shared
+                .ops
+                .events
+                .emit(|| BrokerEvent::MessagePublished {
+                    client_id: self.client_id.clone(),
+                    topic,
+                    qos,
+                    retain,
+                    payload_len: len,
+                    subscribers,
+                });
         }
+    }
+}
+
+/// `Conn::logged` bit for PUBLISH to `$SYS` (above the `LimitKind` bits).
+const SYS_LOGGED: u32 = 1 << 31;
+
+/// The metrics kind of a crossed topic limit.
+fn topic_limit_kind(over: crate::config::TopicLimit) -> LimitKind {
+    match over {
+        crate::config::TopicLimit::Length => LimitKind::MaxTopicLength,
+        crate::config::TopicLimit::Levels => LimitKind::MaxTopicLevels,
     }
 }

@@ -162,14 +162,37 @@ async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
         }
     };
     if let Some(path) = &path {
+        handle.set_config_path(path.clone());
         if let Err(e) = handle.watch_config(path.clone()) {
             error!("cannot watch the configuration for changes: {e}; SIGHUP still reloads it");
         }
     }
     wait_for_signal(&handle, path.as_deref()).await;
-    info!("shutting down");
+    info!("shutting down gracefully; a second SIGTERM or Ctrl-C exits at once (code 130)");
+    tokio::spawn(async {
+        second_signal().await;
+        error!("second signal during shutdown: exiting at once");
+        std::process::exit(130);
+    });
+    // Exit 0 even when shutdown_timeout elapsed: the stop was requested and is complete.
     handle.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// Resolves on the next SIGTERM or Ctrl-C.
+async fn second_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Waits for SIGTERM or Ctrl-C; SIGHUP re-reads the config file meanwhile.

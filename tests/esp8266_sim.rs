@@ -70,6 +70,8 @@ async fn collect(mut client: RawClient, mut stop: tokio::sync::oneshot::Receiver
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_readings_statuses_and_wills_reach_a_subscriber() {
+    // First, as building it may take minutes: the watcher below would hit its keep-alive.
+    let simulator = simulator();
     let broker = start_broker(|_| {}).await;
     let addr = broker.local_addr();
 
@@ -84,7 +86,7 @@ async fn fleet_readings_statuses_and_wills_reach_a_subscriber() {
     let collector = tokio::spawn(collect(watcher, stop_rx));
 
     let log = std::env::temp_dir().join(format!("esp8266-sim-test-{}.jsonl", std::process::id()));
-    let output = tokio::process::Command::new(simulator())
+    let output = tokio::process::Command::new(&simulator)
         .args([
             "--host",
             "127.0.0.1",

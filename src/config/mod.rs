@@ -6,6 +6,7 @@
 //! reload.
 
 mod duration;
+mod ops;
 pub mod watch;
 
 pub use duration::{parse_duration, ConfigDuration};
@@ -63,6 +64,10 @@ pub struct Config {
     pub performance: PerformanceConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The admin HTTP API (metrics, probes, clients, reload).
+    pub admin: AdminConfig,
+    /// Per-client resource limits.
+    pub limits: LimitsConfig,
     /// Wasm plugins, in call order (after the built-in password/ACL checks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<crate::plugins::PluginConfig>,
@@ -85,6 +90,13 @@ pub struct ServerConfig {
     pub connect_timeout: ConfigDuration,
     /// Largest packet accepted, fixed header included.
     pub max_packet_size: usize,
+    /// Period of the `$SYS/broker/...` topics (0 = not published).
+    pub sys_interval: ConfigDuration,
+    /// Time a graceful shutdown may take before remaining connections are abandoned.
+    pub shutdown_timeout: ConfigDuration,
+    /// On shutdown, time between readiness turning 503 and listeners closing, so that load
+    /// balancers stop sending new clients first.
+    pub drain_delay: ConfigDuration,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +108,9 @@ impl Default for ServerConfig {
             keep_alive_timeout: ConfigDuration::secs(0),
             connect_timeout: ConfigDuration::secs(10),
             max_packet_size: 1024 * 1024,
+            sys_interval: ConfigDuration::secs(10),
+            shutdown_timeout: ConfigDuration::secs(10),
+            drain_delay: ConfigDuration::secs(0),
         }
     }
 }
@@ -417,6 +432,8 @@ impl Default for LogConfig {
     }
 }
 
+pub use ops::{AdminConfig, LimitsConfig, TopicLimit};
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -439,6 +456,7 @@ impl Config {
             &self.security.acl_file,
             &self.security.cert_file,
             &self.security.key_file,
+            &self.admin.token_file,
         ]
         .into_iter()
         .flatten()
@@ -476,6 +494,7 @@ impl Config {
             &mut self.security.acl_file,
             &mut self.security.cert_file,
             &mut self.security.key_file,
+            &mut self.admin.token_file,
         ]
         .into_iter()
         .flatten()
@@ -603,6 +622,12 @@ impl Config {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid("log.level", &e.to_string());
+        }
+        if let Err((key, reason)) = self.limits.validate() {
+            return invalid(key, reason);
+        }
+        if self.server.shutdown_timeout.is_zero() {
+            return invalid("server.shutdown_timeout", "must be greater than 0");
         }
         Ok(())
     }

@@ -2,6 +2,10 @@
 //!
 //! Counters are relaxed atomics: cheap on the hot path, exact enough for monitoring.
 
+pub mod ops;
+pub mod prometheus;
+pub mod sys;
+
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -60,6 +64,8 @@ pub struct Counters {
     pub reauth_disconnects: AtomicU64,
     /// Will messages published.
     pub wills_published: AtomicU64,
+    /// Operations counters: disconnect reasons, limits, per-QoS traffic, latency.
+    pub ops: ops::OpsCounters,
 }
 
 impl Counters {

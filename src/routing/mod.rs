@@ -25,6 +25,9 @@ pub struct Message {
     pub qos: QoS,
     /// Retain flag.
     pub retain: bool,
+    /// When the broker routed it (set by `Shared::publish`), for the publish-to-deliver
+    /// latency histogram; `None` for messages that are not timed (retained on subscribe).
+    pub enqueued_at: Option<std::time::Instant>,
 }
 
 impl Message {
@@ -35,6 +38,7 @@ impl Message {
             payload,
             qos,
             retain,
+            enqueued_at: None,
         }
     }
 
@@ -45,6 +49,7 @@ impl Message {
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
+            enqueued_at: None,
         }
     }
 

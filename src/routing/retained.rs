@@ -55,6 +55,8 @@ impl RetainedStore {
         }
         let stored = Message {
             retain: true,
+            // Sent again on later subscribes: that is not publish-to-deliver latency.
+            enqueued_at: None,
             ..msg.clone()
         };
         let len = self.messages.len();

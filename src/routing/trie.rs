@@ -5,6 +5,15 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
+/// Deepest topic filter (in levels) the broker subscribes to.
+///
+/// Matching and removal recurse once per level, and dropping a branch does too, so the
+/// depth must stay far below what a task's stack holds: a SUBSCRIBE with a 30,000-level
+/// filter (legal: 65,535 bytes of `+/+/...`) overflowed a worker's stack and aborted the
+/// whole broker. Deeper filters are refused with SUBACK 0x80 (a topic *name* of any depth
+/// is still routed: matching only walks levels that some filter has).
+pub const MAX_FILTER_LEVELS: usize = 1_000;
+
 /// A map from topic filters to subscribers, keyed per subscriber.
 ///
 /// `K` identifies a subscriber (a client id); `V` is what a subscription carries

@@ -20,6 +20,8 @@ pub struct SessionLimits {
     pub queue_limit: usize,
     /// Whether QoS 0 messages are queued while the client is offline.
     pub queue_qos0_offline: bool,
+    /// Payload bytes that may wait in the outbound queue (`limits.max_queued_bytes`).
+    pub queue_bytes_limit: usize,
 }
 
 impl Default for SessionLimits {
@@ -28,6 +30,7 @@ impl Default for SessionLimits {
             inflight_window: 32,
             queue_limit: 1000,
             queue_qos0_offline: false,
+            queue_bytes_limit: 16 * 1024 * 1024,
         }
     }
 }
@@ -63,6 +66,8 @@ pub enum DropReason {
     QueueFull,
     /// QoS 0 message for an offline client with QoS 0 queueing off.
     Qos0Offline,
+    /// The queued payload bytes would exceed `queue_bytes_limit`.
+    QueueBytesFull,
 }
 
 /// Result of an inbound QoS 2 PUBLISH.
@@ -89,6 +94,10 @@ pub struct Session {
     next_seq: u64,
     inflight: VecDeque<Inflight>,
     queue: VecDeque<(u64, Message)>,
+    /// Payload bytes in `queue`.
+    queued_bytes: usize,
+    /// Routing times of messages handed to the wire since the last `take_delivered_stamps`.
+    delivered_stamps: Vec<std::time::Instant>,
     inbound_qos2: HashSet<u16>,
     /// Whether state changes are journaled for storage (persistent session, file store).
     persist: bool,
@@ -108,6 +117,8 @@ impl Session {
             next_seq: 1,
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
+            queued_bytes: 0,
+            delivered_stamps: Vec::new(),
             inbound_qos2: HashSet::new(),
             persist: false,
             journal: Vec::new(),
@@ -136,7 +147,10 @@ impl Session {
                     message: m.message,
                     state,
                 }),
-                _ => s.queue.push_back((m.seq, m.message)),
+                _ => {
+                    s.queued_bytes += m.message.payload.len();
+                    s.queue.push_back((m.seq, m.message));
+                }
             }
         }
         s.inbound_qos2 = inbound.into_iter().collect();
@@ -195,6 +209,16 @@ impl Session {
         self.queue.len()
     }
 
+    /// Payload bytes waiting behind the inflight window.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Routing times of the messages sent since the last call, for the latency histogram.
+    pub fn take_delivered_stamps(&mut self) -> Vec<std::time::Instant> {
+        std::mem::take(&mut self.delivered_stamps)
+    }
+
     /// The inflight window, oldest first.
     pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
         self.inflight.iter()
@@ -226,12 +250,16 @@ impl Session {
         // QoS 0 messages are not kept for an offline client unless configured.
         if !self.limits.queue_qos0_offline {
             self.queue.retain(|(_, m)| m.qos != QoS::AtMostOnce);
+            self.queued_bytes = self.queue.iter().map(|(_, m)| m.payload.len()).sum();
         }
+        // Nobody takes them while offline; a resend after reconnect is not a first delivery.
+        self.delivered_stamps = Vec::new();
     }
 
     fn push_queue(&mut self, message: Message) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.queued_bytes += message.payload.len();
         self.journal_put(seq, &message, None, None);
         self.queue.push_back((seq, message));
     }
@@ -243,6 +271,13 @@ impl Session {
         }
         if self.queue.len() >= self.limits.queue_limit {
             return Err(DropReason::QueueFull);
+        }
+        // An empty queue always takes one message, so a single payload larger than the
+        // limit still reaches a subscriber that keeps up.
+        if !self.queue.is_empty()
+            && self.queued_bytes + message.payload.len() > self.limits.queue_bytes_limit
+        {
+            return Err(DropReason::QueueBytesFull);
         }
         self.push_queue(message);
         Ok(())
@@ -268,6 +303,13 @@ impl Session {
             let Some((seq, message)) = self.queue.pop_front() else {
                 break;
             };
+            self.queued_bytes = self.queued_bytes.saturating_sub(message.payload.len());
+            // Bounded: the connection takes them after every drain.
+            if let Some(at) = message.enqueued_at {
+                if self.delivered_stamps.len() < 4096 {
+                    self.delivered_stamps.push(at);
+                }
+            }
             match message.qos {
                 QoS::AtMostOnce => out.push(Packet::Publish(message.to_publish(None, false))),
                 qos => {
@@ -451,6 +493,30 @@ mod tests {
     }
 
     #[test]
+    fn queued_bytes_limit() {
+        let limits = SessionLimits {
+            queue_bytes_limit: 10,
+            ..Default::default()
+        };
+        let mut s = Session::new("c".into(), false, limits);
+        let big = |n| Message::new("t", Bytes::from(vec![0u8; n]), QoS::AtLeastOnce, false);
+        assert!(
+            s.enqueue(big(20)).is_ok(),
+            "an empty queue takes one message"
+        );
+        assert_eq!(s.enqueue(big(1)), Err(DropReason::QueueBytesFull));
+        let mut out = Vec::new();
+        s.connect(&mut out);
+        assert_eq!(s.queued_bytes(), 0);
+        s.enqueue(big(6)).unwrap();
+        s.enqueue(big(4)).unwrap();
+        assert_eq!(s.queued_bytes(), 10);
+        assert_eq!(s.enqueue(big(1)), Err(DropReason::QueueBytesFull));
+        s.drain(&mut out);
+        assert_eq!(s.queued_bytes(), 0, "both went inflight");
+    }
+
+    #[test]
     fn inbound_qos2_exactly_once() {
         let mut s = Session::new("c".into(), false, SessionLimits::default());
         let mut out = Vec::new();
@@ -483,7 +549,7 @@ mod tests {
         /// exactly once, and first transmissions happen in enqueue order.
         #[test]
         fn outbound_flow_invariants(ops in prop::collection::vec(op(), 1..200), window in 1usize..5) {
-            let limits = SessionLimits { inflight_window: window, queue_limit: 10_000, queue_qos0_offline: true };
+            let limits = SessionLimits { inflight_window: window, queue_limit: 10_000, queue_qos0_offline: true, ..Default::default() };
             let mut s = Session::new("c".into(), false, limits);
             let mut out = Vec::new();
             s.connect(&mut out);

@@ -1,0 +1,275 @@
+//! The admin API's routes: what each endpoint answers, and the bearer-token check.
+
+use super::Body;
+use crate::broker::{BrokerHandle, Shared};
+use crate::metrics::Counters;
+use bytes::Bytes;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use tracing::info;
+
+/// Largest page of `GET /api/v1/clients`.
+const MAX_PAGE: usize = 1000;
+/// Page size when `limit` is not given.
+const DEFAULT_PAGE: usize = 100;
+
+/// Answers one request.
+pub(super) async fn handle<B>(shared: &Arc<Shared>, req: Request<B>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    // Probes are unauthenticated: orchestrators call them without credentials.
+    match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            return if shared.ops.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else if shared
+                .ops
+                .draining
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+            }
+        }
+        _ => {}
+    }
+    let token = shared.runtime.load().admin_token.clone();
+    if let Some(token) = token {
+        if !authorized(&req, token.secret()) {
+            let mut r = json(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({"error": "a valid bearer token is required"}),
+            );
+            r.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"mqtt-broker admin\""),
+            );
+            return r;
+        }
+    }
+    let query = req.uri().query().unwrap_or("").to_owned();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Body::new(Bytes::from(crate::metrics::prometheus::render(
+                shared,
+            ))));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/api/v1/stats") => json(StatusCode::OK, &shared.stats()),
+        (&Method::GET, "/api/v1/clients") => clients(shared, &query),
+        (&Method::DELETE, p) if p.starts_with("/api/v1/clients/") => {
+            let raw = &p["/api/v1/clients/".len()..];
+            let Some(id) = percent_decode(raw) else {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "malformed percent-encoding in the client id"}),
+                );
+            };
+            let n = shared.ops.kick(&id);
+            if n == 0 {
+                json(
+                    StatusCode::NOT_FOUND,
+                    &serde_json::json!({"error": "no connected client with this id", "id": id}),
+                )
+            } else {
+                info!(client_id = %id, "client disconnected through the admin API");
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"disconnected": id, "connections": n}),
+                )
+            }
+        }
+        (&Method::POST, "/api/v1/reload") => reload(shared).await,
+        (&Method::GET, "/api/v1/reload") => {
+            json(StatusCode::OK, &shared.last_reload.lock().clone())
+        }
+        (_, "/metrics" | "/api/v1/stats" | "/api/v1/clients" | "/api/v1/reload")
+        | (_, "/healthz" | "/readyz") => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &serde_json::json!({"error": "method not allowed"}),
+        ),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "not found"}),
+        ),
+    }
+}
+
+/// Whether the request carries `Authorization: Bearer <token>` (compared in constant time).
+fn authorized<B>(req: &Request<B>, token: &str) -> bool {
+    let Some(value) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(given) = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+    else {
+        return false;
+    };
+    given.trim().as_bytes().ct_eq(token.as_bytes()).into()
+}
+
+/// `POST /api/v1/reload`: re-reads the config file the broker was started from.
+async fn reload(shared: &Arc<Shared>) -> Response<Body> {
+    let path = shared.ops.config_path.lock().clone();
+    let Some(path) = path else {
+        return json(
+            StatusCode::CONFLICT,
+            &serde_json::json!({"error": "the broker was not started from a config file; nothing to re-read"}),
+        );
+    };
+    info!(path = %path.display(), "reload requested through the admin API");
+    let handle = BrokerHandle::from_shared(shared.clone());
+    let result = handle.reload_from_file(&path).await;
+    let status = handle.last_reload();
+    let code = if result.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    json(code, &status)
+}
+
+/// One connected client in `GET /api/v1/clients`.
+#[derive(Serialize)]
+struct ClientView {
+    id: String,
+    address: String,
+    transport: &'static str,
+    username: Option<String>,
+    clean_session: bool,
+    /// Milliseconds since the Unix epoch.
+    connected_since: u64,
+    subscriptions: usize,
+    queue_depth: usize,
+    queued_bytes: usize,
+    inflight: usize,
+}
+
+/// `GET /api/v1/clients?offset=N&limit=M`: connected clients in connection order.
+fn clients(shared: &Shared, query: &str) -> Response<Body> {
+    let mut offset = 0usize;
+    let mut limit = DEFAULT_PAGE;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let parsed = v.parse::<usize>();
+        match (k, parsed) {
+            ("offset", Ok(n)) => offset = n,
+            ("limit", Ok(n)) => limit = n.clamp(1, MAX_PAGE),
+            ("offset" | "limit", Err(_)) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": format!("`{k}` must be a non-negative integer")}),
+                )
+            }
+            _ => {}
+        }
+    }
+    // Copy the page out first: session locks are never taken under the registry lock.
+    let (total, page) = {
+        let clients = shared.ops.clients.lock();
+        let page: Vec<_> = clients
+            .values()
+            .skip(offset)
+            .take(limit)
+            .map(|r| (r.client.clone(), r.since, r.entry.clone()))
+            .collect();
+        (clients.len(), page)
+    };
+    let views: Vec<ClientView> = page
+        .into_iter()
+        .map(|(client, since, entry)| {
+            let state = entry.state.lock();
+            ClientView {
+                id: client.client_id.to_string(),
+                address: client.peer.to_string(),
+                transport: client.transport.as_str(),
+                username: client.username.clone(),
+                clean_session: client.clean_session,
+                connected_since: since
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+                subscriptions: state.subscriptions.len(),
+                queue_depth: state.queued(),
+                queued_bytes: state.queued_bytes(),
+                inflight: state.inflight().count(),
+            }
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "total": total,
+            "offset": offset,
+            "limit": limit,
+            "clients": views,
+            "connections": Counters::get(&shared.counters.connections),
+        }),
+    )
+}
+
+/// Decodes `%XX` escapes of a path segment; `None` when malformed or not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn text(code: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json<T: Serialize>(code: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_else(|e| {
+        format!("{{\"error\":\"cannot serialize the response: {e}\"}}").into_bytes()
+    });
+    let mut r = Response::new(Body::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb%20c").as_deref(), Some("a/b c"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
+    }
+}

@@ -1,0 +1,430 @@
+//! `GET /metrics`: the counters and gauges in the Prometheus text exposition format
+//! (version 0.0.4), written by hand: the format is simple and the broker already keeps
+//! every number in atomics, so no metrics registry is needed.
+
+use super::ops::{LimitKind, LATENCY_BUCKETS};
+use crate::broker::Shared;
+use crate::events::DisconnectReason;
+use std::fmt::{Display, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Accumulates the exposition text.
+struct Out(String);
+
+impl Out {
+    /// `# HELP` and `# TYPE` lines of a metric family.
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// One sample; label values here are fixed identifiers that need no escaping.
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{v}\"");
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    /// A family with a single unlabelled sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+const QOS: [&str; 3] = ["0", "1", "2"];
+
+/// Renders every metric.
+pub(crate) fn render(shared: &Shared) -> String {
+    let c = &shared.counters;
+    let ops = &c.ops;
+    let stats = shared.stats();
+    let persistent = {
+        let sessions: Vec<_> = shared.sessions.lock().values().cloned().collect();
+        sessions
+            .iter()
+            .filter(|e| !e.state.lock().clean_session)
+            .count()
+    };
+    let runtime = shared.runtime.load();
+    let mut o = Out(String::with_capacity(8 * 1024));
+
+    o.family(
+        "mqtt_connections",
+        "gauge",
+        "Open client connections by transport.",
+    );
+    for (t, v) in [
+        ("tcp", stats.connections.tcp),
+        ("tls", stats.connections.tls),
+        ("ws", stats.connections.websocket),
+        ("wss", stats.connections.wss),
+    ] {
+        o.sample("mqtt_connections", &[("transport", t)], v);
+    }
+    o.single(
+        "mqtt_connections_accepted_total",
+        "counter",
+        "TCP connections accepted by the listeners.",
+        get(&c.connections_accepted),
+    );
+    o.family(
+        "mqtt_connects_total",
+        "counter",
+        "CONNECT outcomes: accepted, or why refused.",
+    );
+    for (r, v) in [
+        ("accepted", get(&ops.connects_accepted)),
+        ("max_connections", get(&c.connections_refused_limit)),
+        ("auth_failed", get(&c.auth_failure)),
+        (
+            "identifier_rejected",
+            get(&ops.connects_identifier_rejected),
+        ),
+        ("connect_timeout", get(&ops.connect_timeouts)),
+    ] {
+        o.sample("mqtt_connects_total", &[("result", r)], v);
+    }
+    o.family(
+        "mqtt_disconnects_total",
+        "counter",
+        "Ends of accepted connections by reason.",
+    );
+    for r in DisconnectReason::ALL {
+        o.sample(
+            "mqtt_disconnects_total",
+            &[("reason", r.as_str())],
+            get(&ops.disconnects[r.index()]),
+        );
+    }
+    o.single(
+        "mqtt_protocol_errors_total",
+        "counter",
+        "Connections closed for a protocol violation (before or after CONNECT).",
+        get(&c.protocol_errors),
+    );
+
+    o.family(
+        "mqtt_sessions",
+        "gauge",
+        "Sessions held, by whether a client is connected.",
+    );
+    o.sample(
+        "mqtt_sessions",
+        &[("state", "connected")],
+        stats.sessions.connected,
+    );
+    o.sample(
+        "mqtt_sessions",
+        &[("state", "disconnected")],
+        stats.sessions.total - stats.sessions.connected.min(stats.sessions.total),
+    );
+    o.single(
+        "mqtt_sessions_persistent",
+        "gauge",
+        "Sessions with clean session 0 (kept across connections).",
+        persistent,
+    );
+    o.single(
+        "mqtt_subscriptions",
+        "gauge",
+        "Subscriptions (filter, client pairs).",
+        stats.subscriptions.total,
+    );
+    o.single(
+        "mqtt_retained_messages",
+        "gauge",
+        "Topics holding a retained message.",
+        stats.messages.retained,
+    );
+    o.family(
+        "mqtt_inflight_messages",
+        "gauge",
+        "Outbound QoS 1/2 messages awaiting acknowledgement (QoS 2 includes inbound awaiting PUBREL).",
+    );
+    o.sample(
+        "mqtt_inflight_messages",
+        &[("qos", "1")],
+        stats.messages.inflight.qos1,
+    );
+    o.sample(
+        "mqtt_inflight_messages",
+        &[("qos", "2")],
+        stats.messages.inflight.qos2,
+    );
+    o.single(
+        "mqtt_queued_messages",
+        "gauge",
+        "Messages queued for sessions behind their inflight windows.",
+        stats.messages.queued,
+    );
+
+    for (name, help, arr) in [
+        (
+            "mqtt_messages_received_total",
+            "PUBLISH packets received from clients, by QoS.",
+            &ops.messages_in,
+        ),
+        (
+            "mqtt_messages_sent_total",
+            "PUBLISH packets sent to clients (resends included), by QoS.",
+            &ops.messages_out,
+        ),
+        (
+            "mqtt_payload_bytes_received_total",
+            "PUBLISH payload bytes received, by QoS.",
+            &ops.payload_bytes_in,
+        ),
+        (
+            "mqtt_payload_bytes_sent_total",
+            "PUBLISH payload bytes sent, by QoS.",
+            &ops.payload_bytes_out,
+        ),
+    ] {
+        o.family(name, "counter", help);
+        for (q, v) in QOS.iter().zip(arr.iter()) {
+            o.sample(name, &[("qos", q)], get(v));
+        }
+    }
+    o.single(
+        "mqtt_bytes_received_total",
+        "counter",
+        "Bytes read from client sockets.",
+        get(&c.bytes_in),
+    );
+    o.single(
+        "mqtt_bytes_sent_total",
+        "counter",
+        "Bytes written to client sockets.",
+        get(&c.bytes_out),
+    );
+    o.family(
+        "mqtt_messages_dropped_total",
+        "counter",
+        "Messages (or deliveries) dropped, by reason.",
+    );
+    for (r, v) in [
+        ("queue_full", get(&c.dropped_queue_full)),
+        (
+            "queue_bytes",
+            get(&ops.limits[LimitKind::MaxQueuedBytes as usize]),
+        ),
+        ("no_subscribers", get(&c.dropped_no_subscribers)),
+        ("offline_qos0", get(&c.dropped_offline_qos0)),
+        ("acl_denied_publish", get(&c.acl_denied_publish)),
+        ("acl_denied_deliver", get(&c.acl_denied_deliver)),
+        ("sys_topic", get(&ops.sys_publish_denied)),
+        ("oversized", get(&ops.oversized_packets)),
+        ("retained_limit", get(&c.retained_refused_limit)),
+    ] {
+        o.sample("mqtt_messages_dropped_total", &[("reason", r)], v);
+    }
+    o.single(
+        "mqtt_subscribe_denied_total",
+        "counter",
+        "SUBSCRIBE filters refused by the ACL (SUBACK 0x80).",
+        get(&c.acl_denied_subscribe),
+    );
+    o.family(
+        "mqtt_limit_refusals_total",
+        "counter",
+        "Work refused or slowed by a resource limit, by the config key of the limit.",
+    );
+    for k in LimitKind::ALL {
+        o.sample(
+            "mqtt_limit_refusals_total",
+            &[("limit", k.as_str())],
+            get(&ops.limits[k as usize]),
+        );
+    }
+    for (k, v) in [
+        ("max_connections", get(&c.connections_refused_limit)),
+        ("max_packet_size", get(&ops.oversized_packets)),
+        ("connect_timeout", get(&ops.connect_timeouts)),
+        ("retained_message_limit", get(&c.retained_refused_limit)),
+    ] {
+        o.sample("mqtt_limit_refusals_total", &[("limit", k)], v);
+    }
+    o.family(
+        "mqtt_auth_total",
+        "counter",
+        "Authentication outcomes at CONNECT.",
+    );
+    o.sample(
+        "mqtt_auth_total",
+        &[("result", "success")],
+        get(&c.auth_success),
+    );
+    o.sample(
+        "mqtt_auth_total",
+        &[("result", "failure")],
+        get(&c.auth_failure),
+    );
+    o.single(
+        "mqtt_reauth_disconnects_total",
+        "counter",
+        "Clients disconnected because a reload revoked their credentials.",
+        get(&c.reauth_disconnects),
+    );
+    o.single(
+        "mqtt_wills_published_total",
+        "counter",
+        "Will messages published.",
+        get(&c.wills_published),
+    );
+
+    let (buckets, sum, count) = ops.deliver_latency.snapshot();
+    let name = "mqtt_publish_deliver_latency_seconds";
+    o.family(
+        name,
+        "histogram",
+        "Time from routing a PUBLISH to writing it to a subscriber's connection (queueing included).",
+    );
+    for (bound, n) in LATENCY_BUCKETS.iter().zip(&buckets) {
+        o.sample(&format!("{name}_bucket"), &[("le", &bound.to_string())], n);
+    }
+    o.sample(&format!("{name}_bucket"), &[("le", "+Inf")], count);
+    o.sample(&format!("{name}_sum"), &[], sum);
+    o.sample(&format!("{name}_count"), &[], count);
+
+    o.single(
+        "mqtt_config_generation",
+        "gauge",
+        "Generation of the configuration in force (1 at start, +1 per successful reload).",
+        runtime.generation,
+    );
+    o.family(
+        "mqtt_config_reloads_total",
+        "counter",
+        "Configuration reload attempts by result.",
+    );
+    o.sample(
+        "mqtt_config_reloads_total",
+        &[("result", "ok")],
+        get(&c.reloads_ok),
+    );
+    o.sample(
+        "mqtt_config_reloads_total",
+        &[("result", "error")],
+        get(&c.reloads_failed),
+    );
+    let last = shared.last_reload.lock().clone();
+    o.single(
+        "mqtt_config_last_reload_successful",
+        "gauge",
+        "1 if the last reload attempt succeeded (or none was made), 0 if it was refused.",
+        u8::from(last.ok),
+    );
+    o.single(
+        "mqtt_config_last_reload_timestamp_seconds",
+        "gauge",
+        "When the last reload attempt (or the start) happened, Unix time.",
+        unix_secs(last.at),
+    );
+    o.single(
+        "mqtt_ready",
+        "gauge",
+        "1 when /readyz answers 200.",
+        u8::from(shared.ops.is_ready()),
+    );
+    o.single(
+        "mqtt_uptime_seconds",
+        "gauge",
+        "Seconds since the broker started.",
+        shared.ops.started.elapsed().as_secs(),
+    );
+    o.single(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the broker, Unix time.",
+        unix_secs(shared.ops.started_at),
+    );
+    if let Some(rss) = process_rss_bytes() {
+        o.single(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the process.",
+            rss,
+        );
+    }
+    if let Some(fds) = process_open_fds() {
+        o.single(
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors of the process.",
+            fds,
+        );
+    }
+    if let Some(max) = process_max_fds() {
+        o.single(
+            "process_max_fds",
+            "gauge",
+            "Open file descriptor limit of the process.",
+            max,
+        );
+    }
+    o.0
+}
+
+fn unix_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `VmRSS` from `/proc/self/status` (Linux only; `None` elsewhere).
+pub fn process_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Entries of `/proc/self/fd` (Linux only).
+pub fn process_open_fds() -> Option<u64> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
+}
+
+/// The soft "Max open files" limit from `/proc/self/limits` (Linux only).
+fn process_max_fds() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_readings_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(process_rss_bytes().unwrap_or(0) > 0);
+            assert!(process_open_fds().unwrap_or(0) > 0);
+        }
+    }
+
+    #[test]
+    fn sample_format() {
+        let mut o = Out(String::new());
+        o.family("m", "counter", "Help.");
+        o.sample("m", &[("a", "x"), ("b", "y")], 3);
+        o.sample("m", &[], 1.5);
+        assert_eq!(
+            o.0,
+            "# HELP m Help.\n# TYPE m counter\nm{a=\"x\",b=\"y\"} 3\nm 1.5\n"
+        );
+    }
+}

@@ -1,0 +1,202 @@
+//! Operational state shared by the broker's tasks: the event bus, the registry of connected
+//! clients the admin API lists and disconnects, readiness and shutdown flags, and the
+//! config file path a `POST /api/v1/reload` re-reads.
+
+use crate::broker::SessionEntry;
+use crate::events::EventBus;
+use crate::hooks::ClientInfo;
+use crate::metrics::ops::LimitKind;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// Bound on the once-per-client warning memory; past it, warnings may repeat.
+const WARNED_MAX: usize = 100_000;
+
+/// A connected client as the admin API shows it.
+#[derive(Debug)]
+pub(crate) struct ClientRecord {
+    /// The client as it connected.
+    pub client: Arc<ClientInfo>,
+    /// When CONNECT was accepted.
+    pub since: SystemTime,
+    /// Its session, for subscription and queue counts.
+    pub entry: Arc<SessionEntry>,
+    /// Cancels the connection.
+    pub cancel: CancellationToken,
+    /// Set when an operator disconnected it, so the close is logged as such.
+    pub kicked: Arc<AtomicBool>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub(crate) struct OpsState {
+    /// Typed events for `BrokerHandle::events()`.
+    pub events: EventBus,
+    /// Connected clients by connection number (ordered, so pages are stable).
+    pub clients: Mutex<BTreeMap<u64, ClientRecord>>,
+    /// Listeners are bound and storage recovered.
+    pub ready: AtomicBool,
+    /// A shutdown has begun: readiness is 503 from now on.
+    pub draining: AtomicBool,
+    /// The file `POST /api/v1/reload` re-reads.
+    pub config_path: Mutex<Option<PathBuf>>,
+    /// Bound address of the admin listener.
+    pub admin_addr: Mutex<Option<SocketAddr>>,
+    /// Stops the admin listener and the `$SYS` task at the very end of a shutdown.
+    pub stop: CancellationToken,
+    /// (client id, limit) pairs already logged for session-scoped refusals.
+    warned: Mutex<HashSet<(Arc<str>, LimitKind)>>,
+    /// Process-relative start, for uptime.
+    pub started: Instant,
+    /// Wall-clock start.
+    pub started_at: SystemTime,
+}
+
+impl Default for OpsState {
+    fn default() -> Self {
+        OpsState {
+            events: EventBus::default(),
+            clients: Mutex::new(BTreeMap::new()),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            config_path: Mutex::new(None),
+            admin_addr: Mutex::new(None),
+            stop: CancellationToken::new(),
+            warned: Mutex::new(HashSet::new()),
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+        }
+    }
+}
+
+/// Removes a client from the registry when its connection ends, however it ends.
+pub(crate) struct Registration<'a> {
+    ops: &'a OpsState,
+    conn_id: u64,
+    kicked: Arc<AtomicBool>,
+}
+
+impl Registration<'_> {
+    /// Whether an operator disconnected this client.
+    pub fn kicked(&self) -> bool {
+        self.kicked.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.ops.clients.lock().remove(&self.conn_id);
+    }
+}
+
+impl OpsState {
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Records an accepted client; a new connection also resets its once-only warnings.
+    pub fn register(
+        &self,
+        conn_id: u64,
+        client: &Arc<ClientInfo>,
+        entry: &Arc<SessionEntry>,
+        cancel: CancellationToken,
+    ) -> Registration<'_> {
+        let kicked = Arc::new(AtomicBool::new(false));
+        self.clients.lock().insert(
+            conn_id,
+            ClientRecord {
+                client: client.clone(),
+                since: SystemTime::now(),
+                entry: entry.clone(),
+                cancel,
+                kicked: kicked.clone(),
+            },
+        );
+        self.warned
+            .lock()
+            .retain(|(id, _)| **id != *client.client_id);
+        Registration {
+            ops: self,
+            conn_id,
+            kicked,
+        }
+    }
+
+    /// Disconnects every connection of `client_id`; returns how many there were.
+    pub fn kick(&self, client_id: &str) -> usize {
+        let clients = self.clients.lock();
+        let mut n = 0;
+        for r in clients
+            .values()
+            .filter(|r| &*r.client.client_id == client_id)
+        {
+            r.kicked.store(true, Ordering::Relaxed);
+            r.cancel.cancel();
+            n += 1;
+        }
+        n
+    }
+
+    /// Whether a session-scoped refusal of `kind` for `client_id` should be logged now:
+    /// true the first time per connection.
+    pub fn first_warning(&self, client_id: &Arc<str>, kind: LimitKind) -> bool {
+        let mut warned = self.warned.lock();
+        if warned.len() >= WARNED_MAX {
+            warned.clear();
+        }
+        warned.insert((client_id.clone(), kind))
+    }
+}
+
+/// The graceful shutdown behind `BrokerHandle::shutdown` (see its documentation).
+pub(crate) async fn shutdown(shared: &Arc<crate::broker::Shared>) -> bool {
+    use crate::metrics::Counters;
+    use tracing::{info, warn};
+    let (timeout, drain_delay) = {
+        let runtime = shared.runtime.load();
+        let server = &runtime.config.server;
+        (server.shutdown_timeout.get(), server.drain_delay.get())
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    shared.ops.draining.store(true, Ordering::Relaxed);
+    info!(
+        timeout = ?timeout,
+        connections = Counters::get(&shared.counters.connections),
+        "shutdown started: readiness is now 503"
+    );
+    if !drain_delay.is_zero() {
+        tokio::time::sleep(drain_delay.min(timeout)).await;
+    }
+    for l in std::mem::take(&mut *shared.listeners.lock().await) {
+        l.stop(false);
+    }
+    // Each connection acknowledges what it already received, flushes and closes.
+    shared.shutdown.cancel();
+    while Counters::get(&shared.counters.connections) > 0 && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let remaining = Counters::get(&shared.counters.connections);
+    if let Some(storage) = shared.storage.clone() {
+        // Everything journaled is written and made durable before the process may exit.
+        let _ = tokio::task::spawn_blocking(move || storage.close()).await;
+    }
+    shared.ops.stop.cancel();
+    if remaining > 0 {
+        warn!(
+            remaining,
+            "shutdown_timeout elapsed; remaining connections abandoned"
+        );
+    } else {
+        info!("broker stopped");
+    }
+    remaining == 0
+}

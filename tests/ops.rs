@@ -1,0 +1,617 @@
+//! Operations: the admin HTTP API (metrics, probes, stats, clients, reload, token), typed
+//! events, `$SYS` topics and graceful shutdown, driven over real sockets with a real
+//! HTTP client.
+
+mod common;
+#[path = "common/http.rs"]
+mod http;
+
+use common::*;
+use http::*;
+use mqtt_broker::config::{Config, ConfigDuration};
+use mqtt_broker::events::{BrokerEvent, DisconnectReason};
+use mqtt_broker::protocol::*;
+use mqtt_broker::{Broker, BrokerHandle};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast::error::RecvError;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mqtt-ops-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A broker whose admin listener is on a free loopback port.
+async fn start(adjust: impl FnOnce(&mut Config)) -> (BrokerHandle, SocketAddr) {
+    let broker = start_broker(|c| {
+        c.admin.bind = "127.0.0.1:0".parse().unwrap();
+        adjust(c)
+    })
+    .await;
+    let admin = broker.admin_addr().expect("admin listener bound");
+    (broker, admin)
+}
+
+/// Scrapes until `series` has `want`, for counters that move after a socket closes.
+async fn wait_metric(admin: SocketAddr, token: Option<&str>, series: &str, want: f64) {
+    let start = Instant::now();
+    loop {
+        let got = scrape(admin, token).await.try_value(series);
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{series} is {got:?}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Receives events until one matches, skipping others; panics after [`WAIT`].
+async fn next_event(
+    rx: &mut tokio::sync::broadcast::Receiver<BrokerEvent>,
+    mut want: impl FnMut(&BrokerEvent) -> bool,
+) -> BrokerEvent {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(e)) if want(&e) => return e,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("event stream error: {e}"),
+            Err(_) => panic!("expected event did not arrive"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn metrics_move_as_clients_connect_publish_and_get_refused() {
+    let (broker, admin) = start(|c| c.limits.max_topic_levels = 3).await;
+    let before = scrape(admin, None).await;
+    assert_eq!(before.value("mqtt_connections{transport=\"tcp\"}"), 0.0);
+    assert_eq!(before.value("mqtt_config_generation"), 1.0);
+    assert!(before.value("process_resident_memory_bytes") > 1e6);
+    assert!(before.value("process_open_fds") > 0.0);
+
+    let (mut sub, _) = RawClient::connect(broker.local_addr(), "sub", true).await;
+    sub.subscribe(1, &[("t/#", QoS::AtLeastOnce)]).await;
+    let (mut publ, _) = RawClient::connect(broker.local_addr(), "pub", true).await;
+    publ.send(&publish("t/a", b"hello", QoS::AtLeastOnce, Some(7), false))
+        .await;
+    assert_eq!(publ.recv().await, Some(Packet::PubAck(7)));
+    let got = sub.recv_publish().await;
+    sub.send(&Packet::PubAck(got.pid.unwrap())).await;
+    publ.send(&publish("t/b", b"zero", QoS::AtMostOnce, None, false))
+        .await;
+    assert_eq!(&sub.recv_publish().await.payload[..], b"zero");
+
+    let m = scrape(admin, None).await;
+    assert_eq!(m.value("mqtt_connections{transport=\"tcp\"}"), 2.0);
+    assert_eq!(m.value("mqtt_connects_total{result=\"accepted\"}"), 2.0);
+    assert_eq!(m.value("mqtt_sessions{state=\"connected\"}"), 2.0);
+    assert_eq!(m.value("mqtt_subscriptions"), 1.0);
+    assert_eq!(m.value("mqtt_messages_received_total{qos=\"1\"}"), 1.0);
+    assert_eq!(m.value("mqtt_messages_received_total{qos=\"0\"}"), 1.0);
+    assert_eq!(m.value("mqtt_messages_sent_total{qos=\"1\"}"), 1.0);
+    assert_eq!(m.value("mqtt_payload_bytes_received_total{qos=\"1\"}"), 5.0);
+    assert_eq!(m.value("mqtt_auth_total{result=\"success\"}"), 2.0);
+    assert_eq!(
+        m.value("mqtt_publish_deliver_latency_seconds_count"),
+        2.0,
+        "one latency sample per delivered message"
+    );
+    assert_eq!(
+        m.value("mqtt_publish_deliver_latency_seconds_bucket{le=\"+Inf\"}"),
+        2.0
+    );
+    assert!(m.value("mqtt_bytes_received_total") > 0.0);
+
+    // Refusals: a PUBLISH to $SYS is dropped, a too-deep filter gets 0x80, an unrouted
+    // message counts as having no subscribers.
+    publ.send(&publish(
+        "$SYS/fake",
+        b"x",
+        QoS::AtLeastOnce,
+        Some(8),
+        false,
+    ))
+    .await;
+    assert_eq!(publ.recv().await, Some(Packet::PubAck(8)));
+    assert_eq!(
+        publ.subscribe(2, &[("a/b/c/d", QoS::AtMostOnce)]).await,
+        vec![SubAckCode::Failure]
+    );
+    publ.send(&publish(
+        "nobody/here",
+        b"x",
+        QoS::AtLeastOnce,
+        Some(9),
+        false,
+    ))
+    .await;
+    assert_eq!(publ.recv().await, Some(Packet::PubAck(9)));
+    let m = scrape(admin, None).await;
+    assert_eq!(
+        m.value("mqtt_messages_dropped_total{reason=\"sys_topic\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.value("mqtt_limit_refusals_total{limit=\"max_topic_levels\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.value("mqtt_messages_dropped_total{reason=\"no_subscribers\"}"),
+        1.0
+    );
+
+    publ.send(&Packet::Disconnect).await;
+    publ.expect_closed().await;
+    wait_metric(
+        admin,
+        None,
+        "mqtt_disconnects_total{reason=\"disconnect\"}",
+        1.0,
+    )
+    .await;
+    drop(sub);
+    wait_metric(
+        admin,
+        None,
+        "mqtt_disconnects_total{reason=\"peer_closed\"}",
+        1.0,
+    )
+    .await;
+    wait_metric(admin, None, "mqtt_connections{transport=\"tcp\"}", 0.0).await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn auth_failures_are_counted_and_emitted() {
+    let (broker, admin) = start(|c| c.security.allow_anonymous = false).await;
+    let mut events = broker.events();
+    let (_c, ack) =
+        RawClient::connect_with(broker.local_addr(), connect_packet("anon", true)).await;
+    assert_eq!(ack.code, ConnectReturnCode::NotAuthorized);
+    let m = scrape(admin, None).await;
+    assert_eq!(m.value("mqtt_auth_total{result=\"failure\"}"), 1.0);
+    assert_eq!(m.value("mqtt_connects_total{result=\"auth_failed\"}"), 1.0);
+    assert_eq!(m.value("mqtt_connects_total{result=\"accepted\"}"), 0.0);
+    let e = next_event(&mut events, |e| matches!(e, BrokerEvent::AuthFailed { .. })).await;
+    let BrokerEvent::AuthFailed { client_id, .. } = e else {
+        unreachable!()
+    };
+    assert_eq!(&*client_id, "anon");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn probes_stats_and_clients_api() {
+    let (broker, admin) = start(|_| {}).await;
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+    let ready = get(admin, "/readyz").await;
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+    assert!(broker.is_ready());
+
+    let mut clients = Vec::new();
+    for (i, id) in ["c1", "c2", "c3"].iter().enumerate() {
+        let (mut c, _) = RawClient::connect(broker.local_addr(), id, i != 1).await;
+        let filters: Vec<(String, QoS)> = (0..=i)
+            .map(|n| (format!("{id}/{n}"), QoS::AtLeastOnce))
+            .collect();
+        let refs: Vec<(&str, QoS)> = filters.iter().map(|(f, q)| (f.as_str(), *q)).collect();
+        c.subscribe(1, &refs).await;
+        clients.push(c);
+    }
+    let stats = get(admin, "/api/v1/stats").await;
+    assert_eq!(stats.status, 200);
+    assert_eq!(stats.content_type, "application/json");
+    let s = stats.json();
+    assert_eq!(s["connections"]["total"], 3);
+    assert_eq!(s["connections"]["tcp"], 3);
+    assert_eq!(s["connections"]["websocket"], 0);
+    assert_eq!(s["sessions"]["total"], 3);
+    assert_eq!(s["sessions"]["connected"], 3);
+    assert_eq!(s["subscriptions"]["total"], 6);
+    assert_eq!(s["messages"]["inflight"]["qos1"], 0);
+    assert_eq!(s["messages"]["retained"], 0);
+    assert_eq!(
+        serde_json::to_value(broker.stats()).unwrap()["subscriptions"],
+        s["subscriptions"],
+        "the same numbers as BrokerHandle::stats()"
+    );
+
+    let page1 = get(admin, "/api/v1/clients?limit=2").await.json();
+    assert_eq!(page1["total"], 3);
+    let list = page1["clients"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["id"], "c1");
+    assert_eq!(list[0]["transport"], "tcp");
+    assert_eq!(list[0]["subscriptions"], 1);
+    assert_eq!(list[0]["queue_depth"], 0);
+    assert!(list[0]["address"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert!(list[0]["connected_since"].as_u64().unwrap() > 1_600_000_000_000);
+    assert_eq!(list[1]["id"], "c2");
+    assert_eq!(list[1]["clean_session"], false);
+    let page2 = get(admin, "/api/v1/clients?offset=2&limit=2").await.json();
+    let list = page2["clients"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], "c3");
+    assert_eq!(list[0]["subscriptions"], 3);
+    assert_eq!(
+        get(admin, "/api/v1/clients?limit=x").await.status,
+        400,
+        "a malformed page is refused"
+    );
+
+    // Disconnect c2 through the API: only c2 is closed.
+    let mut events = broker.events();
+    let r = request(admin, "DELETE", "/api/v1/clients/c2", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    clients[1].expect_closed().await;
+    let e = next_event(&mut events, |e| {
+        matches!(e, BrokerEvent::ClientDisconnected { .. })
+    })
+    .await;
+    assert!(
+        matches!(&e, BrokerEvent::ClientDisconnected { client_id, reason: DisconnectReason::Admin, .. } if &**client_id == "c2"),
+        "{e:?}"
+    );
+    for i in [0, 2] {
+        let c = &mut clients[i];
+        c.send(&Packet::PingReq).await;
+        assert_eq!(c.recv().await, Some(Packet::PingResp));
+    }
+    wait_metric(admin, None, "mqtt_disconnects_total{reason=\"admin\"}", 1.0).await;
+    assert_eq!(
+        request(admin, "DELETE", "/api/v1/clients/c2", None)
+            .await
+            .status,
+        404
+    );
+    let s = get(admin, "/api/v1/stats").await.json();
+    assert_eq!(s["sessions"]["total"], 3, "c2's persistent session is kept");
+    assert_eq!(s["sessions"]["connected"], 2);
+    assert_eq!(get(admin, "/nope").await.status, 404);
+    assert_eq!(request(admin, "POST", "/metrics", None).await.status, 405);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn bearer_token_is_required_except_for_probes() {
+    let dir = temp_dir("token");
+    std::fs::write(dir.join("token"), "s3cret\n").unwrap();
+    let cfg = dir.join("broker.yaml");
+    let yaml = |token: &str| {
+        format!(
+            "listeners:\n  - bind: '127.0.0.1:0'\nadmin:\n  bind: '127.0.0.1:0'\n  token_file: {token}\n"
+        )
+    };
+    std::fs::write(&cfg, yaml("token")).unwrap();
+    let broker = Broker::start(Config::load(&cfg).unwrap()).await.unwrap();
+    broker.set_config_path(cfg.clone());
+    let admin = broker.admin_addr().unwrap();
+
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+    assert_eq!(get(admin, "/readyz").await.status, 200);
+    for (method, path) in [
+        ("GET", "/metrics"),
+        ("GET", "/api/v1/stats"),
+        ("GET", "/api/v1/clients"),
+        ("DELETE", "/api/v1/clients/x"),
+        ("POST", "/api/v1/reload"),
+        ("GET", "/api/v1/reload"),
+    ] {
+        let r = request(admin, method, path, None).await;
+        assert_eq!(r.status, 401, "{method} {path} without a token");
+        let r = request(admin, method, path, Some("wrong")).await;
+        assert_eq!(r.status, 401, "{method} {path} with a wrong token");
+    }
+    assert_eq!(
+        scrape(admin, Some("s3cret"))
+            .await
+            .value("mqtt_config_generation"),
+        1.0
+    );
+    assert_eq!(
+        request(admin, "GET", "/api/v1/stats", Some("s3cret"))
+            .await
+            .status,
+        200
+    );
+    // The token file is re-read by a reload: the new token works, the old one no longer does.
+    std::fs::write(dir.join("token2"), "n3w\n").unwrap();
+    std::fs::write(&cfg, yaml("token2")).unwrap();
+    let r = request(admin, "POST", "/api/v1/reload", Some("s3cret")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["generation"], 2);
+    assert_eq!(
+        request(admin, "GET", "/api/v1/stats", Some("s3cret"))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        request(admin, "GET", "/api/v1/stats", Some("n3w"))
+            .await
+            .status,
+        200
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn reload_endpoint_reports_status_and_metrics() {
+    let dir = temp_dir("reload");
+    let cfg = dir.join("broker.yaml");
+    let base = "listeners:\n  - {name: main, bind: '127.0.0.1:0'}\nadmin:\n  bind: '127.0.0.1:0'\n";
+    std::fs::write(&cfg, base).unwrap();
+    let broker = Broker::start(Config::load(&cfg).unwrap()).await.unwrap();
+    let admin = broker.admin_addr().unwrap();
+    let mut events = broker.events();
+
+    // Not told its config file yet: nothing to re-read.
+    assert_eq!(
+        request(admin, "POST", "/api/v1/reload", None).await.status,
+        409
+    );
+    broker.set_config_path(cfg.clone());
+
+    std::fs::write(&cfg, format!("{base}limits:\n  max_subscriptions: 5\n")).unwrap();
+    let r = request(admin, "POST", "/api/v1/reload", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let status = r.json();
+    assert_eq!(status["ok"], true);
+    assert_eq!(status["generation"], 2);
+    assert_eq!(broker.config().limits.max_subscriptions, 5);
+    let e = next_event(&mut events, |e| {
+        matches!(e, BrokerEvent::ConfigReloaded { .. })
+    })
+    .await;
+    assert_eq!(
+        e,
+        BrokerEvent::ConfigReloaded {
+            generation: 2,
+            ok: true,
+            error: None
+        }
+    );
+
+    std::fs::write(&cfg, format!("{base}limits:\n  max_subscriptions: 0\n")).unwrap();
+    let r = request(admin, "POST", "/api/v1/reload", None).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let status = r.json();
+    assert_eq!(status["ok"], false);
+    assert_eq!(status["generation"], 2);
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_subscriptions"),
+        "{status}"
+    );
+    let last = get(admin, "/api/v1/reload").await.json();
+    assert_eq!(last, status);
+
+    // Moving the admin listener is refused as a whole.
+    std::fs::write(&cfg, base.replace("'127.0.0.1:0'\n", "'127.0.0.1:1'\n")).unwrap();
+    let r = request(admin, "POST", "/api/v1/reload", None).await;
+    assert_eq!(r.status, 422);
+    assert!(r.body.contains("admin.bind"), "{}", r.body);
+
+    let m = scrape(admin, None).await;
+    assert_eq!(m.value("mqtt_config_generation"), 2.0);
+    assert_eq!(m.value("mqtt_config_reloads_total{result=\"ok\"}"), 1.0);
+    assert_eq!(m.value("mqtt_config_reloads_total{result=\"error\"}"), 2.0);
+    assert_eq!(m.value("mqtt_config_last_reload_successful"), 0.0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn readyz_turns_503_as_soon_as_shutdown_starts() {
+    let (broker, admin) = start(|c| {
+        c.server.drain_delay = ConfigDuration::millis(600);
+        c.server.shutdown_timeout = ConfigDuration::secs(5);
+    })
+    .await;
+    let (mut client, _) = RawClient::connect(broker.local_addr(), "c", true).await;
+    assert_eq!(get(admin, "/readyz").await.status, 200);
+    let stopping = tokio::spawn(broker.clone().shutdown());
+    let start = Instant::now();
+    loop {
+        let r = get(admin, "/readyz").await;
+        if r.status == 503 {
+            assert_eq!(r.body, "shutting down\n");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "readyz still 200"
+        );
+    }
+    // Alive but not ready while draining; MQTT keeps being served during the drain delay.
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+    assert_eq!(scrape(admin, None).await.value("mqtt_ready"), 0.0);
+    client.send(&Packet::PingReq).await;
+    assert_eq!(client.recv().await, Some(Packet::PingResp));
+    client.expect_closed().await;
+    assert!(stopping.await.unwrap(), "every connection ended in time");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(!broker.is_ready());
+}
+
+#[tokio::test]
+async fn events_describe_the_session_lifecycle_and_lagging_is_reported() {
+    let (broker, _admin) = start(|c| c.limits.publish_rate = 0).await;
+    let mut events = broker.events();
+    let mut lagging = broker.events();
+
+    let (mut sub, _) = RawClient::connect(broker.local_addr(), "sub", false).await;
+    let e = next_event(&mut events, |_| true).await;
+    assert!(
+        matches!(&e, BrokerEvent::ClientConnected { client_id, clean_session: false, session_present: false, .. } if &**client_id == "sub"),
+        "{e:?}"
+    );
+    sub.subscribe(1, &[("e/+", QoS::AtLeastOnce)]).await;
+    assert_eq!(
+        next_event(&mut events, |_| true).await,
+        BrokerEvent::Subscribed {
+            client_id: "sub".into(),
+            filter: "e/+".into(),
+            qos: QoS::AtLeastOnce
+        }
+    );
+    let (mut publ, _) = RawClient::connect(broker.local_addr(), "pub", true).await;
+    next_event(&mut events, |e| {
+        matches!(e, BrokerEvent::ClientConnected { .. })
+    })
+    .await;
+    publ.send(&publish("e/1", b"abc", QoS::AtLeastOnce, Some(1), true))
+        .await;
+    assert_eq!(publ.recv().await, Some(Packet::PubAck(1)));
+    assert_eq!(
+        next_event(&mut events, |_| true).await,
+        BrokerEvent::MessagePublished {
+            client_id: "pub".into(),
+            topic: "e/1".into(),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            payload_len: 3,
+            subscribers: 1
+        }
+    );
+    sub.send(&Packet::Unsubscribe(Unsubscribe {
+        pid: 2,
+        filters: vec!["e/+".into()],
+    }))
+    .await;
+    next_event(
+        &mut events,
+        |e| matches!(e, BrokerEvent::Unsubscribed { filter, .. } if filter == "e/+"),
+    )
+    .await;
+    sub.send(&Packet::Disconnect).await;
+    let e = next_event(&mut events, |e| {
+        matches!(e, BrokerEvent::ClientDisconnected { .. })
+    })
+    .await;
+    assert!(
+        matches!(&e, BrokerEvent::ClientDisconnected { client_id, reason: DisconnectReason::Disconnect, .. } if &**client_id == "sub"),
+        "{e:?}"
+    );
+
+    // The receiver nobody read fell behind: it is told how many events it missed, and
+    // the broker was not held up by it.
+    let started = Instant::now();
+    for i in 0..1200u32 {
+        publ.send(&publish(
+            "e/2",
+            &i.to_be_bytes(),
+            QoS::AtMostOnce,
+            None,
+            false,
+        ))
+        .await;
+    }
+    publ.send(&Packet::PingReq).await;
+    assert_eq!(publ.recv().await, Some(Packet::PingResp));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    match lagging.recv().await {
+        Err(RecvError::Lagged(n)) => assert!(n >= 1200 - 1024, "missed {n}"),
+        other => panic!("expected Lagged, got {other:?}"),
+    }
+    assert!(lagging.recv().await.is_ok(), "continues after the gap");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn sys_topics_are_published_and_clients_cannot_publish_there() {
+    let (broker, _admin) = start(|c| c.server.sys_interval = ConfigDuration::millis(200)).await;
+    let (mut sys, _) = RawClient::connect(broker.local_addr(), "sys", true).await;
+    sys.subscribe(1, &[("$SYS/#", QoS::AtMostOnce)]).await;
+    let (mut all, _) = RawClient::connect(broker.local_addr(), "all", true).await;
+    all.subscribe(1, &[("#", QoS::AtMostOnce)]).await;
+
+    let mut seen = std::collections::HashMap::new();
+    let deadline = Instant::now() + WAIT;
+    // The load averages come last, from the second interval on.
+    while !seen.contains_key("$SYS/broker/load/connections/15min") {
+        assert!(Instant::now() < deadline, "load topics missing: {seen:?}");
+        let p = sys.recv_publish().await;
+        seen.insert(
+            p.topic.to_string(),
+            String::from_utf8_lossy(&p.payload).into_owned(),
+        );
+    }
+    assert!(seen["$SYS/broker/version"].starts_with("mqtt-broker version "));
+    assert!(seen["$SYS/broker/uptime"].ends_with(" seconds"));
+    assert_eq!(seen["$SYS/broker/clients/connected"], "2");
+    assert_eq!(seen["$SYS/broker/subscriptions/count"], "2");
+    for t in [
+        "$SYS/broker/clients/total",
+        "$SYS/broker/messages/received",
+        "$SYS/broker/messages/sent",
+        "$SYS/broker/retained messages/count",
+        "$SYS/broker/bytes/received",
+        "$SYS/broker/load/bytes/sent/15min",
+    ] {
+        assert!(seen.contains_key(t), "{t} missing: {seen:?}");
+    }
+    // [MQTT-4.7.2-1]: `#` does not match `$SYS` topics.
+    all.expect_silence(Duration::from_millis(300)).await;
+
+    // A client's PUBLISH to $SYS is acknowledged and dropped.
+    let (mut evil, _) = RawClient::connect(broker.local_addr(), "evil", true).await;
+    evil.send(&publish(
+        "$SYS/broker/version",
+        b"fake",
+        QoS::AtLeastOnce,
+        Some(3),
+        true,
+    ))
+    .await;
+    assert_eq!(evil.recv().await, Some(Packet::PubAck(3)));
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        if let Ok(Some(Packet::Publish(p))) = sys.recv_within(Duration::from_millis(50)).await {
+            assert_ne!(&p.payload[..], b"fake");
+        }
+    }
+    let (mut late, _) = RawClient::connect(broker.local_addr(), "late", true).await;
+    late.subscribe(1, &[("$SYS/broker/version", QoS::AtMostOnce)])
+        .await;
+    let retained = late.recv_publish().await;
+    assert!(retained.retain);
+    assert_ne!(&retained.payload[..], b"fake");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn sys_interval_zero_publishes_nothing() {
+    let (broker, _admin) = start(|c| c.server.sys_interval = ConfigDuration::secs(0)).await;
+    let (mut sys, _) = RawClient::connect(broker.local_addr(), "sys", true).await;
+    sys.subscribe(1, &[("$SYS/#", QoS::AtMostOnce)]).await;
+    sys.expect_silence(Duration::from_millis(1500)).await;
+    assert_eq!(broker.stats().messages.retained, 0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_can_be_disabled_and_a_taken_port_does_not_stop_the_broker() {
+    let broker = start_broker(|c| c.admin.enabled = false).await;
+    assert_eq!(broker.admin_addr(), None);
+    let (_c, _) = RawClient::connect(broker.local_addr(), "c", true).await;
+    broker.shutdown().await;
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let broker = start_broker(|c| c.admin.bind = addr).await;
+    assert_eq!(broker.admin_addr(), None);
+    let (_c, _) = RawClient::connect(broker.local_addr(), "c", true).await;
+    broker.shutdown().await;
+}
