@@ -938,7 +938,14 @@ async fn malformed_and_abusive_packets_close_only_the_offender() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_of_65535_bytes_with_30000_levels() {
     log_buffer();
-    let broker = start_broker(|c| c.server.max_packet_size = 256 * 1024).await;
+    // The operator limits (limits.max_topic_*) are opened wide so that what is tested here is
+    // the trie's own depth guard, which no configuration can lift.
+    let broker = start_broker(|c| {
+        c.server.max_packet_size = 256 * 1024;
+        c.limits.max_topic_length = 65_535;
+        c.limits.max_topic_levels = 1_000_000;
+    })
+    .await;
     let addr = broker.local_addr();
     let bystander = Bystander::start(addr).await;
 
@@ -1036,7 +1043,8 @@ const MAX_TOPIC: usize = 65_535;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_thousand_subscriptions_from_one_client() {
     log_buffer();
-    let broker = start_broker(|_| {}).await;
+    // limits.max_subscriptions (default 1000) is lifted: this measures the trie, not the limit.
+    let broker = start_broker(|c| c.limits.max_subscriptions = 200_000).await;
     let addr = broker.local_addr();
     let bystander = Bystander::start(addr).await;
     let (mut hog, _) = RawClient::connect(addr, "sub-hog", true).await;
