@@ -87,7 +87,9 @@ trap cleanup EXIT
 # same values: per-client queue 200,000 (the retained scenario hands 100,000 messages to one
 # new subscriber; Mosquitto counts those against max_queued_messages), inflight window 32
 # (ours' default), no cap on connections or retained topics that a scenario reaches.
-# Persistence off, loopback only, Nagle off, warnings and errors logged only.
+# Persistence off, loopback only, Nagle off, warnings and errors logged only. Our per-client
+# protection limits (publish rate, subscriptions, queued bytes), which Mosquitto does not have
+# by default, are lifted, and the admin listener is off (Mosquitto has none).
 cat >"$work/ours.yaml" <<EOF
 listeners:
   - bind: 127.0.0.1:$port_ours
@@ -99,6 +101,13 @@ persistence:
 performance:
   message_queue_limit: 200000
   inflight_window_size: 32
+limits:
+  publish_rate: 0
+  publish_bytes_rate: 0
+  max_subscriptions: 1000000
+  max_queued_bytes: 1073741824
+admin:
+  enabled: false
 log:
   level: warn
 EOF

@@ -4,7 +4,7 @@
 
 use crate::config::StorageType;
 use crate::config::{Config, ListenerConfig, TransportKind};
-use crate::hooks::{AclAction, AclRequest, ClientInfo, SecurityChain};
+use crate::hooks::{AclAction, AclCache, AclRequest, ClientInfo, SecurityChain};
 use crate::metrics::ops::LimitKind;
 use crate::metrics::{
     ByteStats, ConnectionStats, Counters, InflightStats, MessageStats, SessionStats, StatsSnapshot,
@@ -141,6 +141,8 @@ pub struct SessionEntry {
     pub(crate) wake: Notify,
     /// The client as last connected, for delivery-time ACL checks.
     pub(crate) client: Mutex<Arc<ClientInfo>>,
+    /// Delivery decisions for that client (forgotten when it connects again).
+    pub(crate) acl_cache: Mutex<AclCache>,
     /// When the last connection ended (for `persistence.session_expiry`); `None` while online.
     pub(crate) offline_since: Mutex<Option<std::time::SystemTime>>,
     pub(crate) owner: Mutex<Option<Owner>>,
@@ -263,6 +265,7 @@ impl Shared {
                     state: Mutex::new(Session::new(id.clone(), clean_session, limits)),
                     wake: Notify::new(),
                     client: Mutex::new(client.clone()),
+                    acl_cache: Mutex::new(AclCache::default()),
                     offline_since: Mutex::new(None),
                     owner: Mutex::new(None),
                 });
@@ -547,7 +550,12 @@ impl Shared {
                     qos: msg.qos.min(*granted),
                     retain: false,
                 };
-                let allowed = runtime.security.authorize(&client, &request);
+                let allowed = runtime.security.authorize_cached(
+                    &client,
+                    &request,
+                    &mut entry.acl_cache.lock(),
+                    runtime.generation,
+                );
                 if !allowed {
                     Counters::inc(&self.counters.acl_denied_deliver);
                 }
@@ -803,6 +811,7 @@ impl Shared {
                 )),
                 wake: Notify::new(),
                 client: Mutex::new(client),
+                acl_cache: Mutex::new(AclCache::default()),
                 offline_since: Mutex::new(Some(last_seen)),
                 owner: Mutex::new(None),
             });

@@ -8,7 +8,7 @@
 use crate::broker::{Runtime, SessionEntry, Shared};
 use crate::config::TransportKind;
 use crate::events::{BrokerEvent, DisconnectReason};
-use crate::hooks::{AclAction, AclRequest, ClientInfo, Credentials, DenyReason};
+use crate::hooks::{AclAction, AclCache, AclRequest, ClientInfo, Credentials, DenyReason};
 use crate::limits::TokenBucket;
 use crate::metrics::ops::LimitKind;
 use crate::metrics::Counters;
@@ -155,6 +155,7 @@ where
         rate_msgs: TokenBucket::new(std::time::Instant::now()),
         rate_bytes: TokenBucket::new(std::time::Instant::now()),
         throttle: None,
+        acl_cache: AclCache::default(),
         client_id: Arc::from(""),
         client: Arc::new(ClientInfo {
             client_id: Arc::from(""),
@@ -478,6 +479,50 @@ async fn write_or_flush<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Reads what the peer has sent into `buf`, holding no buffer while it waits.
+///
+/// An idle connection is the common case for an IoT fleet, and a read buffer reserved ahead
+/// of the read would be most of its memory. So an empty `buf` gives its allocation back, and
+/// the read goes into a buffer on the stack of this `poll` call (not into the task's
+/// future), whose bytes are then appended to `buf`. A partly received packet keeps its
+/// buffer, which grows in `READ_CHUNK` steps.
+async fn read_lazily<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    release(buf);
+    if !buf.is_empty() {
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(READ_CHUNK);
+        }
+        return rd.read_buf(buf).await;
+    }
+    std::future::poll_fn(|cx| {
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut rb = tokio::io::ReadBuf::uninit(&mut stack);
+        match std::pin::Pin::new(&mut *rd).poll_read(cx, &mut rb) {
+            std::task::Poll::Ready(Ok(())) => {
+                let filled = rb.filled();
+                if !filled.is_empty() {
+                    buf.reserve(READ_CHUNK.max(filled.len()));
+                    buf.extend_from_slice(filled);
+                }
+                std::task::Poll::Ready(Ok(filled.len()))
+            }
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Gives back the allocation of an empty buffer.
+fn release(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 0 {
+        *buf = BytesMut::new();
+    }
+}
+
 /// Publishes a will message like any other PUBLISH [MQTT-3.1.2-8].
 fn publish_will(shared: &Shared, client: &ClientInfo, will: &LastWill) {
     let runtime = shared.runtime.load();
@@ -526,6 +571,8 @@ struct Conn<S> {
     rate_bytes: TokenBucket,
     /// Reading is paused until then: the client is over its publish rate.
     throttle: Option<Instant>,
+    /// This connection's PUBLISH decisions of the authorizer chain.
+    acl_cache: AclCache,
 }
 
 impl<S: AsyncRead + AsyncWrite> Conn<S> {
@@ -561,10 +608,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     }
 
     async fn read_more(&mut self) -> Result<(), Close> {
-        if self.rbuf.capacity() - self.rbuf.len() < 512 {
-            self.rbuf.reserve(READ_CHUNK);
-        }
-        match self.rd.read_buf(&mut self.rbuf).await {
+        match read_lazily(&mut self.rd, &mut self.rbuf).await {
             Ok(0) => Err(Close::PeerClosed),
             Ok(n) => {
                 Counters::add(&self.shared.counters.bytes_in, n as u64);
@@ -640,12 +684,9 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             if self.process_buffered(entry).is_err() {
                 return;
             }
-            if self.rbuf.capacity() - self.rbuf.len() < 512 {
-                self.rbuf.reserve(READ_CHUNK);
-            }
             let wait =
                 Duration::from_millis(20).min(until.saturating_duration_since(Instant::now()));
-            match tokio::time::timeout(wait, self.rd.read_buf(&mut self.rbuf)).await {
+            match tokio::time::timeout(wait, read_lazily(&mut self.rd, &mut self.rbuf)).await {
                 Ok(Ok(n)) if n > 0 => {
                     Counters::add(&self.shared.counters.bytes_in, n as u64);
                 }
@@ -734,8 +775,12 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             if self.encode_out() > 0 {
                 self.observe_latency(entry);
             }
-            if self.rbuf.capacity() - self.rbuf.len() < 512 && self.wbuf.len() < WRITE_HARD_LIMIT {
-                self.rbuf.reserve(READ_CHUNK);
+            if self.wbuf.is_empty() && !needs_flush {
+                // Nothing to write: an idle connection keeps no write buffer or packet list.
+                release(&mut self.wbuf);
+                if self.out.capacity() > 0 {
+                    self.out = Vec::new();
+                }
             }
             tokio::select! {
                 biased;
@@ -750,7 +795,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                     Ok(None) => needs_flush = false,
                     Err(e) => return Close::Io(e),
                 },
-                r = self.rd.read_buf(&mut self.rbuf), if self.wbuf.len() < WRITE_HARD_LIMIT && self.throttle.is_none() => match r {
+                r = read_lazily(&mut self.rd, &mut self.rbuf), if self.wbuf.len() < WRITE_HARD_LIMIT && self.throttle.is_none() => match r {
                     Ok(0) => return Close::PeerClosed,
                     Ok(n) => {
                         Counters::add(&self.shared.counters.bytes_in, n as u64);
@@ -1012,7 +1057,12 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             qos: p.qos,
             retain: p.retain,
         };
-        if !runtime.security.authorize(&self.client, &request) {
+        if !runtime.security.authorize_cached(
+            &self.client,
+            &request,
+            &mut self.acl_cache,
+            runtime.generation,
+        ) {
             Counters::inc(&self.shared.counters.acl_denied_publish);
             warn!(topic = %p.topic, "publish denied by ACL; acknowledged and dropped");
             return;

@@ -10,6 +10,7 @@
 use crate::config::TransportKind;
 use crate::protocol::{ConnectReturnCode, ProtocolLevel, QoS};
 use crate::routing::Message;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -123,6 +124,54 @@ pub trait Authorizer: Send + Sync {
     fn name(&self) -> &str;
     /// Answers one request.
     fn authorize(&self, client: &ClientInfo, request: &AclRequest<'_>) -> Decision;
+    /// Whether the answer depends only on the client and the request, so that it may be
+    /// remembered for the rest of the connection (see [`AclCache`]). Policies that look at
+    /// the clock or at outside state say no.
+    fn cacheable(&self) -> bool {
+        true
+    }
+    /// Answers one request and says whether this answer may be remembered: an answer
+    /// standing in for a failed call (a plugin that trapped) must not outlive the failure.
+    fn authorize_for_cache(
+        &self,
+        client: &ClientInfo,
+        request: &AclRequest<'_>,
+    ) -> (Decision, bool) {
+        (self.authorize(client, request), self.cacheable())
+    }
+}
+
+/// The chain's decisions for one client, remembered per topic until the client reconnects or
+/// a reload publishes a new generation, so that a plugin authorizer runs once per topic and
+/// not once per message.
+#[derive(Debug, Default)]
+pub struct AclCache {
+    /// Generation of the runtime whose chain made the decisions.
+    generation: u64,
+    /// The client they were made for (held, so that its address cannot be reused).
+    client: Option<Arc<ClientInfo>>,
+    /// Per topic: which (action, QoS, retain) combinations are known, and which are allowed.
+    entries: HashMap<Arc<str>, (u32, u32)>,
+}
+
+impl AclCache {
+    /// Most topics remembered per client; beyond it the cache starts over (a client that
+    /// publishes to ever-new topics gains nothing from it and must not grow without bound).
+    pub const MAX_TOPICS: usize = 1024;
+
+    /// Forgets every decision (the client reconnected, maybe as someone else).
+    pub fn clear(&mut self) {
+        self.entries = HashMap::new();
+    }
+
+    fn bit(request: &AclRequest<'_>) -> u32 {
+        let action = match request.action {
+            AclAction::Publish => 0,
+            AclAction::Subscribe => 1,
+            AclAction::Deliver => 2,
+        };
+        1 << (action * 6 + (request.qos as u32) * 2 + u32::from(request.retain))
+    }
 }
 
 /// What a transformer does with the message it was given.
@@ -265,6 +314,68 @@ impl SecurityChain {
         allowed || self.acl_default_allow
     }
 
+    /// [`Self::authorize`], also saying whether every answer that counted may be cached.
+    fn decide(&self, client: &ClientInfo, request: &AclRequest<'_>) -> (bool, bool) {
+        let mut allowed = false;
+        let mut cacheable = true;
+        for a in &self.authorizers {
+            let (decision, may_cache) = a.authorize_for_cache(client, request);
+            cacheable &= may_cache;
+            match decision {
+                Decision::Deny => return (false, cacheable),
+                Decision::Allow => allowed = true,
+                Decision::Abstain => {}
+            }
+        }
+        (allowed || self.acl_default_allow, cacheable)
+    }
+
+    /// [`Self::authorize`], answered from `cache` when the same request was decided before
+    /// in this `generation` and every authorizer allows caching.
+    pub fn authorize_cached(
+        &self,
+        client: &Arc<ClientInfo>,
+        request: &AclRequest<'_>,
+        cache: &mut AclCache,
+        generation: u64,
+    ) -> bool {
+        if self.authorizers.is_empty() {
+            return self.acl_default_allow;
+        }
+        let same_client = cache
+            .client
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, client));
+        if cache.generation != generation || !same_client {
+            cache.clear();
+            cache.generation = generation;
+            cache.client = Some(client.clone());
+        }
+        let bit = AclCache::bit(request);
+        if let Some((known, allowed)) = cache.entries.get(request.topic) {
+            if known & bit != 0 {
+                return allowed & bit != 0;
+            }
+        }
+        let (allowed, cacheable) = self.decide(client, request);
+        if !cacheable {
+            return allowed;
+        }
+        if cache.entries.len() >= AclCache::MAX_TOPICS && !cache.entries.contains_key(request.topic)
+        {
+            cache.clear();
+        }
+        let entry = cache
+            .entries
+            .entry(Arc::from(request.topic))
+            .or_insert((0, 0));
+        entry.0 |= bit;
+        if allowed {
+            entry.1 |= bit;
+        }
+        allowed
+    }
+
     /// Whether any authorizer is configured (so delivery checks can be skipped when none is).
     pub fn has_authorizers(&self) -> bool {
         !self.authorizers.is_empty() || !self.acl_default_allow
@@ -288,5 +399,143 @@ impl SecurityChain {
             };
         }
         current.into_iter().chain(extra).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Allows everything but `secret/...`, counting calls; `fail` makes it answer as a failed
+    /// plugin does (deny, not cacheable).
+    struct Counting {
+        calls: AtomicU32,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Authorizer for Counting {
+        fn name(&self) -> &str {
+            "counting"
+        }
+        fn authorize(&self, client: &ClientInfo, request: &AclRequest<'_>) -> Decision {
+            self.authorize_for_cache(client, request).0
+        }
+        fn authorize_for_cache(
+            &self,
+            _: &ClientInfo,
+            request: &AclRequest<'_>,
+        ) -> (Decision, bool) {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            if self.fail.load(Ordering::Relaxed) {
+                return (Decision::Deny, false);
+            }
+            let d = if request.topic.starts_with("secret/") {
+                Decision::Deny
+            } else {
+                Decision::Allow
+            };
+            (d, true)
+        }
+    }
+
+    fn setup() -> (SecurityChain, Arc<Counting>, Arc<ClientInfo>) {
+        let counting = Arc::new(Counting {
+            calls: AtomicU32::new(0),
+            fail: false.into(),
+        });
+        let mut chain = SecurityChain::open();
+        chain.acl_default_allow = false;
+        chain.authorizers.push(counting.clone());
+        let client = Arc::new(ClientInfo {
+            client_id: Arc::from("c"),
+            username: None,
+            peer: "127.0.0.1:1".parse().unwrap(),
+            transport: TransportKind::Tcp,
+            tls_identity: None,
+            protocol: ProtocolLevel::V311,
+            clean_session: true,
+        });
+        (chain, counting, client)
+    }
+
+    fn publish(topic: &str, qos: QoS) -> AclRequest<'_> {
+        AclRequest {
+            action: AclAction::Publish,
+            topic,
+            qos,
+            retain: false,
+        }
+    }
+
+    #[test]
+    fn acl_cache_answers_repeats_without_calling_the_chain() {
+        let (chain, counting, client) = setup();
+        let mut cache = AclCache::default();
+        for _ in 0..10 {
+            assert!(chain.authorize_cached(
+                &client,
+                &publish("a/b", QoS::AtMostOnce),
+                &mut cache,
+                1
+            ));
+            assert!(!chain.authorize_cached(
+                &client,
+                &publish("secret/x", QoS::AtMostOnce),
+                &mut cache,
+                1
+            ));
+        }
+        assert_eq!(counting.calls.load(Ordering::Relaxed), 2);
+        // Another QoS or action is another question.
+        assert!(chain.authorize_cached(&client, &publish("a/b", QoS::AtLeastOnce), &mut cache, 1));
+        let deliver = AclRequest {
+            action: AclAction::Deliver,
+            ..publish("a/b", QoS::AtMostOnce)
+        };
+        assert!(chain.authorize_cached(&client, &deliver, &mut cache, 1));
+        assert_eq!(counting.calls.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn acl_cache_is_dropped_on_a_new_generation_or_client() {
+        let (chain, counting, client) = setup();
+        let mut cache = AclCache::default();
+        chain.authorize_cached(&client, &publish("a", QoS::AtMostOnce), &mut cache, 1);
+        chain.authorize_cached(&client, &publish("a", QoS::AtMostOnce), &mut cache, 2);
+        assert_eq!(
+            counting.calls.load(Ordering::Relaxed),
+            2,
+            "a reload forgets"
+        );
+        let reconnected = Arc::new((*client).clone());
+        chain.authorize_cached(&reconnected, &publish("a", QoS::AtMostOnce), &mut cache, 2);
+        assert_eq!(
+            counting.calls.load(Ordering::Relaxed),
+            3,
+            "a new connection forgets"
+        );
+    }
+
+    #[test]
+    fn acl_cache_never_keeps_an_answer_for_a_failed_call() {
+        let (chain, counting, client) = setup();
+        let mut cache = AclCache::default();
+        counting.fail.store(true, Ordering::Relaxed);
+        assert!(!chain.authorize_cached(&client, &publish("a", QoS::AtMostOnce), &mut cache, 1));
+        counting.fail.store(false, Ordering::Relaxed);
+        assert!(chain.authorize_cached(&client, &publish("a", QoS::AtMostOnce), &mut cache, 1));
+        assert_eq!(counting.calls.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn acl_cache_is_bounded() {
+        let (chain, _, client) = setup();
+        let mut cache = AclCache::default();
+        for i in 0..(AclCache::MAX_TOPICS * 3) {
+            let topic = format!("t/{i}");
+            chain.authorize_cached(&client, &publish(&topic, QoS::AtMostOnce), &mut cache, 1);
+            assert!(cache.entries.len() <= AclCache::MAX_TOPICS);
+        }
     }
 }

@@ -172,6 +172,8 @@ async fn slow_plugin_within_limits_works() {
     let mut p = hostile_config("slow");
     // The plugin busy-waits about 3 ms; give it room on a loaded machine.
     p.limits.call_timeout = ConfigDuration::millis(50);
+    // Every message runs the slow call (no remembered decisions).
+    p.cache_decisions = false;
     let broker = start_broker(|c| c.plugins = vec![p]).await;
     let addr = broker.local_addr();
     let (mut sub, _) = RawClient::connect(addr, "sub", true).await;
@@ -282,4 +284,35 @@ fn changed_component_or_engine_setting_is_recompiled() {
     std::fs::write(&component, text).expect("write");
     assert_eq!(load(&host), ArtifactSource::Compiled);
     assert_eq!(std::fs::read_dir(&cache).expect("cache").count(), 3);
+}
+
+/// Runs 20 QoS 2 publishes on one topic through the `allow` authorizer and returns how
+/// many times the plugin was called.
+async fn authorize_calls_for_twenty_publishes(cache_decisions: bool) -> u64 {
+    let mut p = hostile_config("allow");
+    p.cache_decisions = cache_decisions;
+    let broker = start_broker(|c| c.plugins = vec![p]).await;
+    let addr = broker.local_addr();
+    let (mut sub, _) = RawClient::connect(addr, "sub", true).await;
+    assert_eq!(
+        sub.subscribe(1, &[("cached/#", QoS::ExactlyOnce)]).await,
+        vec![SubAckCode::Granted(QoS::ExactlyOnce)]
+    );
+    let (mut publisher, _) = RawClient::connect(addr, "pub", true).await;
+    for i in 0..20u16 {
+        publisher.publish_qos2("cached/t", &i.to_be_bytes(), 1 + i).await;
+        assert_eq!(&sub.receive_qos2().await.payload[..], &i.to_be_bytes());
+    }
+    let calls = stats(&broker).calls;
+    broker.shutdown().await;
+    calls
+}
+
+/// ACL decisions are remembered per connection and topic: the plugin is asked once for the
+/// SUBSCRIBE, once for the first PUBLISH and once for the first delivery, not per message;
+/// with `cache_decisions: false` it is asked every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_decisions_are_cached_per_connection_and_topic() {
+    assert_eq!(authorize_calls_for_twenty_publishes(true).await, 3);
+    assert_eq!(authorize_calls_for_twenty_publishes(false).await, 1 + 2 * 20);
 }

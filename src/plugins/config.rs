@@ -37,6 +37,15 @@ pub struct PluginConfig {
     /// Where compiled artifacts are cached; default: `.cache/` beside the component.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
+    /// Whether the plugin's `authorize` answers may be remembered per connection and topic
+    /// until the client reconnects or the config reloads (default true). Set false for a
+    /// policy that depends on the time or on state outside the request.
+    #[serde(default = "yes")]
+    pub cache_decisions: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl PluginConfig {
@@ -49,6 +58,7 @@ impl PluginConfig {
             limits: PluginLimits::default(),
             on_error: OnError::default(),
             cache_dir: None,
+            cache_decisions: true,
         }
     }
 

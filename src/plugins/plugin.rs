@@ -609,6 +609,18 @@ impl Authorizer for WasmPlugin {
     }
 
     fn authorize(&self, client: &ClientInfo, request: &AclRequest<'_>) -> Decision {
+        self.authorize_for_cache(client, request).0
+    }
+
+    fn cacheable(&self) -> bool {
+        self.config.cache_decisions
+    }
+
+    fn authorize_for_cache(
+        &self,
+        client: &ClientInfo,
+        request: &AclRequest<'_>,
+    ) -> (Decision, bool) {
         let info = bindings::client_info(client);
         let req = bindings::acl_request(request);
         let r = self.call(client, Hook::Authorize, |slot| {
@@ -618,9 +630,10 @@ impl Authorizer for WasmPlugin {
             g.call_authorize(&mut slot.store, &info, &req).map(Ok)
         });
         match r {
-            Ok(d) => bindings::decision(d),
-            Err(_) if self.fail_closed() => Decision::Deny,
-            Err(_) => Decision::Abstain,
+            Ok(d) => (bindings::decision(d), self.config.cache_decisions),
+            // An answer made up for a failed call holds only until the next request.
+            Err(_) if self.fail_closed() => (Decision::Deny, false),
+            Err(_) => (Decision::Abstain, false),
         }
     }
 }
