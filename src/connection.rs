@@ -121,12 +121,18 @@ fn transport_counter(shared: &Shared, t: TransportKind) -> &std::sync::atomic::A
 }
 
 /// Serves one accepted connection until it ends.
-pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, info: ConnectionInfo)
+pub(crate) fn serve<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    info: ConnectionInfo,
+) -> impl std::future::Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    // Not an `async fn`: that would keep its arguments beside the inner future (the task's
+    // allocation is the largest part of an idle connection's memory).
     let span = info_span!("conn", peer = %info.peer, transport = info.transport.as_str(), client_id = tracing::field::Empty);
-    serve_inner(shared, stream, info).instrument(span).await
+    serve_inner(shared, stream, info).instrument(span)
 }
 
 async fn serve_inner<S>(shared: Arc<Shared>, stream: S, info: ConnectionInfo)
@@ -180,7 +186,7 @@ where
             Counters::inc(&shared.counters.protocol_errors);
             warn!(%reason, "closing before CONNECT: protocol error");
             // A refusing CONNACK (protocol level) may be pending.
-            conn.flush_best_effort().await;
+            Box::pin(conn.flush_best_effort()).await;
             return;
         }
         Ok(Err(Close::PeerClosed)) => {
@@ -246,8 +252,14 @@ where
         protocol: connect.protocol,
         clean_session: connect.clean_session,
     });
-    if let Err(code) =
-        authenticate(&shared, &runtime, &client, &connect, identity_as_username).await
+    if let Err(code) = Box::pin(authenticate(
+        &shared,
+        &runtime,
+        &client,
+        &connect,
+        identity_as_username,
+    ))
+    .await
     {
         conn.send_and_close(refuse(code)).await;
         return;
@@ -258,9 +270,9 @@ where
 
     let cancel = info.cancel.clone();
     let (done_tx, done_rx) = watch::channel(false);
-    let attached = shared
-        .attach(&client, conn_id, cancel.clone(), done_rx)
-        .await;
+    // Boxed, like the other one-off steps: the task's future is as large as its largest
+    // await, and every idle connection pays for that size.
+    let attached = Box::pin(shared.attach(&client, conn_id, cancel.clone(), done_rx)).await;
     let entry = attached.entry;
     // From here on the session is detached however the task ends, a panic included.
     let attachment = Attachment {
@@ -309,9 +321,9 @@ where
     };
     let reason = conn.run(&entry, &cancel, idle_limit).await;
     if matches!(reason, Close::Cancelled) && shared.shutdown.is_cancelled() {
-        conn.finish_inbound(&entry).await;
+        Box::pin(conn.finish_inbound(&entry)).await;
     }
-    conn.flush_best_effort().await;
+    Box::pin(conn.flush_best_effort()).await;
     let why = disconnect_reason(&reason, &shared, &entry, conn_id, registration.kicked());
     drop(registration);
     shared.counters.ops.disconnect(why);
@@ -725,7 +737,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     /// Sends one packet (e.g. a refusing CONNACK) and closes.
     async fn send_and_close(&mut self, p: Packet) {
         self.out.push(p);
-        self.flush_best_effort().await;
+        Box::pin(self.flush_best_effort()).await;
     }
 
     /// Writes whatever is pending, giving up after a short time.
@@ -824,7 +836,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 }
                 _ = tokio::time::sleep_until(deadline), if idle_limit.is_some() && self.throttle.is_none() => return Close::KeepAlive,
                 _ = self.reload.changed() => {
-                    if let Err(why) = self.recheck().await {
+                    if let Err(why) = Box::pin(self.recheck()).await {
                         return Close::Revoked(why);
                     }
                 }

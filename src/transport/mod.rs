@@ -129,8 +129,10 @@ pub(crate) fn spawn_guarded<F>(peer: SocketAddr, task: F) -> JoinHandle<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    tokio::spawn(async move {
-        if let Err(panic) = AssertUnwindSafe(task).catch_unwind().await {
+    // A combinator, not an `async` block: a block would hold `task` and the future awaiting
+    // it side by side, doubling every connection's task allocation.
+    tokio::spawn(AssertUnwindSafe(task).catch_unwind().map(move |outcome| {
+        if let Err(panic) = outcome {
             let message = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -138,7 +140,7 @@ where
                 .unwrap_or_else(|| "non-string panic payload".into());
             error!(%peer, panic = %message, "connection task panicked: closed this connection only");
         }
-    })
+    }))
 }
 
 /// Completes TLS and/or WebSocket handshakes within the connect deadline, then serves MQTT.
