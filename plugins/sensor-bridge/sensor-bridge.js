@@ -10,10 +10,11 @@
 // this file only connects it to the broker's host functions. build.sh bundles both.
 
 import { log, nowMillis } from 'mqtt-broker:plugin/host@0.1.0';
-import { createBridge, utf8Encode } from './lib/bridge.js';
+import { createBridge } from './lib/bridge.js';
 
 let bridge = null;
 let lastStats = 0;
+const KEEP = { action: { tag: 'keep' }, additional: [] };
 
 export const lifecycle = {
   init(config) {
@@ -31,14 +32,15 @@ export const lifecycle = {
 
 export const transform = {
   transform(client, message) {
-    if (bridge === null) return { action: { tag: 'keep' }, additional: [] };
-    const now = Number(nowMillis());
-    const result = bridge.process(message.topic, message.payload, now);
+    if (bridge === null) return KEEP;
+    // The clock is read only for a matched message (a host call costs microseconds here).
+    let now = 0;
+    const result = bridge.process(message.topic, message.payload, () => (now = Number(nowMillis())));
+    if (result === null) return KEEP;
     if (bridge.config.statsMillis > 0 && now - lastStats >= bridge.config.statsMillis) {
       lastStats = now;
       log('info', bridge.statsLine());
     }
-    if (result === null) return { action: { tag: 'keep' }, additional: [] };
     if (result.problems.length > 0 && bridge.config.logErrors !== 'off') {
       for (const p of result.problems) {
         log(bridge.config.logErrors, `rule ${result.rule}: garbage ${p.quantity} from device ${result.device} on ${message.topic}: ${p.reason} (raw ${JSON.stringify(result.raw)})`);
@@ -46,7 +48,7 @@ export const transform = {
     }
     const additional = result.outputs.map((o) => ({
       topic: o.topic,
-      payload: utf8Encode(o.payload),
+      payload: o.payload,
       qos: message.qos,
       // An error report is an event, never retained state.
       retain: o.error ? false : message.retain,

@@ -31,8 +31,16 @@ export class ConfigError extends Error {}
 // ---------------------------------------------------------------------------------------
 // UTF-8 (QuickJS has no TextEncoder/TextDecoder).
 
+const NON_ASCII = /[^\x00-\x7f]/;
+
 /** Decodes UTF-8; invalid sequences become U+FFFD and clear `ok`. */
 export function utf8Decode(bytes) {
+  // Fast path, without a loop in JavaScript (QuickJS interprets every step): sensor payloads
+  // are short ASCII.
+  if (bytes.length <= 4096) {
+    const latin1 = String.fromCharCode.apply(null, bytes);
+    if (!NON_ASCII.test(latin1)) return { text: latin1, ok: true };
+  }
   let text = '';
   let ok = true;
   for (let i = 0; i < bytes.length; ) {
@@ -65,8 +73,17 @@ export function utf8Decode(bytes) {
 
 /** Encodes a string as UTF-8 bytes. */
 export function utf8Encode(s) {
-  const out = [];
-  for (const ch of s) {
+  const n = s.length;
+  const ascii = new Uint8Array(n);
+  let i = 0;
+  for (; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0x80) break;
+    ascii[i] = c;
+  }
+  if (i === n) return ascii; // the usual case: JSON of ASCII topics and numbers
+  const out = Array.from(ascii.subarray(0, i));
+  for (const ch of s.slice(i)) {
     const cp = ch.codePointAt(0);
     if (cp < 0x80) out.push(cp);
     else if (cp < 0x800) out.push(0xc0 | (cp >> 6), 0x80 | (cp & 0x3f));
@@ -74,6 +91,37 @@ export function utf8Encode(s) {
     else out.push(0xf0 | (cp >> 18), 0x80 | ((cp >> 12) & 0x3f), 0x80 | ((cp >> 6) & 0x3f), 0x80 | (cp & 0x3f));
   }
   return new Uint8Array(out);
+}
+
+/** Concatenates byte arrays. */
+export function concatBytes(parts) {
+  let n = 0;
+  for (let i = 0; i < parts.length; i++) n += parts[i].length;
+  const out = new Uint8Array(n);
+  let at = 0;
+  for (let i = 0; i < parts.length; i++) {
+    out.set(parts[i], at);
+    at += parts[i].length;
+  }
+  return out;
+}
+
+/**
+ * A bounded string → UTF-8 cache for the parts of output payloads that repeat (device and
+ * quantity prefix, unit suffix, timestamp): encoding character by character is the most
+ * expensive step of a reading in QuickJS.
+ */
+export function byteCache(limit = 4096) {
+  const map = new Map();
+  return (s) => {
+    let b = map.get(s);
+    if (b === undefined) {
+      if (map.size >= limit) map.clear();
+      b = utf8Encode(s);
+      map.set(s, b);
+    }
+    return b;
+  };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -156,14 +204,17 @@ export function compilePattern(pattern) {
     previousWasPlaceholder = true;
   }
   const regex = new RegExp(source + '$');
+  // A cheap test before the regular expression: most topics differ from the first character.
+  const prefix = parts.length > 0 && parts[0].lit !== undefined ? parts[0].lit : '';
   return {
     pattern,
     names,
     match(topic) {
+      if (prefix !== '' && !topic.startsWith(prefix)) return null;
       const m = regex.exec(topic);
       if (m === null) return null;
       const captures = {};
-      names.forEach((n, k) => { captures[n] = m[k + 1]; });
+      for (let k = 0; k < names.length; k++) captures[names[k]] = m[k + 1];
       return captures;
     },
   };
@@ -187,7 +238,10 @@ export function compileTemplate(template, known, what = 'template') {
     uses: (name) => parts.some((p) => p.name === name),
     render(values) {
       let out = '';
-      for (const p of parts) out += p.lit !== undefined ? p.lit : values[p.name];
+      for (let i = 0; i < parts.length; i++) {
+        const p = parts[i];
+        out += p.lit !== undefined ? p.lit : values[p.name];
+      }
       return out;
     },
   };
@@ -205,10 +259,15 @@ const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
 export function parseNumber(text) {
   const t = text.trim();
   if (t === '') return { error: 'empty value' };
-  if (!NUMBER.test(t)) return { error: `not a number: ${JSON.stringify(truncate(t, 40))}` };
+  const m = NUMBER.exec(t);
+  if (m === null) return { error: `not a number: ${JSON.stringify(truncate(t, 40))}` };
   const v = Number(t);
   if (!Number.isFinite(v)) return { error: `not a finite number: ${JSON.stringify(truncate(t, 40))}` };
-  return { value: v };
+  // Digits after the point, when the text has no exponent (then rounding to as many or
+  // more decimals changes nothing and can be skipped).
+  const dot = t.indexOf('.');
+  const decimals = m[2] !== undefined ? Infinity : dot === -1 ? 0 : t.length - dot - 1;
+  return { value: v, decimals };
 }
 
 /** Rounds half away from zero to `decimals` places, without binary artefacts (1.005 → 1.01). */
@@ -494,7 +553,8 @@ export function parseRule(raw, i, defaults = {}) {
   }
 
   const replace = toBool(raw.replace, at('replace'));
-  const settings = (q) => perQuantity.get(q) ?? { ...base, output };
+  const ruleSettings = { ...base, output };
+  const settings = (q) => perQuantity.get(q) ?? ruleSettings;
 
   return {
     name,
@@ -562,22 +622,28 @@ function jsonString(s) {
 }
 
 /**
- * A bridge: the parsed config plus counters. `process` returns `null` when no rule
- * matches, else `{ rule, replace, outputs: [{topic, payload, error}], problems }`, where
- * `payload` is a JSON string and `problems` lists the garbage readings (for the log).
+ * A bridge: the parsed config plus counters. `process(topic, payload, now)` returns `null`
+ * when no rule matches, else `{ rule, device, replace, outputs: [{topic, payload, error}],
+ * problems, raw }`, where `payload` is the UTF-8 bytes of a JSON object and `problems` lists
+ * the garbage readings (for the log). `now` gives the broker time in ms (called only when a rule matches).
  */
 export function createBridge(pairs) {
   const config = parseConfig(pairs);
+  const rules = config.rules;
   const counters = { messages: 0, matched: 0, readings: 0, garbage: 0, unmatched: 0 };
-  const perRule = new Map(config.rules.map((r) => [r.name, { matched: 0, readings: 0, garbage: 0 }]));
+  const perRule = new Map(rules.map((r) => [r.name, { matched: 0, readings: 0, garbage: 0 }]));
+  const cached = byteCache();
+  const CLOSE = utf8Encode('}');
+  let tsMs = -1;
+  let tsBytes = null;
 
-  function process(topic, payload, nowMs) {
+  function process(topic, payload, now) {
     counters.messages += 1;
     let rule = null;
     let captures = null;
-    for (const r of config.rules) {
-      captures = r.pattern.match(topic);
-      if (captures !== null) { rule = r; break; }
+    for (let i = 0; i < rules.length; i++) {
+      captures = rules[i].pattern.match(topic);
+      if (captures !== null) { rule = rules[i]; break; }
     }
     if (rule === null) {
       counters.unmatched += 1;
@@ -586,37 +652,43 @@ export function createBridge(pairs) {
     counters.matched += 1;
     const ruleCounters = perRule.get(rule.name);
     ruleCounters.matched += 1;
+    const nowMs = now();
 
-    const { text, ok } = utf8Decode(payload.length > config.maxPayload ? payload.subarray(0, RAW_IN_ERROR_MAX) : payload);
+    const tooLarge = payload.length > config.maxPayload;
+    const { text, ok } = utf8Decode(tooLarge ? payload.subarray(0, RAW_IN_ERROR_MAX) : payload);
     let readings;
-    if (payload.length > config.maxPayload) {
-      readings = rule.extract('', captures).map(({ quantity }) => ({
-        quantity, error: `payload too large (${payload.length} bytes; max_payload is ${config.maxPayload})`,
-      }));
-    } else if (!ok) {
-      readings = rule.extract('', captures).map(({ quantity }) => ({ quantity, error: 'payload is not UTF-8' }));
+    if (tooLarge || !ok) {
+      const error = tooLarge
+        ? `payload too large (${payload.length} bytes; max_payload is ${config.maxPayload})`
+        : 'payload is not UTF-8';
+      readings = rule.extract('', captures).map((r) => ({ quantity: r.quantity, error }));
     } else {
       readings = rule.extract(text, captures);
     }
 
     const device = captures.device;
+    const deviceJson = jsonString(device);
     const outputs = [];
     const problems = [];
-    const errorTopics = new Set();
+    let errorTopics = null;
     const raw = text.length > RAW_IN_ERROR_MAX ? text.slice(0, RAW_IN_ERROR_MAX) : text;
-    for (const reading of readings) {
-      const s = rule.settings(reading.quantity);
-      const values = { ...captures, quantity: reading.quantity };
-      const outTopic = s.output.render(values);
+    for (let i = 0; i < readings.length; i++) {
+      const reading = readings[i];
+      const quantity = reading.quantity;
+      const s = rule.settings(quantity);
+      captures.quantity = quantity; // the template values: captures plus {quantity}
+      const outTopic = s.output.render(captures);
       let error = reading.error;
       let value = reading.value;
-      if (error === undefined && RESERVED_QUANTITIES.includes(reading.quantity)) {
-        error = `\`${reading.quantity}\` cannot be a quantity name: the output payload uses that key itself`;
+      if (error === undefined && RESERVED_QUANTITIES.includes(quantity)) {
+        error = `\`${quantity}\` cannot be a quantity name: the output payload uses that key itself`;
       }
+      let decimals = Infinity;
       if (error === undefined && value === undefined) {
         const n = parseNumber(reading.text);
         error = n.error;
         value = n.value;
+        decimals = n.decimals;
       }
       if (error === undefined && !Number.isFinite(value)) error = 'not a finite number';
       if (error === undefined && s.min !== undefined && value < s.min) error = `out of range: ${value} is below min ${s.min}`;
@@ -624,29 +696,53 @@ export function createBridge(pairs) {
       if (error !== undefined) {
         counters.garbage += 1;
         ruleCounters.garbage += 1;
-        problems.push({ quantity: reading.quantity, reason: error });
-        const errTopic = rule.errorTopic.render({ ...values, output: outTopic });
+        problems.push({ quantity, reason: error });
+        captures.output = outTopic;
+        const errTopic = rule.errorTopic.render(captures);
         // One error per topic: a payload-wide failure does not repeat itself on a shared topic.
+        if (errorTopics === null) errorTopics = new Set();
         if (errorTopics.has(errTopic)) continue;
         errorTopics.add(errTopic);
+        if (tsMs !== nowMs) {
+          tsMs = nowMs;
+          tsBytes = utf8Encode(String(nowMs));
+        }
         outputs.push({
           topic: errTopic,
           error: true,
-          payload: `{"device":${jsonString(device)},"quantity":${jsonString(reading.quantity)},"topic":${jsonString(topic)},"raw":${jsonString(raw)},"reason":${jsonString(error)},"ts":${nowMs}}`,
+          // {"device":…,"quantity":…,"topic":…,"raw":…,"reason":…,"ts":…}
+          payload: concatBytes([
+            cached(`{"device":${deviceJson},"quantity":${jsonString(quantity)},"topic":${jsonString(topic)},"raw":`),
+            utf8Encode(`${jsonString(raw)},"reason":${jsonString(error)},"ts":`),
+            tsBytes,
+            CLOSE,
+          ]),
         });
         continue;
       }
       counters.readings += 1;
       ruleCounters.readings += 1;
-      const rounded = roundTo(value, s.round);
-      const unit = s.unit !== undefined ? `,"unit":${jsonString(s.unit)}` : '';
+      const rounded = s.round === undefined || decimals <= s.round ? value : roundTo(value, s.round);
+      // {"device":"aloys","temperature":25.5,"unit":"C","ts":1795000000000}, assembled from
+      // cached bytes around the number.
+      if (tsMs !== nowMs) {
+        tsMs = nowMs;
+        tsBytes = utf8Encode(String(nowMs));
+      }
       outputs.push({
         topic: outTopic,
         error: false,
-        payload: `{"device":${jsonString(device)},${jsonString(reading.quantity)}:${jsonString(rounded)}${unit},"ts":${nowMs}}`,
+        payload: concatBytes([
+          cached(`{"device":${deviceJson},${jsonString(quantity)}:`),
+          utf8Encode(jsonString(rounded === 0 ? 0 : rounded)),
+          s.unit !== undefined ? cached(`,"unit":${jsonString(s.unit)},"ts":`) : cached(',"ts":'),
+          tsBytes,
+          CLOSE,
+        ]),
       });
     }
-    return { rule: rule.name, device, replace: rule.replace, outputs: outputs.slice(0, MAX_ADDITIONAL_MESSAGES), problems, raw };
+    if (outputs.length > MAX_ADDITIONAL_MESSAGES) outputs.length = MAX_ADDITIONAL_MESSAGES;
+    return { rule: rule.name, device, replace: rule.replace, outputs, problems, raw };
   }
 
   function statsLine() {

@@ -1,7 +1,9 @@
 // Unit tests of the rule config and of whole-message processing (node --test).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createBridge, parseConfig, utf8Encode, ConfigError, MAX_ADDITIONAL_MESSAGES } from '../lib/bridge.js';
+import {
+  createBridge, parseConfig, utf8Encode, utf8Decode, ConfigError, MAX_ADDITIONAL_MESSAGES,
+} from '../lib/bridge.js';
 
 const NOW = 1795000000000;
 
@@ -45,9 +47,16 @@ function refuses(f, re) {
 
 function run(bridge, topic, payload) {
   const bytes = typeof payload === 'string' ? utf8Encode(payload) : payload;
-  const r = bridge.process(topic, bytes, NOW);
+  const r = bridge.process(topic, bytes, () => NOW);
   if (r === null) return null;
-  return { ...r, outputs: r.outputs.map((o) => ({ ...o, json: JSON.parse(o.payload) })) };
+  return {
+    ...r,
+    outputs: r.outputs.map((o) => {
+      const text = utf8Decode(o.payload);
+      assert.ok(text.ok, 'outputs are UTF-8');
+      return { ...o, payload: text.text, json: JSON.parse(text.text) };
+    }),
+  };
 }
 
 test('a valid plain reading becomes the documented JSON', () => {

@@ -71,9 +71,9 @@ test('templates render captured values and refuse unknown names', () => {
 });
 
 test('numbers: decimal text only', () => {
-  for (const [text, value] of [['25.5', 25.5], ['25', 25], ['25.50', 25.5], ['-3.0', -3], ['+4', 4],
-    ['.5', 0.5], ['5.', 5], ['1e2', 100], [' 21.5\n', 21.5], ['0', 0]]) {
-    assert.deepEqual(parseNumber(text), { value }, JSON.stringify(text));
+  for (const [text, value, decimals] of [['25.5', 25.5, 1], ['25', 25, 0], ['25.50', 25.5, 2], ['-3.0', -3, 1],
+    ['+4', 4, 0], ['.5', 0.5, 1], ['5.', 5, 0], ['1e2', 100, Infinity], [' 21.5\n', 21.5, 1], ['0', 0, 0]]) {
+    assert.deepEqual(parseNumber(text), { value, decimals }, JSON.stringify(text));
   }
   for (const [text, reason] of [['', /empty/], ['  ', /empty/], ['nan', /not a number/], ['NaN', /not a number/],
     ['inf', /not a number/], ['Infinity', /not a number/], ['25,5', /not a number/], ['hot', /not a number/],
@@ -108,6 +108,8 @@ test('durations for stats_interval', () => {
 });
 
 test('UTF-8 round trip and invalid input', () => {
+  assert.deepEqual(utf8Encode('ab'), new Uint8Array([97, 98]));
+  assert.deepEqual(utf8Decode(new Uint8Array([97, 98])), { text: 'ab', ok: true });
   const s = 'Küche 25°C 🌡';
   assert.deepEqual(utf8Decode(utf8Encode(s)), { text: s, ok: true });
   const bad = utf8Decode(new Uint8Array([0x32, 0xff, 0x35]));
