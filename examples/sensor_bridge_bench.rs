@@ -4,9 +4,10 @@
 //! N simulated devices (the firmware's topics and payloads: `sensors/{device}/temperature`,
 //! `sensors/{device}/humidity`, the legacy `sensors_{device}/dht`, bare one-decimal
 //! numbers, some garbage) publish as fast as the broker reads them for a fixed time; one
-//! subscriber on `#` receives everything. With the bridge (the README's rules: split topics
-//! kept and bridged, legacy topic replaced), each reading cycle of 3 raw messages in gives 5
-//! out (2 raw + 3 structured or error); without it, 3 out.
+//! subscriber on `#` receives everything. With the bridge (the plugin entry of
+//! config/sensor-bridge.yaml: split topics kept and bridged, legacy topic replaced), each
+//! reading cycle of 3 raw messages in gives 5 out (2 raw + 3 structured or error); without
+//! it, 3 out.
 //!
 //! The load is a closed loop: devices write as fast as they can while fewer than 20,000
 //! messages are on their way to the subscriber, so the run measures what the broker sustains
@@ -72,50 +73,37 @@ struct Cli {
     only: Option<String>,
 }
 
-/// The rules of README.md's "ESP8266 sensor bridge" section.
-const RULES: &str = r#"
-- name: split
-  topic: "sensors/{device}/{kind:temperature|humidity}"
-  quantity: "{kind}"
-  output: "home/{device}/{quantity}"
-  quantities:
-    temperature: {unit: C, round: 1, min: -40, max: 80}
-    humidity: {unit: "%", round: 0, min: 0, max: 100}
-- name: legacy
-  topic: "sensors_{device}/dht"
-  quantity: temperature
-  output: "home/{device}/legacy/temperature"
-  unit: C
-  round: 1
-  min: -40
-  max: 80
-  replace: true
-"#;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.devices == 0 || cli.devices > 5000 || cli.batch == 0 || cli.runs == 0 {
         eprintln!("sensor_bridge_bench: --devices 1..=5000, --batch and --runs at least 1");
         return ExitCode::from(2);
     }
-    let plugin = cli.plugin.clone().unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugins/sensor-bridge/sensor-bridge.wasm")
-    });
-    if !plugin.is_file() {
-        eprintln!(
-            "{} is missing: run `bash .ci/plugins.sh` first",
-            plugin.display()
-        );
-        return ExitCode::from(2);
-    }
-    let rules: serde_yaml_ng::Value = match serde_yaml_ng::from_str(RULES) {
-        Ok(v) => v,
+    // The plugin entry of config/sensor-bridge.yaml (the README's example rules).
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/sensor-bridge.yaml");
+    let mut bridge = match Config::load(&example) {
+        Ok(c) => match c.plugins.into_iter().next() {
+            Some(p) => p,
+            None => {
+                eprintln!("{}: no plugin entry", example.display());
+                return ExitCode::FAILURE;
+            }
+        },
         Err(e) => {
-            eprintln!("sensor_bridge_bench: rules: {e}");
+            eprintln!("sensor_bridge_bench: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let mut bridge = PluginConfig::new("sensor-bridge", plugin).with("rules", rules);
+    if let Some(path) = &cli.plugin {
+        bridge.path = path.clone();
+    }
+    if !bridge.path.is_file() {
+        eprintln!(
+            "{} is missing: run `bash .ci/plugins.sh` first",
+            bridge.path.display()
+        );
+        return ExitCode::from(2);
+    }
     // On a busy 2-core machine a descheduled thread can overrun the 10 ms default; the
     // benchmark reports failures rather than measure deadline misses.
     bridge.limits.call_timeout = mqtt_broker::config::ConfigDuration(Duration::from_millis(100));

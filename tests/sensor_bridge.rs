@@ -19,33 +19,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The plugin entry of the broker YAML, as in README.md ("ESP8266 sensor bridge"); `PATH`
-/// is replaced by the component's path.
-const BRIDGE_YAML: &str = r#"
-name: sensor-bridge
-path: PATH
-config:
-  rules:
-    # sensors/aloys/temperature -> 25.5  =>  home/aloys/temperature
-    - name: split
-      topic: "sensors/{device}/{kind:temperature|humidity}"
-      quantity: "{kind}"
-      output: "home/{device}/{quantity}"
-      quantities:
-        temperature: {unit: C, round: 1, min: -40, max: 80}
-        humidity: {unit: "%", round: 0, min: 0, max: 100}
-    # the legacy topic sensors_aloys/dht -> 25.5 (temperature only); the raw one is dropped
-    - name: legacy
-      topic: "sensors_{device}/dht"
-      quantity: temperature
-      output: "home/{device}/legacy/temperature"
-      unit: C
-      round: 1
-      min: -40
-      max: 80
-      replace: true
-"#;
-
 /// The built component; fails (never skips) when it was not built.
 fn component() -> PathBuf {
     let path =
@@ -58,9 +31,18 @@ fn component() -> PathBuf {
     path
 }
 
-fn plugin_entry(yaml: &str) -> PluginConfig {
-    let text = yaml.replace("PATH", &component().display().to_string());
-    serde_yaml_ng::from_str(&text).expect("the plugin entry parses")
+/// The `plugins:` entry of config/sensor-bridge.yaml, the example the README documents:
+/// the rules for the firmware's split topics (raw kept) and its legacy topic (raw replaced).
+fn example_entry() -> PluginConfig {
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/sensor-bridge.yaml");
+    let config = Config::load(&file).expect("config/sensor-bridge.yaml loads");
+    let entry = config.plugins.into_iter().next().expect("one plugin entry");
+    assert_eq!(
+        entry.path.canonicalize().ok(),
+        component().canonicalize().ok(),
+        "the example loads the built component"
+    );
+    entry
 }
 
 fn now_ms() -> u64 {
@@ -152,7 +134,7 @@ fn multiset<K: std::hash::Hash + Eq>(items: impl IntoIterator<Item = K>) -> Hash
 async fn fleet_readings_become_structured_json_and_garbage_is_reported() {
     // First, as building it may take minutes: the watcher below would hit its keep-alive.
     let simulator = simulator();
-    let broker = start(vec![plugin_entry(BRIDGE_YAML)]).await;
+    let broker = start(vec![example_entry()]).await;
     let addr = broker.local_addr();
     let started_ms = now_ms();
 
@@ -492,16 +474,14 @@ async fn a_rule_change_in_the_config_file_takes_effect_live() {
 
 #[tokio::test]
 async fn an_invalid_rule_is_refused_with_a_message_naming_it() {
-    let broken = BRIDGE_YAML.replace(
-        "      round: 1\n      min: -40",
-        "      round: lots\n      min: -40",
-    );
-    assert_ne!(broken, BRIDGE_YAML);
+    let mut entry = example_entry();
+    let rules = entry.config.get_mut("rules").expect("rules");
+    rules[1]["round"] = serde_yaml_ng::Value::from("lots");
     let mut config = Config {
         listeners: vec![BrokerHandle::loopback_listener()],
         ..Default::default()
     };
-    config.plugins = vec![plugin_entry(&broken)];
+    config.plugins = vec![entry];
     let expected = "plugin sensor-bridge: init refused the config: rules[1] (legacy): key `round`: must be a number";
     match Broker::start(config.clone()).await {
         Err(e @ BrokerError::Plugin(_)) => assert_eq!(e.to_string(), expected),
