@@ -283,3 +283,49 @@ test('the stats line counts per rule', () => {
   assert.equal(b.statsLine(), 'sensor-bridge stats (this instance): 4 messages, 3 matched, 2 readings out, 1 garbage, 1 not matched; '
     + 'split: 2 matched, 1 readings, 1 garbage; legacy: 1 matched, 1 readings, 0 garbage');
 });
+
+test('the examples of README.md work as documented', () => {
+  const b = createBridge(pairs([
+    {
+      topic: 'dht/{device}', parser: 'kv', fields: { t: 'temperature', h: 'humidity' }, output: 'home/{device}/{quantity}',
+      quantities: { temperature: { unit: 'C', min: -40, max: 80 }, humidity: { unit: '%', min: 0, max: 100 } },
+    },
+    {
+      topic: '{site}/station/{device}/csv', parser: 'csv', columns: [null, 'temperature', 'humidity', 'pressure'],
+      output: 'weather/{site}/{device}/{quantity}', error_topic: 'weather/{site}/errors', quantities: { pressure: { unit: 'hPa', round: 0 } },
+    },
+    {
+      topic: 'tele/{device}/SENSOR', parser: 'json', fields: { 'AM2301.Temperature': 'temperature', 'AM2301.Humidity': 'humidity' },
+      output: 'home/{device}/{quantity}', round: 1, replace: true,
+    },
+  ]));
+  const kv = run(b, 'dht/aloys', 't=nan,h=40.1');
+  assert.deepEqual(kv.outputs.map((o) => [o.topic, o.json.reason ?? o.json.humidity]), [
+    ['home/aloys/temperature/error', 'not a number: "nan"'],
+    ['home/aloys/humidity', 40.1],
+  ]);
+  assert.equal(kv.outputs[1].payload, `{"device":"aloys","humidity":40.1,"unit":"%","ts":${NOW}}`);
+  const csv = run(b, 'lab/station/ws1/csv', '1700000000,21.5,nan,1013.4');
+  assert.deepEqual(csv.outputs.map((o) => o.topic), ['weather/lab/ws1/temperature', 'weather/lab/errors', 'weather/lab/ws1/pressure']);
+  assert.equal(csv.outputs[2].json.pressure, 1013);
+  assert.equal(csv.outputs[2].json.unit, 'hPa');
+  const broken = run(b, 'lab/station/ws1/csv', '');
+  assert.deepEqual(broken.outputs.map((o) => o.topic), ['weather/lab/errors'], 'one report for a payload-wide failure');
+  assert.equal(broken.problems.length, 3);
+  const tasmota = run(b, 'tele/plug1/SENSOR', '{"Time":"2026-11-25T20:00:00","AM2301":{"Temperature":21.46,"Humidity":40}}');
+  assert.equal(tasmota.replace, true);
+  assert.deepEqual(tasmota.outputs.map((o) => o.json), [
+    { device: 'plug1', temperature: 21.5, ts: NOW },
+    { device: 'plug1', humidity: 40, ts: NOW },
+  ]);
+});
+
+test('README error messages', () => {
+  const split = {
+    name: 'split', topic: 'sensors/{device}/{kind:temperature|humidity}', quantity: '{kind}', output: 'home/{device}/{quantity}',
+  };
+  refuses(() => parseConfig(pairs([{ ...split, topic: 'sensors/+/{kind}' }])),
+    /^rules\[0\] \(split\): key `topic`: MQTT wildcards \+ and # are not allowed: name a level with \{name\} instead$/);
+  refuses(() => parseConfig(pairs([{ ...split, output: 'home/{room}' }])),
+    /^rules\[0\] \(split\): key `output`: `\{room\}` is not known here \(known: \{device\}, \{kind\}, \{quantity\}\)$/);
+});
