@@ -134,7 +134,11 @@ fn multiset<K: std::hash::Hash + Eq>(items: impl IntoIterator<Item = K>) -> Hash
 async fn fleet_readings_become_structured_json_and_garbage_is_reported() {
     // First, as building it may take minutes: the watcher below would hit its keep-alive.
     let simulator = simulator();
-    let broker = start(vec![example_entry()]).await;
+    let mut entry = example_entry();
+    // The deadline is wall-clock: on a loaded CI machine a descheduled thread may overrun
+    // the 10 ms default, and this test is about what the bridge publishes.
+    entry.limits.call_timeout = mqtt_broker::config::ConfigDuration(Duration::from_millis(500));
+    let broker = start(vec![entry]).await;
     let addr = broker.local_addr();
     let started_ms = now_ms();
 
@@ -361,7 +365,8 @@ fn broker_yaml(output: &str, replace: bool, parser: &str) -> String {
          plugins:\n  - name: sensor-bridge\n    path: {}\n    config:\n      rules:\n\
          \x20       - name: dht\n          topic: 'sensors/{{device}}/temperature'\n\
          \x20         parser: {parser}\n          quantity: temperature\n\
-         \x20         output: '{output}'\n          unit: C\n          replace: {replace}\n",
+         \x20         output: '{output}'\n          unit: C\n          replace: {replace}\n\
+         \x20   limits: {{call_timeout: 500ms}}\n",
         component().display()
     )
 }
