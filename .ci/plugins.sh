@@ -80,12 +80,15 @@ build() { # name output inputs...
 build device-auth plugins/device-auth/device-auth.wasm plugins/device-auth/app.py
 build device-acl plugins/device-acl/device-acl.wasm plugins/device-acl/device_acl.c plugins/device-acl/policy.h
 build topic-rewrite plugins/topic-rewrite/topic-rewrite.wasm plugins/topic-rewrite/topic-rewrite.js plugins/topic-rewrite/package-lock.json
+build sensor-bridge plugins/sensor-bridge/sensor-bridge.wasm plugins/sensor-bridge/sensor-bridge.js \
+    plugins/sensor-bridge/lib/bridge.js plugins/sensor-bridge/bundle.config.js plugins/sensor-bridge/package-lock.json
 
 # --- Plugin logic unit-tested natively (no wasm target needed).
-log "native tests: device-acl policy (C), rust-template policy (Rust)"
+log "native tests: device-acl policy (C), rust-template policy (Rust), sensor-bridge logic (Node)"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 gcc -Wall -Wextra -Werror -o "$tmp/test_policy" plugins/device-acl/test_policy.c
 "$tmp/test_policy"
 cargo test --quiet --manifest-path plugins/rust-template/Cargo.toml
+node --test plugins/sensor-bridge/test/*.test.js
 log "all plugins built and tested"

@@ -1,0 +1,499 @@
+//! The sensor-bridge transform plugin (plugins/sensor-bridge, JavaScript built with jco by
+//! `bash .ci/plugins.sh`) end to end: a broker with the component loaded, the ESP8266 fleet
+//! simulator (examples/esp8266_sim.rs, run as the example binary the way
+//! tests/esp8266_sim.rs does) publishing valid and garbage readings over real sockets, and a
+//! subscriber that checks every valid reading arrives exactly once as structured JSON on
+//! `home/...`, every garbage one on the error topic with a reason, and what happens to the
+//! raw messages. Also: a rule change in the config file takes effect live, and an invalid
+//! rule is refused with a message naming it.
+
+mod common;
+
+use common::*;
+use mqtt_broker::config::Config;
+use mqtt_broker::plugins::PluginConfig;
+use mqtt_broker::protocol::{Packet, QoS};
+use mqtt_broker::{Broker, BrokerError, BrokerHandle};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The built component; fails (never skips) when it was not built.
+fn component() -> PathBuf {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugins/sensor-bridge/sensor-bridge.wasm");
+    assert!(
+        path.is_file(),
+        "{} is missing: build the example plugins with `bash .ci/plugins.sh`",
+        path.display()
+    );
+    path
+}
+
+/// The `plugins:` entry of config/sensor-bridge.yaml, the example the README documents:
+/// the rules for the firmware's split topics (raw kept) and its legacy topic (raw replaced).
+fn example_entry() -> PluginConfig {
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/sensor-bridge.yaml");
+    let config = Config::load(&file).expect("config/sensor-bridge.yaml loads");
+    let entry = config.plugins.into_iter().next().expect("one plugin entry");
+    assert_eq!(
+        entry.path.canonicalize().ok(),
+        component().canonicalize().ok(),
+        "the example loads the built component"
+    );
+    entry
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+async fn start(plugins: Vec<PluginConfig>) -> BrokerHandle {
+    // Broker and plugin logs in the test output (shown for failing tests).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("mqtt_broker=info")
+        .with_test_writer()
+        .try_init();
+    start_broker(|c: &mut Config| c.plugins = plugins).await
+}
+
+/// `target/<profile>/examples/esp8266_sim`, built on demand when only this test was built
+/// (as in tests/esp8266_sim.rs: `cargo test --test X` builds no examples).
+fn simulator() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir
+        .join("examples")
+        .join(format!("esp8266_sim{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        let mut cmd = std::process::Command::new(env!("CARGO"));
+        cmd.args(["build", "--example", "esp8266_sim"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build --example esp8266_sim");
+        assert!(status.success(), "building the simulator failed");
+    }
+    bin
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    topic: String,
+    payload: String,
+}
+
+/// Collects every PUBLISH until `stop` fires and the broker has been quiet for 300 ms.
+async fn collect(mut client: RawClient, mut stop: tokio::sync::oneshot::Receiver<()>) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    let mut stopping = false;
+    loop {
+        if !stopping {
+            stopping = stop.try_recv().is_ok();
+        }
+        let wait = if stopping { 300 } else { 50 };
+        match client.recv_within(Duration::from_millis(wait)).await {
+            Ok(Some(Packet::Publish(p))) => seen.push(Seen {
+                topic: p.topic.to_string(),
+                payload: String::from_utf8_lossy(&p.payload).into_owned(),
+            }),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("broker closed the watcher connection"),
+            Err(()) if stopping => return seen,
+            Err(()) => {}
+        }
+    }
+}
+
+/// What the bridge must say about a garbage payload the simulator sends.
+fn expected_reason(raw: &str) -> &'static str {
+    match raw {
+        "" => "empty value",
+        "999.9" | "-999.9" => "out of range",
+        _ => "not a number",
+    }
+}
+
+/// Counts of equal keys, to compare what was sent and what arrived as multisets.
+fn multiset<K: std::hash::Hash + Eq>(items: impl IntoIterator<Item = K>) -> HashMap<K, usize> {
+    let mut m = HashMap::new();
+    for k in items {
+        *m.entry(k).or_insert(0) += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_readings_become_structured_json_and_garbage_is_reported() {
+    // First, as building it may take minutes: the watcher below would hit its keep-alive.
+    let simulator = simulator();
+    let mut entry = example_entry();
+    // The deadline is wall-clock: on a loaded CI machine a descheduled thread may overrun
+    // the 10 ms default, and this test is about what the bridge publishes.
+    entry.limits.call_timeout = mqtt_broker::config::ConfigDuration(Duration::from_millis(500));
+    let broker = start(vec![entry]).await;
+    let addr = broker.local_addr();
+    let started_ms = now_ms();
+
+    let (mut watcher, _) = RawClient::connect(addr, "bridge-watcher", true).await;
+    watcher
+        .subscribe(
+            1,
+            &[
+                ("home/#", QoS::AtMostOnce),
+                ("sensors/#", QoS::AtMostOnce),
+                ("+/dht", QoS::AtMostOnce),
+            ],
+        )
+        .await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let collector = tokio::spawn(collect(watcher, stop_rx));
+
+    let log = std::env::temp_dir().join(format!("sensor-bridge-test-{}.jsonl", std::process::id()));
+    let output = tokio::process::Command::new(&simulator)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &addr.port().to_string(),
+            "--devices",
+            "4",
+            "--interval",
+            "150ms",
+            "--duration",
+            "2s",
+            "--ramp",
+            "100ms",
+            "--garbage-rate",
+            "0.25",
+            "--seed",
+            "11",
+            "--report-every",
+            "1s",
+            "--log-readings",
+        ])
+        .arg(&log)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("simulator finishes by itself")
+        .expect("simulator runs");
+    assert!(
+        output.status.success(),
+        "simulator failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _ = stop_tx.send(());
+    let seen = collector.await.expect("collector");
+    let finished_ms = now_ms();
+
+    let lines = std::fs::read_to_string(&log).expect("readings log");
+    let _ = std::fs::remove_file(&log);
+    let events: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let readings: Vec<&Value> = events
+        .iter()
+        .filter(|e| matches!(e["kind"].as_str(), Some("valid" | "garbage")))
+        .collect();
+    let valid = readings.iter().filter(|e| e["kind"] == "valid").count();
+    let garbage = readings.len() - valid;
+    assert!(valid >= 60, "too few valid readings: {valid}");
+    assert!(garbage >= 10, "too few garbage readings: {garbage}");
+
+    // What each logged reading must produce on home/...: (topic, quantity, expected value)
+    // for valid ones, (topic, raw payload) for garbage ones.
+    let mut expect_values: Vec<(String, String, String)> = Vec::new();
+    let mut expect_errors: Vec<(String, String)> = Vec::new();
+    let mut expect_raw: Vec<(String, String)> = Vec::new();
+    for e in &readings {
+        let (device, topic, payload) = (text(e, "device"), text(e, "topic"), text(e, "payload"));
+        let (out, quantity, decimals) = if topic == format!("sensors_{device}/dht") {
+            (
+                format!("home/{device}/legacy/temperature"),
+                "temperature",
+                1,
+            )
+        } else if let Some(q) = topic.strip_prefix(&format!("sensors/{device}/")) {
+            // The split rule keeps the raw message.
+            expect_raw.push((topic.clone(), payload.clone()));
+            match q {
+                "temperature" => (format!("home/{device}/temperature"), "temperature", 1),
+                "humidity" => (format!("home/{device}/humidity"), "humidity", 0),
+                other => panic!("unexpected reading topic {other}"),
+            }
+        } else {
+            panic!("unexpected reading topic {topic}");
+        };
+        if e["kind"] == "valid" {
+            let v: f64 = payload.parse().expect("a valid reading is a number");
+            // Half away from zero, as the plugin rounds (f64::round does the same).
+            let scale = 10f64.powi(decimals);
+            let rounded = (v * scale).round() / scale;
+            expect_values.push((out, quantity.to_string(), format!("{rounded}")));
+        } else {
+            expect_errors.push((format!("{out}/error"), payload));
+        }
+    }
+
+    let mut got_values = Vec::new();
+    let mut got_errors = Vec::new();
+    let mut got_raw = Vec::new();
+    let mut statuses = 0;
+    for s in &seen {
+        if s.topic.starts_with("home/") {
+            let json: Value = serde_json::from_str(&s.payload)
+                .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {}", s.topic, s.payload));
+            let ts = json["ts"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no ts: {json}"));
+            assert!(
+                (started_ms..=finished_ms).contains(&ts),
+                "ts {ts} outside the run ({started_ms}..={finished_ms})"
+            );
+            let device = s.topic.split('/').nth(1).unwrap_or_default();
+            assert_eq!(json["device"], device, "{}: {json}", s.topic);
+            if s.topic.ends_with("/error") {
+                let raw = json["raw"]
+                    .as_str()
+                    .expect("raw payload in the error")
+                    .to_string();
+                let reason = json["reason"].as_str().expect("reason");
+                assert!(
+                    reason.starts_with(expected_reason(&raw)),
+                    "{}: raw {raw:?}: reason {reason:?}",
+                    s.topic
+                );
+                let quantity = json["quantity"].as_str().expect("quantity");
+                assert!(s.topic.contains(quantity), "{}: {json}", s.topic);
+                let source = json["topic"].as_str().expect("source topic");
+                assert!(source.contains(device), "{source} vs {}", s.topic);
+                got_errors.push((s.topic.clone(), raw));
+            } else {
+                let obj = json.as_object().expect("a JSON object");
+                let quantity = if s.topic.ends_with("/humidity") {
+                    "humidity"
+                } else {
+                    "temperature"
+                };
+                let unit = if quantity == "humidity" { "%" } else { "C" };
+                let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+                assert_eq!(keys.len(), 4, "{json}");
+                assert_eq!(json["unit"], unit, "{json}");
+                let value = json[quantity]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("{quantity} is a number: {json}"));
+                got_values.push((s.topic.clone(), quantity.to_string(), format!("{value}")));
+                // The exact byte layout of the README.
+                assert_eq!(
+                    s.payload,
+                    format!(
+                        r#"{{"device":"{device}","{quantity}":{},"unit":"{unit}","ts":{ts}}}"#,
+                        json[quantity]
+                    )
+                );
+            }
+        } else if s.topic.ends_with("/status") {
+            statuses += 1;
+        } else if s.topic.starts_with("sensors/") {
+            got_raw.push((s.topic.clone(), s.payload.clone()));
+        } else {
+            panic!("the legacy raw topic must be dropped (replace: true): {s:?}");
+        }
+    }
+
+    assert_eq!(
+        got_values.len(),
+        valid,
+        "one structured reading per valid reading"
+    );
+    assert_eq!(
+        multiset(got_values),
+        multiset(expect_values),
+        "every valid reading exactly once, with the right value"
+    );
+    assert_eq!(got_errors.len(), garbage, "one error per garbage reading");
+    assert_eq!(multiset(got_errors), multiset(expect_errors));
+    assert_eq!(
+        multiset(got_raw),
+        multiset(expect_raw),
+        "the split rule keeps every raw message"
+    );
+    assert!(statuses >= 4, "status messages pass through untouched");
+    eprintln!(
+        "bridged {valid} valid and {garbage} garbage readings; {statuses} statuses passed through"
+    );
+
+    let stats = &broker.plugin_stats()[0];
+    assert_eq!(stats.hooks, vec!["transform"]);
+    assert_eq!(stats.failures, 0, "{stats:?}");
+    assert_eq!(
+        stats.calls as usize,
+        readings.len() + statuses,
+        "one call per published message"
+    );
+    broker.shutdown().await;
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sensor-bridge-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Writes by rename, as editors and ConfigMaps do.
+fn write_config(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+/// A whole broker config with one bridge rule for `sensors/{device}/temperature`.
+fn broker_yaml(output: &str, replace: bool, parser: &str) -> String {
+    format!(
+        "listeners:\n  - {{name: main, bind: '127.0.0.1:0'}}\n\
+         plugins:\n  - name: sensor-bridge\n    path: {}\n    config:\n      rules:\n\
+         \x20       - name: dht\n          topic: 'sensors/{{device}}/temperature'\n\
+         \x20         parser: {parser}\n          quantity: temperature\n\
+         \x20         output: '{output}'\n          unit: C\n          replace: {replace}\n\
+         \x20   limits: {{call_timeout: 500ms}}\n",
+        component().display()
+    )
+}
+
+async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes one reading and returns what the `#` subscriber gets within 300 ms of quiet.
+async fn exchange(publisher: &mut RawClient, sub: &mut RawClient, payload: &[u8]) -> Vec<Seen> {
+    publisher
+        .send(&publish(
+            "sensors/aloys/temperature",
+            payload,
+            QoS::AtMostOnce,
+            None,
+            false,
+        ))
+        .await;
+    let mut got = Vec::new();
+    while let Ok(Some(p)) = sub.recv_within(Duration::from_millis(300)).await {
+        match p {
+            Packet::Publish(p) => got.push(Seen {
+                topic: p.topic.to_string(),
+                payload: String::from_utf8_lossy(&p.payload).into_owned(),
+            }),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    got.sort_by(|a, b| a.topic.cmp(&b.topic));
+    got
+}
+
+fn topics(seen: &[Seen]) -> Vec<&str> {
+    seen.iter().map(|s| s.topic.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_change_in_the_config_file_takes_effect_live() {
+    let dir = temp_dir("reload");
+    let cfg = dir.join("broker.yaml");
+    write_config(
+        &cfg,
+        &broker_yaml("home/{device}/{quantity}", false, "plain"),
+    );
+    let broker = Broker::start(Config::load(&cfg).expect("config loads"))
+        .await
+        .expect("broker starts");
+    broker.watch_config(cfg.clone()).expect("watch");
+    let addr = broker.local_addr();
+    let (mut sub, _) = RawClient::connect(addr, "dashboard", true).await;
+    sub.subscribe(1, &[("#", QoS::AtMostOnce)]).await;
+    let (mut device, _) = RawClient::connect(addr, "aloys-1a2b3c", true).await;
+
+    let got = exchange(&mut device, &mut sub, b"25.5").await;
+    assert_eq!(
+        topics(&got),
+        ["home/aloys/temperature", "sensors/aloys/temperature"]
+    );
+    let json: Value = serde_json::from_str(&got[0].payload).expect("JSON");
+    assert_eq!(json["temperature"], 25.5);
+
+    // New output topic, raw dropped: through the file watcher, with the clients connected.
+    write_config(
+        &cfg,
+        &broker_yaml("house/{device}/{quantity}", true, "plain"),
+    );
+    wait_until("the watcher reloads", Duration::from_secs(60), || {
+        broker.generation() == 2
+    })
+    .await;
+    assert!(broker.last_reload().ok, "{:?}", broker.last_reload());
+    let got = exchange(&mut device, &mut sub, b"26.0").await;
+    assert_eq!(topics(&got), ["house/aloys/temperature"], "{got:?}");
+    let json: Value = serde_json::from_str(&got[0].payload).expect("JSON");
+    assert_eq!(json["temperature"], 26.0);
+    assert_eq!(json["device"], "aloys");
+
+    // An invalid rule is refused, naming the rule and the key; the rules in force stay.
+    write_config(&cfg, &broker_yaml("house/{device}/{quantity}", true, "xml"));
+    wait_until(
+        "the refused reload is reported",
+        Duration::from_secs(60),
+        || broker.last_reload().error.is_some(),
+    )
+    .await;
+    let status = broker.last_reload();
+    assert!(!status.ok);
+    let error = status.error.unwrap_or_default();
+    assert!(
+        error.contains("sensor-bridge")
+            && error.contains("rules[0] (dht): key `parser`: unknown parser `xml`"),
+        "{error}"
+    );
+    assert_eq!(broker.generation(), 2);
+    let got = exchange(&mut device, &mut sub, b"nan").await;
+    assert_eq!(topics(&got), ["house/aloys/temperature/error"], "{got:?}");
+
+    // Neither client was ever disconnected.
+    assert_eq!(broker.stats().connections.total, 2);
+    device.send(&Packet::PingReq).await;
+    assert_eq!(device.recv().await, Some(Packet::PingResp));
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_invalid_rule_is_refused_with_a_message_naming_it() {
+    let mut entry = example_entry();
+    let rules = entry.config.get_mut("rules").expect("rules");
+    rules[1]["round"] = serde_yaml_ng::Value::from("lots");
+    let mut config = Config {
+        listeners: vec![BrokerHandle::loopback_listener()],
+        ..Default::default()
+    };
+    config.plugins = vec![entry];
+    let expected = "plugin sensor-bridge: init refused the config: rules[1] (legacy): key `round`: must be a number";
+    match Broker::start(config.clone()).await {
+        Err(e @ BrokerError::Plugin(_)) => assert_eq!(e.to_string(), expected),
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a broker started with an invalid rule"),
+    }
+    // `--check-config` runs the same checks.
+    let err = Broker::check(config).expect_err("check refuses it");
+    assert_eq!(err.to_string(), expected);
+}
