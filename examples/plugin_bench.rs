@@ -307,6 +307,9 @@ async fn start(plugins: Vec<PluginConfig>) -> BrokerHandle {
     };
     // Room for bursts, so that the rate measures the broker and not queue-full drops.
     config.performance.message_queue_limit = 100_000;
+    // The per-client protection limits would measure themselves, not the plugins.
+    config.limits.publish_rate = 0;
+    config.limits.publish_bytes_rate = 0;
     Broker::start(config).await.expect("broker starts")
 }
 

@@ -727,6 +727,7 @@ impl Broker {
             None => (None, None),
         };
         let shared = Arc::new(Shared::new(runtime, handle));
+        shared.runtime.load().plugins.set_events(&shared.ops.events);
         if let Some(recovered) = recovered {
             shared.recover(recovered);
         }
@@ -908,6 +909,7 @@ impl Shared {
                 "persistence (storage_type, path, sync)",
             ));
         }
+        runtime.plugins.set_events(&self.ops.events);
         self.runtime.store(Arc::new(runtime));
         let now_running = transport::listeners::commit(plan, self).await;
         self.set_listeners(now_running, running);

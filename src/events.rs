@@ -170,20 +170,20 @@ pub enum BrokerEvent {
     },
 }
 
-/// The sending side, owned by the broker.
-#[derive(Debug)]
+/// The sending side, owned by the broker (clones share the channel: plugins hold one).
+#[derive(Debug, Clone)]
 pub(crate) struct EventBus {
     tx: broadcast::Sender<BrokerEvent>,
     /// Set once a receiver was ever handed out: until then emitting costs one atomic load
     /// (asking the channel for its receiver count would take its lock on every message).
-    active: AtomicBool,
+    active: std::sync::Arc<AtomicBool>,
 }
 
 impl Default for EventBus {
     fn default() -> Self {
         EventBus {
             tx: broadcast::channel(EVENT_CAPACITY).0,
-            active: AtomicBool::new(false),
+            active: std::sync::Arc::new(AtomicBool::new(false)),
         }
     }
 }

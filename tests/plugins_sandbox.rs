@@ -82,6 +82,7 @@ async fn hostile_publish(bad: &mut RawClient, pid: u16) -> Duration {
 /// between two other clients runs alongside; then the plugin degrades and fails closed.
 async fn contained(name: &str, expect_failure: impl Fn(&PluginStats)) {
     let broker = start_broker(|c| c.plugins = vec![hostile_config(name)]).await;
+    let mut events = broker.events();
     let addr = broker.local_addr();
     let (mut watcher, _) = RawClient::connect(addr, "watcher", true).await;
     assert_eq!(
@@ -122,6 +123,16 @@ async fn contained(name: &str, expect_failure: impl Fn(&PluginStats)) {
         "{name}: slowest call {s:?}"
     );
     expect_failure(&s);
+    // Each failure was announced on the event bus, naming the plugin, hook and client.
+    let mut announced = 0;
+    while let Ok(event) = events.try_recv() {
+        if let mqtt_broker::events::BrokerEvent::PluginError { plugin, error } = event {
+            assert_eq!(plugin, name);
+            assert!(error.contains("authorize for client bad-pub"), "{error}");
+            announced += 1;
+        }
+    }
+    assert_eq!(announced, 3, "{name}: PluginError events");
     // Each failure discarded its instance; replacements were created for later calls.
     assert!(s.instances_created >= 3, "{name}: {s:?}");
 
@@ -300,7 +311,9 @@ async fn authorize_calls_for_twenty_publishes(cache_decisions: bool) -> u64 {
     );
     let (mut publisher, _) = RawClient::connect(addr, "pub", true).await;
     for i in 0..20u16 {
-        publisher.publish_qos2("cached/t", &i.to_be_bytes(), 1 + i).await;
+        publisher
+            .publish_qos2("cached/t", &i.to_be_bytes(), 1 + i)
+            .await;
         assert_eq!(&sub.receive_qos2().await.payload[..], &i.to_be_bytes());
     }
     let calls = stats(&broker).calls;
@@ -314,5 +327,35 @@ async fn authorize_calls_for_twenty_publishes(cache_decisions: bool) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_decisions_are_cached_per_connection_and_topic() {
     assert_eq!(authorize_calls_for_twenty_publishes(true).await, 3);
-    assert_eq!(authorize_calls_for_twenty_publishes(false).await, 1 + 2 * 20);
+    assert_eq!(
+        authorize_calls_for_twenty_publishes(false).await,
+        1 + 2 * 20
+    );
+}
+
+/// A degraded plugin is probed again after its cooldown: one successful call ends the
+/// degradation, and messages flow through it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn degraded_plugin_recovers_after_a_successful_probe() {
+    let mut p = hostile_config("trap");
+    p.limits.degraded_cooldown = ConfigDuration::millis(200);
+    let broker = start_broker(|c| c.plugins = vec![p]).await;
+    let addr = broker.local_addr();
+    let (mut bad, _) = RawClient::connect(addr, "bad-pub", true).await;
+    for pid in 1..=5 {
+        hostile_publish(&mut bad, pid).await;
+    }
+    assert!(stats(&broker).degraded, "{:?}", stats(&broker));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The next call is the probe; `good/...` is a topic the plugin answers normally.
+    let (mut watcher, _) = RawClient::connect(addr, "watcher", true).await;
+    assert_eq!(
+        watcher.subscribe(1, &[("good/#", QoS::ExactlyOnce)]).await,
+        vec![SubAckCode::Granted(QoS::ExactlyOnce)]
+    );
+    assert!(!stats(&broker).degraded, "{:?}", stats(&broker));
+    let (mut good, _) = RawClient::connect(addr, "good-pub", true).await;
+    good.publish_qos2("good/reading", b"back", 7).await;
+    assert_eq!(&watcher.receive_qos2().await.payload[..], b"back");
+    broker.shutdown().await;
 }

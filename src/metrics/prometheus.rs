@@ -359,6 +359,7 @@ pub(crate) fn render(shared: &Shared) -> String {
             rss,
         );
     }
+    render_plugins(&mut o, &runtime.plugins.stats());
     if let Some(fds) = process_open_fds() {
         o.single(
             "process_open_fds",
@@ -376,6 +377,77 @@ pub(crate) fn render(shared: &Shared) -> String {
         );
     }
     o.0
+}
+
+/// Per-plugin counters and state (`plugin` label: the configured name, escaped).
+fn render_plugins(o: &mut Out, plugins: &[crate::plugins::PluginStats]) {
+    if plugins.is_empty() {
+        return;
+    }
+    let names: Vec<String> = plugins.iter().map(|p| escape_label(&p.name)).collect();
+    let families: [(&str, &str, &str, fn(&crate::plugins::PluginStats) -> u64); 8] = [
+        (
+            "mqtt_plugin_calls_total",
+            "counter",
+            "Hook calls attempted, refused-while-degraded included.",
+            |p| p.calls,
+        ),
+        (
+            "mqtt_plugin_failures_total",
+            "counter",
+            "Hook calls that failed (any reason).",
+            |p| p.failures,
+        ),
+        (
+            "mqtt_plugin_timeouts_total",
+            "counter",
+            "Hook calls stopped at their time limit.",
+            |p| p.timeouts,
+        ),
+        (
+            "mqtt_plugin_out_of_memory_total",
+            "counter",
+            "Hook calls stopped at the memory limit.",
+            |p| p.out_of_memory,
+        ),
+        (
+            "mqtt_plugin_traps_total",
+            "counter",
+            "Hook calls that trapped or answered invalidly.",
+            |p| p.traps,
+        ),
+        (
+            "mqtt_plugin_instances_created_total",
+            "counter",
+            "Plugin instances created (first, replacements, pool growth).",
+            |p| p.instances_created,
+        ),
+        (
+            "mqtt_plugin_degraded",
+            "gauge",
+            "1 while the plugin is degraded (failing per on_error without being called).",
+            |p| u64::from(p.degraded),
+        ),
+        (
+            "mqtt_plugin_peak_memory_bytes",
+            "gauge",
+            "Largest linear memory one instance of the plugin reached.",
+            |p| p.peak_memory_bytes,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        o.family(name, kind, help);
+        for (p, label) in plugins.iter().zip(&names) {
+            o.sample(name, &[("plugin", label)], value(p));
+        }
+    }
+}
+
+/// Escapes a label value per the text format: backslash, double quote and newline.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn unix_secs(t: std::time::SystemTime) -> u64 {
@@ -413,6 +485,38 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(process_rss_bytes().unwrap_or(0) > 0);
             assert!(process_open_fds().unwrap_or(0) > 0);
+        }
+    }
+
+    #[test]
+    fn plugin_families_carry_the_plugin_label_escaped() {
+        let stats = crate::plugins::PluginStats {
+            name: "acl \"v2\"".into(),
+            hooks: vec!["authorize"],
+            artifact: crate::plugins::ArtifactSource::Compiled,
+            calls: 7,
+            failures: 2,
+            timeouts: 1,
+            out_of_memory: 0,
+            traps: 1,
+            rejected_degraded: 0,
+            instances_created: 3,
+            mean_instantiate_us: 10,
+            slowest_call_us: 5,
+            degraded: true,
+            peak_memory_bytes: 65536,
+            memory_limit_bytes: 1 << 20,
+        };
+        let mut o = Out(String::new());
+        render_plugins(&mut o, &[stats]);
+        for line in [
+            "mqtt_plugin_calls_total{plugin=\"acl \\\"v2\\\"\"} 7",
+            "mqtt_plugin_failures_total{plugin=\"acl \\\"v2\\\"\"} 2",
+            "mqtt_plugin_timeouts_total{plugin=\"acl \\\"v2\\\"\"} 1",
+            "mqtt_plugin_degraded{plugin=\"acl \\\"v2\\\"\"} 1",
+            "mqtt_plugin_peak_memory_bytes{plugin=\"acl \\\"v2\\\"\"} 65536",
+        ] {
+            assert!(o.0.lines().any(|l| l == line), "missing {line} in\n{}", o.0);
         }
     }
 

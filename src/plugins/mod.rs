@@ -176,6 +176,13 @@ impl PluginSet {
         }
     }
 
+    /// Lets every plugin report its failures as [`crate::events::BrokerEvent::PluginError`].
+    pub(crate) fn set_events(&self, events: &crate::events::EventBus) {
+        for p in &self.plugins {
+            p.set_events(events.clone());
+        }
+    }
+
     /// Stats of every plugin, in call order.
     pub fn stats(&self) -> Vec<PluginStats> {
         self.plugins.iter().map(|p| p.stats()).collect()

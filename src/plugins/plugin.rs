@@ -145,6 +145,8 @@ pub struct WasmPlugin {
     degraded: AtomicBool,
     counts: Counts,
     peak_memory: Arc<AtomicU64>,
+    /// Where failures are announced, once the broker has handed its event bus over.
+    events: std::sync::OnceLock<crate::events::EventBus>,
 }
 
 impl std::fmt::Debug for WasmPlugin {
@@ -218,6 +220,7 @@ impl WasmPlugin {
             degraded: AtomicBool::new(false),
             counts: Counts::default(),
             peak_memory: Arc::new(AtomicU64::new(0)),
+            events: std::sync::OnceLock::new(),
         };
         let first = plugin.instantiate().map_err(|e| match e {
             InstantiateError::Init(message) => PluginError::Init {
@@ -232,6 +235,11 @@ impl WasmPlugin {
         plugin.pool.lock().push(first);
         info!(plugin = %plugin.name, hooks = ?plugin.hooks(), artifact = ?artifact, "plugin loaded");
         Ok(plugin)
+    }
+
+    /// Hands over the broker's event bus (the first one handed over stays).
+    pub(crate) fn set_events(&self, events: crate::events::EventBus) {
+        let _ = self.events.set(events);
     }
 
     /// Configured name.
@@ -517,6 +525,17 @@ impl WasmPlugin {
             "plugin call failed: {}; instance discarded",
             describe(&failure)
         );
+        if let Some(events) = self.events.get() {
+            events.emit(|| crate::events::BrokerEvent::PluginError {
+                plugin: self.name.to_string(),
+                error: format!(
+                    "{} for client {}: {}",
+                    hook.as_str(),
+                    client.client_id,
+                    describe(&failure)
+                ),
+            });
+        }
         let limits = &self.config.limits;
         let now = Instant::now();
         let mut h = self.health.lock();
