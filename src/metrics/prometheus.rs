@@ -379,13 +379,21 @@ pub(crate) fn render(shared: &Shared) -> String {
     o.0
 }
 
+/// Name, type, help and value of one per-plugin metric family.
+type PluginFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::plugins::PluginStats) -> u64,
+);
+
 /// Per-plugin counters and state (`plugin` label: the configured name, escaped).
 fn render_plugins(o: &mut Out, plugins: &[crate::plugins::PluginStats]) {
     if plugins.is_empty() {
         return;
     }
     let names: Vec<String> = plugins.iter().map(|p| escape_label(&p.name)).collect();
-    let families: [(&str, &str, &str, fn(&crate::plugins::PluginStats) -> u64); 8] = [
+    let families: [PluginFamily; 8] = [
         (
             "mqtt_plugin_calls_total",
             "counter",
