@@ -419,22 +419,37 @@ async fn authenticate(
     connect: &Connect,
     certificate_verified: bool,
 ) -> Result<(), ConnectReturnCode> {
-    let (rt, c, password) = (runtime.clone(), client.clone(), connect.password.clone());
-    let result = tokio::task::spawn_blocking(move || {
+    let result = if runtime.security.authenticators.is_empty() {
+        // Only the anonymous / certificate rules apply: cheap, so no hop to a blocking thread
+        // (which costs more than the check and limits the connect rate).
         let credentials = Credentials {
-            username: c.username.as_deref(),
-            password: password.as_deref(),
+            username: client.username.as_deref(),
+            password: connect.password.as_deref(),
             certificate_verified,
         };
-        rt.security.authenticate(&c, &credentials)
-    })
-    .await
-    .unwrap_or_else(|_| Err((DenyReason::NotAuthorized, "authentication panicked".into())));
+        runtime.security.authenticate(client, &credentials)
+    } else {
+        // Password hashing and plugins are deliberately slow: off the async workers.
+        let (rt, c, password) = (runtime.clone(), client.clone(), connect.password.clone());
+        tokio::task::spawn_blocking(move || {
+            let credentials = Credentials {
+                username: c.username.as_deref(),
+                password: password.as_deref(),
+                certificate_verified,
+            };
+            rt.security.authenticate(&c, &credentials)
+        })
+        .await
+        .unwrap_or_else(|_| Err((DenyReason::NotAuthorized, "authentication panicked".into())))
+    };
     let ip = client.peer.ip();
     match result {
         Ok(()) => {
             Counters::inc(&shared.counters.auth_success);
-            shared.auth_failures.lock().remove(&ip);
+            let mut failures = shared.auth_failures.lock();
+            if !failures.is_empty() {
+                failures.remove(&ip);
+            }
             Ok(())
         }
         Err((reason, why)) => {
