@@ -5,10 +5,11 @@
 //! cargo run --release --example reload_bench -- --help
 //! ```
 //!
-//! One process, loopback only, bounded in time (`--timeout`, default 300 s; it takes about a
-//! minute). A broker runs from a YAML file and an ACL file in a temporary directory, as
-//! `mqtt-broker --config` does (with the file watcher), and `--clients` idle clients stay
-//! connected from start to end. Every change is written to a new file that is then renamed
+//! Loopback only, bounded in time (`--timeout`, default 300 s; it takes about a minute). A
+//! broker runs in this process from a YAML file and an ACL file in a temporary directory, as
+//! `mqtt-broker --config` does (with the file watcher), and `--clients` idle clients, in a
+//! child process (this program again, so that each process needs one descriptor per client,
+//! not two), stay connected from start to end. Every change is written to a new file that is then renamed
 //! over the old one, as editors do, and alternates between an ACL-file swap and a change of
 //! limits and log level in the config file (no plugins are configured).
 //!
@@ -23,6 +24,9 @@
 //!    relative to the median bucket before the reloads.
 //! 3. Disconnects: every idle client watches its socket, and the broker's connection count is
 //!    compared with the number of clients: both must show that nobody was disconnected.
+//!
+//! Each process raises its open-file limit as far as it may; where that is not enough it says
+//! so and asks for `ulimit -n 65536`.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::Parser;
@@ -34,7 +38,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -60,6 +65,13 @@ struct Args {
     /// Hard limit on the whole run, in seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Set `security.reauthorize_on_reload: false` (default true: after each reload every
+    /// connection re-runs authentication with its credentials).
+    #[arg(long)]
+    no_reauthorize: bool,
+    /// Internal: run as the idle-client process, connected to this address.
+    #[arg(long, hide = true)]
+    idle_child: Option<SocketAddr>,
 }
 
 /// Throughput bucket.
@@ -105,6 +117,7 @@ struct Files {
     config_version: u32,
     acl_version: u32,
     changes: u32,
+    reauthorize: bool,
 }
 
 /// Writes a new file next to `path` and renames it over `path`, as editors do.
@@ -115,7 +128,7 @@ fn replace(path: &Path, text: &str) {
 }
 
 impl Files {
-    fn create() -> Files {
+    fn create(reauthorize: bool) -> Files {
         let dir = std::env::temp_dir().join(format!("mqtt-reload-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -126,9 +139,10 @@ impl Files {
             config_version: 0,
             acl_version: 0,
             changes: 0,
+            reauthorize,
         };
         std::fs::write(&files.acl, acl_text(0)).expect("write");
-        std::fs::write(&files.config, config_text(0)).expect("write");
+        std::fs::write(&files.config, config_text(0, reauthorize)).expect("write");
         files
     }
 
@@ -141,7 +155,10 @@ impl Files {
             Change::Acl
         } else {
             self.config_version += 1;
-            replace(&self.config, &config_text(self.config_version));
+            replace(
+                &self.config,
+                &config_text(self.config_version, self.reauthorize),
+            );
             Change::LimitsAndLog
         }
     }
@@ -149,7 +166,7 @@ impl Files {
 
 /// The broker config, version `v`. `publish_rate: 0`: the default of 1,000 PUBLISH per
 /// second per client would throttle the publishers.
-fn config_text(v: u32) -> String {
+fn config_text(v: u32, reauthorize: bool) -> String {
     let level = if v % 2 == 0 { "warn" } else { "error" };
     format!(
         "# reload_bench, version {v}\n\
@@ -157,10 +174,10 @@ fn config_text(v: u32) -> String {
          admin:\n  enabled: false\n\
          limits:\n  publish_rate: 0\n  publish_bytes_rate: 0\n  max_subscriptions: {}\n  max_queued_bytes: 268435456\n\
          performance:\n  message_queue_limit: {}\n\
-         security:\n  acl_file: acl\n\
+         security:\n  acl_file: acl\n  reauthorize_on_reload: {reauthorize}\n\
          log:\n  level: {level}\n",
         100 + v,
-        100_000 + v
+        100_000 + v,
     )
 }
 
@@ -240,7 +257,8 @@ fn fail(why: &str) -> ! {
 // Idle clients
 // ---------------------------------------------------------------------------------------
 
-struct Idle {
+/// The idle clients, in the child process.
+struct IdleClients {
     /// Clients whose socket was closed (or reset) by the broker.
     closed: Arc<AtomicU64>,
     /// Bytes received by clients that subscribed to nothing.
@@ -248,7 +266,7 @@ struct Idle {
     tasks: Vec<JoinHandle<()>>,
 }
 
-async fn connect_idle(addr: SocketAddr, n: usize) -> Idle {
+async fn connect_idle(addr: SocketAddr, n: usize) -> IdleClients {
     let closed = Arc::new(AtomicU64::new(0));
     let unexpected = Arc::new(AtomicU64::new(0));
     let gate = Arc::new(Semaphore::new(128));
@@ -283,11 +301,102 @@ async fn connect_idle(addr: SocketAddr, n: usize) -> Idle {
             }
         }));
     }
-    Idle {
+    IdleClients {
         closed,
         unexpected,
         tasks,
     }
+}
+
+/// The child process: connects the idle clients, says `connected N`, then answers each
+/// `report` line on stdin with `closed C unexpected B`, and exits when stdin closes.
+async fn idle_child(addr: SocketAddr, n: usize) {
+    if let Err(why) = raise_nofile(n as u64 + 256) {
+        need_ulimit(&why);
+    }
+    let idle = connect_idle(addr, n).await;
+    println!("connected {}", idle.tasks.len());
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line == "report" {
+            println!(
+                "closed {} unexpected {}",
+                idle.closed.load(Ordering::Relaxed),
+                idle.unexpected.load(Ordering::Relaxed)
+            );
+        }
+    }
+    // The parent is done; exiting resets every connection (zero linger).
+}
+
+/// The idle-client process, seen from the benchmark.
+struct Idle {
+    _child: Child,
+    stdin: ChildStdin,
+    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
+    connected: usize,
+}
+
+impl Idle {
+    async fn start(addr: SocketAddr, n: usize, timeout: u64) -> Idle {
+        let exe = std::env::current_exe().unwrap_or_else(|e| fail(&e.to_string()));
+        let mut child = tokio::process::Command::new(exe)
+            .args(["--idle-child", &addr.to_string()])
+            .args([
+                "--clients",
+                &n.to_string(),
+                "--timeout",
+                &timeout.to_string(),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| fail(&format!("cannot start the client process: {e}")));
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let line = stdout.next_line().await.ok().flatten().unwrap_or_default();
+        let Some(connected) = line.strip_prefix("connected ").and_then(|n| n.parse().ok()) else {
+            fail("the client process did not connect its clients");
+        };
+        Idle {
+            _child: child,
+            stdin,
+            stdout,
+            connected,
+        }
+    }
+
+    /// (closed connections, bytes received unasked) so far.
+    async fn report(&mut self) -> (u64, u64) {
+        self.stdin
+            .write_all(b"report\n")
+            .await
+            .expect("client process");
+        let line = self
+            .stdout
+            .next_line()
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let mut words = line.split_whitespace().skip(1).step_by(2);
+        let mut next = || words.next().and_then(|w| w.parse().ok());
+        match (next(), next()) {
+            (Some(c), Some(u)) => (c, u),
+            _ => fail(&format!(
+                "unexpected report from the client process: {line:?}"
+            )),
+        }
+    }
+}
+
+fn need_ulimit(why: &str) -> ! {
+    eprintln!(
+        "reload_bench: {why}. Run `ulimit -n 65536` in this shell first (or pass a smaller \
+         --clients)."
+    );
+    std::process::exit(2);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -573,7 +682,7 @@ fn loadavg() -> String {
 
 async fn run(args: Args) -> bool {
     let started = Instant::now();
-    let mut files = Files::create();
+    let mut files = Files::create(!args.no_reauthorize);
     let config = Config::load(&files.config).unwrap_or_else(|e| fail(&e.to_string()));
     // The broker's own logging, so that a log level change reloads a real filter.
     mqtt_broker::logging::init(&config.log);
@@ -582,18 +691,19 @@ async fn run(args: Args) -> bool {
         .unwrap_or_else(|e| fail(&e.to_string()));
     let addr = broker.local_addr();
     println!(
-        "reload_bench: {} clients, {} CPU(s), load average {}",
+        "reload_bench: {} clients, reauthorize_on_reload: {}, {} CPU(s), load average {}",
         args.clients,
+        !args.no_reauthorize,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         loadavg()
     );
 
     let t = Instant::now();
-    let idle = connect_idle(addr, args.clients).await;
+    let mut idle = Idle::start(addr, args.clients, args.timeout).await;
     let connected = broker.stats().connections.total;
     println!(
         "connected {} idle clients in {:.1} s (broker connections: {connected})",
-        idle.tasks.len(),
+        idle.connected,
         t.elapsed().as_secs_f64()
     );
 
@@ -618,10 +728,7 @@ async fn run(args: Args) -> bool {
         watched.push((change, wait_generation(&broker, target).await));
         tokio::time::sleep(SETTLE).await;
     }
-    println!(
-        "\n### Reload latency, {} connected clients\n",
-        args.clients
-    );
+    println!("\n### Reload latency, {} connected clients\n", args.clients);
     println!("| trigger | change | reloads | min ms | median ms | p99 ms | max ms |");
     println!("|---|---|---:|---:|---:|---:|---:|");
     latency_rows("`reload_from_file` call", &explicit);
@@ -666,8 +773,7 @@ async fn run(args: Args) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let connections = broker.stats().connections.total;
-    let closed = idle.closed.load(Ordering::Relaxed);
-    let unexpected = idle.unexpected.load(Ordering::Relaxed);
+    let (closed, unexpected) = idle.report().await;
     let generation = broker.generation();
     let status = broker.last_reload();
     println!("\n### Result\n");
@@ -676,7 +782,10 @@ async fn run(args: Args) -> bool {
         generation - 1,
         status.ok
     );
-    println!("- ACL swaps in force (probe/{v} readable, probe/{} not): {acl_ok}", v - 1);
+    println!(
+        "- ACL swaps in force (probe/{v} readable, probe/{} not): {acl_ok}",
+        v - 1
+    );
     println!(
         "- worst 100 ms bucket during reloads / median before: QoS 0 {worst0:.2}, QoS 1 {worst1:.2}"
     );
@@ -689,29 +798,26 @@ async fn run(args: Args) -> bool {
         started.elapsed().as_secs_f64(),
         loadavg()
     );
-    for t in idle.tasks {
-        t.abort();
-    }
     let _ = std::fs::remove_dir_all(&files.dir);
-    closed == 0 && connected == args.clients as u64 && connections == connected && acl_ok && status.ok
+    closed == 0
+        && connected == args.clients as u64
+        && connections == connected
+        && acl_ok
+        && status.ok
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let need = args.clients as u64 * 2 + args.pairs as u64 * 8 + 256;
-    match raise_nofile(need) {
-        Ok(limit) => println!("open-file limit: {limit}"),
-        Err(why) => {
-            eprintln!(
-                "reload_bench: {why}. Each client needs two descriptors in this process (its \
-                 socket and the broker's). Run `ulimit -n 65536` in this shell first (or pass \
-                 a smaller --clients)."
-            );
-            std::process::exit(2);
-        }
-    }
     let limit = Duration::from_secs(args.timeout);
+    if let Some(addr) = args.idle_child {
+        let _ = tokio::time::timeout(limit, idle_child(addr, args.clients)).await;
+        return;
+    }
+    // The broker's side of every connection: one descriptor per client.
+    if let Err(why) = raise_nofile(args.clients as u64 + args.pairs as u64 * 4 + 256) {
+        need_ulimit(&why);
+    }
     match tokio::time::timeout(limit, run(args)).await {
         Ok(true) => std::process::exit(0),
         Ok(false) => fail("FAILED: see the result above"),
