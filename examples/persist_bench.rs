@@ -9,65 +9,19 @@
 //!   100,000, over 100 sessions) into a file store, then times a broker start (recovery) and
 //!   reports the peak RSS of the process.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use mqtt_broker::config::{Config, StorageType, SyncPolicy};
 use mqtt_broker::protocol::*;
 use mqtt_broker::routing::Message;
 use mqtt_broker::storage::{FileStorage, SessionRecord, Storage, StorageOp, StoredMessage};
 use mqtt_broker::{Broker, BrokerHandle};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-struct Client {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr, id: &str, clean: bool) -> Client {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        let mut c = Client {
-            stream,
-            buf: BytesMut::with_capacity(64 * 1024),
-        };
-        c.send(&Packet::Connect(Box::new(Connect {
-            protocol: ProtocolLevel::V311,
-            clean_session: clean,
-            keep_alive: 60,
-            client_id: id.into(),
-            will: None,
-            username: None,
-            password: None,
-        })))
-        .await;
-        match c.recv().await {
-            Some(Packet::ConnAck(a)) if a.code == ConnectReturnCode::Accepted => c,
-            other => panic!("connect failed: {other:?}"),
-        }
-    }
-
-    async fn send(&mut self, p: &Packet) {
-        let mut out = BytesMut::new();
-        encode(p, &mut out);
-        self.stream.write_all(&out).await.expect("write");
-    }
-
-    async fn recv(&mut self) -> Option<Packet> {
-        loop {
-            if let Some(p) = decode(&mut self.buf, usize::MAX).expect("valid packet") {
-                return Some(p);
-            }
-            if self.stream.read_buf(&mut self.buf).await.ok()? == 0 {
-                return None;
-            }
-        }
-    }
-}
+#[path = "common/client.rs"]
+mod client;
+use client::Client;
 
 fn base_config() -> Config {
     let mut c = Config {
