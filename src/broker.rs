@@ -81,6 +81,35 @@ pub struct Runtime {
     pub admin_token: Option<crate::admin::Token>,
     /// The Wasm plugins of this generation (also in `security`), for stats.
     pub plugins: crate::plugins::PluginSet,
+    /// What a client's authentication depends on (settings, password file content), so
+    /// that a reload that changes none of it does not re-authenticate every client; `None`
+    /// when a plugin authenticates (its answer may change with its file): always re-check.
+    pub auth_fingerprint: Option<u64>,
+}
+
+/// See [`Runtime::auth_fingerprint`].
+fn auth_fingerprint(config: &Config, plugins: &crate::plugins::PluginSet) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    if plugins.plugins().iter().any(|p| p.is_authenticator()) {
+        return None;
+    }
+    let s = &config.security;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!(
+        "{:?}",
+        (
+            s.require_auth,
+            s.allow_anonymous,
+            &s.password_file,
+            &s.users
+        )
+    )
+    .hash(&mut h);
+    if let Some(path) = &s.password_file {
+        // Already read successfully by the chain; unreadable now means "changed".
+        std::fs::read(path).ok().hash(&mut h);
+    }
+    Some(h.finish())
 }
 
 /// Builds the complete runtime state from a config: reads password and ACL files and loads
@@ -98,7 +127,9 @@ pub(crate) fn build_runtime(config: Config, generation: u64) -> Result<Runtime, 
         .into_iter()
         .map(|l| (l.display_name(), Arc::new(l)))
         .collect();
+    let auth_fingerprint = auth_fingerprint(&config, &plugins);
     Ok(Runtime {
+        auth_fingerprint,
         config,
         generation,
         security,
@@ -1062,5 +1093,53 @@ impl BrokerHandle {
     /// Convenience for tests and embedders: a listener config on loopback with a free port.
     pub fn loopback_listener() -> ListenerConfig {
         ListenerConfig::tcp(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fingerprint(config: Config) -> Option<u64> {
+        build_runtime(config, 1)
+            .expect("valid config")
+            .auth_fingerprint
+    }
+
+    /// A reload re-authenticates connected clients only when something authentication
+    /// depends on changed: an ACL or limits edit does not, a password file edit does.
+    #[test]
+    fn auth_fingerprint_follows_what_authentication_depends_on() {
+        let dir = std::env::temp_dir().join(format!("mqtt-broker-fp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let passwords = dir.join("passwd");
+        let line = |user: &str| {
+            format!(
+                "{user}:{}\n",
+                crate::auth::password::hash_password_with_salt(b"pw", b"0123456789abcdef", 10)
+            )
+        };
+        std::fs::write(&passwords, line("alice")).unwrap();
+        let mut config = Config::default();
+        config.security.password_file = Some(passwords.clone());
+        let base = fingerprint(config.clone());
+        assert!(base.is_some());
+
+        let mut acl_and_limits = config.clone();
+        acl_and_limits.security.acl_default = Some(crate::auth::acl::AclDefault::Deny);
+        acl_and_limits.limits.publish_rate = 7;
+        assert_eq!(fingerprint(acl_and_limits), base);
+
+        let mut anonymous = config.clone();
+        anonymous.security.allow_anonymous = !anonymous.security.allow_anonymous;
+        assert_ne!(fingerprint(anonymous), base);
+
+        std::fs::write(&passwords, line("bob")).unwrap();
+        assert_ne!(
+            fingerprint(config),
+            base,
+            "the password file's content counts"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
