@@ -341,18 +341,29 @@ async fn lowered_queue_limit_applies_to_new_messages_without_dropping_queued_one
 }
 
 /// 200 clients on TCP and WebSocket exchange QoS 1 messages while the config file is
-/// rewritten 50 times (valid and invalid, in place and by rename): no disconnects, no lost
+/// rewritten 50 times (valid and invalid, in place and by rename; ACL, log level, limits and
+/// plugin set; the TLS certificate swap has its own test above): no disconnects, no lost
 /// messages, and each valid change is visible to a client within 2 s (of time the process
 /// was run, see [`Budget`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_rewrites_under_load_lose_nothing() {
     let dir = temp_dir("load");
     let cfg = dir.join("broker.yaml");
+    // Every other valid change also swaps the plugin set: a transformer that passes every
+    // message through is loaded, then removed again, under the QoS 1 load. (An authorizer
+    // would change what the probe below observes: an `allow` plugin allows every topic.)
+    let plugins = format!(
+        "plugins:\n  - {{name: keep, path: '{}'}}\n",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/wasm/keep.wat")
+            .display()
+    );
     let config_text = |n: u32, level: &str, limit: u32| {
         format!(
             "listeners:\n  - {{name: tcp, bind: '127.0.0.1:0'}}\n  - {{name: ws, bind: '127.0.0.1:0', protocol: ws}}\n\
              log:\n  level: {level}\nperformance:\n  message_queue_limit: {limit}\n\
-             security:\n  acl:\n    - {{allow: all, topic: 'load/#'}}\n    - {{allow: subscribe, topic: 'probe/{n}'}}\n"
+             security:\n  acl:\n    - {{allow: all, topic: 'load/#'}}\n    - {{allow: subscribe, topic: 'probe/{n}'}}\n{}",
+            if n % 4 == 3 { plugins.as_str() } else { "" }
         )
     };
     write(&cfg, &config_text(0, "warn", 1000), false);
@@ -469,6 +480,9 @@ async fn fifty_rewrites_under_load_lose_nothing() {
             }
             slowest = slowest.max(budget.spent());
             assert_eq!(broker.generation(), before + 1);
+            let loaded: Vec<String> = broker.plugin_stats().into_iter().map(|p| p.name).collect();
+            let expected: &[&str] = if n % 4 == 3 { &["keep"] } else { &[] };
+            assert_eq!(loaded, expected, "plugin set of change {n}");
             // The runtime is swapped before the reload status is written: let the status
             // catch up, or the next step would take this success for its own outcome.
             wait_for("the reload status", || {
