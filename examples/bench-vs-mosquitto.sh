@@ -13,6 +13,8 @@
 #                10 s measurements (about 7 minutes)
 #   --runs N     runs per scenario and broker (the table shows medians)
 #   --scenarios  subset of: fan-in fan-out latency0 latency1 latency2 idle filters retained
+#                persist1 (QoS 1 latency to a persistent session with persistence on: ours
+#                file-backed with sync: always, Mosquitto with `persistence true`)
 #   --out FILE   also write the table to FILE
 #   --keep-json  keep the raw JSON results (one line per run) in DIR
 #
@@ -24,7 +26,7 @@ cd "$(dirname "$0")/.."
 
 runs=2
 quick=0
-scenarios="fan-in fan-out latency0 latency1 latency2 idle filters retained"
+scenarios="fan-in fan-out latency0 latency1 latency2 idle filters retained persist1"
 out=""
 keep_json=""
 port_ours=${PORT_OURS:-18830}
@@ -124,6 +126,14 @@ log_dest stderr
 log_type error
 log_type warning
 EOF
+# persist1: the same brokers with persistence on. Ours acknowledges a QoS 1 message only once
+# it is on disk (sync: always, group commit); Mosquitto keeps it in memory and writes its
+# whole state every autosave_interval (default 1800 s), so what it acknowledged in between is
+# lost on a crash: the latencies below do not buy the same promise.
+sed -e "s|^persistence:|persistence:\n  storage_type: file\n  path: $work/data\n  sync: always|" \
+    -e "s|^  enabled: false|  enabled: true|" "$work/ours.yaml" >"$work/ours-persist.yaml"
+sed -e "s|^persistence false|persistence true\npersistence_location $work/mosq-data/|" \
+    "$work/mosquitto.conf" >"$work/mosquitto-persist.conf"
 chmod 644 "$work/mosquitto.conf"
 chmod 755 "$work"
 
@@ -137,15 +147,22 @@ wait_port() {
   return 1
 }
 
-start_broker() {
+start_broker() { # ours|mosquitto [persist]
+  local suffix=""
+  if [ "${2:-}" = persist ]; then
+    suffix="-persist"
+    rm -rf "$work/data" "$work/mosq-data"
+    mkdir -p "$work/mosq-data"
+    chmod 777 "$work/mosq-data"
+  fi
   case "$1" in
     ours)
-      "$broker_bin" --config "$work/ours.yaml" 2>>"$work/ours.log" &
+      "$broker_bin" --config "$work/ours$suffix.yaml" 2>>"$work/ours.log" &
       broker_pid=$!
       wait_port "$port_ours"
       ;;
     mosquitto)
-      "$mosquitto_bin" -c "$work/mosquitto.conf" 2>>"$work/mosquitto.log" &
+      "$mosquitto_bin" -c "$work/mosquitto$suffix.conf" 2>>"$work/mosquitto.log" &
       broker_pid=$!
       wait_port "$port_mosq"
       ;;
@@ -165,12 +182,13 @@ run_one() { # scenario broker run
     fan-in) args=(fan-in --duration "$duration" --warmup "$warmup") ;;
     fan-out) args=(fan-out --duration "$duration" --warmup "$warmup") ;;
     latency0|latency1|latency2) args=(latency --qos "${scenario#latency}" --duration "$duration") ;;
+    persist1) args=(latency --qos 1 --persistent --duration "$duration") ;;
     idle) args=(idle) ;;
     filters) args=(filters --duration "$duration" --warmup "$warmup") ;;
     retained) args=(retained) ;;
     *) echo "unknown scenario $scenario" >&2; return 1 ;;
   esac
-  start_broker "$broker"
+  if [ "$scenario" = persist1 ]; then start_broker "$broker" persist; else start_broker "$broker"; fi
   local line
   line=$("$loadgen_bin" "${args[@]}" --port "$port" --broker-pid "$broker_pid" \
     --label "$broker" --timeout 180s) || true
@@ -249,6 +267,13 @@ for q in (0, 1, 2):
         (c, f"latency QoS {q}: achieved msg/s", "achieved_rate", None),
         (c, f"latency QoS {q}: broker CPU µs/msg", "broker_cpu_us_per_msg", None),
     ]
+spec += [
+    ("persist1", "persistent QoS 1 @5k/s (ours sync: always): p50 µs", "p50_us", None),
+    ("persist1", "persistent QoS 1: p99 µs", "p99_us", None),
+    ("persist1", "persistent QoS 1: lost + duplicated", "_lostdup", ("==0", None)),
+    ("persist1", "persistent QoS 1: achieved msg/s", "achieved_rate", None),
+    ("persist1", "persistent QoS 1: broker CPU µs/msg", "broker_cpu_us_per_msg", None),
+]
 spec += [
     ("idle", "idle 10k: broker bytes/connection", "bytes_per_conn", ("<=", 1.5)),
     ("idle", "idle 10k: connects/s (to CONNACK)", "connects_per_s", (">=", 1.0)),

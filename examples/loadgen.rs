@@ -165,6 +165,10 @@ enum Scenario {
         /// Payload size in bytes (at least 16: sequence number and timestamp).
         #[arg(long, default_value_t = 64)]
         payload: usize,
+        /// The subscriber keeps a persistent session (clean session off), so that a broker
+        /// with persistence stores what it queues and has in flight for it.
+        #[arg(long)]
+        persistent: bool,
     },
     /// K idle connections: connect rate and broker memory per connection.
     Idle {
@@ -302,6 +306,7 @@ async fn run(scenario: Scenario) -> Res<Value> {
             warmup,
             drain,
             payload,
+            persistent,
             ..
         } => {
             let qos = QoS::from_u8(qos).ok_or("qos must be 0, 1 or 2")?;
@@ -315,6 +320,7 @@ async fn run(scenario: Scenario) -> Res<Value> {
                 warmup,
                 drain,
                 payload,
+                persistent,
             )
             .await
         }
@@ -551,6 +557,16 @@ struct Conn {
 impl Conn {
     /// TCP connect, CONNECT (MQTT 3.1.1, clean session), wait for an accepting CONNACK.
     async fn open(addr: SocketAddr, client_id: &str, keep_alive: u16) -> Res<Conn> {
+        Conn::open_session(addr, client_id, keep_alive, true).await
+    }
+
+    /// [`Conn::open`] with the clean-session flag given.
+    async fn open_session(
+        addr: SocketAddr,
+        client_id: &str,
+        keep_alive: u16,
+        clean_session: bool,
+    ) -> Res<Conn> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (rd, wr) = stream.into_split();
@@ -562,7 +578,7 @@ impl Conn {
         };
         c.send(&Packet::Connect(Box::new(Connect {
             protocol: ProtocolLevel::V311,
-            clean_session: true,
+            clean_session,
             keep_alive,
             client_id: client_id.into(),
             will: None,
@@ -1074,6 +1090,7 @@ async fn latency(
     warmup: Duration,
     drain: Duration,
     payload: usize,
+    persistent: bool,
 ) -> Res<Value> {
     if max_inflight == 0 || max_inflight > 65_000 {
         return fail("--max-inflight must be 1..65000");
@@ -1090,7 +1107,7 @@ async fn latency(
     let rss0 = probe.rss_kb();
     let id = run_id();
     let topic = format!("bench/{id}/lat");
-    let mut sub = Conn::open(addr, &format!("lg{id}-lat-sub"), 0).await?;
+    let mut sub = Conn::open_session(addr, &format!("lg{id}-lat-sub"), 0, !persistent).await?;
     sub.chunk = 64 * 1024;
     sub.subscribe(&[(&topic, qos)]).await?;
     let publisher = Conn::open(addr, &format!("lg{id}-lat-pub"), 0).await?;
