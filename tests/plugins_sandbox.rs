@@ -359,3 +359,44 @@ async fn degraded_plugin_recovers_after_a_successful_probe() {
     assert_eq!(&watcher.receive_qos2().await.payload[..], b"back");
     broker.shutdown().await;
 }
+
+/// `topics:` limits which topics reach a plugin: the trapping plugin, told to look only at
+/// `good/#`, is never called for `bad/...`, so those messages flow without a failure; an
+/// invalid filter is refused at load with its index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_limit_which_messages_reach_a_plugin() {
+    let mut p = hostile_config("trap");
+    p.topics = vec!["good/#".into()];
+    let broker = start_broker(|c| c.plugins = vec![p]).await;
+    let addr = broker.local_addr();
+    let (mut sub, _) = RawClient::connect(addr, "sub", true).await;
+    assert_eq!(
+        sub.subscribe(1, &[("#", QoS::ExactlyOnce)]).await,
+        vec![SubAckCode::Granted(QoS::ExactlyOnce)]
+    );
+    let calls_before = stats(&broker).calls;
+    let (mut publisher, _) = RawClient::connect(addr, "pub", true).await;
+    publisher.publish_qos2("bad/ignored", b"passes", 1).await;
+    assert_eq!(&sub.receive_qos2().await.payload[..], b"passes");
+    publisher.publish_qos2("good/seen", b"checked", 2).await;
+    assert_eq!(&sub.receive_qos2().await.payload[..], b"checked");
+    let s = stats(&broker);
+    assert_eq!(s.failures, 0, "{s:?}");
+    // good/seen: publish and deliver were asked; bad/ignored: nothing.
+    assert_eq!(s.calls - calls_before, 2, "{s:?}");
+    broker.shutdown().await;
+
+    let mut bad = hostile_config("trap");
+    bad.topics = vec!["a/#/b".into()];
+    let config = Config {
+        listeners: vec![BrokerHandle::loopback_listener()],
+        plugins: vec![bad],
+        ..Default::default()
+    };
+    let err = Broker::start(config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("topics[0]") && err.contains("a/#/b"), "{err}");
+}

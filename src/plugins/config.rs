@@ -42,6 +42,11 @@ pub struct PluginConfig {
     /// policy that depends on the time or on state outside the request.
     #[serde(default = "yes")]
     pub cache_decisions: bool,
+    /// Topic filters (`+`/`#` allowed) this plugin's `authorize` (publish and deliver) and
+    /// `transform` are called for; other topics pass it by (abstain / keep) without a call.
+    /// Empty (the default): every topic. SUBSCRIBE requests always reach the plugin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -59,6 +64,7 @@ impl PluginConfig {
             on_error: OnError::default(),
             cache_dir: None,
             cache_decisions: true,
+            topics: Vec::new(),
         }
     }
 
@@ -122,6 +128,14 @@ impl PluginConfig {
         }
         if l.pool_size > 1024 {
             return err("limits.pool_size", "must be at most 1024");
+        }
+        for (i, filter) in self.topics.iter().enumerate() {
+            if let Err(e) = crate::protocol::topic::validate_topic_filter(filter) {
+                return Err((
+                    format!("topics[{i}]"),
+                    format!("{filter:?} is not a valid topic filter: {e}"),
+                ));
+            }
         }
         Ok(())
     }

@@ -566,6 +566,15 @@ impl WasmPlugin {
         failure
     }
 
+    /// Whether `topic` (a topic name) is one this plugin asked to see (`topics:`).
+    fn wants(&self, topic: &str) -> bool {
+        let filters = &self.config.topics;
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|f| crate::protocol::topic::filter_matches(f, topic))
+    }
+
     fn fail_closed(&self) -> bool {
         self.config.on_error != OnError::Pass
     }
@@ -640,6 +649,9 @@ impl Authorizer for WasmPlugin {
         client: &ClientInfo,
         request: &AclRequest<'_>,
     ) -> (Decision, bool) {
+        if request.action != crate::hooks::AclAction::Subscribe && !self.wants(request.topic) {
+            return (Decision::Abstain, true);
+        }
         let info = bindings::client_info(client);
         let req = bindings::acl_request(request);
         let r = self.call(client, Hook::Authorize, |slot| {
@@ -663,6 +675,9 @@ impl Transformer for WasmPlugin {
     }
 
     fn transform(&self, client: &ClientInfo, message: &Message) -> TransformResult {
+        if !self.wants(&message.topic) {
+            return TransformResult::keep();
+        }
         let info = bindings::client_info(client);
         let msg = bindings::message_to_wit(message);
         let r = self.call(client, Hook::Transform, |slot| {
