@@ -12,31 +12,7 @@ mod common;
 use common::*;
 use mqtt_broker::protocol::{Packet, QoS};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
-
-/// `target/<profile>/examples/esp8266_sim`, built on demand when only this test was built.
-fn simulator() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("esp8266_sim{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
-        // `cargo test --test esp8266_sim` builds no examples; `cargo test` does.
-        let mut cmd = std::process::Command::new(env!("CARGO"));
-        cmd.args(["build", "--example", "esp8266_sim"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build --example esp8266_sim");
-        assert!(status.success(), "building the simulator failed");
-    }
-    bin
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
