@@ -277,22 +277,9 @@ async fn connect(
     Ok(s)
 }
 
-/// splitmix64, for the readings and the garbage choice.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// `batch` reading cycles of one device, encoded once and written again and again.
 fn device_batch(name: &str, batch: usize, garbage_rate: f64, rng: &mut Rng) -> BytesMut {

@@ -14,36 +14,6 @@ use mqtt_broker::protocol::{Packet, QoS};
 use std::collections::HashMap;
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Seen {
-    topic: String,
-    payload: String,
-    retain: bool,
-}
-
-/// Collects every PUBLISH until `stop` fires and the broker has been quiet for 300 ms.
-async fn collect(mut client: RawClient, mut stop: tokio::sync::oneshot::Receiver<()>) -> Vec<Seen> {
-    let mut seen = Vec::new();
-    let mut stopping = false;
-    loop {
-        if !stopping {
-            stopping = stop.try_recv().is_ok();
-        }
-        let wait = if stopping { 300 } else { 50 };
-        match client.recv_within(Duration::from_millis(wait)).await {
-            Ok(Some(Packet::Publish(p))) => seen.push(Seen {
-                topic: p.topic.to_string(),
-                payload: String::from_utf8_lossy(&p.payload).into_owned(),
-                retain: p.retain,
-            }),
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("broker closed the watcher connection"),
-            Err(()) if stopping => return seen,
-            Err(()) => {}
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_readings_statuses_and_wills_reach_a_subscriber() {
     // First, as building it may take minutes: the watcher below would hit its keep-alive.

@@ -61,34 +61,6 @@ async fn start(plugins: Vec<PluginConfig>) -> BrokerHandle {
     start_broker(|c: &mut Config| c.plugins = plugins).await
 }
 
-#[derive(Debug, Clone)]
-struct Seen {
-    topic: String,
-    payload: String,
-}
-
-/// Collects every PUBLISH until `stop` fires and the broker has been quiet for 300 ms.
-async fn collect(mut client: RawClient, mut stop: tokio::sync::oneshot::Receiver<()>) -> Vec<Seen> {
-    let mut seen = Vec::new();
-    let mut stopping = false;
-    loop {
-        if !stopping {
-            stopping = stop.try_recv().is_ok();
-        }
-        let wait = if stopping { 300 } else { 50 };
-        match client.recv_within(Duration::from_millis(wait)).await {
-            Ok(Some(Packet::Publish(p))) => seen.push(Seen {
-                topic: p.topic.to_string(),
-                payload: String::from_utf8_lossy(&p.payload).into_owned(),
-            }),
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("broker closed the watcher connection"),
-            Err(()) if stopping => return seen,
-            Err(()) => {}
-        }
-    }
-}
-
 /// What the bridge must say about a garbage payload the simulator sends.
 fn expected_reason(raw: &str) -> &'static str {
     match raw {
@@ -373,6 +345,7 @@ async fn exchange(publisher: &mut RawClient, sub: &mut RawClient, payload: &[u8]
             Packet::Publish(p) => got.push(Seen {
                 topic: p.topic.to_string(),
                 payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                retain: p.retain,
             }),
             other => panic!("unexpected {other:?}"),
         }

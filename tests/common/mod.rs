@@ -354,3 +354,37 @@ pub fn simulator() -> std::path::PathBuf {
     }
     bin
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+/// One PUBLISH as a watching client received it.
+pub struct Seen {
+    pub topic: String,
+    pub payload: String,
+    pub retain: bool,
+}
+
+/// Collects every PUBLISH until `stop` fires and the broker has been quiet for 300 ms.
+pub async fn collect(
+    mut client: RawClient,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    let mut stopping = false;
+    loop {
+        if !stopping {
+            stopping = stop.try_recv().is_ok();
+        }
+        let wait = if stopping { 300 } else { 50 };
+        match client.recv_within(Duration::from_millis(wait)).await {
+            Ok(Some(Packet::Publish(p))) => seen.push(Seen {
+                topic: p.topic.to_string(),
+                payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                retain: p.retain,
+            }),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("broker closed the watcher connection"),
+            Err(()) if stopping => return seen,
+            Err(()) => {}
+        }
+    }
+}
