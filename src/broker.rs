@@ -489,7 +489,32 @@ impl Shared {
 
     /// Queues the retained messages matching a new subscription, flagged RETAIN=1 [MQTT-3.3.1-6].
     pub fn send_retained(&self, entry: &SessionEntry, filter: &str, granted: QoS) -> Option<u64> {
-        let messages = self.retained.read().matching(filter);
+        let mut messages = self.retained.read().matching(filter);
+        // Retained messages obey read rights like live ones: a subscription that is granted
+        // because it overlaps a readable area must not replay the unreadable topics it matches.
+        let runtime = self.runtime.load();
+        if !messages.is_empty() && runtime.security.has_authorizers() {
+            let client = entry.client.lock().clone();
+            let mut cache = entry.acl_cache.lock();
+            messages.retain(|m| {
+                let request = AclRequest {
+                    action: AclAction::Deliver,
+                    topic: &m.topic,
+                    qos: m.qos.min(granted),
+                    retain: true,
+                };
+                let allowed = runtime.security.authorize_cached(
+                    &client,
+                    &request,
+                    &mut cache,
+                    runtime.generation,
+                );
+                if !allowed {
+                    Counters::inc(&self.counters.acl_denied_deliver);
+                }
+                allowed
+            });
+        }
         if messages.is_empty() {
             return None;
         }
@@ -622,7 +647,9 @@ impl Shared {
                         .ops
                         .first_warning(&entry.client_id, LimitKind::MessageQueueLimit)
                     {
-                        warn!(client_id = %entry.client_id, topic = %msg.topic, "message dropped: subscriber queue full (message_queue_limit); logged once per connection, counted in /metrics");
+                        // Logged in the publisher's span: name the subscriber it is about.
+                        let peer = entry.client.lock().peer;
+                        warn!(subscriber = %entry.client_id, subscriber_peer = %peer, topic = %msg.topic, "message dropped: subscriber queue full (message_queue_limit); logged once per connection, counted in /metrics");
                     }
                 }
                 Err(DropReason::QueueBytesFull) => {
@@ -632,7 +659,8 @@ impl Shared {
                         .ops
                         .first_warning(&entry.client_id, LimitKind::MaxQueuedBytes)
                     {
-                        warn!(client_id = %entry.client_id, topic = %msg.topic, "message dropped: subscriber queue holds limits.max_queued_bytes; logged once per connection, counted in /metrics");
+                        let peer = entry.client.lock().peer;
+                        warn!(subscriber = %entry.client_id, subscriber_peer = %peer, topic = %msg.topic, "message dropped: subscriber queue holds limits.max_queued_bytes; logged once per connection, counted in /metrics");
                     }
                 }
                 Err(DropReason::Qos0Offline) => Counters::inc(&self.counters.dropped_offline_qos0),
@@ -735,34 +763,42 @@ impl Broker {
     ) -> Result<BrokerHandle, BrokerError> {
         let listeners = config.effective_listeners();
         let runtime = build_runtime(config, 1)?;
-        // Recovery happens before any listener opens: clients only ever see a complete state.
-        let (handle, recovered) = match storage {
-            Some(storage) => {
-                let started = std::time::Instant::now();
-                let loader = storage.clone();
-                let recovered = tokio::task::spawn_blocking(move || loader.load())
-                    .await
-                    .map_err(|e| BrokerError::Reload(e.to_string()))??;
-                let mode = runtime.config.persistence.sync_mode();
-                info!(
-                    sessions = recovered.sessions.len(),
-                    retained = recovered.retained.len(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "storage recovered"
-                );
-                (
-                    Some(Arc::new(StorageHandle::start(storage, mode))),
-                    Some(recovered),
-                )
-            }
-            None => (None, None),
-        };
+        let mode = runtime.config.persistence.sync_mode();
+        // The writer thread only starts; nothing is written before recovery is done.
+        let handle = storage
+            .as_ref()
+            .map(|s| Arc::new(StorageHandle::start(s.clone(), mode)));
         let shared = Arc::new(Shared::new(runtime, handle));
         shared.runtime.load().plugins.set_events(&shared.ops.events);
-        if let Some(recovered) = recovered {
+        // The admin listener opens first, so that during a long recovery `/healthz` answers
+        // and `/readyz` says 503 ("starting") instead of refusing connections.
+        crate::admin::start(&shared).await;
+        let stop_on_error = |e: BrokerError| {
+            shared.ops.stop.cancel();
+            if let Some(h) = &shared.storage {
+                h.close();
+            }
+            e
+        };
+        // Recovery happens before any MQTT listener opens: clients only ever see a complete
+        // state.
+        if let Some(storage) = storage {
+            let started = std::time::Instant::now();
+            let recovered = tokio::task::spawn_blocking(move || storage.load())
+                .await
+                .map_err(|e| stop_on_error(BrokerError::Reload(e.to_string())))?
+                .map_err(|e| stop_on_error(e.into()))?;
+            info!(
+                sessions = recovered.sessions.len(),
+                retained = recovered.retained.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "storage recovered"
+            );
             shared.recover(recovered);
         }
-        let running = transport::listeners::start_all(&listeners, &shared).await?;
+        let running = transport::listeners::start_all(&listeners, &shared)
+            .await
+            .map_err(&stop_on_error)?;
         shared.set_listeners(running, &mut *shared.listeners.lock().await);
         let sweeper = shared.clone();
         tokio::spawn(async move {
@@ -776,7 +812,6 @@ impl Broker {
         });
         // Storage was recovered above, before any listener opened: now the broker is ready.
         shared.ops.ready.store(true, Ordering::Relaxed);
-        crate::admin::start(&shared).await;
         crate::metrics::sys::spawn(&shared);
         Ok(BrokerHandle { shared })
     }

@@ -447,9 +447,14 @@ async fn authenticate(
     match result {
         Ok(()) => {
             Counters::inc(&shared.counters.auth_success);
-            let mut failures = shared.auth_failures.lock();
-            if !failures.is_empty() {
-                failures.remove(&ip);
+            // Only a login that proved a credential clears the address's failure count: an
+            // anonymous connect in between guesses must not reset the delay.
+            let proved_credential = connect.password.is_some() || certificate_verified;
+            if proved_credential {
+                let mut failures = shared.auth_failures.lock();
+                if !failures.is_empty() {
+                    failures.remove(&ip);
+                }
             }
             Ok(())
         }
@@ -553,6 +558,11 @@ fn release(buf: &mut BytesMut) {
 
 /// Publishes a will message like any other PUBLISH [MQTT-3.1.2-8].
 fn publish_will(shared: &Shared, client: &ClientInfo, will: &LastWill) {
+    if is_sys_topic(&will.topic) {
+        Counters::inc(&shared.counters.ops.sys_publish_denied);
+        warn!(topic = %will.topic, "will message to $SYS refused; not published");
+        return;
+    }
     let runtime = shared.runtime.load();
     let request = AclRequest {
         action: AclAction::Publish,
@@ -693,15 +703,19 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     }
 
     /// Decodes and handles buffered packets until the buffer is empty or the publish rate
-    /// pauses the client.
-    fn process_buffered(&mut self, entry: &Arc<SessionEntry>) -> Result<(), Close> {
+    /// pauses the client; returns how many packets were handled.
+    fn process_buffered(&mut self, entry: &Arc<SessionEntry>) -> Result<usize, Close> {
+        let mut handled = 0;
         while self.throttle.is_none() {
             match self.decode_one()? {
-                Some(p) => self.handle(entry, p)?,
+                Some(p) => {
+                    self.handle(entry, p)?;
+                    handled += 1;
+                }
                 None => break,
             }
         }
-        Ok(())
+        Ok(handled)
     }
 
     /// At shutdown: handles what the client had already sent (briefly waiting for more
@@ -829,11 +843,17 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                     Ok(0) => return Close::PeerClosed,
                     Ok(n) => {
                         Counters::add(&self.shared.counters.bytes_in, n as u64);
-                        if let Some(d) = idle_limit {
-                            deadline = Instant::now() + d;
-                        }
-                        if let Err(close) = self.process_buffered(entry) {
-                            return close;
+                        match self.process_buffered(entry) {
+                            // Keep-alive counts whole Control Packets, not bytes: a client
+                            // trickling one packet a byte at a time is still idle
+                            // [MQTT-3.1.2-24].
+                            Ok(handled) if handled > 0 => {
+                                if let Some(d) = idle_limit {
+                                    deadline = Instant::now() + d;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(close) => return close,
                         }
                     }
                     Err(e) => return Close::Io(e),
@@ -1078,8 +1098,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     /// Checks the ACL, runs transforms and routes the result. A refused PUBLISH is still
     /// acknowledged by the caller (3.1.1 has no negative acknowledgement) but goes nowhere.
     fn route(&mut self, p: Publish) {
-        // Only the broker publishes `$SYS` topics.
-        if &*p.topic == "$SYS" || p.topic.starts_with("$SYS/") {
+        if is_sys_topic(&p.topic) {
             Counters::inc(&self.shared.counters.ops.sys_publish_denied);
             if self.logged & SYS_LOGGED == 0 {
                 self.logged |= SYS_LOGGED;
@@ -1134,6 +1153,11 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 });
         }
     }
+}
+
+/// Only the broker publishes `$SYS` topics: client PUBLISHes and wills there are refused.
+fn is_sys_topic(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
 }
 
 /// `Conn::logged` bit for PUBLISH to `$SYS` (above the `LimitKind` bits).

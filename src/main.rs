@@ -61,11 +61,17 @@ fn main() -> ExitCode {
         None => Config::default(),
     };
     mqtt_broker::logging::init(&config.log);
+    raise_fd_limit(config.server.max_connections);
     if cli.move_corrupt_store
         && config.persistence.storage_type == mqtt_broker::config::StorageType::File
     {
         let dir = &config.persistence.path;
-        if let Err(e) = mqtt_broker::storage::FileStorage::open(dir) {
+        // Opened and read back: a store can open fine and still hold a record that is corrupt.
+        let readable = mqtt_broker::storage::FileStorage::open(dir).and_then(|s| {
+            use mqtt_broker::storage::Storage;
+            s.load().map(|_| ())
+        });
+        if let Err(e) = readable {
             match mqtt_broker::storage::FileStorage::move_aside(dir) {
                 Ok(to) => {
                     tracing::warn!(error = %e, moved_to = %to.display(), "store could not be opened; moved aside, starting empty")
@@ -146,6 +152,38 @@ fn check_config(path: &Path) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft open-files limit to the hard one (each client holds a descriptor) and
+/// warns when even that is below `server.max_connections`: past it, accepts fail instead
+/// of clients getting CONNACK 0x03.
+fn raise_fd_limit(max_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    let needed = max_connections as u64 + 64;
+    if (lim.rlim_cur as u64) < needed {
+        tracing::warn!(
+            open_files_limit = lim.rlim_cur as u64,
+            max_connections,
+            "the open-files limit is below server.max_connections: raise it (LimitNOFILE= in the systemd unit, ulimit -n) or lower max_connections"
+        );
     }
 }
 

@@ -314,6 +314,81 @@ async fn hash_subscriber_never_receives_topics_it_cannot_read() {
 }
 
 #[tokio::test]
+async fn retained_messages_obey_read_rights_on_subscribe() {
+    let dir = temp_dir("acl-retained");
+    let broker = acl_broker(&dir).await;
+    let addr = broker.local_addr();
+    let (mut writer, _) = RawClient::connect_with(addr, as_user("writer", "w1")).await;
+    for (pid, topic) in [(1, "sensors/private/key"), (2, "sensors/a")] {
+        writer
+            .send(&publish(
+                topic,
+                topic.as_bytes(),
+                QoS::AtLeastOnce,
+                Some(pid),
+                true,
+            ))
+            .await;
+        assert_eq!(writer.recv().await, Some(Packet::PubAck(pid)));
+    }
+    // `#` is granted because it overlaps what the reader may read; the retained messages it
+    // matches are still checked one by one, like live deliveries.
+    let (mut reader, _) = RawClient::connect_with(addr, as_user("reader", "r1")).await;
+    assert_eq!(
+        reader.subscribe(1, &[("#", QoS::AtLeastOnce)]).await,
+        vec![SubAckCode::Granted(QoS::AtLeastOnce)]
+    );
+    let p = reader.recv_publish().await;
+    assert_eq!(&*p.topic, "sensors/a");
+    assert!(
+        p.retain,
+        "a retained message is sent with RETAIN=1 [MQTT-3.3.1-8]"
+    );
+    reader.expect_silence(Duration::from_millis(300)).await;
+    // Anonymous clients may read public/# only: no retained sensor message reaches them.
+    let (mut anon, _) = RawClient::connect(addr, "anon-retained", true).await;
+    assert_eq!(
+        anon.subscribe(1, &[("#", QoS::AtMostOnce)]).await,
+        vec![SubAckCode::Granted(QoS::AtMostOnce)]
+    );
+    anon.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(broker.stats().messages.retained, 2);
+}
+
+#[tokio::test]
+async fn anonymous_connects_do_not_reset_the_failed_login_delay() {
+    let broker = start_broker(|c| {
+        c.security.allow_anonymous = true;
+        c.security.users = vec![UserConfig {
+            username: "u".into(),
+            password_hash: hash_password(b"p"),
+        }];
+        c.security.auth_failure_delay = mqtt_broker::config::ConfigDuration::millis(150);
+    })
+    .await;
+    let addr = broker.local_addr();
+    for _ in 0..2 {
+        assert_eq!(
+            connack(addr, login("u", "bad")).await,
+            ConnectReturnCode::BadUsernameOrPassword
+        );
+        // An anonymous connect from the same address succeeds but proves nothing.
+        assert_eq!(
+            connack(addr, connect_packet("", true)).await,
+            ConnectReturnCode::Accepted
+        );
+    }
+    // Third failure in a row from this address: 150 ms × 4.
+    let t = Instant::now();
+    connack(addr, login("u", "bad")).await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn denied_publish_is_acknowledged_and_dropped() {
     let dir = temp_dir("acl-pub");
     let broker = acl_broker(&dir).await;

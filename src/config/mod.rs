@@ -320,9 +320,9 @@ pub enum SyncPolicy {
     /// Acknowledge QoS 1/2 only after the write is on disk; concurrent writes share an fsync.
     #[default]
     Always,
-    /// fsync every `sync_interval`; a crash loses at most that window.
+    /// Durable every `sync_interval`; a crash (`kill -9` or power loss) loses at most that window.
     Interval,
-    /// Never fsync explicitly; a crash may lose what the OS had not written yet.
+    /// No fsync per write; durable every 30 s and at shutdown, so a crash loses up to 30 s.
     Never,
 }
 
@@ -524,10 +524,7 @@ impl Config {
         };
         let mut config = config;
         // The seed's `enabled: true` meant "persist"; without an explicit backend that is `file`.
-        if config.persistence.enabled
-            && !text.contains("storage_type")
-            && !text.contains("storageType")
-        {
+        if config.persistence.enabled && !storage_type_given(text) {
             config.persistence.storage_type = StorageType::File;
         }
         config.validate(path)?;
@@ -592,7 +589,32 @@ impl Config {
             return invalid("persistence.retained_message_limit", "must be at least 1");
         }
         let mut seen = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
+            // Listeners are keyed by name at run time (reload, metrics, TLS acceptors).
+            if !names.insert(l.display_name()) {
+                return invalid(
+                    &format!("listeners[{i}].name"),
+                    &format!(
+                        "`{}` is used by another listener; names must be unique",
+                        l.display_name()
+                    ),
+                );
+            }
+            if l.require_client_cert && l.client_ca_file.is_none() {
+                return invalid(
+                    &format!("listeners[{i}].require_client_cert"),
+                    "needs client_ca_file (the CA that signs the client certificates)",
+                );
+            }
+            // As in Mosquitto: the identity must come from a verified certificate, never from
+            // the user name a client without one chose to send.
+            if l.use_identity_as_username && !l.require_client_cert {
+                return invalid(
+                    &format!("listeners[{i}].use_identity_as_username"),
+                    "needs require_client_cert: true (and client_ca_file)",
+                );
+            }
             if l.max_connections == Some(0) {
                 return invalid(
                     &format!("listeners[{i}].max_connections"),
@@ -662,6 +684,17 @@ impl Config {
     }
 }
 
+/// Whether the YAML sets `persistence.storage_type` (or the seed's `storageType`) itself, as
+/// opposed to a comment or another key merely containing the word.
+fn storage_type_given(text: &str) -> bool {
+    let Ok(value) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
+        return false;
+    };
+    value
+        .get("persistence")
+        .is_some_and(|p| p.get("storage_type").is_some() || p.get("storageType").is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -714,6 +747,46 @@ mod tests {
         let c = parse("server:\n  connect_timeout: 500ms\n").unwrap();
         let again = parse(&c.to_yaml()).unwrap();
         assert_eq!(again.server, c.server);
+    }
+
+    #[test]
+    fn seed_persistence_enabled_means_file_unless_a_backend_is_set() {
+        // A comment mentioning storage_type must not count as setting it.
+        let c = parse("persistence:\n  # storage_type: memory is the default\n  enabled: true\n")
+            .unwrap();
+        assert_eq!(c.persistence.storage_type, StorageType::File);
+        let c = parse("persistence:\n  enabled: true\n  storage_type: memory\n").unwrap();
+        assert_eq!(c.persistence.storage_type, StorageType::Memory);
+        let c = parse("persistence:\n  enabled: true\n  storageType: memory\n").unwrap();
+        assert_eq!(c.persistence.storage_type, StorageType::Memory);
+    }
+
+    #[test]
+    fn listener_names_are_unique_and_client_identity_needs_a_verified_certificate() {
+        let err = parse(
+            "listeners:\n  - {name: edge, bind: 127.0.0.1:1883, protocol: tcp}\n  - {name: edge, bind: 127.0.0.1:8080, protocol: ws}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("listeners[1].name") && err.contains("unique"),
+            "{err}"
+        );
+        let err = parse(
+            "listeners:\n  - {bind: 127.0.0.1:8883, protocol: tls, cert_file: c.pem, key_file: k.pem, use_identity_as_username: true}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("listeners[0].use_identity_as_username"),
+            "{err}"
+        );
+        let err = parse(
+            "listeners:\n  - {bind: 127.0.0.1:8883, protocol: tls, cert_file: c.pem, key_file: k.pem, require_client_cert: true}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("client_ca_file"), "{err}");
     }
 
     #[test]

@@ -145,6 +145,21 @@ impl Storage for FileStorage {
     }
 
     fn load(&self) -> Result<Recovered, StorageError> {
+        // A store that opens but cannot be read back is as corrupt as one that does not open:
+        // the error names the file and how to move it aside.
+        self.read_all().map_err(|e| match e {
+            StorageError::Open { .. } => e,
+            other => StorageError::Open {
+                path: self.path.clone(),
+                reason: other.to_string(),
+            },
+        })
+    }
+}
+
+impl FileStorage {
+    /// Reads every table back (the body of [`Storage::load`]).
+    fn read_all(&self) -> Result<Recovered, StorageError> {
         let txn = self.db.begin_read().map_err(io)?;
         let mut out = Recovered::default();
         let retained = txn.open_table(RETAINED).map_err(io)?;
@@ -184,5 +199,31 @@ impl Storage for FileStorage {
         }
         out.sessions = sessions.into_values().collect();
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_record_is_an_error_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("mqtt-store-badrec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = FileStorage::open(&dir).unwrap();
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(RETAINED)
+            .unwrap()
+            .insert("a/b", &b"\xff not a record"[..])
+            .unwrap();
+        txn.commit().unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains(&dir.display().to_string()), "{err}");
+        assert!(
+            err.contains("retained") && err.contains("--move-corrupt-store"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

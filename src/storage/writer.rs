@@ -18,10 +18,28 @@ use tracing::{error, info};
 pub enum SyncMode {
     /// Acknowledge only after the write is on disk (fsync), shared by concurrent writers.
     Always,
-    /// Write at once, fsync at this interval: a crash loses at most that window.
+    /// Write at once, make durable at this interval: a crash (`kill -9` or power loss) loses
+    /// at most that window.
     Interval(Duration),
-    /// Never fsync explicitly (the OS decides); a crash may lose recent writes.
+    /// No fsync in the write path; the store is made durable every [`NEVER_CHECKPOINT`] and at
+    /// shutdown (like Mosquitto's autosave), so a crash loses at most that window.
     Never,
+}
+
+/// How often `sync: never` still makes the store durable. The file store's unsynced commits
+/// do not survive a crash at all (redb's `Durability::None`), so without a checkpoint a
+/// `kill -9` would lose everything since start.
+pub const NEVER_CHECKPOINT: Duration = Duration::from_secs(30);
+
+impl SyncMode {
+    /// How often writes are made durable when it is not done per write.
+    fn checkpoint(self) -> Option<Duration> {
+        match self {
+            SyncMode::Always => None,
+            SyncMode::Interval(every) => Some(every),
+            SyncMode::Never => Some(NEVER_CHECKPOINT),
+        }
+    }
 }
 
 struct Batch {
@@ -102,8 +120,8 @@ fn writer(
     let mut last_sync = Instant::now();
     let mut dirty = false;
     loop {
-        let first = match mode {
-            SyncMode::Interval(every) => match rx.recv_timeout(every) {
+        let first = match mode.checkpoint() {
+            Some(every) => match rx.recv_timeout(every) {
                 Ok(b) => Some(b),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -140,7 +158,7 @@ fn writer(
             dirty = mode != SyncMode::Always;
             let _ = durable.send(max);
         }
-        if let SyncMode::Interval(every) = mode {
+        if let Some(every) = mode.checkpoint() {
             if dirty && last_sync.elapsed() >= every {
                 if let Err(e) = storage.sync() {
                     error!(error = %e, "storage fsync failed");

@@ -71,12 +71,20 @@ pub(crate) async fn accept_loop(
     let listener_conns = Arc::new(AtomicUsize::new(0));
     let name: Arc<str> = bound.display_name().into();
     let bound = Arc::new(bound);
+    // Failed accepts (usually EMFILE) are logged at most every 10 s, with how many there were.
+    let mut failed_accepts = 0u64;
+    let mut last_accept_log: Option<tokio::time::Instant> = None;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                // Usually EMFILE: back off instead of spinning; existing clients are unaffected.
-                error!(listener = %name, error = %e, "accept failed");
+                failed_accepts += 1;
+                if last_accept_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    error!(listener = %name, error = %e, failed_accepts, "accept failed (out of file descriptors? raise LimitNOFILE / ulimit -n); existing clients are unaffected");
+                    last_accept_log = Some(tokio::time::Instant::now());
+                    failed_accepts = 0;
+                }
+                // Back off instead of spinning.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
