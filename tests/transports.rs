@@ -3,6 +3,8 @@
 //! Certificates are generated at test time (rcgen); no private key is committed.
 
 mod common;
+#[path = "common/http.rs"]
+mod http;
 
 use bytes::Bytes;
 use common::*;
@@ -351,7 +353,8 @@ async fn bad_tls_handshake_and_text_frame_do_not_disturb_others() {
     good_pub.publish_qos2("ok", b"2", 2).await;
     assert_eq!(&good_sub.receive_qos2().await.payload[..], b"2");
 
-    // A TLS client that stalls mid-handshake is closed after connect_timeout without effect.
+    // Both clients still exchange QoS 2 messages. (A TLS client that stalls mid-handshake is
+    // tested by `tls_handshake_counts_against_connect_timeout` below and in tests/hostile.rs.)
     good_pub.publish_qos2("ok", b"3", 3).await;
     assert_eq!(&good_sub.receive_qos2().await.payload[..], b"3");
 }
@@ -532,4 +535,657 @@ async fn mqtt_js_over_websocket_talks_to_tcp_client() {
         stdout.contains("received sensors_aloys/dht 25.5"),
         "{stdout}"
     );
+}
+
+const JS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js");
+
+fn require_mqtt_js() {
+    assert!(
+        std::path::Path::new(JS_DIR)
+            .join("node_modules/mqtt")
+            .exists(),
+        "MQTT.js is not installed: run `cd tests/js && npm ci` (.ci/run does this)"
+    );
+}
+
+/// Runs a command to completion within `limit` (killed if it takes longer).
+async fn run_bounded(
+    mut cmd: tokio::process::Command,
+    limit: Duration,
+    what: &str,
+) -> std::process::Output {
+    cmd.kill_on_drop(true);
+    tokio::time::timeout(limit, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"))
+}
+
+/// Waits until the broker counts `want` open connections (they close asynchronously).
+async fn wait_connections(broker: &BrokerHandle, want: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let total = broker.stats().connections.total;
+        if total == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{total} connections open, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The publish/subscribe, QoS 0/1/2, retained (set, delivered later, deleted) and will
+/// scenario of `tests/js/scenario.mjs`, driven by MQTT.js over each of the four listeners of
+/// one broker: mqtt://, mqtts:// and wss:// verified against the test CA, ws://.
+#[tokio::test]
+async fn mqtt_js_scenario_on_every_transport() {
+    require_mqtt_js();
+    let pki = TestPki::new("js-scenario");
+    let broker = four_listener_broker(&pki).await;
+    // TestPki writes the CA certificate as a PEM file in its temporary directory.
+    let ca = pki.path("ca.pem");
+    for t in ALL {
+        let addr = addr_of(&broker, t);
+        let url = match t {
+            TransportKind::Tcp => format!("mqtt://{addr}"),
+            TransportKind::Tls => format!("mqtts://{addr}"),
+            TransportKind::Ws => format!("ws://{addr}/mqtt"),
+            TransportKind::Wss => format!("wss://{addr}/mqtt"),
+        };
+        let mut node = tokio::process::Command::new("node");
+        node.arg(format!("{JS_DIR}/scenario.mjs"))
+            .arg(&url)
+            .arg(&ca);
+        let out = run_bounded(node, Duration::from_secs(60), "node scenario.mjs").await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "MQTT.js scenario failed on {url} ({}):\n{stdout}\n{stderr}",
+            out.status
+        );
+        for step in [
+            "ok subscribed at QoS 2",
+            "ok QoS 0 received at QoS 0",
+            "ok QoS 1 received at QoS 1",
+            "ok QoS 2 received at QoS 2",
+            "ok retained message delivered to a later subscriber with the retain flag",
+            "ok empty retained payload deleted the retained message",
+            "ok will published after the publisher's connection was destroyed",
+        ] {
+            assert!(
+                stdout.contains(step),
+                "{url}: missing `{step}` in\n{stdout}"
+            );
+        }
+        assert!(
+            stdout.contains(&format!("scenario passed {url}")),
+            "{url}:\n{stdout}"
+        );
+        // Every MQTT.js connection of the run is gone from the broker.
+        wait_connections(&broker, 0).await;
+    }
+}
+
+mod ws_bytes {
+    //! Hand-encoded MQTT 3.1.1 packets for the WebSocket framing test.
+
+    /// CONNECT, protocol MQTT level 4, clean session, keep-alive 30, client id "wsf".
+    pub const CONNECT: &[u8] = &[
+        0x10, 0x0f, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x1e, 0x00, 0x03, b'w',
+        b's', b'f',
+    ];
+    /// CONNECT, protocol MQIsdp level 3 (MQTT 3.1), clean session, keep-alive 30, id "v31".
+    pub const CONNECT_V31: &[u8] = &[
+        0x10, 0x11, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x1e, 0x00,
+        0x03, b'v', b'3', b'1',
+    ];
+    /// CONNACK, no session present, accepted.
+    pub const CONNACK_ACCEPTED: &[u8] = &[0x20, 0x02, 0x00, 0x00];
+    /// SUBSCRIBE packet id 1, "a/b" at QoS 1.
+    pub const SUBSCRIBE: &[u8] = &[0x82, 0x08, 0x00, 0x01, 0x00, 0x03, b'a', b'/', b'b', 0x01];
+    /// PUBLISH QoS 1, packet id 2, "a/b", payload "hi".
+    pub const PUBLISH_QOS1: &[u8] = &[
+        0x32, 0x09, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x02, b'h', b'i',
+    ];
+    /// PUBLISH QoS 0, "a/b", payload "after ping".
+    pub const PUBLISH_QOS0: &[u8] = &[
+        0x30, 0x0f, 0x00, 0x03, b'a', b'/', b'b', b'a', b'f', b't', b'e', b'r', b' ', b'p', b'i',
+        b'n', b'g',
+    ];
+    pub const PINGREQ: &[u8] = &[0xc0, 0x00];
+    pub const PINGRESP: &[u8] = &[0xd0, 0x00];
+
+    /// PUBACK for `pid`.
+    pub fn puback(pid: u16) -> Vec<u8> {
+        let [hi, lo] = pid.to_be_bytes();
+        vec![0x40, 0x02, hi, lo]
+    }
+}
+
+type WsClient = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// Opens a WebSocket to the broker's `/mqtt` offering `subprotocol`; returns the socket and
+/// the subprotocol the broker selected.
+async fn ws_client(addr: SocketAddr, subprotocol: &str) -> (WsClient, Option<String>) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("ws://{addr}/mqtt").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", subprotocol.parse().unwrap());
+    let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, tcp))
+        .await
+        .expect("WebSocket upgrade timed out")
+        .expect("WebSocket upgrade");
+    let selected = resp
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (ws, selected)
+}
+
+async fn ws_send(ws: &mut WsClient, frame: &[u8]) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Binary(
+        Bytes::copy_from_slice(frame),
+    ))
+    .await
+    .expect("send binary frame");
+}
+
+/// The next WebSocket message (pings from the broker are answered by tungstenite itself).
+async fn ws_next(ws: &mut WsClient) -> tokio_tungstenite::tungstenite::Message {
+    use futures_util::StreamExt;
+    tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("timed out waiting for a WebSocket message")
+        .expect("WebSocket closed")
+        .expect("WebSocket error")
+}
+
+/// Reads binary messages until exactly `n` MQTT packets have arrived; returns their bytes
+/// decoded, with any bytes of a following packet left in `buf`.
+async fn ws_packets(ws: &mut WsClient, buf: &mut bytes::BytesMut, n: usize) -> Vec<Packet> {
+    use tokio_tungstenite::tungstenite::Message;
+    let mut packets = Vec::new();
+    loop {
+        while packets.len() < n {
+            match decode(buf, usize::MAX).expect("broker sent a valid packet") {
+                Some(p) => packets.push(p),
+                None => break,
+            }
+        }
+        if packets.len() == n {
+            return packets;
+        }
+        match ws_next(ws).await {
+            Message::Binary(data) => buf.extend_from_slice(&data),
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+    }
+}
+
+/// WebSocket framing against a third-party client (tungstenite): one MQTT packet split over
+/// several binary frames, several packets in one frame, packet boundaries inside frames, a
+/// WebSocket Ping answered with a Pong while the MQTT session stays up, and the `mqttv3.1`
+/// subprotocol selected when offered.
+#[tokio::test]
+async fn websocket_framing_with_a_third_party_client() {
+    use tokio_tungstenite::tungstenite::Message;
+    use ws_bytes::*;
+    let broker =
+        start_broker(|c| c.listeners = vec![ListenerConfig::new(TransportKind::Ws, loopback())])
+            .await;
+    let addr = broker.local_addr();
+    let (mut ws, selected) = ws_client(addr, "mqtt").await;
+    assert_eq!(selected.as_deref(), Some("mqtt"));
+
+    // CONNECT split over three frames; the first holds only the fixed header's first byte.
+    ws_send(&mut ws, &CONNECT[..1]).await;
+    ws_send(&mut ws, &CONNECT[1..6]).await;
+    ws_send(&mut ws, &CONNECT[6..]).await;
+    let mut buf = bytes::BytesMut::new();
+    let connack = ws_packets(&mut ws, &mut buf, 1).await;
+    let mut expected = bytes::BytesMut::from(CONNACK_ACCEPTED);
+    assert_eq!(
+        connack,
+        vec![decode(&mut expected, usize::MAX).unwrap().unwrap()]
+    );
+
+    // SUBSCRIBE, PUBLISH QoS 1 and PINGREQ in a single frame.
+    ws_send(&mut ws, &[SUBSCRIBE, PUBLISH_QOS1, PINGREQ].concat()).await;
+    let got = ws_packets(&mut ws, &mut buf, 4).await;
+    assert_eq!(
+        got[0],
+        Packet::SubAck(SubAck {
+            pid: 1,
+            codes: vec![SubAckCode::Granted(QoS::AtLeastOnce)]
+        }),
+        "{got:?}"
+    );
+    assert!(got.contains(&Packet::PubAck(2)), "{got:?}");
+    assert!(got.contains(&Packet::PingResp), "{got:?}");
+    let delivered = got
+        .iter()
+        .find_map(|p| match p {
+            Packet::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("own PUBLISH not delivered: {got:?}"));
+    assert_eq!(
+        (&*delivered.topic, &delivered.payload[..], delivered.qos),
+        ("a/b", &b"hi"[..], QoS::AtLeastOnce)
+    );
+
+    // PUBACK + PINGREQ cut into frames whose boundaries fall inside both packets.
+    let both = [&puback(delivered.pid.unwrap())[..], PINGREQ].concat();
+    ws_send(&mut ws, &both[..3]).await;
+    ws_send(&mut ws, &both[3..5]).await;
+    ws_send(&mut ws, &both[5..]).await;
+    let got = ws_packets(&mut ws, &mut buf, 1).await;
+    let mut pingresp = bytes::BytesMut::from(PINGRESP);
+    assert_eq!(
+        got,
+        vec![decode(&mut pingresp, usize::MAX).unwrap().unwrap()]
+    );
+
+    // A WebSocket Ping is answered with a Pong carrying the same payload...
+    {
+        use futures_util::SinkExt;
+        ws.send(Message::Ping(Bytes::from_static(b"still there?")))
+            .await
+            .unwrap();
+    }
+    match ws_next(&mut ws).await {
+        Message::Pong(data) => assert_eq!(&data[..], b"still there?"),
+        other => panic!("expected a Pong, got {other:?}"),
+    }
+    // ...and the MQTT session goes on over the same connection.
+    ws_send(&mut ws, &[PUBLISH_QOS0, PINGREQ].concat()).await;
+    // (The PINGRESP and the routed PUBLISH may come in either order.)
+    let got = ws_packets(&mut ws, &mut buf, 2).await;
+    assert!(got.contains(&Packet::PingResp), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|p| matches!(p, Packet::Publish(p) if &p.payload[..] == b"after ping")),
+        "{got:?}"
+    );
+    assert!(buf.is_empty(), "unexpected bytes: {buf:?}");
+    assert_eq!(broker.stats().connections.websocket, 1);
+
+    // The `mqttv3.1` subprotocol is selected when the client offers it, and an MQTT 3.1
+    // (MQIsdp) client connects and reaches the subscriber above.
+    let (mut v31, selected) = ws_client(addr, "mqttv3.1").await;
+    assert_eq!(selected.as_deref(), Some("mqttv3.1"));
+    ws_send(&mut v31, CONNECT_V31).await;
+    let mut v31_buf = bytes::BytesMut::new();
+    let got = ws_packets(&mut v31, &mut v31_buf, 1).await;
+    let mut expected = bytes::BytesMut::from(CONNACK_ACCEPTED);
+    assert_eq!(
+        got,
+        vec![decode(&mut expected, usize::MAX).unwrap().unwrap()]
+    );
+    ws_send(&mut v31, PUBLISH_QOS1).await;
+    assert_eq!(
+        ws_packets(&mut v31, &mut v31_buf, 1).await,
+        vec![Packet::PubAck(2)]
+    );
+    let got = ws_packets(&mut ws, &mut buf, 1).await;
+    match &got[0] {
+        Packet::Publish(p) => assert_eq!(&p.payload[..], b"hi"),
+        other => panic!("expected the PUBLISH from the 3.1 client, got {other:?}"),
+    }
+    assert_eq!(broker.stats().connections.websocket, 2);
+}
+
+/// `max_connections` of a listener refuses the connection beyond it with CONNACK 0x03
+/// (server unavailable) and closes it, while other listeners, and the clients already
+/// connected, carry on; a freed slot is usable again.
+#[tokio::test]
+async fn per_listener_max_connections_refuses_only_on_that_listener() {
+    let pki = TestPki::new("listener-limit");
+    let broker = start_broker(|c| {
+        c.listeners = vec![
+            ListenerConfig {
+                max_connections: Some(2),
+                ..ListenerConfig::tcp(loopback())
+            },
+            ListenerConfig {
+                max_connections: Some(1),
+                ..tls_listener(&pki, TransportKind::Tls)
+            },
+            ListenerConfig::new(TransportKind::Ws, loopback()),
+        ];
+    })
+    .await;
+    let refused_on = |t: TransportKind, id: &'static str| {
+        let (broker, pki) = (&broker, &pki);
+        async move {
+            let (mut c, ack) =
+                RawClient::connect_over(open(broker, pki, t).await, connect_packet(id, true)).await;
+            assert_eq!(
+                ack.code,
+                ConnectReturnCode::ServerUnavailable,
+                "{t:?} beyond max_connections"
+            );
+            assert!(!ack.session_present);
+            c.expect_closed().await;
+        }
+    };
+
+    let tcp1 = client(
+        &broker,
+        &pki,
+        TransportKind::Tcp,
+        connect_packet("tcp1", true),
+    )
+    .await;
+    let mut tcp2 = client(
+        &broker,
+        &pki,
+        TransportKind::Tcp,
+        connect_packet("tcp2", true),
+    )
+    .await;
+    refused_on(TransportKind::Tcp, "tcp3").await;
+    let _tls1 = client(
+        &broker,
+        &pki,
+        TransportKind::Tls,
+        connect_packet("tls1", true),
+    )
+    .await;
+    refused_on(TransportKind::Tls, "tls2").await;
+    // The unlimited WebSocket listener accepts beyond both limits.
+    let mut ws = Vec::new();
+    for i in 0..3 {
+        ws.push(
+            client(
+                &broker,
+                &pki,
+                TransportKind::Ws,
+                connect_packet(&format!("ws{i}"), true),
+            )
+            .await,
+        );
+    }
+    // The clients within the limit are unaffected.
+    ws[0].subscribe(1, &[("limit/#", QoS::AtLeastOnce)]).await;
+    tcp2.publish_qos2("limit/a", b"still here", 1).await;
+    let p = ws[0].recv_publish().await;
+    assert_eq!(&p.payload[..], b"still here");
+    ws[0].send(&Packet::PubAck(p.pid.unwrap())).await;
+    let stats = broker.stats();
+    assert_eq!(
+        (
+            stats.connections.tcp,
+            stats.connections.tls,
+            stats.connections.websocket
+        ),
+        (2, 1, 3)
+    );
+
+    // Once a TCP client leaves, its slot is free again.
+    drop(tcp1);
+    wait_connections(&broker, 5).await;
+    let _tcp4 = client(
+        &broker,
+        &pki,
+        TransportKind::Tcp,
+        connect_packet("tcp4", true),
+    )
+    .await;
+    refused_on(TransportKind::Tcp, "tcp5").await;
+}
+
+/// A port nobody listens on right now (for configs whose validation refuses port 0).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The seed's shorthand `server.port` + `security.enableTLS`/`certFile`/`keyFile` (paths
+/// relative to the config file) opens exactly one TLS listener, and TLS clients use it.
+#[tokio::test]
+async fn seed_tls_shorthand_opens_one_tls_listener() {
+    let pki = TestPki::new("seed-tls");
+    let port = free_port();
+    let cfg = pki.path("broker.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server:\n  host: 127.0.0.1\n  port: {port}\n\
+             security:\n  enableTLS: true\n  certFile: server.pem\n  keyFile: server.key\n\
+             admin:\n  enabled: false\n"
+        ),
+    )
+    .unwrap();
+    let config = mqtt_broker::Config::load(&cfg).expect("seed TLS shorthand loads");
+    let effective = config.effective_listeners();
+    assert_eq!(effective.len(), 1, "{effective:?}");
+    assert_eq!(effective[0].protocol, TransportKind::Tls);
+    assert_eq!(effective[0].cert_file, Some(pki.path("server.pem")));
+    assert_eq!(effective[0].key_file, Some(pki.path("server.key")));
+    let broker = mqtt_broker::Broker::start(config)
+        .await
+        .expect("broker starts");
+    let listeners = broker.listeners();
+    assert_eq!(listeners.len(), 1, "{listeners:?}");
+    assert_eq!(listeners[0].transport, TransportKind::Tls);
+    let addr = listeners[0].addr;
+    assert_eq!(addr, SocketAddr::from(([127, 0, 0, 1], port)));
+
+    let pki = &pki;
+    let tls = |id: &'static str| async move {
+        let stream = tls_stream(addr, pki.client_config(None))
+            .await
+            .expect("TLS handshake");
+        let (c, ack) = RawClient::connect_over(stream, connect_packet(id, true)).await;
+        assert_eq!(ack.code, ConnectReturnCode::Accepted);
+        c
+    };
+    let mut sub = tls("seed-sub").await;
+    sub.subscribe(1, &[("seed/#", QoS::ExactlyOnce)]).await;
+    let mut publ = tls("seed-pub").await;
+    publ.publish_qos2("seed/tls", b"over the shorthand", 1)
+        .await;
+    assert_eq!(&sub.receive_qos2().await.payload[..], b"over the shorthand");
+    assert_eq!(broker.stats().connections.tls, 2);
+
+    // The port speaks TLS only: a plain MQTT CONNECT gets no CONNACK.
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    let mut connect = bytes::BytesMut::new();
+    encode(
+        &Packet::Connect(Box::new(connect_packet("plain", true))),
+        &mut connect,
+    );
+    plain.write_all(&connect).await.unwrap();
+    let mut reply = [0u8; 2];
+    let n = tokio::time::timeout(WAIT, plain.read(&mut reply))
+        .await
+        .expect("the TLS port neither answered nor closed")
+        .unwrap_or(0);
+    assert!(
+        n == 0 || reply[0] != 0x20,
+        "plain MQTT got a CONNACK on the TLS port"
+    );
+}
+
+/// Runs `mqtt-broker --check-config FILE`.
+async fn check_config(file: &std::path::Path) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-broker"));
+    cmd.arg("--check-config").arg(file);
+    run_bounded(cmd, Duration::from_secs(30), "mqtt-broker --check-config").await
+}
+
+/// `--check-config` on a config whose certificate or key file is missing or malformed exits
+/// 1 with a message naming the file, for `listeners:` and for the seed shorthand; the same
+/// config with good files exits 0.
+#[tokio::test]
+async fn check_config_names_a_missing_or_malformed_certificate_file() {
+    let pki = TestPki::new("check-config");
+    std::fs::write(pki.path("garbage-cert.pem"), "this is not a certificate\n").unwrap();
+    std::fs::write(
+        pki.path("broken-cert.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(pki.path("garbage-key.pem"), "this is not a key\n").unwrap();
+    let listener = |cert: &str, key: &str| {
+        format!(
+            "listeners:\n  - bind: 127.0.0.1:0\n    protocol: tls\n    cert_file: {cert}\n    key_file: {key}\n"
+        )
+    };
+    let seed = |cert: &str, key: &str| {
+        format!(
+            "server:\n  port: 18883\nsecurity:\n  enableTLS: true\n  certFile: {cert}\n  keyFile: {key}\n"
+        )
+    };
+    let cases = [
+        (
+            "missing-cert",
+            listener("missing-cert.pem", "server.key"),
+            "missing-cert.pem",
+        ),
+        (
+            "garbage-cert",
+            listener("garbage-cert.pem", "server.key"),
+            "garbage-cert.pem",
+        ),
+        (
+            "broken-cert",
+            listener("broken-cert.pem", "server.key"),
+            "broken-cert.pem",
+        ),
+        (
+            "missing-key",
+            listener("server.pem", "missing-key.pem"),
+            "missing-key.pem",
+        ),
+        (
+            "garbage-key",
+            listener("server.pem", "garbage-key.pem"),
+            "garbage-key.pem",
+        ),
+        (
+            "seed-missing-cert",
+            seed("missing-seed.pem", "server.key"),
+            "missing-seed.pem",
+        ),
+        (
+            "seed-garbage-key",
+            seed("server.pem", "garbage-key.pem"),
+            "garbage-key.pem",
+        ),
+    ];
+    for (name, yaml, file) in cases {
+        let cfg = pki.path(&format!("{name}.yaml"));
+        std::fs::write(&cfg, &yaml).unwrap();
+        let out = check_config(&cfg).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{name}: exit status {}; stderr:\n{stderr}",
+            out.status
+        );
+        assert!(
+            stderr.contains(&pki.path(file).display().to_string()),
+            "{name}: the error does not name {file}:\n{stderr}"
+        );
+    }
+    // The same shapes with good files pass.
+    for (name, yaml) in [
+        ("good-listener", listener("server.pem", "server.key")),
+        ("good-seed", seed("server.pem", "server.key")),
+    ] {
+        let cfg = pki.path(&format!("{name}.yaml"));
+        std::fs::write(&cfg, &yaml).unwrap();
+        let out = check_config(&cfg).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("protocol: tls"), "{name}:\n{stdout}");
+    }
+}
+
+/// Prometheus `/metrics` counts open connections per transport
+/// (`mqtt_connections{transport="tcp"|"tls"|"ws"|"wss"}`) while clients are connected on
+/// each, and follows them as they leave.
+#[tokio::test]
+async fn metrics_count_connections_per_transport() {
+    let pki = TestPki::new("metrics");
+    let broker = start_broker(|c| {
+        c.admin.bind = "127.0.0.1:0".parse().unwrap();
+        c.listeners = vec![
+            ListenerConfig::tcp(loopback()),
+            tls_listener(&pki, TransportKind::Tls),
+            ListenerConfig::new(TransportKind::Ws, loopback()),
+            tls_listener(&pki, TransportKind::Wss),
+        ];
+    })
+    .await;
+    let admin = broker.admin_addr().expect("admin listener bound");
+    let series = |t: &str| format!("mqtt_connections{{transport=\"{t}\"}}");
+    // Distinct counts per transport, so that a label mix-up cannot pass.
+    let want = [
+        (TransportKind::Tcp, 1),
+        (TransportKind::Tls, 2),
+        (TransportKind::Ws, 3),
+        (TransportKind::Wss, 4),
+    ];
+    let mut clients = Vec::new();
+    for (t, n) in want {
+        for i in 0..n {
+            let id = format!("{}-{i}", t.as_str());
+            clients.push((t, client(&broker, &pki, t, connect_packet(&id, true)).await));
+        }
+    }
+    let m = http::scrape(admin, None).await;
+    for (t, n) in want {
+        assert_eq!(m.value(&series(t.as_str())), n as f64, "{}", m.0);
+    }
+
+    // Two TLS, one WS and three WSS clients leave; the gauges follow.
+    let mut left = [
+        (TransportKind::Tls, 2),
+        (TransportKind::Ws, 1),
+        (TransportKind::Wss, 3),
+    ];
+    clients.retain(|(t, _)| match left.iter_mut().find(|(k, _)| k == t) {
+        Some((_, n)) if *n > 0 => {
+            *n -= 1;
+            false
+        }
+        _ => true,
+    });
+    let want_after = [("tcp", 1.0), ("tls", 0.0), ("ws", 2.0), ("wss", 1.0)];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = http::scrape(admin, None).await;
+        let got: Vec<_> = want_after
+            .iter()
+            .map(|(t, _)| m.try_value(&series(t)))
+            .collect();
+        if got.iter().zip(want_after).all(|(g, (_, w))| *g == Some(w)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gauges {got:?}, expected {want_after:?}:\n{}",
+            m.0
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(clients.len(), 4);
 }
