@@ -44,7 +44,8 @@ pub(crate) struct ConnectionInfo {
     pub transport: TransportKind,
     pub listener: Arc<str>,
     pub listener_conns: Arc<AtomicUsize>,
-    pub over_listener_limit: bool,
+    /// The listener's own `max_connections`, read at accept time.
+    pub listener_max_connections: Option<usize>,
     /// CONNECT (and any TLS/WebSocket handshake before it) must complete by then.
     pub deadline: Instant,
     /// Subject CN of a verified TLS client certificate.
@@ -90,16 +91,21 @@ struct ConnGuard {
 }
 
 impl ConnGuard {
-    fn new(shared: Arc<Shared>, info: &ConnectionInfo) -> Self {
+    /// Counts the connection; also says whether the listener was already at its own
+    /// `max_connections` (decided on the count itself, so a burst of handshakes finishing
+    /// together cannot slip past it).
+    fn new(shared: Arc<Shared>, info: &ConnectionInfo) -> (Self, bool) {
         Counters::inc(&shared.counters.connections);
         Counters::inc(&shared.counters.connections_accepted);
         Counters::inc(transport_counter(&shared, info.transport));
-        info.listener_conns.fetch_add(1, Ordering::Relaxed);
-        ConnGuard {
+        let before = info.listener_conns.fetch_add(1, Ordering::Relaxed);
+        let over_listener_limit = info.listener_max_connections.is_some_and(|m| before >= m);
+        let guard = ConnGuard {
             shared,
             transport: info.transport,
             listener_conns: info.listener_conns.clone(),
-        }
+        };
+        (guard, over_listener_limit)
     }
 }
 
@@ -143,7 +149,7 @@ where
     let cfg = &runtime.config.server;
     let over_global_limit =
         Counters::get(&shared.counters.connections) >= cfg.max_connections as u64;
-    let _guard = ConnGuard::new(shared.clone(), &info);
+    let (_guard, over_listener_limit) = ConnGuard::new(shared.clone(), &info);
     let (rd, wr) = tokio::io::split(stream);
     let mut conn = Conn {
         shared: shared.clone(),
@@ -215,7 +221,7 @@ where
             code,
         })
     };
-    if over_global_limit || info.over_listener_limit {
+    if over_global_limit || over_listener_limit {
         Counters::inc(&shared.counters.connections_refused_limit);
         warn!(client_id = %connect.client_id, listener = %info.listener, "refusing connection: max_connections reached");
         conn.send_and_close(refuse(ConnectReturnCode::ServerUnavailable))

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -98,9 +98,6 @@ pub(crate) async fn accept_loop(
             .get(&*name)
             .cloned()
             .unwrap_or_else(|| bound.clone());
-        let over_listener_limit = cfg
-            .max_connections
-            .is_some_and(|max| listener_conns.load(Ordering::Relaxed) >= max);
         let connect_timeout = runtime.config.server.connect_timeout.get();
         drop(runtime);
         let info = ConnectionInfo {
@@ -108,7 +105,7 @@ pub(crate) async fn accept_loop(
             transport: cfg.protocol,
             listener: name.clone(),
             listener_conns: listener_conns.clone(),
-            over_listener_limit,
+            listener_max_connections: cfg.max_connections,
             deadline: Instant::now() + connect_timeout,
             tls_identity: None,
             use_identity_as_username: cfg.use_identity_as_username,
@@ -283,7 +280,7 @@ mod tests {
             transport: TransportKind::Tcp,
             listener: "test".into(),
             listener_conns: Arc::new(AtomicUsize::new(0)),
-            over_listener_limit: false,
+            listener_max_connections: None,
             deadline: Instant::now() + Duration::from_secs(5),
             tls_identity: None,
             use_identity_as_username: false,
