@@ -615,3 +615,274 @@ async fn admin_can_be_disabled_and_a_taken_port_does_not_stop_the_broker() {
     let (_c, _) = RawClient::connect(broker.local_addr(), "c", true).await;
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn acl_denials_are_counted_by_reason() {
+    let (broker, admin) = start(|c| {
+        c.security.acl = serde_yaml_ng::from_str(
+            "- {deny: publish, topic: 'forbidden/#'}\n- {deny: subscribe, topic: 'private/#', client_id: watcher}\n- {allow: all, topic: '#'}\n",
+        )
+        .unwrap();
+    })
+    .await;
+    let before = scrape(admin, None).await;
+    for reason in ["acl_denied_publish", "acl_denied_deliver"] {
+        assert_eq!(
+            before.value(&format!(
+                "mqtt_messages_dropped_total{{reason=\"{reason}\"}}"
+            )),
+            0.0
+        );
+    }
+    // `watcher` may subscribe to `#` but not read `private/...` through it.
+    let (mut watcher, _) = RawClient::connect(broker.local_addr(), "watcher", true).await;
+    assert_eq!(
+        watcher.subscribe(1, &[("#", QoS::AtLeastOnce)]).await,
+        vec![SubAckCode::Granted(QoS::AtLeastOnce)]
+    );
+    let (mut publ, _) = RawClient::connect(broker.local_addr(), "pub", true).await;
+
+    // A denied PUBLISH is acknowledged, dropped and counted.
+    publ.send(&publish(
+        "forbidden/x",
+        b"no",
+        QoS::AtLeastOnce,
+        Some(1),
+        false,
+    ))
+    .await;
+    assert_eq!(publ.recv().await, Some(Packet::PubAck(1)));
+    wait_metric(
+        admin,
+        None,
+        "mqtt_messages_dropped_total{reason=\"acl_denied_publish\"}",
+        1.0,
+    )
+    .await;
+    // A delivery the subscriber may not read is dropped and counted.
+    publ.send(&publish(
+        "private/x",
+        b"secret",
+        QoS::AtLeastOnce,
+        Some(2),
+        false,
+    ))
+    .await;
+    assert_eq!(publ.recv().await, Some(Packet::PubAck(2)));
+    wait_metric(
+        admin,
+        None,
+        "mqtt_messages_dropped_total{reason=\"acl_denied_deliver\"}",
+        1.0,
+    )
+    .await;
+    // Neither reached the watcher; an allowed message does.
+    publ.send(&publish("open/x", b"ok", QoS::AtLeastOnce, Some(3), false))
+        .await;
+    assert_eq!(publ.recv().await, Some(Packet::PubAck(3)));
+    let p = watcher.recv_publish().await;
+    assert_eq!((&*p.topic, &p.payload[..]), ("open/x", &b"ok"[..]));
+    watcher.send(&Packet::PubAck(p.pid.unwrap())).await;
+    watcher.expect_silence(Duration::from_millis(200)).await;
+
+    let m = scrape(admin, None).await;
+    assert_eq!(
+        m.value("mqtt_messages_dropped_total{reason=\"acl_denied_publish\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.value("mqtt_messages_dropped_total{reason=\"acl_denied_deliver\"}"),
+        1.0
+    );
+    assert_eq!(m.value("mqtt_messages_received_total{qos=\"1\"}"), 3.0);
+    assert_eq!(m.value("mqtt_messages_sent_total{qos=\"1\"}"), 1.0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn persistent_session_and_inflight_gauges() {
+    let (broker, admin) = start(|_| {}).await;
+    let addr = broker.local_addr();
+    let gauge = |m: &Metrics, series: &str| m.value(series);
+    let m = scrape(admin, None).await;
+    assert_eq!(gauge(&m, "mqtt_sessions_persistent"), 0.0);
+
+    // A persistent session counts; a clean one does not.
+    let (mut slow, _) = RawClient::connect(addr, "slow", false).await;
+    let (mut publ, _) = RawClient::connect(addr, "pub", true).await;
+    let m = scrape(admin, None).await;
+    assert_eq!(gauge(&m, "mqtt_sessions_persistent"), 1.0);
+    assert_eq!(gauge(&m, "mqtt_sessions{state=\"connected\"}"), 2.0);
+    assert_eq!(gauge(&m, "mqtt_inflight_messages{qos=\"1\"}"), 0.0);
+    assert_eq!(gauge(&m, "mqtt_inflight_messages{qos=\"2\"}"), 0.0);
+
+    // A QoS 1 subscriber that does not acknowledge: three messages in flight.
+    slow.subscribe(
+        1,
+        &[("inf/q1", QoS::AtLeastOnce), ("inf/q2", QoS::ExactlyOnce)],
+    )
+    .await;
+    let mut pending = Vec::new();
+    for pid in 1..=3u16 {
+        publ.send(&publish("inf/q1", b"x", QoS::AtLeastOnce, Some(pid), false))
+            .await;
+        assert_eq!(publ.recv().await, Some(Packet::PubAck(pid)));
+        let p = slow.recv_publish().await;
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+        pending.push(p.pid.unwrap());
+    }
+    wait_metric(admin, None, "mqtt_inflight_messages{qos=\"1\"}", 3.0).await;
+    let s = get(admin, "/api/v1/stats").await.json();
+    assert_eq!(s["messages"]["inflight"]["qos1"], 3);
+    let clients = get(admin, "/api/v1/clients").await.json();
+    let slow_row = clients["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "slow")
+        .cloned()
+        .unwrap();
+    assert_eq!(slow_row["inflight"], 3, "{slow_row}");
+
+    // QoS 2 outbound: in flight until PUBCOMP, through PUBREC/PUBREL.
+    publ.publish_qos2("inf/q2", b"y", 10).await;
+    let p = slow.recv_publish().await;
+    assert_eq!(p.qos, QoS::ExactlyOnce);
+    let q2 = p.pid.unwrap();
+    wait_metric(admin, None, "mqtt_inflight_messages{qos=\"2\"}", 1.0).await;
+    slow.send(&Packet::PubRec(q2)).await;
+    assert_eq!(slow.recv().await, Some(Packet::PubRel(q2)));
+    assert_eq!(
+        scrape(admin, None)
+            .await
+            .value("mqtt_inflight_messages{qos=\"2\"}"),
+        1.0,
+        "awaiting PUBCOMP"
+    );
+    slow.send(&Packet::PubComp(q2)).await;
+    wait_metric(admin, None, "mqtt_inflight_messages{qos=\"2\"}", 0.0).await;
+
+    // QoS 2 inbound: counted while the broker awaits the publisher's PUBREL.
+    publ.send(&publish("nobody", b"z", QoS::ExactlyOnce, Some(20), false))
+        .await;
+    assert_eq!(publ.recv().await, Some(Packet::PubRec(20)));
+    wait_metric(admin, None, "mqtt_inflight_messages{qos=\"2\"}", 1.0).await;
+    publ.send(&Packet::PubRel(20)).await;
+    assert_eq!(publ.recv().await, Some(Packet::PubComp(20)));
+    wait_metric(admin, None, "mqtt_inflight_messages{qos=\"2\"}", 0.0).await;
+
+    // Acknowledging drains the QoS 1 window.
+    for pid in pending {
+        slow.send(&Packet::PubAck(pid)).await;
+    }
+    wait_metric(admin, None, "mqtt_inflight_messages{qos=\"1\"}", 0.0).await;
+
+    // Offline, the persistent session is still counted; a clean reconnect discards it.
+    slow.send(&Packet::Disconnect).await;
+    slow.expect_closed().await;
+    wait_metric(admin, None, "mqtt_sessions{state=\"disconnected\"}", 1.0).await;
+    let m = scrape(admin, None).await;
+    assert_eq!(gauge(&m, "mqtt_sessions_persistent"), 1.0);
+    assert_eq!(gauge(&m, "mqtt_sessions{state=\"connected\"}"), 1.0);
+    let (_slow, present) = RawClient::connect(addr, "slow", true).await;
+    assert!(!present);
+    let m = scrape(admin, None).await;
+    assert_eq!(gauge(&m, "mqtt_sessions_persistent"), 0.0);
+    assert_eq!(gauge(&m, "mqtt_sessions{state=\"disconnected\"}"), 0.0);
+    broker.shutdown().await;
+}
+
+/// `log.format: json`: the broker binary writes one JSON object per line, each with a
+/// message, and a line about a client carries its client id, address and transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_parse_and_carry_the_client_id() {
+    const BIN: &str = env!("CARGO_BIN_EXE_mqtt-broker");
+    let dir = temp_dir("json-log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.join("broker.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server:\n  host: 127.0.0.1\n  port: {port}\n  sys_interval: 0\nadmin:\n  bind: '127.0.0.1:0'\nlog:\n  level: info\n  format: json\n"
+        ),
+    )
+    .unwrap();
+    let (out, err) = (dir.join("stdout.log"), dir.join("stderr.log"));
+    let mut child = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .env_remove("RUST_LOG")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id() as i32;
+    let guard = Kill(&mut child);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "broker did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut c, _) = RawClient::connect(addr, "json-client", true).await;
+    c.send(&Packet::Disconnect).await;
+    c.expect_closed().await;
+    // SIGTERM: a graceful stop, so every line is written.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let start = Instant::now();
+    loop {
+        if guard.0.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "broker did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(guard);
+
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    let stdout = std::fs::read_to_string(&out).unwrap();
+    let mut lines = Vec::new();
+    for line in stderr.lines().chain(stdout.lines()) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}\n{stderr}"));
+        assert!(v.is_object(), "{line}");
+        let message = v["fields"]["message"]
+            .as_str()
+            .or(v["message"].as_str())
+            .unwrap_or_else(|| panic!("log line without a message: {line}"));
+        lines.push((message.to_owned(), v));
+    }
+    assert!(lines.len() >= 3, "{stderr}");
+    for want in ["client connected", "client disconnected"] {
+        let (_, v) = lines
+            .iter()
+            .find(|(m, _)| m == want)
+            .unwrap_or_else(|| panic!("no {want:?} line in:\n{stderr}"));
+        assert_eq!(v["span"]["client_id"], "json-client", "{v}");
+        assert_eq!(v["span"]["transport"], "tcp", "{v}");
+        assert!(
+            v["span"]["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("127.0.0.1:")),
+            "{v}"
+        );
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{v}");
+    }
+}

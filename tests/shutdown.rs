@@ -26,6 +26,8 @@ struct Process {
     child: Child,
     addr: SocketAddr,
     log: std::path::PathBuf,
+    cfg: std::path::PathBuf,
+    starts: u32,
 }
 
 impl Process {
@@ -42,21 +44,47 @@ impl Process {
             ),
         )
         .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log = dir.join("stderr.log");
+        let child = Process::spawn(&cfg, &log, addr);
+        Process {
+            child,
+            addr,
+            log,
+            cfg,
+            starts: 1,
+        }
+    }
+
+    /// Starts the binary on `cfg` and waits until it accepts connections on `addr`.
+    fn spawn(cfg: &std::path::Path, log: &std::path::Path, addr: SocketAddr) -> Child {
         let child = Command::new(BIN)
             .arg("--config")
-            .arg(&cfg)
+            .arg(cfg)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(addr).is_err() {
             assert!(Instant::now() < deadline, "broker did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Process { child, addr, log }
+        child
+    }
+
+    /// Starts the binary again, on the same config, port and data directory, once the
+    /// previous process has exited; its log goes to a new file.
+    fn restart(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_some(),
+            "previous process still running"
+        );
+        self.starts += 1;
+        self.log = self
+            .cfg
+            .with_file_name(format!("stderr-{}.log", self.starts));
+        self.child = Process::spawn(&self.cfg, &self.log, self.addr);
     }
 
     fn signal(&self, sig: &str) {
@@ -195,4 +223,191 @@ async fn a_second_signal_exits_at_once() {
     let (code, took) = broker.wait_exit(Duration::from_secs(5)).await;
     assert_eq!(code, 130);
     assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+/// How a [`receive`] loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    /// The broker closed the connection.
+    Closed,
+    /// `until` passed (the caller then drops the connection without DISCONNECT).
+    Deadline,
+    /// Nothing arrived for the quiet period.
+    Quiet,
+}
+
+/// Receives QoS 1 PUBLISHes on `load/<publisher>` (payload: the publisher's packet id),
+/// acknowledging each, and appends (topic, id) to `got` in arrival order.
+async fn receive(
+    c: &mut RawClient,
+    got: &mut Vec<(String, u16)>,
+    until: Instant,
+    quiet: Option<Duration>,
+) -> Ending {
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ending::Deadline;
+        }
+        let wait = quiet.map_or(left, |q| q.min(left));
+        match c.recv_within(wait).await {
+            Ok(Some(Packet::Publish(p))) => {
+                assert_eq!(p.qos, QoS::AtLeastOnce, "{p:?}");
+                let id = u16::from_be_bytes(p.payload[..].try_into().expect("2-byte payload"));
+                got.push((p.topic.to_string(), id));
+                let mut b = bytes::BytesMut::new();
+                encode(&Packet::PubAck(p.pid.unwrap()), &mut b);
+                c.send_raw(&b).await;
+            }
+            Ok(Some(other)) => panic!("subscriber got {other:?}"),
+            Ok(None) => return Ending::Closed,
+            Err(()) if quiet.is_some() && Instant::now() < until => return Ending::Quiet,
+            Err(()) => {}
+        }
+    }
+}
+
+/// SIGTERM with file persistence: the broker exits 0 within `shutdown_timeout`, and after a
+/// restart of the binary on the same data directory every message a publisher got a PUBACK
+/// for reaches each persistent QoS 1 subscriber (at least once, in order per publisher),
+/// whether the subscriber was online at the SIGTERM (messages in flight) or offline
+/// (messages queued); nothing that was never sent appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_file_persistence_loses_no_acknowledged_message() {
+    let mut broker = Process::start(
+        "persist",
+        "  shutdown_timeout: 5s\npersistence:\n  storage_type: file\n  path: data\n  sync: always\nperformance:\n  message_queue_limit: 100000\n",
+    );
+    let addr = broker.addr;
+    let subscribe = |id: &'static str| async move {
+        let (mut c, present) = RawClient::connect(addr, id, false).await;
+        assert!(!present);
+        assert_eq!(
+            c.subscribe(1, &[("load/#", QoS::AtLeastOnce)]).await,
+            vec![SubAckCode::Granted(QoS::AtLeastOnce)]
+        );
+        c
+    };
+    // `offline` leaves after 200 ms and stays away: its messages queue up in the store.
+    // `online` leaves for 200 ms, comes back and is connected at the SIGTERM.
+    let mut offline = subscribe("offline").await;
+    let mut online = subscribe("online").await;
+    let t0 = Instant::now();
+    let offline_task = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let end = receive(
+            &mut offline,
+            &mut got,
+            t0 + Duration::from_millis(200),
+            None,
+        )
+        .await;
+        assert_eq!(end, Ending::Deadline);
+        drop(offline);
+        got
+    });
+    let online_task = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let end = receive(&mut online, &mut got, t0 + Duration::from_millis(200), None).await;
+        assert_eq!(end, Ending::Deadline);
+        drop(online);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (mut again, present) = RawClient::connect(addr, "online", false).await;
+        assert!(present, "persistent session kept while offline");
+        let end = receive(&mut again, &mut got, Instant::now() + WAIT * 3, None).await;
+        assert_eq!(end, Ending::Closed, "the shutdown closes the subscriber");
+        got
+    });
+    let publishers: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(publisher(addr, format!("pub{i}"))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    broker.signal("-TERM");
+    let (code, took) = broker.wait_exit(Duration::from_secs(8)).await;
+    assert_eq!(code, 0, "exit code");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let mut acked_by = Vec::new();
+    for (i, p) in publishers.into_iter().enumerate() {
+        let (sent, acked) = p.await.unwrap();
+        assert!(sent > 5, "traffic was flowing ({sent} sent)");
+        let expected: Vec<u16> = (1..=acked.len() as u16).collect();
+        assert_eq!(acked, expected, "acknowledged in order with no gap");
+        assert!(
+            sent as usize - acked.len() <= 1,
+            "sent {sent}, acked {acked:?}"
+        );
+        acked_by.push((format!("load/pub{i}"), sent, acked.len() as u16));
+    }
+    let mut receipts = [
+        ("offline", offline_task.await.unwrap()),
+        ("online", online_task.await.unwrap()),
+    ];
+    let log = std::fs::read_to_string(&broker.log).unwrap();
+    assert!(log.contains("broker stopped"), "{log}");
+
+    let before_restart: Vec<usize> = receipts.iter().map(|(_, got)| got.len()).collect();
+    broker.restart();
+    for (id, got) in &mut receipts {
+        let (mut c, present) = RawClient::connect(broker.addr, id, false).await;
+        assert!(present, "{id}: persistent session survived the restart");
+        let end = receive(
+            &mut c,
+            got,
+            Instant::now() + Duration::from_secs(20),
+            Some(Duration::from_secs(1)),
+        )
+        .await;
+        assert_eq!(end, Ending::Quiet, "{id}");
+    }
+    eprintln!(
+        "acknowledged: {acked_by:?}; (received before, after the restart): {:?}",
+        receipts
+            .iter()
+            .zip(&before_restart)
+            .map(|((id, got), n)| (id, *n, got.len() - n))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        receipts[0].1.len() > before_restart[0],
+        "the offline subscriber's queue was delivered after the restart"
+    );
+
+    for (id, got) in &receipts {
+        for (topic, sent, acked) in &acked_by {
+            let ids: Vec<u16> = got
+                .iter()
+                .filter(|(t, _)| t == topic)
+                .map(|(_, i)| *i)
+                .collect();
+            for i in &ids {
+                assert!(
+                    (1..=*sent).contains(i),
+                    "{id} received {topic} #{i}, which was never sent"
+                );
+            }
+            for want in 1..=*acked {
+                assert!(
+                    ids.contains(&want),
+                    "{id} never received acknowledged {topic} #{want} ({} of {acked} acknowledged arrived)",
+                    ids.iter().collect::<std::collections::HashSet<_>>().len()
+                );
+            }
+            // In order: each first receipt comes after the previous first receipt.
+            let mut seen = std::collections::HashSet::new();
+            let firsts: Vec<u16> = ids.iter().copied().filter(|i| seen.insert(*i)).collect();
+            assert!(
+                firsts.windows(2).all(|w| w[0] < w[1]),
+                "{id}: {topic} out of order: {firsts:?}"
+            );
+        }
+        assert!(
+            got.iter()
+                .all(|(t, _)| acked_by.iter().any(|(topic, _, _)| topic == t)),
+            "{id} received a message on an unknown topic"
+        );
+    }
+    broker.signal("-TERM");
+    let (code, _) = broker.wait_exit(Duration::from_secs(8)).await;
+    assert_eq!(code, 0);
 }
