@@ -282,7 +282,15 @@ impl Shared {
             let mut reuse = None;
             if let Some(old) = existing {
                 previous = old.owner.lock().take();
-                if clean_session || old.state.lock().clean_session {
+                // An expired session is gone even if the periodic sweep has not run yet.
+                let expired = previous.is_none() && self.is_expired(&old);
+                if expired {
+                    info!(
+                        client_id,
+                        "persistent session expired (persistence.session_expiry)"
+                    );
+                }
+                if clean_session || expired || old.state.lock().clean_session {
                     self.remove_session(&mut sessions, &old);
                 } else {
                     reuse = Some(old);
@@ -392,20 +400,20 @@ impl Shared {
 
     /// Removes persistent sessions offline for longer than `persistence.session_expiry`.
     pub fn expire_sessions(&self) -> usize {
-        let expiry = self.runtime.load().config.persistence.session_expiry.get();
-        if expiry.is_zero() {
+        if self
+            .runtime
+            .load()
+            .config
+            .persistence
+            .session_expiry
+            .is_zero()
+        {
             return 0;
         }
-        let now = std::time::SystemTime::now();
         let mut sessions = self.sessions.lock();
         let expired: Vec<Arc<SessionEntry>> = sessions
             .values()
-            .filter(|e| {
-                e.owner.lock().is_none()
-                    && e.offline_since
-                        .lock()
-                        .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= expiry)
-            })
+            .filter(|e| e.owner.lock().is_none() && self.is_expired(e))
             .cloned()
             .collect();
         for e in &expired {
@@ -413,6 +421,18 @@ impl Shared {
             self.remove_session(&mut sessions, e);
         }
         expired.len()
+    }
+
+    /// Whether a session has been offline for `persistence.session_expiry` (never when 0).
+    fn is_expired(&self, entry: &SessionEntry) -> bool {
+        let expiry = self.runtime.load().config.persistence.session_expiry.get();
+        !expiry.is_zero()
+            && entry.offline_since.lock().is_some_and(|t| {
+                std::time::SystemTime::now()
+                    .duration_since(t)
+                    .unwrap_or_default()
+                    >= expiry
+            })
     }
 
     /// Detaches connection `conn_id` from its session; a clean session ends here [MQTT-3.1.2-6].
@@ -795,6 +815,9 @@ impl Broker {
                 "storage recovered"
             );
             shared.recover(recovered);
+            // Sessions that expired while the broker was down go before any client can
+            // reconnect to them.
+            shared.expire_sessions();
         }
         let running = transport::listeners::start_all(&listeners, &shared)
             .await

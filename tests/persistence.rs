@@ -936,3 +936,23 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_message() {
         acked_now.len()
     );
 }
+
+#[tokio::test]
+async fn an_expired_session_is_not_resumed_even_before_the_sweep() {
+    // The periodic sweep runs every 30 s; a reconnect must not wait for it.
+    let broker = start_broker(|c| c.persistence.session_expiry = ConfigDuration::millis(400)).await;
+    let addr = broker.local_addr();
+    let (mut c, present) = RawClient::connect(addr, "expiring", false).await;
+    assert!(!present);
+    c.subscribe(1, &[("expiry/#", QoS::AtLeastOnce)]).await;
+    c.send(&Packet::Disconnect).await;
+    // Within the expiry the session is resumed...
+    let (mut c, present) = RawClient::connect(addr, "expiring", false).await;
+    assert!(present, "resumed within session_expiry");
+    c.send(&Packet::Disconnect).await;
+    // ...after it, the client starts afresh.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (_c, present) = RawClient::connect(addr, "expiring", false).await;
+    assert!(!present, "an expired session must not be resumed");
+    assert_eq!(broker.stats().subscriptions.total, 0);
+}
