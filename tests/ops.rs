@@ -886,3 +886,97 @@ async fn json_log_lines_parse_and_carry_the_client_id() {
         assert!(v["level"].is_string() && v["timestamp"].is_string(), "{v}");
     }
 }
+
+/// A store whose recovery waits until the test lets it go.
+struct SlowRecovery {
+    inner: mqtt_broker::storage::MemoryStorage,
+    gate: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl mqtt_broker::storage::Storage for SlowRecovery {
+    fn apply(
+        &self,
+        ops: &[mqtt_broker::storage::StorageOp],
+        durable: bool,
+    ) -> Result<(), mqtt_broker::storage::StorageError> {
+        self.inner.apply(ops, durable)
+    }
+    fn sync(&self) -> Result<(), mqtt_broker::storage::StorageError> {
+        self.inner.sync()
+    }
+    fn load(&self) -> Result<mqtt_broker::storage::Recovered, mqtt_broker::storage::StorageError> {
+        let _ = self
+            .gate
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(20));
+        self.inner.load()
+    }
+}
+
+#[tokio::test]
+async fn probes_answer_while_storage_recovers() {
+    // A free port for the admin listener, known before the broker returns from start.
+    let admin: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (release, gate) = std::sync::mpsc::channel();
+    let storage = std::sync::Arc::new(SlowRecovery {
+        inner: mqtt_broker::storage::MemoryStorage::default(),
+        gate: std::sync::Mutex::new(gate),
+    });
+    let config = Config {
+        listeners: vec![BrokerHandle::loopback_listener()],
+        admin: mqtt_broker::config::AdminConfig {
+            bind: admin,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let starting = tokio::spawn(Broker::start_with_storage(config, storage));
+    // While recovery runs: alive, not ready.
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(admin).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "admin listener not up during recovery"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+    let ready = get(admin, "/readyz").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(
+        !starting.is_finished(),
+        "start returned before recovery finished"
+    );
+    release.send(()).unwrap();
+    let broker = starting.await.unwrap().expect("broker starts");
+    assert_eq!(get(admin, "/readyz").await.status, 200);
+    let (_c, _) = RawClient::connect(broker.local_addr(), "after-recovery", true).await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_will_to_sys_is_refused() {
+    let (broker, _admin) = start(|c| c.server.sys_interval = ConfigDuration::millis(0)).await;
+    let addr = broker.local_addr();
+    let (mut sys, _) = RawClient::connect(addr, "sys-watch", true).await;
+    sys.subscribe(1, &[("$SYS/#", QoS::AtMostOnce)]).await;
+    let mut c = connect_packet("evil-will", true);
+    c.will = Some(LastWill {
+        topic: "$SYS/broker/version".into(),
+        payload: bytes::Bytes::from_static(b"fake"),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+    });
+    let (evil, ack) = RawClient::connect_with(addr, c).await;
+    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    drop(evil); // abrupt close: the will would be published now
+    sys.expect_silence(Duration::from_millis(400)).await;
+    let (mut late, _) = RawClient::connect(addr, "sys-late", true).await;
+    late.subscribe(1, &[("$SYS/broker/version", QoS::AtMostOnce)])
+        .await;
+    late.expect_silence(Duration::from_millis(300)).await;
+}
