@@ -660,7 +660,21 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 Counters::add(&self.shared.counters.bytes_in, n as u64);
                 Ok(())
             }
-            Err(e) => Err(Close::Io(e)),
+            Err(e) => Err(self.read_error(e)),
+        }
+    }
+
+    /// A read error: a WebSocket violation is the client's protocol error (logged at warn,
+    /// an oversized message counted like an oversized packet), anything else is I/O.
+    fn read_error(&self, e: std::io::Error) -> Close {
+        match crate::transport::ws::WsViolation::of(&e) {
+            Some(v) => {
+                if matches!(v, crate::transport::ws::WsViolation::TooLarge { .. }) {
+                    Counters::inc(&self.shared.counters.ops.oversized_packets);
+                }
+                Close::Protocol(v.to_string())
+            }
+            None => Close::Io(e),
         }
     }
 
@@ -862,7 +876,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                             Err(close) => return close,
                         }
                     }
-                    Err(e) => return Close::Io(e),
+                    Err(e) => return self.read_error(e),
                 },
                 // Over the publish rate: the socket is not read until the budget refills.
                 _ = tokio::time::sleep_until(self.throttle.unwrap_or(far_future)), if self.throttle.is_some() => {

@@ -378,6 +378,12 @@ fn cases(max_packet_size: usize) -> Vec<Case> {
             "invalid protocol name",
         ),
         case(
+            "protocol name with U+0000 [MQTT-1.5.3-2]",
+            BeforeConnect,
+            connect_raw(b"MQ\0TT", 4, 2, &[s(b"x")]),
+            "U+0000",
+        ),
+        case(
             "protocol name not UTF-8 [MQTT-1.5.3-1]",
             BeforeConnect,
             connect_raw(b"\xff\xfe", 4, 2, &[s(b"x")]),
@@ -519,6 +525,25 @@ fn cases(max_packet_size: usize) -> Vec<Case> {
             vec![0x10, 0xff, 0xff, 0xff, 0x7f],
             "packet too large",
         ),
+        case(
+            "oversized CONNECT, body fully sent",
+            BeforeConnect,
+            // A well-formed CONNECT whose password alone nearly fills the maximum: the header
+            // declares more than max_packet_size and every body byte follows in the same write.
+            {
+                let password = vec![b'p'; max_packet_size - 8];
+                assert!(password.len() <= 65_535, "fits a string field");
+                let c = connect_raw(
+                    b"MQTT",
+                    4,
+                    0xc2,
+                    &[s(b"big-connect"), s(b"user"), s(&password)],
+                );
+                assert!(c.len() > max_packet_size);
+                c
+            },
+            "packet too large",
+        ),
         // --- After CONNECT --------------------------------------------------------------
         case(
             "second CONNECT [MQTT-3.1.0-2]",
@@ -542,6 +567,16 @@ fn cases(max_packet_size: usize) -> Vec<Case> {
             "oversized PUBLISH, refused from its header",
             AfterConnect,
             pkt(0x30, &vec![b'x'; max_packet_size])[..6].to_vec(),
+            "packet too large",
+        ),
+        case(
+            "oversized PUBLISH, body fully sent",
+            AfterConnect,
+            {
+                let mut body = s(b"big/publish");
+                body.extend(vec![b'x'; max_packet_size]);
+                pkt(0x30, &body)
+            },
             "packet too large",
         ),
         case(
@@ -695,6 +730,18 @@ fn cases(max_packet_size: usize) -> Vec<Case> {
             "UNSUBSCRIBE without topic filters",
         ),
         case(
+            "UNSUBSCRIBE empty filter [MQTT-4.7.3-1]",
+            AfterConnect,
+            unsubscribe_raw(0xa2, 1, &[b""]),
+            "topic is empty",
+        ),
+        case(
+            "UNSUBSCRIBE empty filter among good ones [MQTT-4.7.3-1]",
+            AfterConnect,
+            unsubscribe_raw(0xa2, 1, &[b"ok/1", b"", b"ok/2"]),
+            "topic is empty",
+        ),
+        case(
             "UNSUBSCRIBE filter not UTF-8 [MQTT-1.5.3-1]",
             AfterConnect,
             unsubscribe_raw(0xa2, 1, &[BAD_UTF8]),
@@ -725,6 +772,36 @@ fn cases(max_packet_size: usize) -> Vec<Case> {
             "invalid fixed header flags",
         ),
         case(
+            "PUBREL with flags 0001 [MQTT-3.6.1-1]",
+            AfterConnect,
+            vec![0x61, 2, 0, 1],
+            "invalid fixed header flags",
+        ),
+        case(
+            "PUBREL with flags 0011 [MQTT-3.6.1-1]",
+            AfterConnect,
+            vec![0x63, 2, 0, 1],
+            "invalid fixed header flags",
+        ),
+        case(
+            "PUBREL with flags 0110 [MQTT-3.6.1-1]",
+            AfterConnect,
+            vec![0x66, 2, 0, 1],
+            "invalid fixed header flags",
+        ),
+        case(
+            "PUBREL with DUP-like flags 1010 [MQTT-3.6.1-1]",
+            AfterConnect,
+            vec![0x6a, 2, 0, 1],
+            "invalid fixed header flags",
+        ),
+        case(
+            "PUBREL with flags 1111 [MQTT-3.6.1-1]",
+            AfterConnect,
+            vec![0x6f, 2, 0, 1],
+            "invalid fixed header flags",
+        ),
+        case(
             "PUBACK with flags set [MQTT-2.2.2-2]",
             AfterConnect,
             vec![0x41, 2, 0, 1],
@@ -752,6 +829,21 @@ fn cases(max_packet_size: usize) -> Vec<Case> {
             "PUBREL packet id 0 [MQTT-2.3.1-1]",
             AfterConnect,
             vec![0x62, 2, 0, 0],
+            "packet identifier 0",
+        ),
+        // [MQTT-2.3.1-1] forbids packet id 0 in PUBLISH (QoS > 0), SUBSCRIBE and UNSUBSCRIBE;
+        // an acknowledgement carries the id of the PUBLISH it answers [MQTT-2.3.1-6], so an
+        // acknowledgement with id 0 answers no packet that could exist: a protocol violation.
+        case(
+            "PUBREC packet id 0 [MQTT-2.3.1-1], [MQTT-2.3.1-6]",
+            AfterConnect,
+            vec![0x50, 2, 0, 0],
+            "packet identifier 0",
+        ),
+        case(
+            "PUBCOMP packet id 0 [MQTT-2.3.1-1], [MQTT-2.3.1-6]",
+            AfterConnect,
+            vec![0x70, 2, 0, 0],
             "packet identifier 0",
         ),
         case(
@@ -949,12 +1041,8 @@ async fn topic_of_65535_bytes_with_30000_levels() {
     let addr = broker.local_addr();
     let bystander = Bystander::start(addr).await;
 
-    let levels = 30_000;
-    let mut topic = "a/".repeat(levels - 1);
-    topic.push('a');
-    topic.push_str(&"b".repeat(MAX_TOPIC - topic.len()));
-    assert_eq!(topic.len(), MAX_TOPIC);
-    assert_eq!(topic.split('/').count(), levels);
+    let levels = DEEP_LEVELS;
+    let topic = deep_topic();
     let deep_plus = format!("{}#", "+/".repeat(levels - 1));
     let max_levels = mqtt_broker::routing::trie::MAX_FILTER_LEVELS;
     let deepest_allowed = format!("{}#", "+/".repeat(max_levels - 1));
@@ -1036,6 +1124,35 @@ async fn topic_of_65535_bytes_with_30000_levels() {
 }
 
 const MAX_TOPIC: usize = 65_535;
+const DEEP_LEVELS: usize = 30_000;
+
+/// A topic name of exactly [`MAX_TOPIC`] bytes with [`DEEP_LEVELS`] levels: `a/a/.../abbb...`.
+fn deep_topic() -> String {
+    let mut topic = "a/".repeat(DEEP_LEVELS - 1);
+    topic.push('a');
+    topic.push_str(&"b".repeat(MAX_TOPIC - topic.len()));
+    assert_eq!(topic.len(), MAX_TOPIC);
+    assert_eq!(topic.split('/').count(), DEEP_LEVELS);
+    topic
+}
+
+/// Batch `batch` (0..10) of the 100,000 subscriptions: 10,000 distinct filters, subscription
+/// `n` asking for QoS `n % 3`.
+fn hog_filters(batch: u32) -> Vec<(String, QoS)> {
+    (0..10_000u32)
+        .map(|i| {
+            let n = batch * 10_000 + i;
+            // Mix exact filters and wildcards so the trie grows in breadth and depth.
+            let f = match n % 4 {
+                0 => format!("hog/{n}"),
+                1 => format!("hog/{n}/+/x"),
+                2 => format!("hog/+/{n}/#"),
+                _ => format!("hog/{}/{}/{n}", n % 97, n % 13),
+            };
+            (f, QoS::from_u8((n % 3) as u8).unwrap())
+        })
+        .collect()
+}
 
 /// 100,000 subscriptions from one client (in 10 SUBSCRIBE packets of 10,000 filters) are
 /// granted within a bounded time, routing to one of them still works, the bystanders are not
@@ -1050,19 +1167,7 @@ async fn hundred_thousand_subscriptions_from_one_client() {
     let (mut hog, _) = RawClient::connect(addr, "sub-hog", true).await;
     let started = Instant::now();
     for batch in 0..10u32 {
-        let filters: Vec<(String, QoS)> = (0..10_000u32)
-            .map(|i| {
-                let n = batch * 10_000 + i;
-                // Mix exact filters and wildcards so the trie grows in breadth and depth.
-                let f = match n % 4 {
-                    0 => format!("hog/{n}"),
-                    1 => format!("hog/{n}/+/x"),
-                    2 => format!("hog/+/{n}/#"),
-                    _ => format!("hog/{}/{}/{n}", n % 97, n % 13),
-                };
-                (f, QoS::from_u8((n % 3) as u8).unwrap())
-            })
-            .collect();
+        let filters = hog_filters(batch);
         let pid = batch as u16 + 1;
         hog.send(&Packet::Subscribe(Subscribe { pid, filters }))
             .await;
@@ -1103,6 +1208,367 @@ async fn hundred_thousand_subscriptions_from_one_client() {
     expect_only_bystanders(&broker).await;
     assert_eq!(broker.stats().subscriptions.total, 1, "[MQTT-3.1.2-6]");
     eprintln!("100,000 subscriptions granted in {took:?}");
+    bystander.finish().await;
+}
+
+/// Every log line about `peer` containing all of `needles`.
+fn log_lines(peer: SocketAddr, needles: &[&str]) -> Vec<String> {
+    let tag = format!("peer={peer} ");
+    let logs = log_buffer().lock().unwrap_or_else(|e| e.into_inner());
+    String::from_utf8_lossy(&logs)
+        .lines()
+        .filter(|l| l.contains(&tag) && needles.iter().all(|n| l.contains(n)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until a log line about `peer` contains every one of `needles`; returns it.
+async fn expect_log_all(peer: SocketAddr, needles: &[&str]) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(line) = log_lines(peer, needles).into_iter().next() {
+            return line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line for {peer} containing all of {needles:?}; lines about it: {:#?}",
+            log_lines(peer, &[])
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The shipped defaults of the limits the two big inputs run into (`src/config/ops.rs`).
+fn assert_shipped_limits(broker: &BrokerHandle) {
+    let l = broker.config().limits;
+    assert_eq!(
+        (l.max_topic_length, l.max_topic_levels, l.max_subscriptions),
+        (1024, 32, 1000),
+        "the shipped defaults of limits.max_topic_length / max_topic_levels / max_subscriptions"
+    );
+}
+
+/// The 65,535-byte, 30,000-level topic again, under the shipped default limits
+/// (`limits.max_topic_length` 1024, `limits.max_topic_levels` 32): as a SUBSCRIBE filter it
+/// gets SUBACK 0x80 (the trie's depth guard refuses it before the limits are looked at),
+/// a filter just over either limit gets 0x80 with a log line naming that limit, and a
+/// PUBLISH to the topic (or to a topic just over either limit) closes the publisher's
+/// connection with a log line saying which limit, without routing or retaining it. The
+/// subscriber stays connected, and the bystanders keep exchanging QoS 2 messages throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_of_65535_bytes_with_30000_levels_refused_under_default_limits() {
+    log_buffer();
+    let broker = start_broker(|_| {}).await;
+    assert_shipped_limits(&broker);
+    assert!(
+        broker.config().server.max_packet_size > MAX_TOPIC + 16,
+        "the default max_packet_size lets the topic through the decoder"
+    );
+    let addr = broker.local_addr();
+    let bystander = Bystander::start(addr).await;
+
+    let topic = deep_topic();
+    // 1 level, one byte over max_topic_length.
+    let too_long = "l".repeat(1025);
+    // 33 levels in 65 bytes: one level over max_topic_levels.
+    let too_deep = format!("{}d", "d/".repeat(32));
+    // Exactly 32 levels: allowed. Matches every topic of 31 levels or more.
+    let at_limit = format!("{}#", "+/".repeat(31));
+
+    let (mut sub, sub_peer) = open_raw(addr).await;
+    sub.send(&Packet::Connect(Box::new(connect_packet("deep-sub", true))))
+        .await;
+    assert!(
+        matches!(sub.recv().await, Some(Packet::ConnAck(a)) if a.code == ConnectReturnCode::Accepted)
+    );
+    let codes = sub
+        .subscribe(
+            1,
+            &[
+                (topic.as_str(), QoS::ExactlyOnce),
+                (too_long.as_str(), QoS::AtLeastOnce),
+                (too_deep.as_str(), QoS::AtLeastOnce),
+                (at_limit.as_str(), QoS::AtLeastOnce),
+                ("a/#", QoS::AtMostOnce),
+                ("l/#", QoS::AtMostOnce),
+            ],
+        )
+        .await;
+    assert_eq!(
+        codes,
+        vec![
+            SubAckCode::Failure,
+            SubAckCode::Failure,
+            SubAckCode::Failure,
+            SubAckCode::Granted(QoS::AtLeastOnce),
+            SubAckCode::Granted(QoS::AtMostOnce),
+            SubAckCode::Granted(QoS::AtMostOnce),
+        ],
+        "[MQTT-3.9.3-1]: one code per filter, in order"
+    );
+    expect_log(
+        sub_peer,
+        "subscription refused: topic filter has too many levels",
+    )
+    .await;
+    expect_log_all(sub_peer, &["limit reached", "max_topic_length"]).await;
+    expect_log_all(sub_peer, &["limit reached", "max_topic_levels"]).await;
+    assert_eq!(broker.stats().subscriptions.total, 1 + 3);
+    bystander.assert_progress().await;
+
+    // PUBLISH beyond the limits: closed, logged with the limit, never routed nor retained.
+    for (name, t, log) in [
+        (
+            "deep-pub",
+            topic.as_str(),
+            "PUBLISH topic beyond limits.max_topic_length (65535 bytes)",
+        ),
+        (
+            "long-pub",
+            too_long.as_str(),
+            "PUBLISH topic beyond limits.max_topic_length (1025 bytes)",
+        ),
+        (
+            "levels-pub",
+            too_deep.as_str(),
+            "PUBLISH topic beyond limits.max_topic_levels",
+        ),
+    ] {
+        let (mut publ, peer) = open_raw(addr).await;
+        publ.send(&Packet::Connect(Box::new(connect_packet(name, true))))
+            .await;
+        assert!(
+            matches!(publ.recv().await, Some(Packet::ConnAck(a)) if a.code == ConnectReturnCode::Accepted)
+        );
+        publ.send(&publish(t, b"refused", QoS::ExactlyOnce, Some(7), true))
+            .await;
+        match publ.recv_within(WAIT).await {
+            Ok(None) => {}
+            other => panic!("{name}: expected the connection closed, got {other:?}"),
+        }
+        let line = expect_log_all(peer, &["closing: resource limit", log]).await;
+        assert!(line.contains("WARN"), "{name}: logged at warn: {line}");
+        bystander.assert_progress().await;
+    }
+    // Nothing reached the subscriber (its `a/#`, `l/#` and 32-level filters match all three
+    // topics), nothing was retained, and the subscriber itself is still connected.
+    sub.expect_silence(Duration::from_millis(300)).await;
+    sub.send(&Packet::PingReq).await;
+    assert_eq!(sub.recv().await, Some(Packet::PingResp));
+    assert_eq!(broker.stats().messages.retained, 0);
+    // The deepest topic the limits allow is still delivered.
+    let allowed = format!("{}a", "a/".repeat(31));
+    let (mut publ, _) = RawClient::connect(addr, "allowed-pub", true).await;
+    publ.publish_qos2(&allowed, b"ok", 1).await;
+    let p = sub.recv_publish().await;
+    assert_eq!((&*p.topic, &p.payload[..]), (allowed.as_str(), &b"ok"[..]));
+    assert_eq!(
+        p.qos,
+        QoS::AtLeastOnce,
+        "highest granted QoS [MQTT-3.3.5-1]"
+    );
+    sub.send(&Packet::PubAck(p.pid.unwrap())).await;
+    bystander.assert_progress().await;
+
+    for c in [&mut sub, &mut publ] {
+        c.send(&Packet::Disconnect).await;
+        c.expect_closed().await;
+    }
+    expect_only_bystanders(&broker).await;
+    assert_eq!(broker.stats().subscriptions.total, 1);
+    bystander.finish().await;
+}
+
+/// The same 100,000 subscriptions from one client under the shipped default
+/// `limits.max_subscriptions` (1000): the first 1,000 filters are granted, every later new
+/// filter gets SUBACK 0x80 [MQTT-3.9.3-1] (re-subscribing a held filter is still granted),
+/// the refusal is logged once for the connection (not 99,000 times), routing to a granted
+/// filter works and a refused one receives nothing, and the bystanders keep exchanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_subscriptions_refused_beyond_default_max_subscriptions() {
+    log_buffer();
+    let broker = start_broker(|_| {}).await;
+    assert_shipped_limits(&broker);
+    const LIMIT: u32 = 1000;
+    let addr = broker.local_addr();
+    let bystander = Bystander::start(addr).await;
+    let (mut hog, hog_peer) = open_raw(addr).await;
+    hog.send(&Packet::Connect(Box::new(connect_packet("sub-hog", true))))
+        .await;
+    assert!(
+        matches!(hog.recv().await, Some(Packet::ConnAck(a)) if a.code == ConnectReturnCode::Accepted)
+    );
+    let started = Instant::now();
+    for batch in 0..10u32 {
+        let filters = hog_filters(batch);
+        let want: Vec<SubAckCode> = filters
+            .iter()
+            .enumerate()
+            .map(|(i, (_, q))| {
+                if batch * 10_000 + (i as u32) < LIMIT {
+                    SubAckCode::Granted(*q)
+                } else {
+                    SubAckCode::Failure
+                }
+            })
+            .collect();
+        let pid = batch as u16 + 1;
+        hog.send(&Packet::Subscribe(Subscribe { pid, filters }))
+            .await;
+        match hog.recv_within(Duration::from_secs(30)).await {
+            Ok(Some(Packet::SubAck(s))) => {
+                assert_eq!(s.pid, pid);
+                assert_eq!(s.codes.len(), 10_000, "[MQTT-3.9.3-1]");
+                if let Some(i) = (0..s.codes.len()).find(|&i| s.codes[i] != want[i]) {
+                    panic!(
+                        "batch {batch}, filter {i}: {:?}, expected {:?}",
+                        s.codes[i], want[i]
+                    );
+                }
+            }
+            other => panic!("no SUBACK for batch {batch}: {other:?}"),
+        }
+        bystander.assert_progress().await;
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(60),
+        "100,000 SUBSCRIBE filters took {took:?}"
+    );
+    assert_eq!(broker.stats().subscriptions.total, LIMIT as u64 + 1);
+    // At the limit, replacing a held subscription is granted; a new one still is not.
+    let codes = hog
+        .subscribe(
+            11,
+            &[("hog/0", QoS::ExactlyOnce), ("hog/new", QoS::AtMostOnce)],
+        )
+        .await;
+    assert_eq!(
+        codes,
+        vec![SubAckCode::Granted(QoS::ExactlyOnce), SubAckCode::Failure]
+    );
+    assert_eq!(broker.stats().subscriptions.total, LIMIT as u64 + 1);
+    // Logged with the limit's name, once for this connection.
+    expect_log_all(hog_peer, &["limit reached", "max_subscriptions"]).await;
+    let lines = log_lines(hog_peer, &["limit reached"]);
+    assert_eq!(
+        lines.len(),
+        1,
+        "one log line, not one per refusal: {lines:#?}"
+    );
+
+    // hog/5000 was refused, hog/4 granted at QoS 1: only the latter arrives.
+    let (mut publ, _) = RawClient::connect(addr, "hog-pub", true).await;
+    publ.publish_qos2("hog/5000", b"refused filter", 1).await;
+    publ.publish_qos2("hog/4", b"found", 2).await;
+    let p = hog.recv_publish().await;
+    assert_eq!((&*p.topic, &p.payload[..]), ("hog/4", &b"found"[..]));
+    assert_eq!(p.qos, QoS::AtLeastOnce);
+    hog.send(&Packet::PubAck(p.pid.unwrap())).await;
+    hog.expect_silence(Duration::from_millis(200)).await;
+    bystander.assert_progress().await;
+
+    hog.send(&Packet::Disconnect).await;
+    hog.expect_closed().await;
+    drop(publ);
+    expect_only_bystanders(&broker).await;
+    assert_eq!(broker.stats().subscriptions.total, 1, "[MQTT-3.1.2-6]");
+    bystander.finish().await;
+}
+
+/// Oversized packets over WebSocket close only that connection, like over TCP: a header
+/// declaring more than `max_packet_size` with its body following in WebSocket messages below
+/// the frame limit (refused by the MQTT decoder from the header), and a whole oversized packet
+/// in one WebSocket message (refused by the WebSocket layer, whose message limit is
+/// `max_packet_size`), before and after CONNECT. Each is logged with the peer and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_packets_over_websocket_close_only_the_offender() {
+    log_buffer();
+    const MAX: usize = 4096;
+    let lo = SocketAddr::from(([127, 0, 0, 1], 0));
+    let broker = start_broker(|c| {
+        c.server.max_packet_size = MAX;
+        c.listeners = vec![
+            ListenerConfig::tcp(lo),
+            ListenerConfig::new(TransportKind::Ws, lo),
+        ];
+    })
+    .await;
+    let bystander = Bystander::start(broker.local_addr()).await;
+    let ws = listener_addr(&broker, TransportKind::Ws);
+    let big_publish = {
+        let mut body = s(b"big/ws");
+        body.extend(vec![b'x'; MAX]);
+        pkt(0x30, &body)
+    };
+    let big_connect = connect_raw(
+        b"MQTT",
+        4,
+        0xc2,
+        &[s(b"big-ws"), s(b"user"), s(&[b'p'; MAX])],
+    );
+    let chunks = |p: &[u8]| p.chunks(1024).map(<[u8]>::to_vec).collect::<Vec<_>>();
+    let cases: Vec<(&str, When, Vec<Vec<u8>>, &str)> = vec![
+        (
+            "PUBLISH header over the limit, body in small messages",
+            When::AfterConnect,
+            chunks(&big_publish),
+            "packet too large",
+        ),
+        (
+            "PUBLISH over the limit in one WebSocket message",
+            When::AfterConnect,
+            vec![big_publish.clone()],
+            "WebSocket message of",
+        ),
+        (
+            "CONNECT header over the limit, body in small messages",
+            When::BeforeConnect,
+            chunks(&big_connect),
+            "packet too large",
+        ),
+        (
+            "CONNECT over the limit in one WebSocket message",
+            When::BeforeConnect,
+            vec![big_connect.clone()],
+            "WebSocket message of",
+        ),
+    ];
+    for (name, when, messages, log) in cases {
+        eprintln!("websocket case: {name}");
+        let tcp = TcpStream::connect(ws).await.unwrap();
+        let peer = tcp.local_addr().unwrap();
+        let stream = ws_upgrade(tcp, &format!("ws://{ws}/mqtt"))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: upgrade: {e}"));
+        let mut bad = RawClient::over(stream);
+        if when == When::AfterConnect {
+            bad.send(&Packet::Connect(Box::new(connect_packet(
+                "ws-offender",
+                true,
+            ))))
+            .await;
+            match bad.recv().await {
+                Some(Packet::ConnAck(a)) => assert_eq!(a.code, ConnectReturnCode::Accepted),
+                other => panic!("{name}: no CONNACK: {other:?}"),
+            }
+        }
+        for m in &messages {
+            // One write is one WebSocket message.
+            bad.send_raw(m).await;
+        }
+        match bad.recv_within(WAIT).await {
+            Ok(None) => {}
+            other => panic!("{name}: connection not closed: {other:?}"),
+        }
+        let line = expect_log(peer, log).await;
+        assert!(
+            line.contains("WARN") || line.contains("INFO"),
+            "{name}: logged at warn/info: {line}"
+        );
+        bystander.assert_progress().await;
+        expect_only_bystanders(&broker).await;
+    }
     bystander.finish().await;
 }
 
@@ -1169,13 +1635,15 @@ async fn subscriber_that_stops_reading_on_a_busy_topic_is_bounded() {
     assert!(s.messages.inflight.qos1 <= 8, "inflight window exceeded");
     assert!(s.messages.dropped_queue_full > 0, "the excess is dropped");
     assert!(started.elapsed() < Duration::from_secs(120));
-    // The drop is logged with the client id (the line belongs to the publisher's span).
+    // The drop is logged naming the subscriber: the line belongs to the publisher's span, so
+    // the subscriber is the event's `subscriber` field (with its peer).
     {
         let logs = log_buffer().lock().unwrap_or_else(|e| e.into_inner());
         let text = String::from_utf8_lossy(&logs);
         assert!(
-            text.lines()
-                .any(|l| l.contains("subscriber queue full") && l.contains("client_id=stuck")),
+            text.lines().any(|l| l.contains("subscriber queue full")
+                && l.contains("subscriber=stuck")
+                && l.contains("subscriber_peer=")),
             "no log line about the full queue of `stuck`"
         );
     }

@@ -2,6 +2,8 @@
 //! Raw-socket clients send exact packets; `rumqttc` stands in for an ordinary client library.
 
 mod common;
+#[path = "common/http.rs"]
+mod http;
 
 use bytes::Bytes;
 use common::*;
@@ -660,4 +662,240 @@ async fn shutdown_closes_clients() {
     let (mut c, _) = RawClient::connect(broker.local_addr(), "c", true).await;
     broker.shutdown().await;
     c.expect_closed().await;
+}
+
+/// The will is published when the server closes the connection for a protocol error
+/// [MQTT-3.1.2-8] (section 3.1.2.5 lists "the Server closes the Network Connection because
+/// of a protocol error" among the cases), whatever the error: a wildcard in a PUBLISH topic,
+/// a second CONNECT, a reserved packet type, PUBREL with wrong flags.
+#[tokio::test]
+async fn will_published_when_closed_for_protocol_error_mqtt_3_1_2_8() {
+    let broker = start_broker(|_| {}).await;
+    let addr = broker.local_addr();
+    let (mut watcher, _) = RawClient::connect(addr, "watcher", true).await;
+    watcher
+        .subscribe(1, &[("status/#", QoS::AtLeastOnce)])
+        .await;
+    let second_connect = {
+        let mut out = bytes::BytesMut::new();
+        encode(
+            &Packet::Connect(Box::new(connect_packet("again", true))),
+            &mut out,
+        );
+        out.to_vec()
+    };
+    let cases: [(&str, Vec<u8>); 4] = [
+        (
+            "wildcard-topic",
+            vec![0x30, 6, 0, 4, b'a', b'/', b'#', b'x'],
+        ),
+        ("second-connect", second_connect),
+        ("reserved-type", vec![0xf0, 0]),
+        ("pubrel-flags", vec![0x60, 2, 0, 1]),
+    ];
+    for (id, bad) in cases {
+        let mut c = connect_packet(id, true);
+        c.will = Some(LastWill {
+            topic: Arc::from(format!("status/{id}").as_str()),
+            payload: Bytes::from(format!("{id} lost")),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        });
+        let (mut offender, ack) = RawClient::connect_with(addr, c).await;
+        assert_eq!(ack.code, ConnectReturnCode::Accepted);
+        offender.send_raw(&bad).await;
+        match offender.recv_within(WAIT).await {
+            Ok(None) => {}
+            other => panic!("{id}: connection not closed: {other:?}"),
+        }
+        let p = watcher.recv_publish().await;
+        assert_eq!(&*p.topic, format!("status/{id}"), "{id}");
+        assert_eq!(&p.payload[..], format!("{id} lost").as_bytes(), "{id}");
+        assert_eq!(p.qos, QoS::AtLeastOnce, "{id}: the will's QoS");
+        assert!(!p.retain, "{id}");
+        watcher.send(&Packet::PubAck(p.pid.unwrap())).await;
+    }
+    watcher.expect_silence(Duration::from_millis(200)).await;
+}
+
+/// `performance.queue_qos0_offline`: off (the default), QoS 0 messages for an offline
+/// persistent session are dropped; on, they are queued like QoS 1/2 and delivered in order
+/// on reconnect.
+#[tokio::test]
+async fn queue_qos0_offline_queues_qos0_for_persistent_sessions_only_when_enabled() {
+    for enabled in [false, true] {
+        let broker = start_broker(|c| c.performance.queue_qos0_offline = enabled).await;
+        assert!(
+            !mqtt_broker::config::Config::default()
+                .performance
+                .queue_qos0_offline,
+            "off by default"
+        );
+        let addr = broker.local_addr();
+        let (mut sub, _) = RawClient::connect(addr, "offline0", false).await;
+        sub.subscribe(1, &[("q0/#", QoS::AtLeastOnce)]).await;
+        sub.send(&Packet::Disconnect).await;
+        sub.expect_closed().await;
+
+        let (mut publ, _) = RawClient::connect(addr, "pub", true).await;
+        publ.send(&publish("q0/a", b"zero-1", QoS::AtMostOnce, None, false))
+            .await;
+        publ.send(&publish("q0/b", b"one", QoS::AtLeastOnce, Some(1), false))
+            .await;
+        assert_eq!(publ.recv().await, Some(Packet::PubAck(1)));
+        publ.send(&publish("q0/a", b"zero-2", QoS::AtMostOnce, None, false))
+            .await;
+        publ.send(&Packet::PingReq).await;
+        assert_eq!(publ.recv().await, Some(Packet::PingResp));
+        let queued = if enabled { 3 } else { 1 };
+        assert_eq!(broker.stats().messages.queued, queued, "enabled={enabled}");
+
+        let (mut sub, present) = RawClient::connect(addr, "offline0", false).await;
+        assert!(present);
+        let mut got = Vec::new();
+        for _ in 0..queued {
+            let p = sub.recv_publish().await;
+            if let Some(pid) = p.pid {
+                sub.send(&Packet::PubAck(pid)).await;
+            }
+            got.push((p.qos, String::from_utf8_lossy(&p.payload).into_owned()));
+        }
+        let want: Vec<(QoS, String)> = if enabled {
+            vec![
+                (QoS::AtMostOnce, "zero-1".into()),
+                (QoS::AtLeastOnce, "one".into()),
+                (QoS::AtMostOnce, "zero-2".into()),
+            ]
+        } else {
+            vec![(QoS::AtLeastOnce, "one".into())]
+        };
+        assert_eq!(got, want, "enabled={enabled}");
+        sub.expect_silence(Duration::from_millis(200)).await;
+        broker.shutdown().await;
+    }
+}
+
+/// Captures what the broker logs on this thread: with the default current-thread runtime
+/// of `#[tokio::test]`, the broker's tasks run here, and other tests are not affected.
+struct LogCapture {
+    buf: Arc<std::sync::Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl LogCapture {
+    fn start() -> LogCapture {
+        #[derive(Clone)]
+        struct W(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let w = W(buf.clone());
+        let guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_env_filter("mqtt_broker=info")
+                .with_ansi(false)
+                .with_writer(move || w.clone())
+                .finish(),
+        );
+        LogCapture { buf, _guard: guard }
+    }
+
+    /// Lines containing every one of `needles`.
+    fn lines(&self, needles: &[&str]) -> Vec<String> {
+        let logs = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&logs)
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// `persistence.retained_message_limit`: a new retained topic beyond the cap is refused (not
+/// stored, so a later subscriber does not get it), logged and counted in /metrics, while
+/// the message itself is still delivered to current subscribers and existing retained
+/// topics still update.
+#[tokio::test]
+async fn retained_limit_refusal_is_logged_counted_and_still_delivered_live() {
+    let logs = LogCapture::start();
+    let broker = start_broker(|c| {
+        c.persistence.retained_message_limit = 2;
+        c.admin.bind = "127.0.0.1:0".parse().unwrap();
+    })
+    .await;
+    let admin = broker.admin_addr().expect("admin listener bound");
+    let addr = broker.local_addr();
+    let (mut live, _) = RawClient::connect(addr, "live", true).await;
+    live.subscribe(1, &[("cap/#", QoS::AtLeastOnce)]).await;
+    let (mut publ, _) = RawClient::connect(addr, "pub", true).await;
+    for (i, (t, v)) in [
+        ("cap/a", "a1"),
+        ("cap/b", "b1"),
+        ("cap/c", "c1"),
+        ("cap/a", "a2"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pid = i as u16 + 1;
+        publ.send(&publish(t, v.as_bytes(), QoS::AtLeastOnce, Some(pid), true))
+            .await;
+        // Acknowledged like any PUBLISH: the refusal concerns only the retained copy.
+        assert_eq!(publ.recv().await, Some(Packet::PubAck(pid)));
+        // The current subscriber gets every message, the refused one included, without
+        // RETAIN (ordinary forwarding [MQTT-3.3.1-9]).
+        let p = live.recv_publish().await;
+        assert_eq!((&*p.topic, &p.payload[..]), (t, v.as_bytes()));
+        assert!(!p.retain);
+        live.send(&Packet::PubAck(p.pid.unwrap())).await;
+    }
+    assert_eq!(broker.stats().messages.retained, 2);
+
+    // Stored: cap/a (updated) and cap/b; cap/c was refused.
+    let (mut late, _) = RawClient::connect(addr, "late", true).await;
+    late.subscribe(1, &[("cap/#", QoS::AtMostOnce)]).await;
+    let mut got = [late.recv_publish().await, late.recv_publish().await];
+    got.sort_by(|a, b| a.topic.cmp(&b.topic));
+    let got: Vec<(&str, &[u8], bool)> = got
+        .iter()
+        .map(|p| (&*p.topic, &p.payload[..], p.retain))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("cap/a", &b"a2"[..], true), ("cap/b", &b"b1"[..], true)]
+    );
+    late.expect_silence(Duration::from_millis(200)).await;
+
+    // Counted (once) ...
+    let m = http::scrape(admin, None).await;
+    assert_eq!(
+        m.value("mqtt_limit_refusals_total{limit=\"retained_message_limit\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.value("mqtt_messages_dropped_total{reason=\"retained_limit\"}"),
+        1.0
+    );
+    // ... and logged with the topic and the limit.
+    let lines = logs.lines(&["retained_message_limit reached", "cap/c"]);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("WARN") && lines[0].contains("limit=2"),
+        "{}",
+        lines[0]
+    );
+    assert!(logs
+        .lines(&["retained_message_limit reached", "cap/a"])
+        .is_empty());
+    broker.shutdown().await;
 }

@@ -82,8 +82,43 @@ impl<S> WsByteStream<S> {
     }
 }
 
+/// A client's violation of the WebSocket mapping, handed to the connection inside an
+/// `io::Error` so that it is logged and counted as the protocol error it is.
+#[derive(Debug, thiserror::Error)]
+pub enum WsViolation {
+    /// A WebSocket message over `max_packet_size` (tungstenite refuses it before buffering).
+    #[error("packet larger than max_packet_size: WebSocket message of {size} bytes > {max} bytes")]
+    TooLarge {
+        /// Size of the message.
+        size: usize,
+        /// The limit (`server.max_packet_size`).
+        max: usize,
+    },
+    /// A text frame [MQTT-6.0.0-1].
+    #[error("text WebSocket frame: MQTT needs binary frames [MQTT-6.0.0-1]")]
+    TextFrame,
+}
+
+impl WsViolation {
+    /// The violation carried by an I/O error from [`WsByteStream`], if it is one.
+    pub fn of(e: &io::Error) -> Option<&WsViolation> {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<WsViolation>())
+    }
+}
+
 fn to_io(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
-    io::Error::other(e)
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
+    match e {
+        Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => io::Error::new(
+            io::ErrorKind::InvalidData,
+            WsViolation::TooLarge {
+                size,
+                max: max_size,
+            },
+        ),
+        other => io::Error::other(other),
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsByteStream<S> {
@@ -106,7 +141,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsByteStream<S> {
                 Some(Ok(Message::Text(_))) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        "text WebSocket frame: MQTT needs binary frames [MQTT-6.0.0-1]",
+                        WsViolation::TextFrame,
                     )))
                 }
                 Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
