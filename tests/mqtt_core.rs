@@ -342,6 +342,44 @@ async fn keep_alive_expiry_closes_and_publishes_will_mqtt_3_1_2_24() {
 }
 
 #[tokio::test]
+async fn keep_alive_counts_whole_packets_not_trickled_bytes_mqtt_3_1_2_24() {
+    use tokio::io::AsyncWriteExt;
+    let broker = start_broker(|_| {}).await;
+    let addr = broker.local_addr();
+    let mut c = connect_packet("trickler", true);
+    c.keep_alive = 1;
+    let (mut trickler, _) = RawClient::connect_with(addr, c).await;
+    let start = tokio::time::Instant::now();
+    // One PUBLISH, a byte every 250 ms: bytes keep arriving, but no Control Packet does
+    // within 1.5 x keep-alive, so the broker must close.
+    let mut bytes = bytes::BytesMut::new();
+    encode(
+        &publish("ka/slow", b"0123456789", QoS::AtMostOnce, None, false),
+        &mut bytes,
+    );
+    let mut closed = false;
+    for b in bytes.iter() {
+        if trickler.stream.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        if let Ok(None) = trickler.recv_within(Duration::from_millis(250)).await {
+            closed = true;
+            break;
+        }
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        closed,
+        "still connected after the whole packet was trickled in"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(1400) && elapsed < Duration::from_millis(3500),
+        "closed after {elapsed:?}, expected about 1.5 s"
+    );
+}
+
+#[tokio::test]
 async fn retained_messages_replace_delete_and_flag_mqtt_3_3_1() {
     let broker = start_broker(|_| {}).await;
     let addr = broker.local_addr();
