@@ -477,3 +477,59 @@ fn check_config_reports_missing_acl_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nowhere.acl"), "{err}");
 }
+
+/// The broker binary at trace level, with failed and successful logins: no password (nor
+/// its hash) ever reaches the log.
+#[tokio::test]
+async fn passwords_never_reach_the_log_even_at_trace_level() {
+    let dir = temp_dir("nolog");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hash = hash_password(b"right-Pa55word");
+    let cfg = dir.join("broker.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server: {{host: 127.0.0.1, port: {port}}}\nadmin: {{enabled: false}}\nlog: {{level: trace}}\nsecurity:\n  require_auth: true\n  auth_failure_delay: 1ms\n  users:\n    - {{username: dana, password_hash: \"{hash}\"}}\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.join("broker.log");
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .env_remove("RUST_LOG")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.join("broker.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "broker did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        connack(addr, login("dana", "wrong-Pa55word")).await,
+        ConnectReturnCode::BadUsernameOrPassword
+    );
+    assert_eq!(
+        connack(addr, login("dana", "right-Pa55word")).await,
+        ConnectReturnCode::Accepted
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap()
+        + &std::fs::read_to_string(dir.join("broker.err")).unwrap();
+    assert!(
+        text.contains("authentication failed") && text.contains("dana"),
+        "the failure is logged with the user name: {text}"
+    );
+    for secret in ["wrong-Pa55word", "right-Pa55word", hash.as_str()] {
+        assert!(!text.contains(secret), "{secret} leaked into the log");
+    }
+}
