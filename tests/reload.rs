@@ -525,3 +525,51 @@ async fn fifty_rewrites_under_load_lose_nothing() {
     assert!(sent.load(Ordering::Relaxed) > 1000);
     assert_eq!(broker.stats().config_generation, 26);
 }
+
+#[tokio::test]
+async fn password_file_edit_takes_effect_live() {
+    let dir = temp_dir("passwd");
+    let cfg = dir.join("broker.yaml");
+    let passwd = dir.join("passwd");
+    let line = |user: &str, pw: &[u8]| format!("{user}:{}\n", mqtt_broker::auth::hash_password(pw));
+    write(&passwd, &line("erin", b"old-pw"), false);
+    write(
+        &cfg,
+        &format!("{BASE}security:\n  require_auth: true\n  password_file: passwd\n  auth_failure_delay: 1ms\n"),
+        false,
+    );
+    let broker = start_watching(&cfg).await;
+    let login = |u: &str, pw: &'static [u8]| {
+        let mut c = connect_packet(u, true);
+        c.username = Some(u.into());
+        c.password = Some(bytes::Bytes::from_static(pw));
+        c
+    };
+    let (mut erin, ack) =
+        RawClient::connect_with(broker.local_addr(), login("erin", b"old-pw")).await;
+    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    // Only the password file changes (as `mosquitto_passwd` or `mqtt-broker passwd` would).
+    write(
+        &passwd,
+        &(line("erin", b"new-pw") + &line("frank", b"f-pw")),
+        true,
+    );
+    wait_for("password file reload", || broker.generation() == 2).await;
+    // erin's old password is no longer accepted: her connection is closed on reload...
+    erin.expect_closed().await;
+    let addr = broker.local_addr();
+    let code = |c| async move { RawClient::connect_with(addr, c).await.1.code };
+    assert_eq!(
+        code(login("erin", b"old-pw")).await,
+        ConnectReturnCode::BadUsernameOrPassword
+    );
+    // ...and the new entries work.
+    assert_eq!(
+        code(login("erin", b"new-pw")).await,
+        ConnectReturnCode::Accepted
+    );
+    assert_eq!(
+        code(login("frank", b"f-pw")).await,
+        ConnectReturnCode::Accepted
+    );
+}
