@@ -463,6 +463,54 @@ async fn inline_acl_rules_first_match_then_default() {
     assert_eq!(&watcher.recv_publish().await.payload[..], b"1");
 }
 
+#[tokio::test]
+async fn acl_default_decides_only_what_no_authorizer_decides() {
+    use mqtt_broker::auth::acl::AclDefault;
+    // Inline rules with `acl_default: allow`: only the deny rule refuses.
+    let broker = start_broker(|c| {
+        c.security.acl =
+            serde_yaml_ng::from_str("- {deny: subscribe, topic: 'secret/#'}\n").unwrap();
+        c.security.acl_default = Some(AclDefault::Allow);
+    })
+    .await;
+    let (mut c, _) = RawClient::connect(broker.local_addr(), "d-allow", true).await;
+    assert_eq!(
+        c.subscribe(
+            1,
+            &[("secret/x", QoS::AtMostOnce), ("other/x", QoS::AtMostOnce)]
+        )
+        .await,
+        vec![SubAckCode::Failure, SubAckCode::Granted(QoS::AtMostOnce)]
+    );
+    // No rules at all and `acl_default: deny`: nothing is allowed.
+    let broker = start_broker(|c| c.security.acl_default = Some(AclDefault::Deny)).await;
+    let (mut c, _) = RawClient::connect(broker.local_addr(), "d-deny", true).await;
+    assert_eq!(
+        c.subscribe(1, &[("any/x", QoS::AtMostOnce)]).await,
+        vec![SubAckCode::Failure]
+    );
+    // Next to an ACL file an inline allow cannot widen what the file grants, and
+    // `acl_default: allow` changes nothing: the file denies what it does not grant.
+    let dir = temp_dir("acl-default");
+    let acl = dir.join("acl");
+    std::fs::write(&acl, ACL_FILE).unwrap();
+    let broker = start_broker(|c| {
+        c.security.acl_file = Some(acl.clone());
+        c.security.acl = serde_yaml_ng::from_str("- {allow: all, topic: 'extra/#'}\n").unwrap();
+        c.security.acl_default = Some(AclDefault::Allow);
+    })
+    .await;
+    let (mut r, _) = RawClient::connect_with(broker.local_addr(), as_user("reader", "r9")).await;
+    assert_eq!(
+        r.subscribe(
+            1,
+            &[("extra/x", QoS::AtMostOnce), ("sensors/a", QoS::AtMostOnce)]
+        )
+        .await,
+        vec![SubAckCode::Failure, SubAckCode::Granted(QoS::AtMostOnce)]
+    );
+}
+
 #[test]
 fn check_config_reports_missing_acl_file() {
     let dir = temp_dir("check");
