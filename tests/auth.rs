@@ -95,11 +95,7 @@ fn our_passwd_file_is_accepted_by_mosquitto() {
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.starts_with("carol:$7$101$"), "{text}");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
@@ -531,11 +527,7 @@ fn check_config_reports_missing_acl_file() {
 #[tokio::test]
 async fn passwords_never_reach_the_log_even_at_trace_level() {
     let dir = temp_dir("nolog");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let hash = hash_password(b"right-Pa55word");
     let cfg = dir.join("broker.yaml");
     std::fs::write(

@@ -798,11 +798,7 @@ async fn persistent_session_and_inflight_gauges() {
 async fn json_log_lines_parse_and_carry_the_client_id() {
     const BIN: &str = env!("CARGO_BIN_EXE_mqtt-broker");
     let dir = temp_dir("json-log");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let cfg = dir.join("broker.yaml");
     std::fs::write(
         &cfg,

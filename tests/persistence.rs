@@ -340,14 +340,6 @@ fn database_storage_type_is_refused_with_a_clear_message() {
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-broker");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn corrupt_store_refuses_to_start_unless_moved_aside() {
     let dir = temp_dir("corrupt-bin");

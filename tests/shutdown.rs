@@ -13,14 +13,6 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-broker");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The broker binary on a free loopback port with `extra` YAML; killed on drop.
 struct Process {
     child: Child,

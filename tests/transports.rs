@@ -941,15 +941,6 @@ async fn per_listener_max_connections_refuses_only_on_that_listener() {
     refused_on(TransportKind::Tcp, "tcp5").await;
 }
 
-/// A port nobody listens on right now (for configs whose validation refuses port 0).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The seed's shorthand `server.port` + `security.enableTLS`/`certFile`/`keyFile` (paths
 /// relative to the config file) opens exactly one TLS listener, and TLS clients use it.
 #[tokio::test]

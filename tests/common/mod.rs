@@ -11,6 +11,16 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// A loopback port nobody listens on right now (for configs and child processes that need
+/// the port before the broker starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
 /// How long a test waits for something that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(5);
 
