@@ -29,6 +29,11 @@ fn base_config() -> Config {
         ..Default::default()
     };
     c.performance.message_queue_limit = 1_000_000;
+    // The per-client protection limits would cap the publishers, not the store.
+    c.limits.publish_rate = 0;
+    c.limits.publish_bytes_rate = 0;
+    c.limits.max_queued_bytes = usize::MAX;
+    c.admin.enabled = false;
     c.log.level = "warn".into();
     c
 }
@@ -218,7 +223,10 @@ async fn main() {
     match args.get(1).map(String::as_str) {
         Some("recover-only") => {
             let dir = std::path::PathBuf::from(args.get(2).expect("store directory"));
-            let retained = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+            let retained = args
+                .get(3)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(1_000_000);
             recover_only(dir, retained).await;
         }
         Some("recovery") => {
