@@ -178,9 +178,9 @@ fn raise_fd_limit(max_connections: usize) {
         }
     }
     let needed = max_connections as u64 + 64;
-    if (lim.rlim_cur as u64) < needed {
+    if lim.rlim_cur < needed {
         tracing::warn!(
-            open_files_limit = lim.rlim_cur as u64,
+            open_files_limit = lim.rlim_cur,
             max_connections,
             "the open-files limit is below server.max_connections: raise it (LimitNOFILE= in the systemd unit, ulimit -n) or lower max_connections"
         );
