@@ -757,9 +757,11 @@ impl Broker {
         let storage: Option<Arc<dyn Storage>> = match config.persistence.storage_type {
             StorageType::File => {
                 let path = config.persistence.path.clone();
-                let opened = tokio::task::spawn_blocking(move || FileStorage::open(&path))
-                    .await
-                    .map_err(|e| BrokerError::Reload(e.to_string()))??;
+                let cache = config.persistence.cache_size.0;
+                let opened =
+                    tokio::task::spawn_blocking(move || FileStorage::open_with_cache(&path, cache))
+                        .await
+                        .map_err(|e| BrokerError::Reload(e.to_string()))??;
                 info!(path = %opened.path().display(), "file persistence enabled");
                 Some(Arc::new(opened))
             }
@@ -990,12 +992,22 @@ impl Shared {
         let limits = runtime.session_limits();
         let old = &current.config.persistence;
         let new = &runtime.config.persistence;
-        if (old.storage_type, &old.path, old.sync, old.sync_interval)
-            != (new.storage_type, &new.path, new.sync, new.sync_interval)
-        {
+        if (
+            old.storage_type,
+            &old.path,
+            old.sync,
+            old.sync_interval,
+            old.cache_size,
+        ) != (
+            new.storage_type,
+            &new.path,
+            new.sync,
+            new.sync_interval,
+            new.cache_size,
+        ) {
             *running = transport::listeners::abandon(plan);
             return Err(BrokerError::NotReloadable(
-                "persistence (storage_type, path, sync)",
+                "persistence (storage_type, path, sync, cache_size)",
             ));
         }
         runtime.plugins.set_events(&self.ops.events);

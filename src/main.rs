@@ -67,10 +67,12 @@ fn main() -> ExitCode {
     {
         let dir = &config.persistence.path;
         // Opened and read back: a store can open fine and still hold a record that is corrupt.
-        let readable = mqtt_broker::storage::FileStorage::open(dir).and_then(|s| {
-            use mqtt_broker::storage::Storage;
-            s.load().map(|_| ())
-        });
+        let cache = config.persistence.cache_size.0;
+        let readable =
+            mqtt_broker::storage::FileStorage::open_with_cache(dir, cache).and_then(|s| {
+                use mqtt_broker::storage::Storage;
+                s.load().map(|_| ())
+            });
         if let Err(e) = readable {
             match mqtt_broker::storage::FileStorage::move_aside(dir) {
                 Ok(to) => {

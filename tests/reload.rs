@@ -573,3 +573,16 @@ async fn password_file_edit_takes_effect_live() {
         ConnectReturnCode::Accepted
     );
 }
+
+#[tokio::test]
+async fn persistence_cache_size_is_not_live() {
+    let broker = start_broker(|_| {}).await;
+    let mut config = broker.config();
+    config.persistence.cache_size = mqtt_broker::plugins::ByteSize(64 * 1024 * 1024);
+    let err = broker.reload(config).await.unwrap_err().to_string();
+    assert!(
+        err.contains("cache_size") && err.contains("restart"),
+        "{err}"
+    );
+    assert_eq!(broker.generation(), 1, "a refused reload changes nothing");
+}

@@ -346,6 +346,8 @@ pub struct PersistenceConfig {
     /// Maximum number of topics with a retained message.
     #[serde(alias = "retainedMessageLimit")]
     pub retained_message_limit: usize,
+    /// Memory the file store may use to cache its pages (`file` only).
+    pub cache_size: crate::plugins::ByteSize,
 }
 
 impl Default for PersistenceConfig {
@@ -358,6 +360,7 @@ impl Default for PersistenceConfig {
             sync_interval: ConfigDuration::millis(100),
             session_expiry: ConfigDuration::secs(7 * 86_400),
             retained_message_limit: 100_000,
+            cache_size: crate::plugins::ByteSize(crate::storage::file::DEFAULT_CACHE_SIZE),
         }
     }
 }
@@ -585,6 +588,9 @@ impl Config {
                 "must be greater than 0 with sync: interval",
             );
         }
+        if self.persistence.cache_size.0 < 1024 * 1024 {
+            return invalid("persistence.cache_size", "must be at least 1MiB");
+        }
         if self.persistence.retained_message_limit == 0 {
             return invalid("persistence.retained_message_limit", "must be at least 1");
         }
@@ -787,6 +793,16 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("client_ca_file"), "{err}");
+    }
+
+    #[test]
+    fn persistence_cache_size_parses_units_and_has_a_floor() {
+        let c = parse("persistence:\n  cache_size: 64MiB\n").unwrap();
+        assert_eq!(c.persistence.cache_size.0, 64 * 1024 * 1024);
+        let err = parse("persistence:\n  cache_size: 1000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("persistence.cache_size"), "{err}");
     }
 
     #[test]
