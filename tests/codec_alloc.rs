@@ -149,19 +149,11 @@ fn check(stream: &[u8], cuts: &[usize]) -> Result<(), TestCaseError> {
 }
 
 /// A fixed header with the given first byte and (possibly lying) remaining length.
-fn header(first: u8, mut len: usize) -> Vec<u8> {
-    let mut out = vec![first];
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            return out;
-        }
-    }
+fn header(first: u8, len: usize) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    out.extend_from_slice(&[first]);
+    mqtt_broker::protocol::codec::put_remaining_length(&mut out, len);
+    out.to_vec()
 }
 
 /// A length-prefixed string field (any bytes, any claimed length).

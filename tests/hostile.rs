@@ -219,18 +219,7 @@ fn s(b: &[u8]) -> Vec<u8> {
 fn pkt(first: u8, body: &[u8]) -> Vec<u8> {
     let mut out = BytesMut::new();
     out.put_u8(first);
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.put_u8(b);
-        if len == 0 {
-            break;
-        }
-    }
+    mqtt_broker::protocol::codec::put_remaining_length(&mut out, body.len());
     out.extend_from_slice(body);
     out.to_vec()
 }

@@ -368,8 +368,9 @@ impl Reader {
     }
 }
 
-/// Appends the variable-length remaining-length encoding of `len`.
-fn put_remaining_length(out: &mut BytesMut, mut len: usize) {
+/// Appends the variable-length remaining-length encoding of `len` (section 2.2.3); public
+/// so that tests can frame hand-made, even malformed, packet bodies.
+pub fn put_remaining_length(out: &mut BytesMut, mut len: usize) {
     loop {
         let mut byte = (len % 128) as u8;
         len /= 128;

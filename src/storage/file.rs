@@ -88,6 +88,49 @@ impl FileStorage {
         std::fs::rename(dir, &target)?;
         Ok(target)
     }
+
+    /// Reads every table back (the body of [`Storage::load`]).
+    fn read_all(&self) -> Result<Recovered, StorageError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let mut out = Recovered::default();
+        let retained = txn.open_table(RETAINED).map_err(io)?;
+        for item in retained.iter().map_err(io)? {
+            let (_, v) = item.map_err(io)?;
+            out.retained
+                .push(codec::decode_message("retained", v.value())?.0);
+        }
+        let mut sessions: BTreeMap<Arc<str>, RecoveredSession> = BTreeMap::new();
+        for item in txn.open_table(SESSIONS).map_err(io)?.iter().map_err(io)? {
+            let (k, v) = item.map_err(io)?;
+            let id: Arc<str> = Arc::from(k.value());
+            sessions.insert(
+                id.clone(),
+                RecoveredSession {
+                    client_id: id,
+                    record: codec::decode_session(v.value())?,
+                    messages: Vec::new(),
+                    inbound: Vec::new(),
+                },
+            );
+        }
+        for item in txn.open_table(MESSAGES).map_err(io)?.iter().map_err(io)? {
+            let (k, v) = item.map_err(io)?;
+            let (id, seq) = k.value();
+            // Messages of a session that no longer exists are leftovers; skip them.
+            if let Some(s) = sessions.get_mut(id) {
+                s.messages.push(codec::decode_stored(seq, v.value())?);
+            }
+        }
+        for item in txn.open_table(INBOUND).map_err(io)?.iter().map_err(io)? {
+            let (k, _) = item.map_err(io)?;
+            let (id, pid) = k.value();
+            if let Some(s) = sessions.get_mut(id) {
+                s.inbound.push(pid);
+            }
+        }
+        out.sessions = sessions.into_values().collect();
+        Ok(out)
+    }
 }
 
 impl Storage for FileStorage {
@@ -168,51 +211,6 @@ impl Storage for FileStorage {
                 reason: other.to_string(),
             },
         })
-    }
-}
-
-impl FileStorage {
-    /// Reads every table back (the body of [`Storage::load`]).
-    fn read_all(&self) -> Result<Recovered, StorageError> {
-        let txn = self.db.begin_read().map_err(io)?;
-        let mut out = Recovered::default();
-        let retained = txn.open_table(RETAINED).map_err(io)?;
-        for item in retained.iter().map_err(io)? {
-            let (_, v) = item.map_err(io)?;
-            out.retained
-                .push(codec::decode_message("retained", v.value())?.0);
-        }
-        let mut sessions: BTreeMap<Arc<str>, RecoveredSession> = BTreeMap::new();
-        for item in txn.open_table(SESSIONS).map_err(io)?.iter().map_err(io)? {
-            let (k, v) = item.map_err(io)?;
-            let id: Arc<str> = Arc::from(k.value());
-            sessions.insert(
-                id.clone(),
-                RecoveredSession {
-                    client_id: id,
-                    record: codec::decode_session(v.value())?,
-                    messages: Vec::new(),
-                    inbound: Vec::new(),
-                },
-            );
-        }
-        for item in txn.open_table(MESSAGES).map_err(io)?.iter().map_err(io)? {
-            let (k, v) = item.map_err(io)?;
-            let (id, seq) = k.value();
-            // Messages of a session that no longer exists are leftovers; skip them.
-            if let Some(s) = sessions.get_mut(id) {
-                s.messages.push(codec::decode_stored(seq, v.value())?);
-            }
-        }
-        for item in txn.open_table(INBOUND).map_err(io)?.iter().map_err(io)? {
-            let (k, _) = item.map_err(io)?;
-            let (id, pid) = k.value();
-            if let Some(s) = sessions.get_mut(id) {
-                s.inbound.push(pid);
-            }
-        }
-        out.sessions = sessions.into_values().collect();
-        Ok(out)
     }
 }
 
