@@ -7,7 +7,7 @@
 //! continues with the oldest event still held. Emitting costs one atomic load until the
 //! first receiver is handed out: events are only built from then on.
 
-use crate::config::TransportKind;
+use crate::model::TransportKind;
 use crate::protocol::QoS;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,71 +17,7 @@ use tokio::sync::broadcast;
 /// Events held for receivers; older ones are overwritten (the receiver is told how many).
 pub const EVENT_CAPACITY: usize = 1024;
 
-/// Why a client's connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DisconnectReason {
-    /// The client sent DISCONNECT.
-    Disconnect,
-    /// The client closed the socket without DISCONNECT.
-    PeerClosed,
-    /// Nothing received for 1.5 × keep-alive [MQTT-3.1.2-24].
-    KeepAlive,
-    /// A protocol violation.
-    ProtocolError,
-    /// A resource limit closed it (topic too long or too deep).
-    Policy,
-    /// Another connection with the same client id took the session over [MQTT-3.1.4-2].
-    TakenOver,
-    /// An operator disconnected it through the admin API.
-    Admin,
-    /// The broker is shutting down.
-    Shutdown,
-    /// Its listener was removed by a reload with `drain: true`.
-    ListenerRemoved,
-    /// A reload revoked its credentials.
-    Revoked,
-    /// A socket error.
-    IoError,
-}
-
-impl DisconnectReason {
-    /// Every reason, in metrics order.
-    pub const ALL: [DisconnectReason; 11] = [
-        DisconnectReason::Disconnect,
-        DisconnectReason::PeerClosed,
-        DisconnectReason::KeepAlive,
-        DisconnectReason::ProtocolError,
-        DisconnectReason::Policy,
-        DisconnectReason::TakenOver,
-        DisconnectReason::Admin,
-        DisconnectReason::Shutdown,
-        DisconnectReason::ListenerRemoved,
-        DisconnectReason::Revoked,
-        DisconnectReason::IoError,
-    ];
-
-    /// The label used in logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DisconnectReason::Disconnect => "disconnect",
-            DisconnectReason::PeerClosed => "peer_closed",
-            DisconnectReason::KeepAlive => "keep_alive",
-            DisconnectReason::ProtocolError => "protocol_error",
-            DisconnectReason::Policy => "policy",
-            DisconnectReason::TakenOver => "taken_over",
-            DisconnectReason::Admin => "admin",
-            DisconnectReason::Shutdown => "shutdown",
-            DisconnectReason::ListenerRemoved => "listener_removed",
-            DisconnectReason::Revoked => "revoked",
-            DisconnectReason::IoError => "io_error",
-        }
-    }
-
-    /// Position in [`DisconnectReason::ALL`] (and in the metrics counter array).
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
+pub use crate::model::DisconnectReason;
 
 /// Something that happened in the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]

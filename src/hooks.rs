@@ -7,31 +7,11 @@
 //! Calls are synchronous and bounded (plugins run under a per-call time limit), so they
 //! never hold a lock that another connection needs.
 
-use crate::config::TransportKind;
-use crate::protocol::{ConnectReturnCode, ProtocolLevel, QoS};
-use crate::routing::Message;
+pub use crate::model::ClientInfo;
+use crate::model::Message;
+use crate::protocol::{ConnectReturnCode, QoS};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
-
-/// What the broker knows about a connected client, handed to every hook.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientInfo {
-    /// Client identifier (assigned by the broker when the client sent an empty one).
-    pub client_id: Arc<str>,
-    /// User name from CONNECT, or the TLS certificate identity when configured so.
-    pub username: Option<String>,
-    /// Remote address.
-    pub peer: SocketAddr,
-    /// Transport the client came in on.
-    pub transport: TransportKind,
-    /// Subject common name of a verified TLS client certificate.
-    pub tls_identity: Option<String>,
-    /// Protocol revision.
-    pub protocol: ProtocolLevel,
-    /// Clean session flag.
-    pub clean_session: bool,
-}
 
 /// Credentials presented in CONNECT.
 #[derive(Debug, Clone, Copy)]
@@ -405,6 +385,8 @@ impl SecurityChain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::TransportKind;
+    use crate::protocol::ProtocolLevel;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     /// Allows everything but `secret/...`, counting calls; `fail` makes it answer as a failed

@@ -1,23 +1,32 @@
 //! mqtt-broker: an MQTT 3.1.1 broker for IoT fleets.
 //!
-//! Layers, each in its own module: [`protocol`] (codec, no I/O), [`transport`]
-//! (listeners), [`session`] (sans-IO session state), [`routing`] (topic trie, retained
-//! messages), [`config`], [`metrics`], and [`broker`] which wires them; [`connection`]
-//! is the async shell that moves bytes between a socket and a session. Operations:
-//! [`admin`] (the HTTP admin API), [`events`] (typed events for embedders), and the
-//! crate-internal `ops` (readiness, client registry, graceful shutdown) and `limits`.
+//! Layers, lowest first (a module imports only modules above it in this list; no cycles):
+//! - leaves: [`protocol`] (codec, no I/O), [`model`] (message, client info, close reasons);
+//! - schema and plumbing: [`config`] (the YAML schema only), [`events`], [`metrics`]
+//!   (counters), `limits`, [`logging`];
+//! - state machines and stores: [`session`] (one client's session), [`routing`] (topic trie,
+//!   retained store), [`storage`];
+//! - security: [`hooks`] (the traits and chain), [`auth`] (password and ACL files),
+//!   [`plugins`] (the Wasm host);
+//! - [`core`]: the runtime, session registry, routing seam and the sans-IO protocol engine;
+//! - [`connection`]: the async shell between a socket and the engine; [`transport`]: TCP,
+//!   TLS and WebSocket listeners;
+//! - [`admin`]: the operator surfaces (HTTP API, Prometheus, `$SYS`, the config watcher),
+//!   reaching the broker only through `core::control::Control`;
+//! - [`broker`]: the server that wires them, and the embedding API.
 
 pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod config;
 pub(crate) mod connection;
+pub mod core;
 pub mod events;
 pub mod hooks;
 pub(crate) mod limits;
 pub mod logging;
 pub mod metrics;
-pub(crate) mod ops;
+pub mod model;
 pub mod plugins;
 pub mod protocol;
 pub mod routing;

@@ -6,10 +6,19 @@
 //! optional bearer token (`admin.token_file`, re-read on every reload) protects every
 //! endpoint except the probes, which orchestrators call without credentials.
 
-mod routes;
+//!
+//! Also here, because they are the other operator surfaces and reach the broker the same
+//! way: the Prometheus rendering ([`prometheus`]), the `$SYS` topics ([`sys`]) and the
+//! config watcher ([`watch`]). All of them hold an `Arc<dyn Control>`
+//! ([`crate::core::control`]) and never import the server module that wires them.
 
-use crate::broker::{BrokerError, Shared};
-use crate::config::{AdminConfig, ConfigError};
+pub mod prometheus;
+mod routes;
+pub(crate) mod sys;
+pub mod watch;
+
+use crate::config::AdminConfig;
+use crate::core::control::Control;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::server::conn::http1;
@@ -21,62 +30,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{debug, error, info, warn};
 
-/// The admin API's bearer token; its `Debug` output never shows it.
-#[derive(Clone)]
-pub struct Token(Arc<str>);
-
-impl Token {
-    /// The secret itself, for the comparison.
-    pub(crate) fn secret(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
-}
-
-/// Reads the admin bearer token: the first line of `admin.token_file`, trimmed.
-pub(crate) fn load_token(cfg: &AdminConfig) -> Result<Option<Token>, ConfigError> {
-    let Some(path) = &cfg.token_file else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let token = text.lines().next().unwrap_or("").trim();
-    if token.is_empty() {
-        return Err(ConfigError::Invalid {
-            path: path.clone(),
-            key: "admin.token_file".into(),
-            reason: "the file is empty; its first line must be the token".into(),
-        });
-    }
-    Ok(Some(Token(Arc::from(token))))
-}
-
-/// Refuses a reload that changes where the admin listener runs: it is bound once at start
-/// (the token file, in contrast, is re-read by every reload).
-pub(crate) fn check_reload(current: &AdminConfig, new: &AdminConfig) -> Result<(), BrokerError> {
-    if current.enabled != new.enabled {
-        return Err(BrokerError::NotReloadable("admin.enabled"));
-    }
-    if current.bind != new.bind {
-        return Err(BrokerError::NotReloadable("admin.bind"));
-    }
-    Ok(())
-}
-
 /// Binds the admin listener (when enabled) and serves it until the broker has shut down.
 ///
 /// A bind failure is logged at error level but does not stop the broker: devices keep
 /// their MQTT service when, say, another process holds the metrics port.
 /// `BrokerHandle::admin_addr()` is then `None`.
-pub(crate) async fn start(shared: &Arc<Shared>) {
-    let cfg = shared.runtime.load().config.admin.clone();
+pub(crate) async fn start(control: Arc<dyn Control>) {
+    let cfg: AdminConfig = control.runtime().config.admin.clone();
     if !cfg.enabled {
         return;
     }
@@ -88,13 +48,13 @@ pub(crate) async fn start(shared: &Arc<Shared>) {
         }
     };
     let addr = listener.local_addr().unwrap_or(cfg.bind);
-    *shared.ops.admin_addr.lock() = Some(addr);
+    control.set_admin_addr(addr);
     info!(%addr, token = cfg.token_file.is_some(), "admin API listening");
-    tokio::spawn(accept_loop(listener, shared.clone()));
+    tokio::spawn(accept_loop(listener, control));
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let stop = shared.ops.stop.clone();
+async fn accept_loop(listener: TcpListener, control: Arc<dyn Control>) {
+    let stop = control.stopped();
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -108,12 +68,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 }
             },
         };
-        let shared = shared.clone();
+        let control = control.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(routes::handle(&shared, req).await) }
+                let control = control.clone();
+                async move { Ok::<_, Infallible>(routes::handle(&control, req).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -1,7 +1,7 @@
 //! The admin API's routes: what each endpoint answers, and the bearer-token check.
 
 use super::Body;
-use crate::broker::{BrokerHandle, Shared};
+use crate::core::control::Control;
 use crate::metrics::Counters;
 use bytes::Bytes;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -17,20 +17,16 @@ const MAX_PAGE: usize = 1000;
 const DEFAULT_PAGE: usize = 100;
 
 /// Answers one request.
-pub(super) async fn handle<B>(shared: &Arc<Shared>, req: Request<B>) -> Response<Body> {
+pub(super) async fn handle<B>(control: &Arc<dyn Control>, req: Request<B>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     // Probes are unauthenticated: orchestrators call them without credentials.
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            return if shared.ops.is_ready() {
+            return if control.is_ready() {
                 text(StatusCode::OK, "ready\n")
-            } else if shared
-                .ops
-                .draining
-                .load(std::sync::atomic::Ordering::Relaxed)
-            {
+            } else if control.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
@@ -38,7 +34,7 @@ pub(super) async fn handle<B>(shared: &Arc<Shared>, req: Request<B>) -> Response
         }
         _ => {}
     }
-    let token = shared.runtime.load().admin_token.clone();
+    let token = control.runtime().admin_token.clone();
     if let Some(token) = token {
         if !authorized(&req, token.secret()) {
             let mut r = json(
@@ -55,8 +51,8 @@ pub(super) async fn handle<B>(shared: &Arc<Shared>, req: Request<B>) -> Response
     let query = req.uri().query().unwrap_or("").to_owned();
     match (&method, path.as_str()) {
         (&Method::GET, "/metrics") => {
-            let mut r = Response::new(Body::new(Bytes::from(crate::metrics::prometheus::render(
-                shared,
+            let mut r = Response::new(Body::new(Bytes::from(super::prometheus::render(
+                control.as_ref(),
             ))));
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -64,8 +60,8 @@ pub(super) async fn handle<B>(shared: &Arc<Shared>, req: Request<B>) -> Response
             );
             r
         }
-        (&Method::GET, "/api/v1/stats") => json(StatusCode::OK, &shared.stats()),
-        (&Method::GET, "/api/v1/clients") => clients(shared, &query),
+        (&Method::GET, "/api/v1/stats") => json(StatusCode::OK, &control.stats()),
+        (&Method::GET, "/api/v1/clients") => clients(control.as_ref(), &query),
         (&Method::DELETE, p) if p.starts_with("/api/v1/clients/") => {
             let raw = &p["/api/v1/clients/".len()..];
             let Some(id) = percent_decode(raw) else {
@@ -74,7 +70,7 @@ pub(super) async fn handle<B>(shared: &Arc<Shared>, req: Request<B>) -> Response
                     &serde_json::json!({"error": "malformed percent-encoding in the client id"}),
                 );
             };
-            let n = shared.ops.kick(&id);
+            let n = control.disconnect(&id);
             if n == 0 {
                 json(
                     StatusCode::NOT_FOUND,
@@ -88,10 +84,8 @@ pub(super) async fn handle<B>(shared: &Arc<Shared>, req: Request<B>) -> Response
                 )
             }
         }
-        (&Method::POST, "/api/v1/reload") => reload(shared).await,
-        (&Method::GET, "/api/v1/reload") => {
-            json(StatusCode::OK, &shared.last_reload.lock().clone())
-        }
+        (&Method::POST, "/api/v1/reload") => reload(control.as_ref()).await,
+        (&Method::GET, "/api/v1/reload") => json(StatusCode::OK, &control.last_reload()),
         (_, "/metrics" | "/api/v1/stats" | "/api/v1/clients" | "/api/v1/reload")
         | (_, "/healthz" | "/readyz") => json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -123,18 +117,16 @@ fn authorized<B>(req: &Request<B>, token: &str) -> bool {
 }
 
 /// `POST /api/v1/reload`: re-reads the config file the broker was started from.
-async fn reload(shared: &Arc<Shared>) -> Response<Body> {
-    let path = shared.ops.config_path.lock().clone();
-    let Some(path) = path else {
+async fn reload(control: &dyn Control) -> Response<Body> {
+    let Some(path) = control.config_path() else {
         return json(
             StatusCode::CONFLICT,
             &serde_json::json!({"error": "the broker was not started from a config file; nothing to re-read"}),
         );
     };
     info!(path = %path.display(), "reload requested through the admin API");
-    let handle = BrokerHandle::from_shared(shared.clone());
-    let result = handle.reload_from_file(&path).await;
-    let status = handle.last_reload();
+    let result = control.reload_from_file(&path).await;
+    let status = control.last_reload();
     let code = if result.is_ok() {
         StatusCode::OK
     } else {
@@ -143,24 +135,8 @@ async fn reload(shared: &Arc<Shared>) -> Response<Body> {
     json(code, &status)
 }
 
-/// One connected client in `GET /api/v1/clients`.
-#[derive(Serialize)]
-struct ClientView {
-    id: String,
-    address: String,
-    transport: &'static str,
-    username: Option<String>,
-    clean_session: bool,
-    /// Milliseconds since the Unix epoch.
-    connected_since: u64,
-    subscriptions: usize,
-    queue_depth: usize,
-    queued_bytes: usize,
-    inflight: usize,
-}
-
 /// `GET /api/v1/clients?offset=N&limit=M`: connected clients in connection order.
-fn clients(shared: &Shared, query: &str) -> Response<Body> {
+fn clients(control: &dyn Control, query: &str) -> Response<Body> {
     let mut offset = 0usize;
     let mut limit = DEFAULT_PAGE;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -178,38 +154,7 @@ fn clients(shared: &Shared, query: &str) -> Response<Body> {
             _ => {}
         }
     }
-    // Copy the page out first: session locks are never taken under the registry lock.
-    let (total, page) = {
-        let clients = shared.ops.clients.lock();
-        let page: Vec<_> = clients
-            .values()
-            .skip(offset)
-            .take(limit)
-            .map(|r| (r.client.clone(), r.since, r.entry.clone()))
-            .collect();
-        (clients.len(), page)
-    };
-    let views: Vec<ClientView> = page
-        .into_iter()
-        .map(|(client, since, entry)| {
-            let state = entry.state.lock();
-            ClientView {
-                id: client.client_id.to_string(),
-                address: client.peer.to_string(),
-                transport: client.transport.as_str(),
-                username: client.username.clone(),
-                clean_session: client.clean_session,
-                connected_since: since
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0),
-                subscriptions: state.subscriptions.len(),
-                queue_depth: state.queued(),
-                queued_bytes: state.queued_bytes(),
-                inflight: state.inflight().count(),
-            }
-        })
-        .collect();
+    let (total, views) = control.clients(offset, limit);
     json(
         StatusCode::OK,
         &serde_json::json!({
@@ -217,7 +162,7 @@ fn clients(shared: &Shared, query: &str) -> Response<Body> {
             "offset": offset,
             "limit": limit,
             "clients": views,
-            "connections": Counters::get(&shared.counters.connections),
+            "connections": Counters::get(&control.counters().connections),
         }),
     )
 }

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use crate::config::security::{AclDefault, AclRule, Effect, RuleScope};
 use crate::protocol::topic::{filter_matches, validate_topic_filter, validate_topic_name};
 
 /// Kind of access asked for in an ACL file check.
@@ -466,16 +467,6 @@ impl AclFile {
 // Inline YAML rules
 // ---------------------------------------------------------------------------------------------
 
-/// What the broker does when no rule decides (`security.acl_default` or similar).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AclDefault {
-    /// Allow what no rule denies.
-    Allow,
-    /// Deny what no rule allows.
-    Deny,
-}
-
 /// Operation being checked against inline rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
@@ -485,142 +476,37 @@ pub enum Action {
     Subscribe,
 }
 
-/// Operations an inline rule covers (`allow: publish|subscribe|all`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RuleScope {
-    /// Publishing only.
-    Publish,
-    /// Subscribing and receiving only.
-    Subscribe,
-    /// Both.
-    All,
+/// Whether rules of `scope` apply to `action`.
+fn scope_covers(scope: RuleScope, action: Action) -> bool {
+    matches!(
+        (scope, action),
+        (RuleScope::All, _)
+            | (RuleScope::Publish, Action::Publish)
+            | (RuleScope::Subscribe, Action::Subscribe)
+    )
 }
 
-impl RuleScope {
-    fn covers(self, action: Action) -> bool {
-        matches!(
-            (self, action),
-            (Self::All, _)
-                | (Self::Publish, Action::Publish)
-                | (Self::Subscribe, Action::Subscribe)
-        )
-    }
+/// Whether a rule is meant for this client (its `user` and `client_id` conditions).
+fn rule_applies_to(rule: &AclRule, username: Option<&str>, client_id: &str) -> bool {
+    let user_ok = match &rule.user {
+        Some(u) => username == Some(u.as_str()),
+        None => true,
+    };
+    let client_ok = match &rule.client_id {
+        Some(c) => c == client_id,
+        None => true,
+    };
+    user_ok && client_ok
 }
 
-/// Whether an inline rule grants or refuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Effect {
-    /// The rule was written `allow: ...`.
-    Allow,
-    /// The rule was written `deny: ...`.
-    Deny,
-}
-
-/// One inline rule: `{allow|deny: publish|subscribe|all, topic: FILTER, user?: NAME, client_id?: ID}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "RawRule", into = "RawRule")]
-pub struct AclRule {
-    /// Allow or deny.
-    pub effect: Effect,
-    /// Which operations the rule covers.
-    pub scope: RuleScope,
-    /// Topic filter; whole levels `%c` and `%u` stand for the client id and username.
-    pub topic: String,
-    /// Only for this username (never for anonymous clients) when set.
-    pub user: Option<String>,
-    /// Only for this client id when set.
-    pub client_id: Option<String>,
-}
-
-/// The YAML shape of [`AclRule`]; kept separate so that the either-allow-or-deny rule and topic
-/// validity are checked at load time with a message naming the mistake.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    allow: Option<RuleScope>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    deny: Option<RuleScope>,
-    topic: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    user: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    client_id: Option<String>,
-}
-
-impl TryFrom<RawRule> for AclRule {
-    type Error = String;
-
-    fn try_from(raw: RawRule) -> Result<Self, String> {
-        let (effect, scope) = match (raw.allow, raw.deny) {
-            (Some(s), None) => (Effect::Allow, s),
-            (None, Some(s)) => (Effect::Deny, s),
-            (Some(_), Some(_)) => {
-                return Err(
-                    "an ACL rule must have exactly one of `allow` or `deny`, not both".into(),
-                )
-            }
-            (None, None) => return Err(
-                "an ACL rule needs `allow: publish|subscribe|all` or `deny: publish|subscribe|all`"
-                    .into(),
-            ),
-        };
-        validate_topic_filter(&raw.topic)
-            .map_err(|e| format!("invalid ACL topic filter `{}`: {e}", raw.topic))?;
-        if raw.user.as_deref() == Some("") {
-            return Err("ACL rule `user` must not be empty".into());
-        }
-        if raw.client_id.as_deref() == Some("") {
-            return Err("ACL rule `client_id` must not be empty".into());
-        }
-        Ok(AclRule {
-            effect,
-            scope,
-            topic: raw.topic,
-            user: raw.user,
-            client_id: raw.client_id,
-        })
-    }
-}
-
-impl From<AclRule> for RawRule {
-    fn from(r: AclRule) -> Self {
-        let (allow, deny) = match r.effect {
-            Effect::Allow => (Some(r.scope), None),
-            Effect::Deny => (None, Some(r.scope)),
-        };
-        RawRule {
-            allow,
-            deny,
-            topic: r.topic,
-            user: r.user,
-            client_id: r.client_id,
-        }
-    }
-}
-
-impl AclRule {
-    fn applies_to(&self, username: Option<&str>, client_id: &str) -> bool {
-        let user_ok = match &self.user {
-            Some(u) => username == Some(u.as_str()),
-            None => true,
-        };
-        let client_ok = match &self.client_id {
-            Some(c) => c == client_id,
-            None => true,
-        };
-        user_ok && client_ok
-    }
-
-    fn target<'a>(&'a self, username: Option<&str>, client_id: &str) -> Target<'a> {
-        substitute(
-            &self.topic,
-            username,
-            client_id,
-            self.effect == Effect::Deny,
-        )
-    }
+/// The rule's topic filter with `%c` / `%u` substituted for this client.
+fn rule_target<'a>(rule: &'a AclRule, username: Option<&str>, client_id: &str) -> Target<'a> {
+    substitute(
+        &rule.topic,
+        username,
+        client_id,
+        rule.effect == Effect::Deny,
+    )
 }
 
 /// Ordered inline rules; the first rule that matches decides.
@@ -668,8 +554,8 @@ impl InlineAcl {
         }
         self.rules
             .iter()
-            .filter(|r| r.scope.covers(action) && r.applies_to(username, client_id))
-            .find(|r| r.target(username, client_id).matches_name(topic))
+            .filter(|r| scope_covers(r.scope, action) && rule_applies_to(r, username, client_id))
+            .find(|r| rule_target(r, username, client_id).matches_name(topic))
             .map(|r| r.effect == Effect::Allow)
     }
 
@@ -694,10 +580,12 @@ impl InlineAcl {
             return Some(false);
         }
         for rule in &self.rules {
-            if !rule.scope.covers(Action::Subscribe) || !rule.applies_to(username, client_id) {
+            if !scope_covers(rule.scope, Action::Subscribe)
+                || !rule_applies_to(rule, username, client_id)
+            {
                 continue;
             }
-            let target = rule.target(username, client_id);
+            let target = rule_target(rule, username, client_id);
             match rule.effect {
                 Effect::Allow if target.overlaps(filter) => return Some(true),
                 Effect::Deny if target.contains(filter) => return Some(false),

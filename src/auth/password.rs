@@ -17,8 +17,6 @@ use std::path::{Path, PathBuf};
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha512};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
@@ -32,9 +30,7 @@ pub const SALT_LEN: usize = 12;
 /// Length of a SHA-512 digest, the only hash length either format stores.
 const HASH_LEN: usize = 64;
 
-/// Told to anyone who puts a plaintext `password` into the configuration.
-pub const PLAINTEXT_REJECTED: &str = "plaintext passwords are not accepted; generate a hash with \
-     `mqtt-broker passwd FILE USER` or `mosquitto_passwd`";
+pub use crate::config::security::{UserConfig, PLAINTEXT_REJECTED};
 
 /// Mosquitto writes padded base64, but hand-made files sometimes drop the padding; OpenSSL,
 /// which Mosquitto decodes with, does not care either way, so neither do we.
@@ -337,7 +333,7 @@ impl PasswordFile {
     pub fn from_users(users: &[UserConfig]) -> Result<Self, AuthError> {
         let mut map = HashMap::new();
         for u in users {
-            let hash = u.validate()?;
+            let hash = validate_user(u)?;
             if map.insert(u.username.clone(), hash).is_some() {
                 return Err(AuthError::InvalidUser {
                     username: u.username.clone(),
@@ -455,89 +451,14 @@ fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// A user given inline in the configuration (`security.users: [{username, password_hash}]`).
-///
-/// Deserialization refuses unknown keys, and refuses a `password` key with a message saying
-/// how to produce a hash, so plaintext never silently ends up in a config file.
-#[derive(Clone, PartialEq, Eq, Serialize)]
-pub struct UserConfig {
-    /// Login name.
-    pub username: String,
-    /// `$7$...` or `$6$...` as written by `mosquitto_passwd` or `mqtt-broker passwd`.
-    pub password_hash: String,
-}
-
-impl fmt::Debug for UserConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UserConfig")
-            .field("username", &self.username)
-            .field("password_hash", &"<redacted>")
-            .finish()
-    }
-}
-
-impl UserConfig {
-    /// Checks the username and parses the hash.
-    pub fn validate(&self) -> Result<PasswordHash, AuthError> {
-        let invalid = |reason: String| AuthError::InvalidUser {
-            username: self.username.clone(),
-            reason,
-        };
-        check_username(&self.username).map_err(|r| invalid(r.to_string()))?;
-        PasswordHash::parse(&self.password_hash).map_err(|e| invalid(e.to_string()))
-    }
-}
-
-// Hand-written instead of derived so that a `password` key gets its own explanatory error
-// (a derived `deny_unknown_fields` would only say "unknown field").
-impl<'de> Deserialize<'de> for UserConfig {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        const FIELDS: &[&str] = &["username", "password_hash"];
-
-        struct UserVisitor;
-
-        impl<'de> Visitor<'de> for UserVisitor {
-            type Value = UserConfig;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a user with `username` and `password_hash`")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UserConfig, A::Error> {
-                let mut username: Option<String> = None;
-                let mut password_hash: Option<String> = None;
-                while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "username" => {
-                            if username.is_some() {
-                                return Err(de::Error::duplicate_field("username"));
-                            }
-                            username = Some(map.next_value()?);
-                        }
-                        "password_hash" => {
-                            if password_hash.is_some() {
-                                return Err(de::Error::duplicate_field("password_hash"));
-                            }
-                            password_hash = Some(map.next_value()?);
-                        }
-                        "password" => {
-                            // Consume the value without keeping the plaintext anywhere.
-                            let _: IgnoredAny = map.next_value()?;
-                            return Err(de::Error::custom(PLAINTEXT_REJECTED));
-                        }
-                        other => return Err(de::Error::unknown_field(other, FIELDS)),
-                    }
-                }
-                Ok(UserConfig {
-                    username: username.ok_or_else(|| de::Error::missing_field("username"))?,
-                    password_hash: password_hash
-                        .ok_or_else(|| de::Error::missing_field("password_hash"))?,
-                })
-            }
-        }
-
-        deserializer.deserialize_struct("UserConfig", FIELDS, UserVisitor)
-    }
+/// Checks an inline user's name and parses its hash (`security.users`).
+pub fn validate_user(user: &UserConfig) -> Result<PasswordHash, AuthError> {
+    let invalid = |reason: String| AuthError::InvalidUser {
+        username: user.username.clone(),
+        reason,
+    };
+    check_username(&user.username).map_err(|r| invalid(r.to_string()))?;
+    PasswordHash::parse(&user.password_hash).map_err(|e| invalid(e.to_string()))
 }
 
 #[cfg(test)]
@@ -777,7 +698,7 @@ carol:$6$f6917AIlLAi3lt4F$ZMgHNywtdZdxogyR68gINjcprG5Lt9duVi/2EjjKqXbgXCPTVw4xpG
             username: "alice".into(),
             password_hash: "hunter2".into(),
         };
-        let msg = bad.validate().expect_err("bad hash").to_string();
+        let msg = validate_user(&bad).expect_err("bad hash").to_string();
         assert!(
             msg.contains("user `alice`") && !msg.contains("hunter2"),
             "{msg}"

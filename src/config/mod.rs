@@ -7,11 +7,13 @@
 
 mod duration;
 mod ops;
-pub mod watch;
+pub mod plugins;
+pub mod security;
 
 pub use duration::{parse_duration, ConfigDuration};
+pub use plugins::{ByteSize, OnError, PluginConfig, PluginLimits};
+pub use security::{AclDefault, AclRule, Effect, RuleScope, UserConfig};
 
-use crate::auth::{AclDefault, AclRule, UserConfig};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -70,7 +72,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Wasm plugins, in call order (after the built-in password/ACL checks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub plugins: Vec<crate::plugins::PluginConfig>,
+    pub plugins: Vec<PluginConfig>,
 }
 
 /// `server:` section (the seed's `server`).
@@ -115,42 +117,7 @@ impl Default for ServerConfig {
     }
 }
 
-/// Transport protocol of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum TransportKind {
-    /// Plain TCP.
-    #[default]
-    Tcp,
-    /// MQTT over TLS.
-    Tls,
-    /// MQTT over WebSocket.
-    Ws,
-    /// MQTT over WebSocket over TLS.
-    Wss,
-}
-
-impl TransportKind {
-    /// Lower-case name used in logs and stats.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TransportKind::Tcp => "tcp",
-            TransportKind::Tls => "tls",
-            TransportKind::Ws => "ws",
-            TransportKind::Wss => "wss",
-        }
-    }
-
-    /// Whether the listener terminates TLS.
-    pub fn is_tls(self) -> bool {
-        matches!(self, TransportKind::Tls | TransportKind::Wss)
-    }
-
-    /// Whether the listener speaks WebSocket.
-    pub fn is_websocket(self) -> bool {
-        matches!(self, TransportKind::Ws | TransportKind::Wss)
-    }
-}
+pub use crate::model::TransportKind;
 
 fn default_ws_path() -> String {
     "/mqtt".into()
@@ -347,7 +314,7 @@ pub struct PersistenceConfig {
     #[serde(alias = "retainedMessageLimit")]
     pub retained_message_limit: usize,
     /// Memory the file store may use to cache its pages (`file` only).
-    pub cache_size: crate::plugins::ByteSize,
+    pub cache_size: ByteSize,
 }
 
 impl Default for PersistenceConfig {
@@ -360,22 +327,13 @@ impl Default for PersistenceConfig {
             sync_interval: ConfigDuration::millis(100),
             session_expiry: ConfigDuration::secs(7 * 86_400),
             retained_message_limit: 100_000,
-            cache_size: crate::plugins::ByteSize(crate::storage::file::DEFAULT_CACHE_SIZE),
+            cache_size: ByteSize(DEFAULT_STORE_CACHE_SIZE),
         }
     }
 }
 
-impl PersistenceConfig {
-    /// The writer's sync mode.
-    pub fn sync_mode(&self) -> crate::storage::writer::SyncMode {
-        use crate::storage::writer::SyncMode;
-        match self.sync {
-            SyncPolicy::Always => SyncMode::Always,
-            SyncPolicy::Interval => SyncMode::Interval(self.sync_interval.get()),
-            SyncPolicy::Never => SyncMode::Never,
-        }
-    }
-}
+/// Default `persistence.cache_size`: the file store's page cache.
+pub const DEFAULT_STORE_CACHE_SIZE: u64 = 256 * 1024 * 1024;
 
 /// `performance:` section (the seed's `performance`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -634,18 +592,13 @@ impl Config {
                 );
             }
         }
-        for (i, u) in self.security.users.iter().enumerate() {
-            if let Err(e) = u.validate() {
-                return invalid(&format!("security.users[{i}]"), &e.to_string());
-            }
-        }
         if self.security.auth_failure_max_delay < self.security.auth_failure_delay {
             return invalid(
                 "security.auth_failure_max_delay",
                 "must not be smaller than auth_failure_delay",
             );
         }
-        if let Err((key, reason)) = crate::plugins::config::validate_all(&self.plugins) {
+        if let Err((key, reason)) = plugins::validate_all(&self.plugins) {
             return invalid(&key, &reason);
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

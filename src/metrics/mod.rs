@@ -1,10 +1,11 @@
 //! Counters the broker keeps about itself, and the snapshot `BrokerHandle::stats()` returns.
 //!
+//! Owns the counter and histogram types only; rendering them (Prometheus, `$SYS`) is the
+//! operator surfaces' job in `crate::admin`, so this module imports nothing above `events`.
+//!
 //! Counters are relaxed atomics: cheap on the hot path, exact enough for monitoring.
 
 pub mod ops;
-pub mod prometheus;
-pub mod sys;
 
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};

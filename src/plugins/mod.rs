@@ -9,12 +9,13 @@
 //! plugin's `on_error` and its instance replaced.
 
 pub mod bindings;
-pub mod config;
 pub mod host;
 pub mod plugin;
 pub mod version;
 
-pub use config::{ByteSize, OnError, PluginConfig, PluginLimits};
+/// The `plugins:` config schema lives with the rest of the config.
+pub use crate::config::plugins as config;
+pub use crate::config::plugins::{ByteSize, OnError, PluginConfig, PluginLimits};
 pub use host::{ArtifactSource, EngineSettings, OptLevel, PluginHost};
 pub use plugin::{PluginStats, WasmPlugin};
 

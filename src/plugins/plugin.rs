@@ -10,7 +10,7 @@ use crate::hooks::{
     AclRequest, AuthOutcome, Authenticator, Authorizer, ClientInfo, Credentials, Decision,
     DenyReason, TransformAction, TransformResult, Transformer,
 };
-use crate::routing::Message;
+use crate::model::Message;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::VecDeque;

@@ -56,6 +56,16 @@ pub fn peek_header(buf: &[u8]) -> Result<Option<FrameHeader>, ProtocolError> {
     Err(ProtocolError::MalformedRemainingLength)
 }
 
+/// Checks the first byte a client sends: it must start a CONNECT, whose fixed header byte
+/// is exactly 0x10 (type 1, flags 0) [MQTT-3.1.0-1], [MQTT-2.2.2-2]. Lets a server close
+/// a peer that does not speak MQTT at once instead of waiting for a whole "packet".
+pub fn check_first_byte(buf: &[u8]) -> Result<(), ProtocolError> {
+    match buf.first() {
+        Some(&b) if b != 0x10 => Err(ProtocolError::NotConnect(b)),
+        _ => Ok(()),
+    }
+}
+
 /// Decodes one packet from the front of `buf`, removing its bytes.
 ///
 /// Returns `Ok(None)` when more bytes are needed. A packet larger than `max_packet_size`
@@ -516,6 +526,21 @@ pub fn encode(packet: &Packet, out: &mut BytesMut) {
         Packet::PingReq => out.put_slice(&[0xc0, 0]),
         Packet::PingResp => out.put_slice(&[0xd0, 0]),
         Packet::Disconnect => out.put_slice(&[0xe0, 0]),
+    }
+}
+
+#[cfg(test)]
+mod first_byte_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_connect_header_may_come_first_mqtt_3_1_0_1() {
+        assert_eq!(check_first_byte(b""), Ok(()));
+        assert_eq!(check_first_byte(&[0x10, 0x0c]), Ok(()));
+        // HTTP, a TLS ClientHello, a PUBLISH, a CONNECT with reserved flags set.
+        for b in [b'G', 0x16, 0x30, 0x12] {
+            assert_eq!(check_first_byte(&[b]), Err(ProtocolError::NotConnect(b)));
+        }
     }
 }
 

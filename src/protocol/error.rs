@@ -55,6 +55,10 @@ pub enum ProtocolError {
     /// Bytes left over after the packet body was parsed.
     #[error("unexpected bytes after {0} body")]
     TrailingBytes(&'static str),
+    /// The first byte a client sent is not a CONNECT fixed header [MQTT-3.1.0-1] (an HTTP
+    /// request or a TLS ClientHello on the plain MQTT port, say).
+    #[error("first byte {0:#04x} is not a CONNECT fixed header: not MQTT [MQTT-3.1.0-1]")]
+    NotConnect(u8),
     /// Any other specific violation.
     #[error("{0}")]
     Malformed(&'static str),

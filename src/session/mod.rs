@@ -3,4 +3,4 @@
 
 pub mod state;
 
-pub use state::{DropReason, InboundQos2, Session, SessionLimits};
+pub use state::{DropReason, InboundQos2, Session, SessionLimits, WrongAck};

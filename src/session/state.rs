@@ -5,8 +5,8 @@
 //! outbound inflight window and the inbound QoS 2 packet ids awaiting PUBREL. It never
 //! touches a socket, a clock or another session, so it can be property-tested and stored.
 
+use crate::model::Message;
 use crate::protocol::{Packet, QoS};
-use crate::routing::Message;
 use crate::storage::{StorageOp, StoredMessage};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -35,16 +35,7 @@ impl Default for SessionLimits {
     }
 }
 
-/// Where an outbound QoS 1/2 message is in its acknowledgement flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutboundState {
-    /// QoS 1: PUBLISH sent, waiting for PUBACK.
-    AwaitPubAck,
-    /// QoS 2: PUBLISH sent, waiting for PUBREC.
-    AwaitPubRec,
-    /// QoS 2: PUBREL sent, waiting for PUBCOMP.
-    AwaitPubComp,
-}
+pub use crate::model::OutboundState;
 
 /// One outbound message in the inflight window.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +59,34 @@ pub enum DropReason {
     Qos0Offline,
     /// The queued payload bytes would exceed `queue_bytes_limit`.
     QueueBytesFull,
+}
+
+/// An acknowledgement of the wrong kind for an outbound message: PUBREC or PUBCOMP for a
+/// QoS 1 delivery, PUBACK for a QoS 2 one, PUBCOMP before PUBREC. A protocol violation that
+/// closes the connection [MQTT-4.8.0-1].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrongAck {
+    /// The packet id it named.
+    pub pid: u16,
+    /// The packet the client sent.
+    pub got: &'static str,
+    /// What that message was waiting for.
+    pub awaiting: OutboundState,
+}
+
+impl std::fmt::Display for WrongAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let awaiting = match self.awaiting {
+            OutboundState::AwaitPubAck => "PUBACK (QoS 1)",
+            OutboundState::AwaitPubRec => "PUBREC (QoS 2)",
+            OutboundState::AwaitPubComp => "PUBCOMP (QoS 2, after PUBREL)",
+        };
+        write!(
+            f,
+            "{} for packet id {} which awaits {awaiting} [MQTT-4.8.0-1]",
+            self.got, self.pid
+        )
+    }
 }
 
 /// Result of an inbound QoS 2 PUBLISH.
@@ -362,20 +381,39 @@ impl Session {
             .position(|f| f.pid == pid && f.state == state)
     }
 
-    /// PUBACK from the client: the QoS 1 message is delivered. Returns whether it was known.
-    pub fn puback(&mut self, pid: u16, out: &mut Vec<Packet>) -> bool {
-        let known = match self.position(pid, OutboundState::AwaitPubAck) {
-            Some(i) => self.complete(i),
-            None => false,
-        };
-        self.drain(out);
-        known
+    /// The state of the inflight message with this packet id, if any.
+    fn state_of(&self, pid: u16) -> Option<OutboundState> {
+        self.inflight.iter().find(|f| f.pid == pid).map(|f| f.state)
     }
 
-    /// PUBREC from the client: answer PUBREL [MQTT-4.3.3-1]. Returns whether it was known.
-    pub fn pubrec(&mut self, pid: u16, out: &mut Vec<Packet>) -> bool {
-        let known = match self.position(pid, OutboundState::AwaitPubRec) {
-            Some(i) => {
+    /// PUBACK from the client: the QoS 1 message is delivered. Returns whether it was known;
+    /// a PUBACK for a QoS 2 delivery is the client's protocol violation.
+    pub fn puback(&mut self, pid: u16, out: &mut Vec<Packet>) -> Result<bool, WrongAck> {
+        let known = match self.position(pid, OutboundState::AwaitPubAck) {
+            Some(i) => self.complete(i),
+            None => {
+                if let Some(awaiting) = self.state_of(pid) {
+                    return Err(WrongAck {
+                        pid,
+                        got: "PUBACK",
+                        awaiting,
+                    });
+                }
+                false
+            }
+        };
+        self.drain(out);
+        Ok(known)
+    }
+
+    /// PUBREC from the client: answer PUBREL [MQTT-4.3.3-1]. Returns whether it was known;
+    /// a PUBREC for a QoS 1 delivery is the client's protocol violation.
+    pub fn pubrec(&mut self, pid: u16, out: &mut Vec<Packet>) -> Result<bool, WrongAck> {
+        let known = match self.state_of(pid) {
+            Some(OutboundState::AwaitPubRec) => {
+                let i = self
+                    .position(pid, OutboundState::AwaitPubRec)
+                    .unwrap_or_default();
                 let f = &mut self.inflight[i];
                 // The message itself is no longer needed once the client has it.
                 f.message.payload = bytes::Bytes::new();
@@ -384,21 +422,40 @@ impl Session {
                 self.journal_put(seq, &message, Some(pid), Some(OutboundState::AwaitPubComp));
                 true
             }
-            None => self.position(pid, OutboundState::AwaitPubComp).is_some(),
+            // A repeated PUBREC (the client did not see our PUBREL): answer it again.
+            Some(OutboundState::AwaitPubComp) => true,
+            Some(awaiting @ OutboundState::AwaitPubAck) => {
+                return Err(WrongAck {
+                    pid,
+                    got: "PUBREC",
+                    awaiting,
+                })
+            }
+            None => false,
         };
         // Answer even an unknown id so that the client can finish its flow.
         out.push(Packet::PubRel(pid));
-        known
+        Ok(known)
     }
 
-    /// PUBCOMP from the client: the QoS 2 flow is complete. Returns whether it was known.
-    pub fn pubcomp(&mut self, pid: u16, out: &mut Vec<Packet>) -> bool {
+    /// PUBCOMP from the client: the QoS 2 flow is complete. Returns whether it was known;
+    /// a PUBCOMP for a QoS 1 delivery, or before PUBREC, is the client's protocol violation.
+    pub fn pubcomp(&mut self, pid: u16, out: &mut Vec<Packet>) -> Result<bool, WrongAck> {
         let known = match self.position(pid, OutboundState::AwaitPubComp) {
             Some(i) => self.complete(i),
-            None => false,
+            None => {
+                if let Some(awaiting) = self.state_of(pid) {
+                    return Err(WrongAck {
+                        pid,
+                        got: "PUBCOMP",
+                        awaiting,
+                    });
+                }
+                false
+            }
         };
         self.drain(out);
-        known
+        Ok(known)
     }
 
     /// Removes a finished inflight message.
@@ -471,7 +528,7 @@ mod tests {
         assert_eq!(publishes(&out).len(), 2, "window of 2");
         let pid2 = publishes(&out)[1].pid.unwrap();
         out.clear();
-        s.pubrec(pid2, &mut out);
+        s.pubrec(pid2, &mut out).unwrap();
         assert_eq!(out, vec![Packet::PubRel(pid2)]);
         s.disconnect();
         out.clear();
@@ -572,13 +629,17 @@ mod tests {
                         if let Some(f) = oldest {
                             let n: u32 = std::str::from_utf8(&f.message.payload).unwrap_or("0").parse().unwrap_or(u32::MAX);
                             match f.state {
-                                OutboundState::AwaitPubAck => { prop_assert!(s.puback(f.pid, &mut out)); completed.push(n); }
-                                OutboundState::AwaitPubRec => { prop_assert!(s.pubrec(f.pid, &mut out)); completed.push(n); }
-                                OutboundState::AwaitPubComp => { prop_assert!(s.pubcomp(f.pid, &mut out)); }
+                                OutboundState::AwaitPubAck => { prop_assert_eq!(s.puback(f.pid, &mut out), Ok(true)); completed.push(n); }
+                                OutboundState::AwaitPubRec => { prop_assert_eq!(s.pubrec(f.pid, &mut out), Ok(true)); completed.push(n); }
+                                OutboundState::AwaitPubComp => { prop_assert_eq!(s.pubcomp(f.pid, &mut out), Ok(true)); }
                             }
                         }
                     }
-                    Op::AckRandom(pid) => { s.puback(pid, &mut out); }
+                    Op::AckRandom(pid) => {
+                        // A PUBACK naming a QoS 2 message is refused and changes nothing.
+                        let before = s.inflight().count();
+                        if s.puback(pid, &mut out).is_err() { prop_assert_eq!(s.inflight().count(), before); }
+                    }
                     Op::Reconnect => { s.disconnect(); s.connect(&mut out); }
                 }
                 for p in publishes(&out) {

@@ -2,9 +2,9 @@
 //! format is explicit and a corrupt record is reported, never trusted.
 
 use super::{SessionRecord, StorageError, StoredMessage};
+use crate::model::Message;
+use crate::model::OutboundState;
 use crate::protocol::QoS;
-use crate::routing::Message;
-use crate::session::state::OutboundState;
 use bytes::{Buf, BufMut, Bytes};
 
 const VERSION: u8 = 1;

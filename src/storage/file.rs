@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// Default of `persistence.cache_size`, redb's page cache. redb's own default (1 GiB) would
 /// let a long-running broker's store grow towards a gigabyte of memory; a smaller cache costs
 /// some throughput with `sync: never | interval` (not with `always`, which waits for fsync).
-pub const DEFAULT_CACHE_SIZE: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_CACHE_SIZE: u64 = crate::config::DEFAULT_STORE_CACHE_SIZE;
 
 /// File name of the database inside `persistence.path`.
 pub const DB_FILE: &str = "mqtt-broker.redb";

@@ -5,7 +5,7 @@
 use super::{
     Recovered, RecoveredSession, SessionRecord, Storage, StorageError, StorageOp, StoredMessage,
 };
-use crate::routing::Message;
+use crate::model::Message;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

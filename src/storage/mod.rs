@@ -17,9 +17,9 @@ pub use file::FileStorage;
 pub use memory::MemoryStorage;
 pub use writer::StorageHandle;
 
+use crate::model::Message;
+use crate::model::OutboundState;
 use crate::protocol::QoS;
-use crate::routing::Message;
-use crate::session::state::OutboundState;
 use std::path::PathBuf;
 use std::sync::Arc;
 use thiserror::Error;

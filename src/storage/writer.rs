@@ -32,6 +32,16 @@ pub enum SyncMode {
 pub const NEVER_CHECKPOINT: Duration = Duration::from_secs(30);
 
 impl SyncMode {
+    /// The mode `persistence.sync` and `persistence.sync_interval` ask for.
+    pub fn from_config(p: &crate::config::PersistenceConfig) -> SyncMode {
+        use crate::config::SyncPolicy;
+        match p.sync {
+            SyncPolicy::Always => SyncMode::Always,
+            SyncPolicy::Interval => SyncMode::Interval(p.sync_interval.get()),
+            SyncPolicy::Never => SyncMode::Never,
+        }
+    }
+
     /// How often writes are made durable when it is not done per write.
     fn checkpoint(self) -> Option<Duration> {
         match self {

@@ -2,9 +2,11 @@
 //! removed ones stop accepting (and close their clients only when the config says
 //! `drain: true`), unchanged ones are never touched.
 
+use super::TransportError;
 use super::{accept_loop, bind};
-use crate::broker::{BrokerError, Shared};
-use crate::config::{ListenerConfig, TransportKind};
+use crate::config::ListenerConfig;
+use crate::core::Core;
+use crate::model::TransportKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -50,18 +52,14 @@ impl RunningListener {
 }
 
 /// Starts accepting on a bound socket.
-fn run_listener(
-    config: &ListenerConfig,
-    socket: TcpListener,
-    shared: &Arc<Shared>,
-) -> RunningListener {
+fn run_listener(config: &ListenerConfig, socket: TcpListener, core: &Arc<Core>) -> RunningListener {
     let name = config.display_name();
     let addr = socket.local_addr().unwrap_or(config.bind);
-    let connections = shared.shutdown.child_token();
+    let connections = core.shutdown.child_token();
     let task = tokio::spawn(accept_loop(
         socket,
         config.clone(),
-        shared.clone(),
+        core.clone(),
         connections.clone(),
     ));
     info!(listener = %name, %addr, protocol = config.protocol.as_str(), "listening");
@@ -74,8 +72,8 @@ fn run_listener(
     }
 }
 
-async fn bind_checked(config: &ListenerConfig) -> Result<TcpListener, BrokerError> {
-    bind(config).await.map_err(|source| BrokerError::Bind {
+async fn bind_checked(config: &ListenerConfig) -> Result<TcpListener, TransportError> {
+    bind(config).await.map_err(|source| TransportError::Bind {
         name: config.display_name(),
         addr: config.bind,
         source,
@@ -97,7 +95,7 @@ pub(crate) struct ListenerPlan {
 pub(crate) async fn prepare(
     running: Vec<RunningListener>,
     desired: &[ListenerConfig],
-) -> Result<ListenerPlan, (Vec<RunningListener>, BrokerError)> {
+) -> Result<ListenerPlan, (Vec<RunningListener>, TransportError)> {
     let (mut keep, gone): (Vec<_>, Vec<_>) = running
         .into_iter()
         .partition(|r| desired.iter().any(|d| r.matches(d)));
@@ -134,7 +132,7 @@ pub(crate) async fn prepare(
 /// Phase two: starts the new listeners and stops the removed ones. A listener that changes
 /// protocol on the same address can only bind once the old one is gone; if that fails the
 /// old one is restored and the failure logged.
-pub(crate) async fn commit(plan: ListenerPlan, shared: &Arc<Shared>) -> Vec<RunningListener> {
+pub(crate) async fn commit(plan: ListenerPlan, core: &Arc<Core>) -> Vec<RunningListener> {
     let ListenerPlan {
         mut keep,
         gone,
@@ -143,7 +141,7 @@ pub(crate) async fn commit(plan: ListenerPlan, shared: &Arc<Shared>) -> Vec<Runn
         desired,
     } = plan;
     for (config, socket) in bound {
-        keep.push(run_listener(&config, socket, shared));
+        keep.push(run_listener(&config, socket, core));
     }
     for g in gone {
         let replacement = rebind.iter().find(|d| d.bind == g.config.bind).cloned();
@@ -152,11 +150,11 @@ pub(crate) async fn commit(plan: ListenerPlan, shared: &Arc<Shared>) -> Vec<Runn
         g.stop(drain);
         if let Some(new) = replacement {
             match bind_checked(&new).await {
-                Ok(socket) => keep.push(run_listener(&new, socket, shared)),
+                Ok(socket) => keep.push(run_listener(&new, socket, core)),
                 Err(e) => {
                     error!(error = %e, "cannot bind the changed listener; keeping the old one");
                     if let Ok(socket) = bind_checked(&old).await {
-                        keep.push(run_listener(&old, socket, shared));
+                        keep.push(run_listener(&old, socket, core));
                     }
                 }
             }
@@ -180,10 +178,10 @@ pub(crate) fn abandon(plan: ListenerPlan) -> Vec<RunningListener> {
 /// Binds every listener of a fresh broker.
 pub(crate) async fn start_all(
     desired: &[ListenerConfig],
-    shared: &Arc<Shared>,
-) -> Result<Vec<RunningListener>, BrokerError> {
+    core: &Arc<Core>,
+) -> Result<Vec<RunningListener>, TransportError> {
     match prepare(Vec::new(), desired).await {
-        Ok(plan) => Ok(commit(plan, shared).await),
+        Ok(plan) => Ok(commit(plan, core).await),
         Err((_, e)) => Err(e),
     }
 }

@@ -8,9 +8,10 @@ pub(crate) mod listeners;
 pub mod tls;
 pub mod ws;
 
-use crate::broker::Shared;
-use crate::config::{ListenerConfig, TransportKind};
+use crate::config::ListenerConfig;
 use crate::connection::{self, ConnectionInfo};
+use crate::core::Core;
+use crate::model::TransportKind;
 use futures_util::FutureExt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,6 +42,16 @@ pub enum TransportError {
     /// A listener is configured inconsistently.
     #[error("{0}")]
     Config(String),
+    /// A listener could not be bound.
+    #[error("cannot bind listener {name} on {addr}: {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address that failed.
+        addr: SocketAddr,
+        /// Underlying error.
+        source: std::io::Error,
+    },
     /// A TLS or WebSocket handshake failed.
     #[error("{0}")]
     Handshake(String),
@@ -65,7 +76,7 @@ pub(crate) async fn bind(cfg: &ListenerConfig) -> std::io::Result<TcpListener> {
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     bound: ListenerConfig,
-    shared: Arc<Shared>,
+    core: Arc<Core>,
     connections: CancellationToken,
 ) {
     let listener_conns = Arc::new(AtomicUsize::new(0));
@@ -92,7 +103,7 @@ pub(crate) async fn accept_loop(
         if let Err(e) = stream.set_nodelay(true) {
             warn!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let runtime = shared.runtime.load();
+        let runtime = core.runtime.load();
         let cfg = runtime
             .listeners
             .get(&*name)
@@ -112,12 +123,12 @@ pub(crate) async fn accept_loop(
             cancel: connections.child_token(),
         };
         if cfg.protocol == TransportKind::Tcp {
-            spawn_guarded(peer, connection::serve(shared.clone(), stream, info));
+            spawn_guarded(peer, connection::serve(core.clone(), stream, info));
         } else {
             let span = tracing::info_span!("handshake", %peer, transport = cfg.protocol.as_str());
             spawn_guarded(
                 peer,
-                handshake(shared.clone(), cfg.clone(), name.clone(), stream, info).instrument(span),
+                handshake(core.clone(), cfg.clone(), name.clone(), stream, info).instrument(span),
             );
         }
     }
@@ -150,26 +161,26 @@ where
 
 /// Completes TLS and/or WebSocket handshakes within the connect deadline, then serves MQTT.
 async fn handshake(
-    shared: Arc<Shared>,
+    core: Arc<Core>,
     cfg: Arc<ListenerConfig>,
     name: Arc<str>,
     stream: TcpStream,
     mut info: ConnectionInfo,
 ) {
-    let max_packet = shared.runtime.load().config.server.max_packet_size;
+    let max_packet = core.runtime.load().config.server.max_packet_size;
     let deadline = info.deadline;
     let result = tokio::time::timeout_at(deadline, async {
         match cfg.protocol {
             TransportKind::Tcp => unreachable_tcp(),
             TransportKind::Ws => {
                 let ws = ws::accept(stream, &cfg.path, max_packet).await?;
-                spawn_guarded(info.peer, connection::serve(shared.clone(), ws, info));
+                spawn_guarded(info.peer, connection::serve(core.clone(), ws, info));
                 Ok(())
             }
             TransportKind::Tls | TransportKind::Wss => {
                 // The acceptor comes from the current runtime, so a reload's new certificate
                 // applies to the next handshake while established sessions continue.
-                let acceptor = shared
+                let acceptor = core
                     .runtime
                     .load()
                     .tls
@@ -185,9 +196,9 @@ async fn handshake(
                 info.tls_identity = tls::peer_identity(tls.get_ref().1);
                 if cfg.protocol == TransportKind::Wss {
                     let ws = ws::accept(tls, &cfg.path, max_packet).await?;
-                    spawn_guarded(info.peer, connection::serve(shared.clone(), ws, info));
+                    spawn_guarded(info.peer, connection::serve(core.clone(), ws, info));
                 } else {
-                    spawn_guarded(info.peer, connection::serve(shared.clone(), tls, info));
+                    spawn_guarded(info.peer, connection::serve(core.clone(), tls, info));
                 }
                 Ok(())
             }
@@ -198,7 +209,7 @@ async fn handshake(
         Ok(Ok(())) => debug!("handshake complete"),
         Ok(Err(e)) => info!(error = %e, "closing: handshake failed"),
         Err(_) => {
-            crate::metrics::Counters::inc(&shared.counters.ops.connect_timeouts);
+            crate::metrics::Counters::inc(&core.counters.ops.connect_timeouts);
             info!("closing: handshake not completed within connect_timeout")
         }
     }
@@ -222,176 +233,4 @@ pub(crate) fn tls_configs(
         .filter(|l| l.protocol.is_tls())
         .map(|l| Ok((l.display_name(), tls::server_config(l)?)))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::broker::{build_runtime, Shared};
-    use crate::config::Config;
-    use crate::metrics::Counters;
-    use crate::protocol::{encode, Connect, Packet, ProtocolLevel, QoS, Subscribe};
-    use bytes::BytesMut;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-
-    /// Delivers `input`, then panics on the next read: a stand-in for a bug anywhere below
-    /// or inside the connection task, after the session is attached.
-    struct PanickingStream {
-        input: Vec<u8>,
-    }
-
-    impl AsyncRead for PanickingStream {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            if self.input.is_empty() {
-                panic!("injected fault");
-            }
-            let n = self.input.len().min(buf.remaining());
-            buf.put_slice(&self.input[..n]);
-            self.input.drain(..n);
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    impl AsyncWrite for PanickingStream {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    fn info(port: u16) -> ConnectionInfo {
-        ConnectionInfo {
-            peer: SocketAddr::from(([127, 0, 0, 1], port)),
-            transport: TransportKind::Tcp,
-            listener: "test".into(),
-            listener_conns: Arc::new(AtomicUsize::new(0)),
-            listener_max_connections: None,
-            deadline: Instant::now() + Duration::from_secs(5),
-            tls_identity: None,
-            use_identity_as_username: false,
-            cancel: CancellationToken::new(),
-        }
-    }
-
-    fn connect_bytes(client_id: &str, clean_session: bool) -> BytesMut {
-        let mut out = BytesMut::new();
-        encode(
-            &Packet::Connect(Box::new(Connect {
-                protocol: ProtocolLevel::V311,
-                clean_session,
-                keep_alive: 0,
-                client_id: client_id.into(),
-                will: None,
-                username: None,
-                password: None,
-            })),
-            &mut out,
-        );
-        out
-    }
-
-    /// A panic inside a connection task is caught at the connection boundary and logged;
-    /// the connection's counters are released, its session is detached (a clean one
-    /// removed with its subscriptions), and the next connection of that client id is
-    /// served at once instead of waiting for the dead one.
-    #[tokio::test]
-    async fn panic_in_a_connection_task_ends_only_that_connection() {
-        let logs = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-        let sink = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || WriteTo(sink.clone()))
-            .finish();
-        // The current-thread runtime runs every task on this thread, so a thread-local
-        // subscriber sees the broker's lines.
-        let _log = tracing::subscriber::set_default(subscriber);
-        let shared = Arc::new(Shared::new(
-            build_runtime(Config::default(), 1).unwrap(),
-            None,
-        ));
-
-        for (id, clean) in [("persistent", false), ("clean", true)] {
-            let mut input = connect_bytes(id, clean);
-            encode(
-                &Packet::Subscribe(Subscribe {
-                    pid: 1,
-                    filters: vec![("t/#".into(), QoS::AtLeastOnce)],
-                }),
-                &mut input,
-            );
-            let stream = PanickingStream {
-                input: input.to_vec(),
-            };
-            let task = spawn_guarded(
-                SocketAddr::from(([127, 0, 0, 1], 9)),
-                connection::serve(shared.clone(), stream, info(9)),
-            );
-            task.await.expect("the panic does not escape the boundary");
-        }
-        let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
-        assert_eq!(
-            text.matches("connection task panicked").count(),
-            2,
-            "logged: {text}"
-        );
-        assert!(text.contains("injected fault") && text.contains("127.0.0.1:9"));
-        assert_eq!(Counters::get(&shared.counters.connections), 0);
-        let stats = shared.stats();
-        assert_eq!(stats.sessions.total, 1, "the clean session is gone");
-        assert_eq!(
-            stats.sessions.connected, 0,
-            "the persistent one is detached"
-        );
-        assert_eq!(
-            stats.subscriptions.total, 1,
-            "only the persistent subscription"
-        );
-
-        // The persistent client comes back: resumed at once, not after a takeover wait.
-        let (mut client, server) = tokio::io::duplex(4096);
-        let task = spawn_guarded(
-            SocketAddr::from(([127, 0, 0, 1], 10)),
-            connection::serve(shared.clone(), server, info(10)),
-        );
-        client
-            .write_all(&connect_bytes("persistent", false))
-            .await
-            .unwrap();
-        let mut connack = [0u8; 4];
-        tokio::time::timeout(Duration::from_secs(1), client.read_exact(&mut connack))
-            .await
-            .expect("CONNACK without waiting for the dead connection")
-            .unwrap();
-        assert_eq!(connack, [0x20, 2, 1, 0], "session present, accepted");
-        drop(client);
-        task.await.unwrap();
-        assert_eq!(Counters::get(&shared.counters.connections), 0);
-    }
-
-    struct WriteTo(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for WriteTo {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 }

@@ -82,30 +82,7 @@ impl<S> WsByteStream<S> {
     }
 }
 
-/// A client's violation of the WebSocket mapping, handed to the connection inside an
-/// `io::Error` so that it is logged and counted as the protocol error it is.
-#[derive(Debug, thiserror::Error)]
-pub enum WsViolation {
-    /// A WebSocket message over `max_packet_size` (tungstenite refuses it before buffering).
-    #[error("packet larger than max_packet_size: WebSocket message of {size} bytes > {max} bytes")]
-    TooLarge {
-        /// Size of the message.
-        size: usize,
-        /// The limit (`server.max_packet_size`).
-        max: usize,
-    },
-    /// A text frame [MQTT-6.0.0-1].
-    #[error("text WebSocket frame: MQTT needs binary frames [MQTT-6.0.0-1]")]
-    TextFrame,
-}
-
-impl WsViolation {
-    /// The violation carried by an I/O error from [`WsByteStream`], if it is one.
-    pub fn of(e: &io::Error) -> Option<&WsViolation> {
-        e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<WsViolation>())
-    }
-}
+pub use crate::model::WsViolation;
 
 fn to_io(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
     use tokio_tungstenite::tungstenite::error::{CapacityError, Error};

@@ -1,11 +1,14 @@
-//! Operational state shared by the broker's tasks: the event bus, the registry of connected
+//! Operational state shared by the broker's tasks: the event bus, the directory of connected
 //! clients the admin API lists and disconnects, readiness and shutdown flags, and the
 //! config file path a `POST /api/v1/reload` re-reads.
+//!
+//! Owns only that bookkeeping; it never closes a connection itself but asks through the
+//! connection's [`CloseSignal`], and never touches session state or routing.
 
-use crate::broker::SessionEntry;
+use super::registry::SessionEntry;
 use crate::events::EventBus;
-use crate::hooks::ClientInfo;
 use crate::metrics::ops::LimitKind;
+use crate::model::{ClientInfo, CloseReason, CloseSignal};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -27,10 +30,8 @@ pub(crate) struct ClientRecord {
     pub since: SystemTime,
     /// Its session, for subscription and queue counts.
     pub entry: Arc<SessionEntry>,
-    /// Cancels the connection.
-    pub cancel: CancellationToken,
-    /// Set when an operator disconnected it, so the close is logged as such.
-    pub kicked: Arc<AtomicBool>,
+    /// Asks the connection to close.
+    pub close: Arc<CloseSignal>,
 }
 
 /// See the module documentation.
@@ -79,14 +80,6 @@ impl Default for OpsState {
 pub(crate) struct Registration<'a> {
     ops: &'a OpsState,
     conn_id: u64,
-    kicked: Arc<AtomicBool>,
-}
-
-impl Registration<'_> {
-    /// Whether an operator disconnected this client.
-    pub fn kicked(&self) -> bool {
-        self.kicked.load(Ordering::Relaxed)
-    }
 }
 
 impl Drop for Registration<'_> {
@@ -107,27 +100,21 @@ impl OpsState {
         conn_id: u64,
         client: &Arc<ClientInfo>,
         entry: &Arc<SessionEntry>,
-        cancel: CancellationToken,
+        close: Arc<CloseSignal>,
     ) -> Registration<'_> {
-        let kicked = Arc::new(AtomicBool::new(false));
         self.clients.lock().insert(
             conn_id,
             ClientRecord {
                 client: client.clone(),
                 since: SystemTime::now(),
                 entry: entry.clone(),
-                cancel,
-                kicked: kicked.clone(),
+                close,
             },
         );
         self.warned
             .lock()
             .retain(|(id, _)| **id != *client.client_id);
-        Registration {
-            ops: self,
-            conn_id,
-            kicked,
-        }
+        Registration { ops: self, conn_id }
     }
 
     /// Disconnects every connection of `client_id`; returns how many there were.
@@ -138,8 +125,7 @@ impl OpsState {
             .values()
             .filter(|r| &*r.client.client_id == client_id)
         {
-            r.kicked.store(true, Ordering::Relaxed);
-            r.cancel.cancel();
+            r.close.close(CloseReason::Admin);
             n += 1;
         }
         n
@@ -154,49 +140,4 @@ impl OpsState {
         }
         warned.insert((client_id.clone(), kind))
     }
-}
-
-/// The graceful shutdown behind `BrokerHandle::shutdown` (see its documentation).
-pub(crate) async fn shutdown(shared: &Arc<crate::broker::Shared>) -> bool {
-    use crate::metrics::Counters;
-    use tracing::{info, warn};
-    let (timeout, drain_delay) = {
-        let runtime = shared.runtime.load();
-        let server = &runtime.config.server;
-        (server.shutdown_timeout.get(), server.drain_delay.get())
-    };
-    let deadline = tokio::time::Instant::now() + timeout;
-    shared.ops.draining.store(true, Ordering::Relaxed);
-    info!(
-        timeout = ?timeout,
-        connections = Counters::get(&shared.counters.connections),
-        "shutdown started: readiness is now 503"
-    );
-    if !drain_delay.is_zero() {
-        tokio::time::sleep(drain_delay.min(timeout)).await;
-    }
-    for l in std::mem::take(&mut *shared.listeners.lock().await) {
-        l.stop(false);
-    }
-    // Each connection acknowledges what it already received, flushes and closes.
-    shared.shutdown.cancel();
-    while Counters::get(&shared.counters.connections) > 0 && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let remaining = Counters::get(&shared.counters.connections);
-    if let Some(storage) = shared.storage.clone() {
-        // Everything journaled is written and made durable before the process may exit.
-        let _ = tokio::task::spawn_blocking(move || storage.close()).await;
-    }
-    shared.ops.stop.cancel();
-    if remaining > 0 {
-        warn!(
-            remaining,
-            "shutdown_timeout elapsed; remaining connections abandoned"
-        );
-    } else {
-        info!("broker stopped");
-    }
-    remaining == 0
 }

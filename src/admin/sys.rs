@@ -6,10 +6,10 @@
 //! [MQTT-4.7.2-1]; clients must subscribe to `$SYS/#` explicitly. Clients cannot publish
 //! to them (see `connection.rs`).
 
-use crate::broker::Shared;
+use crate::core::control::Control;
 use crate::metrics::Counters;
+use crate::model::Message;
 use crate::protocol::QoS;
-use crate::routing::Message;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,18 +43,14 @@ impl Load {
 }
 
 /// Starts the `$SYS` task; it ends when the broker shuts down.
-pub(crate) fn spawn(shared: &Arc<Shared>) {
-    let weak = Arc::downgrade(shared);
-    let stop = shared.ops.stop.clone();
-    let mut reloads = shared.reload_tx.subscribe();
+pub(crate) fn spawn(control: Arc<dyn Control>) {
+    let stop = control.stopped();
+    let mut reloads = control.reloads();
     tokio::spawn(async move {
         let mut loads: [Load; 7] = Default::default();
         let mut last_tick: Option<Instant> = None;
         loop {
-            let interval = match weak.upgrade() {
-                Some(s) => s.runtime.load().config.server.sys_interval.get(),
-                None => return,
-            };
+            let interval = control.runtime().config.server.sys_interval.get();
             let wait = if interval.is_zero() {
                 DISABLED_POLL
             } else {
@@ -71,22 +67,21 @@ pub(crate) fn spawn(shared: &Arc<Shared>) {
                 }
                 _ = tokio::time::sleep(wait) => {}
             }
-            let Some(shared) = weak.upgrade() else { return };
-            if shared.runtime.load().config.server.sys_interval.is_zero() {
+            if control.runtime().config.server.sys_interval.is_zero() {
                 last_tick = None;
                 continue;
             }
             let now = Instant::now();
             let elapsed = last_tick.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
             last_tick = Some(now);
-            publish_all(&shared, &mut loads, elapsed);
+            publish_all(control.as_ref(), &mut loads, elapsed);
         }
     });
 }
 
-fn publish_all(shared: &Shared, loads: &mut [Load; 7], elapsed: f64) {
-    let c = &shared.counters;
-    let stats = shared.stats();
+fn publish_all(control: &dyn Control, loads: &mut [Load; 7], elapsed: f64) {
+    let c = control.counters();
+    let stats = control.stats();
     let dropped = Counters::get(&c.dropped_queue_full)
         + Counters::get(&c.dropped_offline_qos0)
         + Counters::get(&c.ops.limits[crate::metrics::ops::LimitKind::MaxQueuedBytes as usize]);
@@ -97,7 +92,7 @@ fn publish_all(shared: &Shared, loads: &mut [Load; 7], elapsed: f64) {
         ),
         (
             "uptime".into(),
-            format!("{} seconds", shared.ops.started.elapsed().as_secs()),
+            format!("{} seconds", control.started().0.elapsed().as_secs()),
         ),
         (
             "clients/connected".into(),
@@ -167,7 +162,7 @@ fn publish_all(shared: &Shared, loads: &mut [Load; 7], elapsed: f64) {
     }
     for (suffix, value) in topics {
         let topic = format!("$SYS/broker/{suffix}");
-        shared.publish(Message::new(
+        control.publish(Message::new(
             &topic,
             Bytes::from(value),
             QoS::AtMostOnce,

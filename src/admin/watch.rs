@@ -15,12 +15,13 @@
 //! counting those made every check schedule the next one, so the watcher re-read every file
 //! every 250 ms forever, and could read a file in the middle of someone's in-place write.
 
-use crate::broker::BrokerHandle;
+use crate::core::control::Control;
 use notify::{RecursiveMode, Watcher};
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsString;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -50,8 +51,13 @@ pub enum WatchError {
 }
 
 /// The config file plus every file it names.
-fn watched_files(config_path: &Path, handle: &BrokerHandle) -> BTreeSet<PathBuf> {
-    let mut files: BTreeSet<PathBuf> = handle.config().referenced_files().into_iter().collect();
+fn watched_files(config_path: &Path, handle: &dyn Control) -> BTreeSet<PathBuf> {
+    let mut files: BTreeSet<PathBuf> = handle
+        .runtime()
+        .config
+        .referenced_files()
+        .into_iter()
+        .collect();
     files.insert(config_path.to_path_buf());
     files
 }
@@ -122,7 +128,7 @@ fn parent(p: &Path) -> PathBuf {
 }
 
 /// Starts watching; the task ends when the broker shuts down.
-pub(crate) fn spawn(handle: BrokerHandle, config_path: PathBuf) -> Result<(), WatchError> {
+pub(crate) fn spawn(handle: Arc<dyn Control>, config_path: PathBuf) -> Result<(), WatchError> {
     let (tx, mut rx) = mpsc::unbounded_channel::<notify::Event>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(event) = res {
@@ -135,7 +141,7 @@ pub(crate) fn spawn(handle: BrokerHandle, config_path: PathBuf) -> Result<(), Wa
         path: config_path.clone(),
         source,
     })?;
-    let mut files = watched_files(&config_path, &handle);
+    let mut files = watched_files(&config_path, handle.as_ref());
     let mut watched_names = names(&files);
     let mut dirs: BTreeSet<PathBuf> = files.iter().map(|f| parent(f)).collect();
     for d in &dirs {
@@ -146,7 +152,7 @@ pub(crate) fn spawn(handle: BrokerHandle, config_path: PathBuf) -> Result<(), Wa
                 source,
             })?;
     }
-    let shutdown = handle.shared().shutdown.clone();
+    let shutdown = handle.shutting_down();
     // Taken now, not when the task first runs: an edit made in between must count as one.
     let mut last = fingerprint(&files);
     tokio::spawn(async move {
@@ -184,7 +190,7 @@ pub(crate) fn spawn(handle: BrokerHandle, config_path: PathBuf) -> Result<(), Wa
             debug!("watched files changed; reloading");
             if handle.reload_from_file(&config_path).await.is_ok() {
                 // The new config may name other files: follow them.
-                files = watched_files(&config_path, &handle);
+                files = watched_files(&config_path, handle.as_ref());
                 watched_names = names(&files);
                 let new_dirs: BTreeSet<PathBuf> = files.iter().map(|f| parent(f)).collect();
                 for d in new_dirs.difference(&dirs) {

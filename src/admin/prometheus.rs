@@ -2,9 +2,9 @@
 //! (version 0.0.4), written by hand: the format is simple and the broker already keeps
 //! every number in atomics, so no metrics registry is needed.
 
-use super::ops::{LimitKind, LATENCY_BUCKETS};
-use crate::broker::Shared;
+use crate::core::control::Control;
 use crate::events::DisconnectReason;
+use crate::metrics::ops::{LimitKind, LATENCY_BUCKETS};
 use std::fmt::{Display, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -47,18 +47,12 @@ fn get(c: &AtomicU64) -> u64 {
 const QOS: [&str; 3] = ["0", "1", "2"];
 
 /// Renders every metric.
-pub(crate) fn render(shared: &Shared) -> String {
-    let c = &shared.counters;
+pub(crate) fn render(control: &dyn Control) -> String {
+    let c = control.counters();
     let ops = &c.ops;
-    let stats = shared.stats();
-    let persistent = {
-        let sessions: Vec<_> = shared.sessions.lock().values().cloned().collect();
-        sessions
-            .iter()
-            .filter(|e| !e.state.lock().clean_session)
-            .count()
-    };
-    let runtime = shared.runtime.load();
+    let stats = control.stats();
+    let persistent = control.persistent_sessions();
+    let runtime = control.runtime();
     let mut o = Out(String::with_capacity(8 * 1024));
 
     o.family(
@@ -320,7 +314,7 @@ pub(crate) fn render(shared: &Shared) -> String {
         &[("result", "error")],
         get(&c.reloads_failed),
     );
-    let last = shared.last_reload.lock().clone();
+    let last = control.last_reload();
     o.single(
         "mqtt_config_last_reload_successful",
         "gauge",
@@ -337,19 +331,19 @@ pub(crate) fn render(shared: &Shared) -> String {
         "mqtt_ready",
         "gauge",
         "1 when /readyz answers 200.",
-        u8::from(shared.ops.is_ready()),
+        u8::from(control.is_ready()),
     );
     o.single(
         "mqtt_uptime_seconds",
         "gauge",
         "Seconds since the broker started.",
-        shared.ops.started.elapsed().as_secs(),
+        control.started().0.elapsed().as_secs(),
     );
     o.single(
         "process_start_time_seconds",
         "gauge",
         "Start time of the broker, Unix time.",
-        unix_secs(shared.ops.started_at),
+        unix_secs(control.started().1),
     );
     if let Some(rss) = process_rss_bytes() {
         o.single(

@@ -1,0 +1,432 @@
+//! The server: wires the layers together and is the public embedding API.
+//!
+//! `Broker::start` builds the [`Runtime`] ([`build`]), opens storage and recovers it, starts
+//! the admin listener, binds the MQTT listeners and the periodic tasks; [`BrokerHandle`]
+//! controls the running broker (stats, reload, shutdown) and implements the
+//! [`Control`] interface the operator surfaces use. Reload ([`reload`]) and graceful
+//! shutdown ([`shutdown`]) live beside it.
+//!
+//! Owns the running listeners. The only module that imports every layer; nothing imports
+//! it but the binary and embedders.
+
+mod build;
+mod reload;
+mod shutdown;
+#[cfg(test)]
+mod tests;
+
+pub use crate::core::{ReloadStatus, Runtime};
+pub(crate) use build::build_runtime;
+
+use crate::config::{Config, ListenerConfig, StorageType};
+use crate::core::control::{BoxFuture, ClientSummary, Control};
+use crate::core::Core;
+use crate::metrics::{Counters, StatsSnapshot};
+use crate::model::{Message, TransportKind};
+use crate::storage::{FileStorage, Storage, StorageHandle};
+use crate::transport;
+use parking_lot::Mutex;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tracing::info;
+
+/// Why the broker could not start, or a reload was refused.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A certificate or key file could not be loaded, or a listener could not be bound.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    /// A password or ACL file could not be loaded.
+    #[error(transparent)]
+    Security(#[from] crate::auth::SecurityConfigError),
+    /// The store could not be opened or loaded.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// A setting that cannot change while the broker runs was changed.
+    #[error("`{0}` cannot change while the broker runs; restart to apply it (reload refused, nothing changed)")]
+    NotReloadable(&'static str),
+    /// A reload step failed unexpectedly.
+    #[error("reload failed: {0}")]
+    Reload(String),
+    /// A Wasm plugin could not be loaded.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugins::PluginError),
+}
+
+/// A listener the broker has bound.
+#[derive(Debug, Clone)]
+pub struct BoundListener {
+    /// Listener name.
+    pub name: String,
+    /// Transport protocol.
+    pub transport: TransportKind,
+    /// Actual address (with the real port when 0 was configured).
+    pub addr: SocketAddr,
+}
+
+/// What the server owns beside the core: the running listeners.
+pub(crate) struct Server {
+    /// Running listeners; the async lock also serializes reloads.
+    listeners: tokio::sync::Mutex<Vec<transport::listeners::RunningListener>>,
+    /// Snapshot of the bound listeners for synchronous readers.
+    bound: Mutex<Vec<BoundListener>>,
+}
+
+impl Server {
+    fn set_listeners(
+        &self,
+        running: Vec<transport::listeners::RunningListener>,
+        slot: &mut Vec<transport::listeners::RunningListener>,
+    ) {
+        *self.bound.lock() = running
+            .iter()
+            .map(|r| BoundListener {
+                name: r.name.clone(),
+                transport: r.transport(),
+                addr: r.addr,
+            })
+            .collect();
+        *slot = running;
+    }
+}
+
+/// Control of a running broker.
+#[derive(Clone)]
+pub struct BrokerHandle {
+    core: Arc<Core>,
+    server: Arc<Server>,
+}
+
+/// Entry point for running a broker inside another program.
+pub struct Broker;
+
+impl Broker {
+    /// Builds everything a config describes (files, plugins) without binding listeners:
+    /// what `--check-config` runs.
+    pub fn check(config: Config) -> Result<(), BrokerError> {
+        build_runtime(config, 0).map(|_| ())
+    }
+
+    /// Validates `config`, binds every listener and starts serving.
+    ///
+    /// Returns once all listeners are bound, so that clients can connect immediately.
+    pub async fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
+        let storage: Option<Arc<dyn Storage>> = match config.persistence.storage_type {
+            StorageType::File => {
+                let path = config.persistence.path.clone();
+                let cache = config.persistence.cache_size.0;
+                let opened =
+                    tokio::task::spawn_blocking(move || FileStorage::open_with_cache(&path, cache))
+                        .await
+                        .map_err(|e| BrokerError::Reload(e.to_string()))??;
+                info!(path = %opened.path().display(), "file persistence enabled");
+                Some(Arc::new(opened))
+            }
+            _ => None,
+        };
+        Broker::start_inner(config, storage).await
+    }
+
+    /// Like [`Broker::start`], on a storage backend the embedder provides (e.g. a
+    /// [`crate::storage::MemoryStorage`] shared with a previous broker in the same process).
+    pub async fn start_with_storage(
+        config: Config,
+        storage: Arc<dyn Storage>,
+    ) -> Result<BrokerHandle, BrokerError> {
+        Broker::start_inner(config, Some(storage)).await
+    }
+
+    async fn start_inner(
+        config: Config,
+        storage: Option<Arc<dyn Storage>>,
+    ) -> Result<BrokerHandle, BrokerError> {
+        let listeners = config.effective_listeners();
+        let runtime = build_runtime(config, 1)?;
+        let mode = crate::storage::writer::SyncMode::from_config(&runtime.config.persistence);
+        // The writer thread only starts; nothing is written before recovery is done.
+        let writer = storage
+            .as_ref()
+            .map(|s| Arc::new(StorageHandle::start(s.clone(), mode)));
+        let core = Arc::new(Core::new(runtime, writer));
+        core.runtime.load().plugins.set_events(&core.ops.events);
+        let handle = BrokerHandle {
+            core: core.clone(),
+            server: Arc::new(Server {
+                listeners: tokio::sync::Mutex::new(Vec::new()),
+                bound: Mutex::new(Vec::new()),
+            }),
+        };
+        let control: Arc<dyn Control> = Arc::new(handle.clone());
+        // The admin listener opens first, so that during a long recovery `/healthz` answers
+        // and `/readyz` says 503 ("starting") instead of refusing connections.
+        crate::admin::start(control.clone()).await;
+        let stop_on_error = |e: BrokerError| {
+            core.ops.stop.cancel();
+            if let Some(h) = &core.storage {
+                h.close();
+            }
+            e
+        };
+        // Recovery happens before any MQTT listener opens: clients only ever see a complete
+        // state.
+        if let Some(storage) = storage {
+            let started = std::time::Instant::now();
+            let mut recovered = tokio::task::spawn_blocking(move || storage.load())
+                .await
+                .map_err(|e| stop_on_error(BrokerError::Reload(e.to_string())))?
+                .map_err(|e| stop_on_error(e.into()))?;
+            info!(
+                sessions = recovered.sessions.len(),
+                retained = recovered.retained.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "storage recovered"
+            );
+            core.router
+                .restore_retained(std::mem::take(&mut recovered.retained));
+            core.registry.recover(recovered);
+            // Sessions that expired while the broker was down go before any client can
+            // reconnect to them.
+            core.registry.expire_sessions();
+        }
+        let running = transport::listeners::start_all(&listeners, &core)
+            .await
+            .map_err(|e| stop_on_error(e.into()))?;
+        let server = &handle.server;
+        server.set_listeners(running, &mut *server.listeners.lock().await);
+        let sweeper = core.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = sweeper.shutdown.cancelled() => break,
+                    _ = tick.tick() => { sweeper.registry.expire_sessions(); }
+                }
+            }
+        });
+        // Storage was recovered above, before any listener opened: now the broker is ready.
+        core.ops.ready.store(true, Ordering::Relaxed);
+        crate::admin::sys::spawn(control);
+        Ok(handle)
+    }
+}
+
+impl BrokerHandle {
+    /// Address of the first listener.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.bound.lock()[0].addr
+    }
+
+    /// State and counters of each loaded Wasm plugin, in call order.
+    pub fn plugin_stats(&self) -> Vec<crate::plugins::PluginStats> {
+        self.core.runtime.load().plugins.stats()
+    }
+
+    /// Every bound listener, in configured order.
+    pub fn listeners(&self) -> Vec<BoundListener> {
+        self.server.bound.lock().clone()
+    }
+
+    /// Generation of the configuration in force (1 at start, +1 per successful reload).
+    pub fn generation(&self) -> u64 {
+        self.core.runtime.load().generation
+    }
+
+    /// Outcome of the last reload attempt.
+    pub fn last_reload(&self) -> ReloadStatus {
+        self.core.last_reload.lock().clone()
+    }
+
+    /// Applies a new configuration live, as one transaction (see the README's "Change config
+    /// without restarting"). Returns the new generation, or why nothing changed.
+    pub async fn reload(&self, config: Config) -> Result<u64, BrokerError> {
+        reload::reload(&self.core, &self.server, config).await
+    }
+
+    /// Re-reads `path` and applies it live; a file that does not parse changes nothing.
+    pub async fn reload_from_file(&self, path: &std::path::Path) -> Result<u64, BrokerError> {
+        match Config::load(path) {
+            Ok(config) => self.reload(config).await,
+            Err(e) => {
+                let err = BrokerError::Config(e);
+                reload::record(&self.core, Err(&err));
+                Err(err)
+            }
+        }
+    }
+
+    /// Watches `path`, the files it names and the plugin directory, and reloads on change
+    /// (debounced). Runs until the broker shuts down.
+    pub fn watch_config(
+        &self,
+        path: std::path::PathBuf,
+    ) -> Result<(), crate::admin::watch::WatchError> {
+        self.set_config_path(path.clone());
+        crate::admin::watch::spawn(Arc::new(self.clone()), path)
+    }
+
+    /// Counters and sizes right now.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.core.stats()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Config {
+        self.core.runtime.load().config.clone()
+    }
+
+    /// Graceful shutdown: readiness turns 503, then (after `server.drain_delay`) listeners
+    /// stop accepting and every connection is closed after acknowledging what it already
+    /// sent; waits up to `server.shutdown_timeout` for them to end. Returns whether every
+    /// connection ended in time.
+    pub async fn shutdown(self) -> bool {
+        shutdown::shutdown(&self.core, &self.server).await
+    }
+
+    /// Address of the admin HTTP listener, when it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        *self.core.ops.admin_addr.lock()
+    }
+
+    /// A receiver of typed broker events (see [`crate::events`]): bounded; a receiver that
+    /// falls behind by more than [`crate::events::EVENT_CAPACITY`] events gets
+    /// `RecvError::Lagged(missed)` and continues with the oldest event still held, so a slow
+    /// consumer never slows the broker.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<crate::events::BrokerEvent> {
+        self.core.ops.events.subscribe()
+    }
+
+    /// Tells the broker which file it was started from, for `POST /api/v1/reload`.
+    pub fn set_config_path(&self, path: std::path::PathBuf) {
+        *self.core.ops.config_path.lock() = Some(path);
+    }
+
+    /// Whether `/readyz` would answer 200: listeners bound and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.core.ops.is_ready()
+    }
+
+    /// Convenience for tests and embedders: a listener config on loopback with a free port.
+    pub fn loopback_listener() -> ListenerConfig {
+        ListenerConfig::tcp(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+}
+
+impl Control for BrokerHandle {
+    fn stats(&self) -> StatsSnapshot {
+        self.core.stats()
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.core.counters
+    }
+
+    fn runtime(&self) -> Arc<Runtime> {
+        self.core.runtime.load_full()
+    }
+
+    fn persistent_sessions(&self) -> usize {
+        self.core
+            .registry
+            .entries()
+            .iter()
+            .filter(|e| !e.state().clean_session)
+            .count()
+    }
+
+    fn clients(&self, offset: usize, limit: usize) -> (usize, Vec<ClientSummary>) {
+        // Copy the page out first: session locks are never taken under the directory lock.
+        let (total, page) = {
+            let clients = self.core.ops.clients.lock();
+            let page: Vec<_> = clients
+                .values()
+                .skip(offset)
+                .take(limit)
+                .map(|r| (r.client.clone(), r.since, r.entry.clone()))
+                .collect();
+            (clients.len(), page)
+        };
+        let views = page
+            .into_iter()
+            .map(|(client, since, entry)| {
+                let state = entry.state();
+                ClientSummary {
+                    id: client.client_id.to_string(),
+                    address: client.peer.to_string(),
+                    transport: client.transport.as_str(),
+                    username: client.username.clone(),
+                    clean_session: client.clean_session,
+                    connected_since: since
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                    subscriptions: state.subscriptions.len(),
+                    queue_depth: state.queued(),
+                    queued_bytes: state.queued_bytes(),
+                    inflight: state.inflight().count(),
+                }
+            })
+            .collect();
+        (total, views)
+    }
+
+    fn disconnect(&self, client_id: &str) -> usize {
+        self.core.ops.kick(client_id)
+    }
+
+    fn reload_from_file<'a>(
+        &'a self,
+        path: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<u64, String>> {
+        Box::pin(async move {
+            BrokerHandle::reload_from_file(self, path)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn last_reload(&self) -> ReloadStatus {
+        BrokerHandle::last_reload(self)
+    }
+
+    fn config_path(&self) -> Option<std::path::PathBuf> {
+        self.core.ops.config_path.lock().clone()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.core.ops.is_ready()
+    }
+
+    fn is_draining(&self) -> bool {
+        self.core.ops.draining.load(Ordering::Relaxed)
+    }
+
+    fn started(&self) -> (std::time::Instant, std::time::SystemTime) {
+        (self.core.ops.started, self.core.ops.started_at)
+    }
+
+    fn publish(&self, message: Message) {
+        self.core.publish(message);
+    }
+
+    fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.core.reload_tx.subscribe()
+    }
+
+    fn shutting_down(&self) -> tokio_util::sync::CancellationToken {
+        self.core.shutdown.clone()
+    }
+
+    fn stopped(&self) -> tokio_util::sync::CancellationToken {
+        self.core.ops.stop.clone()
+    }
+
+    fn set_admin_addr(&self, addr: SocketAddr) {
+        *self.core.ops.admin_addr.lock() = Some(addr);
+    }
+}

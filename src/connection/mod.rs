@@ -1,0 +1,698 @@
+//! The async shell of one client connection: moves bytes between a socket and the sans-IO
+//! [`Engine`], and arms the engine's timers.
+//!
+//! It reads, decodes (the codec), feeds packets to the engine, waits for the receipts the
+//! engine hands back (durability before acknowledgements), writes, and sleeps until the
+//! next deadline, a wake-up from the session or a close signal. Protocol decisions live in
+//! the engine ([`crate::core::engine`]); the CONNECT step in [`connect`].
+//!
+//! Owns the socket, the read and write buffers and the connection counters. Must not make
+//! protocol decisions (ACL, limits, QoS flows) or touch another session.
+
+mod connect;
+
+use crate::core::engine::Engine;
+use crate::core::registry::SessionEntry;
+use crate::core::router::Receipt;
+use crate::core::Core;
+use crate::events::BrokerEvent;
+use crate::metrics::Counters;
+use crate::model::{CloseReason, CloseSignal, TransportKind};
+use crate::protocol::codec::{self, encode};
+use crate::protocol::{ConnAck, ConnectReturnCode, Packet, ProtocolError};
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// Stop taking more messages from the session once this much output is pending.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Stop reading from a client that does not read its acknowledgements.
+const WRITE_HARD_LIMIT: usize = 1024 * 1024;
+/// Read granularity; buffers grow only as bytes arrive.
+const READ_CHUNK: usize = 4096;
+/// How long a takeover waits for the previous connection to finish (and publish its will).
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+/// How long a connection the broker closes keeps handling what its client already sent.
+const FINISH_INBOUND: Duration = Duration::from_millis(500);
+
+/// Facts about an accepted connection that the transport knows.
+pub(crate) struct ConnectionInfo {
+    pub peer: SocketAddr,
+    pub transport: TransportKind,
+    pub listener: Arc<str>,
+    pub listener_conns: Arc<AtomicUsize>,
+    /// The listener's own `max_connections`, read at accept time.
+    pub listener_max_connections: Option<usize>,
+    /// CONNECT (and any TLS/WebSocket handshake before it) must complete by then.
+    pub deadline: Instant,
+    /// Subject CN of a verified TLS client certificate.
+    pub tls_identity: Option<String>,
+    /// Whether that CN replaces the user name and counts as authentication.
+    pub use_identity_as_username: bool,
+    /// Cancelled only by its parents: the listener (removed with `drain: true`) and the
+    /// broker's shutdown token, so which one fired is the close reason.
+    pub cancel: CancellationToken,
+}
+
+/// Keeps the connection counters right however the task ends.
+struct ConnGuard {
+    core: Arc<Core>,
+    transport: TransportKind,
+    listener_conns: Arc<AtomicUsize>,
+}
+
+impl ConnGuard {
+    /// Counts the connection; also says whether the listener was already at its own
+    /// `max_connections` (decided on the count itself, so a burst of handshakes finishing
+    /// together cannot slip past it).
+    fn new(core: Arc<Core>, info: &ConnectionInfo) -> (Self, bool) {
+        Counters::inc(&core.counters.connections);
+        Counters::inc(&core.counters.connections_accepted);
+        Counters::inc(transport_counter(&core, info.transport));
+        let before = info.listener_conns.fetch_add(1, Ordering::Relaxed);
+        let over_listener_limit = info.listener_max_connections.is_some_and(|m| before >= m);
+        let guard = ConnGuard {
+            core,
+            transport: info.transport,
+            listener_conns: info.listener_conns.clone(),
+        };
+        (guard, over_listener_limit)
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        Counters::dec(&self.core.counters.connections);
+        Counters::dec(transport_counter(&self.core, self.transport));
+        self.listener_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn transport_counter(core: &Core, t: TransportKind) -> &std::sync::atomic::AtomicU64 {
+    match t {
+        TransportKind::Tcp => &core.counters.connections_tcp,
+        TransportKind::Tls => &core.counters.connections_tls,
+        TransportKind::Ws => &core.counters.connections_ws,
+        TransportKind::Wss => &core.counters.connections_wss,
+    }
+}
+
+/// Detaches a connection from its session when dropped: on the normal path after the will
+/// is published, and while unwinding if the task panics, so that the session is not left
+/// owned by a dead connection (a clean one would leak; a takeover would wait for `done`).
+struct Attachment {
+    core: Arc<Core>,
+    entry: Arc<SessionEntry>,
+    conn_id: u64,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.core.registry.detach(&self.entry, self.conn_id);
+        let _ = self.done.send(true);
+    }
+}
+
+/// Serves one accepted connection until it ends.
+pub(crate) fn serve<S>(
+    core: Arc<Core>,
+    stream: S,
+    info: ConnectionInfo,
+) -> impl std::future::Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    // Not an `async fn`: that would keep its arguments beside the inner future (the task's
+    // allocation is the largest part of an idle connection's memory).
+    let span = info_span!("conn", peer = %info.peer, transport = info.transport.as_str(), client_id = tracing::field::Empty);
+    serve_inner(core, stream, info).instrument(span)
+}
+
+async fn serve_inner<S>(core: Arc<Core>, stream: S, info: ConnectionInfo)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let runtime = core.runtime.load_full();
+    let cfg = &runtime.config.server;
+    let over_global_limit = Counters::get(&core.counters.connections) >= cfg.max_connections as u64;
+    let (_guard, over_listener_limit) = ConnGuard::new(core.clone(), &info);
+    let (rd, wr) = tokio::io::split(stream);
+    let mut conn = Conn {
+        core: core.clone(),
+        rd,
+        wr,
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        out: Vec::new(),
+        max_packet_size: cfg.max_packet_size,
+        receipt: Receipt::Accepted,
+    };
+
+    // [MQTT-3.1.0-1]: the first packet must be CONNECT, within connect_timeout; a first
+    // byte that cannot start one closes the connection at once.
+    let first = tokio::time::timeout_at(info.deadline, conn.read_connect()).await;
+    let connect = match first {
+        Err(_) => {
+            Counters::inc(&core.counters.ops.connect_timeouts);
+            info!(timeout = %cfg.connect_timeout, "closing: no CONNECT within connect_timeout");
+            return;
+        }
+        Ok(Err(CloseReason::Protocol(reason))) => {
+            Counters::inc(&core.counters.protocol_errors);
+            warn!(peer = %info.peer, %reason, "closing before CONNECT: protocol error");
+            // A refusing CONNACK (protocol level) may be pending.
+            Box::pin(conn.flush_best_effort()).await;
+            return;
+        }
+        Ok(Err(CloseReason::PeerClosed)) => {
+            debug!("closed by peer before CONNECT");
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(reason = ?e, "closed before CONNECT");
+            return;
+        }
+        Ok(Ok(Packet::Connect(c))) => c,
+        Ok(Ok(other)) => {
+            Counters::inc(&core.counters.protocol_errors);
+            warn!(
+                packet = other.name(),
+                "closing: first packet is not CONNECT [MQTT-3.1.0-1]"
+            );
+            return;
+        }
+    };
+
+    let refuse = |code| {
+        Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+        })
+    };
+    if over_global_limit || over_listener_limit {
+        Counters::inc(&core.counters.connections_refused_limit);
+        warn!(client_id = %connect.client_id, listener = %info.listener, "refusing connection: max_connections reached");
+        conn.send_and_close(refuse(ConnectReturnCode::ServerUnavailable))
+            .await;
+        return;
+    }
+    let conn_id = core.next_conn_id();
+    let client_id = if connect.client_id.is_empty() {
+        if !connect.clean_session {
+            // [MQTT-3.1.3-8]
+            Counters::inc(&core.counters.ops.connects_identifier_rejected);
+            info!("refusing connection: empty client id without clean session");
+            conn.send_and_close(refuse(ConnectReturnCode::IdentifierRejected))
+                .await;
+            return;
+        }
+        // [MQTT-3.1.3-6]
+        core.assign_client_id(conn_id)
+    } else {
+        connect.client_id.clone()
+    };
+    tracing::Span::current().record("client_id", client_id.as_str());
+    let identity_as_username = info.use_identity_as_username && info.tls_identity.is_some();
+    let client = Arc::new(crate::hooks::ClientInfo {
+        client_id: Arc::from(client_id.as_str()),
+        username: if identity_as_username {
+            info.tls_identity.clone()
+        } else {
+            connect.username.clone()
+        },
+        peer: info.peer,
+        transport: info.transport,
+        tls_identity: info.tls_identity.clone(),
+        protocol: connect.protocol,
+        clean_session: connect.clean_session,
+    });
+    if let Err(code) = Box::pin(connect::authenticate(
+        &core,
+        &runtime,
+        &client,
+        &connect,
+        identity_as_username,
+    ))
+    .await
+    {
+        conn.send_and_close(refuse(code)).await;
+        return;
+    }
+
+    let close = Arc::new(CloseSignal::default());
+    let (done_tx, done_rx) = watch::channel(false);
+    let attached = core
+        .registry
+        .attach(&client, conn_id, close.clone(), done_rx);
+    // From here on the session is detached however the task ends, a panic included.
+    let attachment = Attachment {
+        core: core.clone(),
+        entry: attached.entry.clone(),
+        conn_id,
+        done: done_tx,
+    };
+    if let Some(previous) = attached.previous {
+        // The previous connection handles what its client already sent, publishes its
+        // will and detaches; only then is this one acknowledged.
+        let mut done = previous.done;
+        let _ = tokio::time::timeout(TAKEOVER_WAIT, done.wait_for(|d| *d)).await;
+    }
+    let mut engine = Engine::new(
+        client.clone(),
+        attached.entry.clone(),
+        connect.will.clone(),
+        connect.keep_alive,
+        cfg.keep_alive_timeout.get(),
+        std::time::Instant::now(),
+    );
+    // [MQTT-3.2.2-1], [MQTT-3.2.2-2]: session present only when a stored session resumed.
+    engine.connected(
+        &core,
+        Packet::ConnAck(ConnAck {
+            session_present: attached.session_present,
+            code: ConnectReturnCode::Accepted,
+        }),
+    );
+    let registration = core
+        .ops
+        .register(conn_id, &client, &attached.entry, close.clone());
+    Counters::inc(&core.counters.ops.connects_accepted);
+    core.ops.events.emit(|| BrokerEvent::ClientConnected {
+        client_id: client.client_id.clone(),
+        peer: client.peer,
+        transport: client.transport,
+        username: client.username.clone(),
+        clean_session: client.clean_session,
+        session_present: attached.session_present,
+    });
+    info!(
+        keep_alive = connect.keep_alive,
+        clean_session = connect.clean_session,
+        session_present = attached.session_present,
+        username = connect.username.as_deref().unwrap_or(""),
+        "client connected"
+    );
+
+    let credentials = Credentials {
+        password: connect.password.clone(),
+        certificate_verified: identity_as_username,
+        fingerprint: runtime.auth_fingerprint,
+    };
+    drop(runtime);
+    let mut reason = conn
+        .run(&mut engine, &close, &info.cancel, credentials)
+        .await;
+    if reason.finishes_inbound() {
+        // Closed by the broker (takeover, admin, listener removal, shutdown): what the
+        // client had already sent is handled first, so an acknowledged PUBLISH is not
+        // lost and a DISCONNECT in flight still discards the will [MQTT-3.14.4-3].
+        if let Some(client_reason) = Box::pin(conn.finish_inbound(&mut engine)).await {
+            reason = client_reason;
+        }
+    }
+    Box::pin(conn.flush_best_effort()).await;
+    drop(registration);
+    engine.closed(&core, &reason);
+    // Detaches only after the will is published, so a takeover sees it first.
+    drop(attachment);
+}
+
+/// What a reload re-check needs of the CONNECT (never logged).
+struct Credentials {
+    password: Option<bytes::Bytes>,
+    certificate_verified: bool,
+    /// `Runtime::auth_fingerprint` this client was last authenticated against.
+    fingerprint: Option<u64>,
+}
+
+struct Conn<S> {
+    core: Arc<Core>,
+    rd: ReadHalf<S>,
+    wr: WriteHalf<S>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// Packets to encode into `wbuf`, in order, once `receipt` is satisfied.
+    out: Vec<Packet>,
+    max_packet_size: usize,
+    /// What must be accepted (durable) before `out` is written.
+    receipt: Receipt,
+}
+
+impl<S: AsyncRead + AsyncWrite> Conn<S> {
+    /// Reads until the first packet is decoded. A complete packet (or a decoding error) is
+    /// reported as it is; while a packet is incomplete, a first byte that cannot start a
+    /// CONNECT closes the connection at once instead of waiting for more [MQTT-3.1.0-1].
+    async fn read_connect(&mut self) -> Result<Packet, CloseReason> {
+        loop {
+            if let Some(p) = self.decode_one()? {
+                return Ok(p);
+            }
+            if let Err(e) = codec::check_first_byte(&self.rbuf) {
+                return Err(CloseReason::Protocol(e.to_string()));
+            }
+            self.read_more().await?;
+        }
+    }
+
+    fn decode_one(&mut self) -> Result<Option<Packet>, CloseReason> {
+        match codec::decode(&mut self.rbuf, self.max_packet_size) {
+            Ok(p) => Ok(p),
+            Err(e @ ProtocolError::PacketTooLarge { .. }) => {
+                Counters::inc(&self.core.counters.ops.oversized_packets);
+                Err(CloseReason::Protocol(e.to_string()))
+            }
+            Err(ProtocolError::UnsupportedProtocolLevel(level)) => {
+                // [MQTT-3.1.2-2]: answer CONNACK 0x01, then close.
+                self.out.push(Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code: ConnectReturnCode::UnacceptableProtocolVersion,
+                }));
+                Err(CloseReason::Protocol(format!(
+                    "unsupported protocol level {level} (CONNACK 0x01 sent)"
+                )))
+            }
+            Err(e) => Err(CloseReason::Protocol(e.to_string())),
+        }
+    }
+
+    async fn read_more(&mut self) -> Result<(), CloseReason> {
+        match read_lazily(&mut self.rd, &mut self.rbuf).await {
+            Ok(0) => Err(CloseReason::PeerClosed),
+            Ok(n) => {
+                Counters::add(&self.core.counters.bytes_in, n as u64);
+                Ok(())
+            }
+            Err(e) => Err(self.read_error(e)),
+        }
+    }
+
+    /// A read error: a WebSocket violation is the client's protocol error (logged at warn,
+    /// an oversized message counted like an oversized packet), anything else is I/O.
+    fn read_error(&self, e: std::io::Error) -> CloseReason {
+        match crate::model::WsViolation::of(&e) {
+            Some(v) => {
+                if matches!(v, crate::model::WsViolation::TooLarge { .. }) {
+                    Counters::inc(&self.core.counters.ops.oversized_packets);
+                }
+                CloseReason::Protocol(v.to_string())
+            }
+            None => CloseReason::Io(e.to_string()),
+        }
+    }
+
+    /// Takes the engine's output (and the receipt it must wait for).
+    fn collect(&mut self, engine: &mut Engine) {
+        let receipt = engine.drain_output_into(&mut self.out);
+        self.receipt = self.receipt.and(receipt);
+    }
+
+    /// Waits until what the pending output depends on is accepted: with `sync: always` an
+    /// acknowledgement waits for the store.
+    async fn await_receipt(&mut self) {
+        if let Receipt::Storage(ticket) = std::mem::take(&mut self.receipt) {
+            if let Some(storage) = &self.core.storage {
+                storage.wait_durable(ticket).await;
+            }
+        }
+    }
+
+    /// Encodes pending packets into the write buffer; returns how many were PUBLISH.
+    fn encode_out(&mut self) -> u64 {
+        let mut published = 0;
+        for p in self.out.drain(..) {
+            if let Packet::Publish(p) = &p {
+                published += 1;
+                self.core
+                    .counters
+                    .ops
+                    .publish(false, p.qos, p.payload.len());
+            }
+            encode(&p, &mut self.wbuf);
+        }
+        if published > 0 {
+            Counters::add(&self.core.counters.messages_out, published);
+        }
+        published
+    }
+
+    /// Records publish-to-deliver latency of the messages the session just handed out.
+    fn observe_latency(&self, engine: &Engine) {
+        let stamps = engine.take_delivered_stamps();
+        let now = std::time::Instant::now();
+        for at in stamps {
+            self.core
+                .counters
+                .ops
+                .deliver_latency
+                .observe(now.saturating_duration_since(at));
+        }
+    }
+
+    /// Decodes and hands buffered packets to the engine until the buffer is empty or the
+    /// publish rate pauses the client.
+    fn process_buffered(&mut self, engine: &mut Engine) -> Result<(), CloseReason> {
+        while engine.read_paused_until().is_none() {
+            match self.decode_one()? {
+                Some(p) => engine.handle(&self.core, p, std::time::Instant::now())?,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// When the broker closes the connection: handles what the client had already sent
+    /// (briefly waiting for bytes in flight), so that every QoS 1/2 PUBLISH it sent is
+    /// acknowledged before the close. Bounded in time so a chatty client cannot hold the
+    /// close up. Returns the client's own reason if it ended the connection meanwhile
+    /// (DISCONNECT, a protocol error).
+    async fn finish_inbound(&mut self, engine: &mut Engine) -> Option<CloseReason> {
+        let until = Instant::now() + FINISH_INBOUND;
+        loop {
+            // The publish-rate pause does not hold a closing connection.
+            while let Some(p) = match self.decode_one() {
+                Ok(p) => p,
+                Err(e) => return Some(e),
+            } {
+                if let Err(e) = engine.handle(&self.core, p, std::time::Instant::now()) {
+                    self.collect(engine);
+                    return Some(e);
+                }
+            }
+            self.collect(engine);
+            let wait =
+                Duration::from_millis(20).min(until.saturating_duration_since(Instant::now()));
+            match tokio::time::timeout(wait, read_lazily(&mut self.rd, &mut self.rbuf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    Counters::add(&self.core.counters.bytes_in, n as u64);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Sends one packet (e.g. a refusing CONNACK) and closes.
+    async fn send_and_close(&mut self, p: Packet) {
+        self.out.push(p);
+        Box::pin(self.flush_best_effort()).await;
+    }
+
+    /// Writes whatever is pending, giving up after a short time.
+    async fn flush_best_effort(&mut self) {
+        // Acknowledgements still pending (e.g. from the last reads) promise durability too.
+        self.await_receipt().await;
+        self.encode_out();
+        let wbuf = std::mem::take(&mut self.wbuf);
+        let write = async {
+            self.wr.write_all(&wbuf).await?;
+            self.wr.shutdown().await
+        };
+        if tokio::time::timeout(Duration::from_secs(1), write)
+            .await
+            .is_ok()
+        {
+            Counters::add(&self.core.counters.bytes_out, wbuf.len() as u64);
+        }
+    }
+
+    /// The connected-state loop: returns why the connection closes.
+    async fn run(
+        &mut self,
+        engine: &mut Engine,
+        close: &CloseSignal,
+        cancel: &CancellationToken,
+        mut credentials: Credentials,
+    ) -> CloseReason {
+        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut reload = self.core.reload_tx.subscribe();
+        // Packets that arrived in the same read as CONNECT are already buffered: handle them
+        // now, not when the client happens to send more.
+        if let Err(close) = self.process_buffered(engine) {
+            self.collect(engine);
+            return close;
+        }
+        // TLS and WebSocket streams buffer internally: flush once the write buffer is drained.
+        let mut needs_flush = false;
+        loop {
+            self.collect(engine);
+            self.await_receipt().await;
+            if self.encode_out() > 0 {
+                self.observe_latency(engine);
+            }
+            if self.wbuf.is_empty() && !needs_flush {
+                // Nothing to write: an idle connection keeps no write buffer or packet list.
+                release(&mut self.wbuf);
+                if self.out.capacity() > 0 {
+                    self.out = Vec::new();
+                }
+                engine.release_output();
+            }
+            let paused = engine.read_paused_until().map(Instant::from_std);
+            let keep_alive = engine.keep_alive_deadline().map(Instant::from_std);
+            tokio::select! {
+                biased;
+                reason = close.closed() => return reason,
+                _ = cancel.cancelled() => {
+                    return if self.core.shutdown.is_cancelled() {
+                        CloseReason::Shutdown
+                    } else {
+                        CloseReason::ListenerRemoved
+                    };
+                }
+                r = write_or_flush(&mut self.wr, &self.wbuf), if !self.wbuf.is_empty() || needs_flush => match r {
+                    Ok(Some(0)) => return CloseReason::PeerClosed,
+                    Ok(Some(n)) => {
+                        let _ = self.wbuf.split_to(n);
+                        needs_flush = true;
+                        Counters::add(&self.core.counters.bytes_out, n as u64);
+                    }
+                    Ok(None) => needs_flush = false,
+                    Err(e) => return CloseReason::Io(e.to_string()),
+                },
+                r = read_lazily(&mut self.rd, &mut self.rbuf), if self.wbuf.len() < WRITE_HARD_LIMIT && paused.is_none() => match r {
+                    Ok(0) => return CloseReason::PeerClosed,
+                    Ok(n) => {
+                        Counters::add(&self.core.counters.bytes_in, n as u64);
+                        if let Err(close) = self.process_buffered(engine) {
+                            self.collect(engine);
+                            return close;
+                        }
+                    }
+                    Err(e) => return self.read_error(e),
+                },
+                // Over the publish rate: the socket is not read until the budget refills.
+                _ = tokio::time::sleep_until(paused.unwrap_or(far_future)), if paused.is_some() => {
+                    let _ = engine.on_timer(std::time::Instant::now());
+                    if let Err(close) = self.process_buffered(engine) {
+                        self.collect(engine);
+                        return close;
+                    }
+                },
+                _ = engine.entry().wake.notified(), if self.wbuf.len() < WRITE_HIGH_WATER => {
+                    engine.on_wake(&self.core);
+                }
+                _ = tokio::time::sleep_until(keep_alive.unwrap_or(far_future)), if keep_alive.is_some() => {
+                    if let Err(close) = engine.on_timer(std::time::Instant::now()) {
+                        return close;
+                    }
+                }
+                _ = reload.changed() => {
+                    self.max_packet_size = self.core.runtime.load().config.server.max_packet_size;
+                    let (core, client) = (self.core.clone(), engine.client().clone());
+                    if let Err(why) = Box::pin(recheck(core, client, &mut credentials)).await {
+                        return CloseReason::Revoked(why);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// After a reload, with `reauthorize_on_reload`: re-runs the authentication chain with the
+/// credentials this client connected with, unless nothing it depends on changed (10,000
+/// clients re-checked at once dip the throughput after a reload).
+async fn recheck(
+    core: Arc<Core>,
+    client: Arc<crate::hooks::ClientInfo>,
+    credentials: &mut Credentials,
+) -> Result<(), String> {
+    let runtime = core.runtime.load_full();
+    if !runtime.config.security.reauthorize_on_reload {
+        return Ok(());
+    }
+    let fingerprint = runtime.auth_fingerprint;
+    if fingerprint.is_some() && fingerprint == credentials.fingerprint {
+        return Ok(());
+    }
+    credentials.fingerprint = fingerprint;
+    connect::recheck(
+        runtime,
+        client,
+        credentials.password.clone(),
+        credentials.certificate_verified,
+    )
+    .await
+}
+
+/// Writes pending bytes (`Some(n)`), or flushes when nothing is pending (`None`).
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    wbuf: &BytesMut,
+) -> std::io::Result<Option<usize>> {
+    if wbuf.is_empty() {
+        wr.flush().await.map(|()| None)
+    } else {
+        wr.write(wbuf).await.map(Some)
+    }
+}
+
+/// Reads what the peer has sent into `buf`, holding no buffer while it waits.
+///
+/// An idle connection is the common case for an IoT fleet, and a read buffer reserved ahead
+/// of the read would be most of its memory. So an empty `buf` gives its allocation back, and
+/// the read goes into a buffer on the stack of this `poll` call (not into the task's
+/// future), whose bytes are then appended to `buf`. A partly received packet keeps its
+/// buffer, which grows in `READ_CHUNK` steps.
+async fn read_lazily<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    release(buf);
+    if !buf.is_empty() {
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(READ_CHUNK);
+        }
+        return rd.read_buf(buf).await;
+    }
+    std::future::poll_fn(|cx| {
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut rb = tokio::io::ReadBuf::uninit(&mut stack);
+        match std::pin::Pin::new(&mut *rd).poll_read(cx, &mut rb) {
+            std::task::Poll::Ready(Ok(())) => {
+                let filled = rb.filled();
+                if !filled.is_empty() {
+                    buf.reserve(READ_CHUNK.max(filled.len()));
+                    buf.extend_from_slice(filled);
+                }
+                std::task::Poll::Ready(Ok(filled.len()))
+            }
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Gives back the allocation of an empty buffer.
+fn release(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 0 {
+        *buf = BytesMut::new();
+    }
+}

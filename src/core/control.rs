@@ -1,0 +1,85 @@
+//! The narrow control interface through which the operator surfaces (admin API, Prometheus
+//! metrics, `$SYS` topics, the config watcher) reach a running broker: stats, clients,
+//! disconnect, reload, and the few facts they report.
+//!
+//! Implemented by the server (`crate::broker::BrokerHandle`); the surfaces hold an
+//! `Arc<dyn Control>` and never import the wiring module, so dependencies point one way.
+
+use super::{ReloadStatus, Runtime};
+use crate::metrics::{Counters, StatsSnapshot};
+use crate::model::Message;
+use serde::Serialize;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A boxed future, for the async methods of a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One connected client as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientSummary {
+    /// Client identifier.
+    pub id: String,
+    /// Remote address.
+    pub address: String,
+    /// Transport it came in on.
+    pub transport: &'static str,
+    /// User name, if any.
+    pub username: Option<String>,
+    /// Clean session flag of its CONNECT.
+    pub clean_session: bool,
+    /// Milliseconds since the Unix epoch.
+    pub connected_since: u64,
+    /// Subscriptions held.
+    pub subscriptions: usize,
+    /// Messages queued behind the inflight window.
+    pub queue_depth: usize,
+    /// Payload bytes queued.
+    pub queued_bytes: usize,
+    /// QoS 1/2 messages awaiting acknowledgement.
+    pub inflight: usize,
+}
+
+/// See the module documentation.
+pub trait Control: Send + Sync + 'static {
+    /// Counters and registry sizes right now.
+    fn stats(&self) -> StatsSnapshot;
+    /// The live counters.
+    fn counters(&self) -> &Counters;
+    /// The runtime in force.
+    fn runtime(&self) -> Arc<Runtime>;
+    /// Sessions that outlive their connection.
+    fn persistent_sessions(&self) -> usize;
+    /// Connected clients in connection order: the total and the page asked for.
+    fn clients(&self, offset: usize, limit: usize) -> (usize, Vec<ClientSummary>);
+    /// Disconnects every connection of `client_id` (reason: admin); returns how many.
+    fn disconnect(&self, client_id: &str) -> usize;
+    /// Re-reads `path` and applies it live; the error says why nothing changed.
+    fn reload_from_file<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<u64, String>>;
+    /// Outcome of the last reload attempt.
+    fn last_reload(&self) -> ReloadStatus;
+    /// The file the broker was started from, if any.
+    fn config_path(&self) -> Option<PathBuf>;
+    /// Whether `/readyz` answers 200.
+    fn is_ready(&self) -> bool;
+    /// Whether a shutdown has begun (`/readyz` says so instead of "starting").
+    fn is_draining(&self) -> bool;
+    /// When the broker started (monotonic, wall clock).
+    fn started(&self) -> (Instant, SystemTime);
+    /// Publishes a message as the broker (`$SYS`).
+    fn publish(&self, message: Message);
+    /// Changes to the generation in force.
+    fn reloads(&self) -> watch::Receiver<u64>;
+    /// Cancelled when the broker begins to shut down.
+    fn shutting_down(&self) -> CancellationToken;
+    /// Cancelled at the very end of a shutdown (stops the admin listener and `$SYS`).
+    fn stopped(&self) -> CancellationToken;
+    /// Records where the admin listener is bound.
+    fn set_admin_addr(&self, addr: SocketAddr);
+}

@@ -1,0 +1,195 @@
+//! The broker's core: the state every connection shares and the protocol engine that acts
+//! on it, with no sockets, listeners or HTTP in sight.
+//!
+//! - [`runtime`]: the immutable [`Runtime`] derived from a config generation;
+//! - [`registry`]: sessions by client id, attach/detach/takeover/expiry, and the lock order;
+//! - [`router`]: the routing seam ([`router::Router`]) and its single-node implementation;
+//! - [`engine`]: the sans-IO per-client protocol engine (packets in, actions out);
+//! - [`ops`]: the event bus, the connected-clients directory and readiness;
+//! - [`backoff`]: the login back-off per source address;
+//! - [`control`]: the narrow interface admin, metrics, `$SYS` and the watcher use.
+//!
+//! Depends only on leaf and layer modules below it (model, protocol, config, session,
+//! routing, storage, hooks, metrics, events); the connection shell, the transports and the
+//! server import it, never the other way round.
+
+pub mod backoff;
+pub mod control;
+pub mod engine;
+#[cfg(test)]
+mod engine_tests;
+pub mod ops;
+pub mod registry;
+pub mod router;
+pub mod runtime;
+
+pub use runtime::{ReloadStatus, Runtime, Token};
+
+use crate::metrics::{
+    ByteStats, ConnectionStats, Counters, InflightStats, MessageStats, SessionStats, StatsSnapshot,
+    SubscriptionStats,
+};
+use crate::model::Message;
+use crate::session::state::OutboundState;
+use crate::session::Session;
+use crate::storage::StorageHandle;
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use registry::SessionRegistry;
+use router::{LocalRouter, Routed, Router};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The services every component of the core reads: the runtime in force, the counters,
+/// the storage writer and the operational state. Held by the router, the registry and the
+/// engine alike, so none of them needs the whole [`Core`].
+pub(crate) struct Services {
+    /// The runtime in force; hot paths `load()` it, a reload swaps it whole.
+    pub runtime: ArcSwap<Runtime>,
+    /// Counters for stats and metrics.
+    pub counters: Counters,
+    /// The storage writer when persistence is on (`None`: memory only, nothing journaled).
+    pub storage: Option<Arc<StorageHandle>>,
+    /// Events, connected clients, readiness (see [`ops`]).
+    pub ops: ops::OpsState,
+}
+
+impl Services {
+    /// Submits the operations a session journaled; returns the ticket to wait for.
+    pub fn persist(&self, state: &mut Session) -> Option<u64> {
+        let storage = self.storage.as_ref()?;
+        let ops = state.take_journal();
+        (!ops.is_empty()).then(|| storage.submit(ops))
+    }
+}
+
+/// State shared by every task of one broker (see the module documentation).
+pub(crate) struct Core {
+    services: Arc<Services>,
+    /// Where messages go (the single-node trie and retained store today).
+    pub router: Arc<dyn Router>,
+    /// Sessions by client id.
+    pub registry: SessionRegistry,
+    /// The login back-off.
+    pub backoff: backoff::AuthBackoff,
+    /// Cancelled when the broker shuts down: every listener's and connection's token is a
+    /// child of it.
+    pub shutdown: CancellationToken,
+    /// Tells connections that a new generation is live (they re-check credentials).
+    pub reload_tx: watch::Sender<u64>,
+    /// Outcome of the last reload attempt.
+    pub last_reload: Mutex<ReloadStatus>,
+    next_conn_id: AtomicU64,
+    started_nanos: u128,
+}
+
+impl std::ops::Deref for Core {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.services
+    }
+}
+
+impl Core {
+    /// A core with no sessions, routing on this node only.
+    pub fn new(runtime: Runtime, storage: Option<Arc<StorageHandle>>) -> Core {
+        let generation = runtime.generation;
+        let services = Arc::new(Services {
+            runtime: ArcSwap::from_pointee(runtime),
+            counters: Counters::default(),
+            storage,
+            ops: ops::OpsState::default(),
+        });
+        let router: Arc<dyn Router> = Arc::new(LocalRouter::new(services.clone()));
+        Core {
+            registry: SessionRegistry::new(services.clone(), router.clone()),
+            router,
+            services,
+            backoff: backoff::AuthBackoff::default(),
+            shutdown: CancellationToken::new(),
+            reload_tx: watch::channel(generation).0,
+            last_reload: Mutex::new(ReloadStatus {
+                generation,
+                ok: true,
+                error: None,
+                at: std::time::SystemTime::now(),
+            }),
+            next_conn_id: AtomicU64::new(1),
+            started_nanos: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        }
+    }
+
+    /// A process-unique connection number.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A client id for a client that sent an empty one [MQTT-3.1.3-6].
+    pub fn assign_client_id(&self, conn_id: u64) -> String {
+        format!(
+            "auto-{:x}-{conn_id:x}",
+            self.started_nanos & 0xffff_ffff_ffff
+        )
+    }
+
+    /// Routes a message the broker itself publishes (wills, `$SYS`).
+    pub fn publish(&self, msg: Message) -> Routed {
+        self.router.publish(msg)
+    }
+
+    /// A snapshot of the counters and registry sizes.
+    pub fn stats(&self) -> StatsSnapshot {
+        let c = &self.counters;
+        let (mut connected, mut qos1, mut qos2, mut queued) = (0, 0, 0, 0);
+        let sessions = self.registry.entries();
+        for entry in &sessions {
+            let s = entry.state();
+            if s.is_online() {
+                connected += 1;
+            }
+            queued += s.queued() as u64;
+            qos2 += s.inbound_qos2_pending() as u64;
+            for f in s.inflight() {
+                match f.state {
+                    OutboundState::AwaitPubAck => qos1 += 1,
+                    _ => qos2 += 1,
+                }
+            }
+        }
+        StatsSnapshot {
+            config_generation: self.runtime.load().generation,
+            connections: ConnectionStats {
+                total: Counters::get(&c.connections),
+                tcp: Counters::get(&c.connections_tcp),
+                tls: Counters::get(&c.connections_tls),
+                websocket: Counters::get(&c.connections_ws),
+                wss: Counters::get(&c.connections_wss),
+            },
+            sessions: SessionStats {
+                total: sessions.len() as u64,
+                connected,
+            },
+            subscriptions: SubscriptionStats {
+                total: self.router.subscription_count() as u64,
+            },
+            messages: MessageStats {
+                retained: self.router.retained_count() as u64,
+                inflight: InflightStats { qos1, qos2 },
+                queued,
+                received: Counters::get(&c.messages_in),
+                sent: Counters::get(&c.messages_out),
+                dropped_queue_full: Counters::get(&c.dropped_queue_full),
+            },
+            bytes: ByteStats {
+                received: Counters::get(&c.bytes_in),
+                sent: Counters::get(&c.bytes_out),
+            },
+        }
+    }
+}

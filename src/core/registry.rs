@@ -1,0 +1,365 @@
+//! The session registry: finds a session by client id and hands it from one connection to
+//! the next (attach, detach, takeover), ends clean sessions, expires persistent ones, and
+//! rebuilds them from storage at start.
+//!
+//! Owns the sessions map and each session's owner and offline time (private fields, changed
+//! only by the methods here). It must not touch sockets, the config file or the admin API.
+//!
+//! # Lock order
+//!
+//! Locks are only ever taken in this order, and a later one is never held while an earlier
+//! one is taken:
+//!
+//! 1. `SessionRegistry::sessions` (the map),
+//! 2. a session's `owner`,
+//! 3. a session's `state`,
+//! 4. the router's trie and retained store (`super::router`).
+//!
+//! A session's `client`, `acl_cache` and `offline_since` are leaves: held only for a copy or
+//! a single update, with nothing else taken meanwhile. The router collects its targets under
+//! the trie's read lock and releases it before taking any session's `state`, and the engine
+//! releases `state` before it calls the router, so publish, subscribe, attach and detach all
+//! agree with the order above. Keep it so when adding a method: take what you need, in order,
+//! and drop it before calling into another component.
+
+use super::router::Router;
+use super::Services;
+use crate::hooks::AclCache;
+use crate::model::{ClientInfo, CloseReason, CloseSignal, TransportKind};
+use crate::session::{Session, SessionLimits};
+use crate::storage::{Recovered, SessionRecord, StorageOp};
+use parking_lot::{Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{watch, Notify};
+use tracing::info;
+
+/// The connection currently attached to a session.
+#[derive(Debug)]
+pub(crate) struct Owner {
+    /// Process-unique connection number.
+    pub conn_id: u64,
+    /// Asks that connection to close (a takeover says why).
+    pub close: Arc<CloseSignal>,
+    /// Turns true once that connection has detached (its will published).
+    pub done: watch::Receiver<bool>,
+}
+
+/// A session in the registry, shared between its connection and the routers that feed it.
+#[derive(Debug)]
+pub struct SessionEntry {
+    /// Client identifier.
+    pub client_id: Arc<str>,
+    /// The sans-IO session state.
+    state: Mutex<Session>,
+    /// Wakes the attached connection when messages were queued.
+    pub(crate) wake: Notify,
+    /// The client as last connected, for delivery-time ACL checks.
+    client: Mutex<Arc<ClientInfo>>,
+    /// Delivery decisions for that client (forgotten when it connects again).
+    pub(crate) acl_cache: Mutex<AclCache>,
+    /// When the last connection ended (for `persistence.session_expiry`); `None` while online.
+    offline_since: Mutex<Option<SystemTime>>,
+    owner: Mutex<Option<Owner>>,
+}
+
+impl SessionEntry {
+    fn new(client: Arc<ClientInfo>, state: Session, offline_since: Option<SystemTime>) -> Self {
+        SessionEntry {
+            client_id: client.client_id.clone(),
+            state: Mutex::new(state),
+            wake: Notify::new(),
+            client: Mutex::new(client),
+            acl_cache: Mutex::new(AclCache::default()),
+            offline_since: Mutex::new(offline_since),
+            owner: Mutex::new(None),
+        }
+    }
+
+    /// Locks the session state (step 3 of the lock order).
+    pub(crate) fn state(&self) -> MutexGuard<'_, Session> {
+        self.state.lock()
+    }
+
+    /// The client as it last connected.
+    pub(crate) fn client(&self) -> Arc<ClientInfo> {
+        self.client.lock().clone()
+    }
+
+    /// The connection number of the attached connection, if any.
+    #[cfg(test)]
+    pub(crate) fn owner_conn(&self) -> Option<u64> {
+        self.owner.lock().as_ref().map(|o| o.conn_id)
+    }
+}
+
+/// Result of attaching a connection to a session.
+pub(crate) struct Attached {
+    /// The session the connection now owns.
+    pub entry: Arc<SessionEntry>,
+    /// Whether a stored session was resumed [MQTT-3.2.2-2].
+    pub session_present: bool,
+    /// The connection it was taken from: it has been told to close (`TakenOver`); wait for
+    /// `done` before acknowledging the new connection, so its will goes first.
+    pub previous: Option<Owner>,
+}
+
+/// See the module documentation.
+pub(crate) struct SessionRegistry {
+    services: Arc<Services>,
+    router: Arc<dyn Router>,
+    sessions: Mutex<HashMap<Arc<str>, Arc<SessionEntry>>>,
+}
+
+impl SessionRegistry {
+    /// An empty registry whose sessions subscribe through `router`.
+    pub fn new(services: Arc<Services>, router: Arc<dyn Router>) -> Self {
+        SessionRegistry {
+            services,
+            router,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Every session, as a snapshot (for stats and metrics).
+    pub fn entries(&self) -> Vec<Arc<SessionEntry>> {
+        self.sessions.lock().values().cloned().collect()
+    }
+
+    /// Attaches connection `conn_id` to the session of `client.client_id`, taking it over
+    /// from any connection that holds it [MQTT-3.1.4-2] and discarding it first if
+    /// `clean_session` [MQTT-3.1.2-6]. Sans-IO: the previous owner is told to close and
+    /// handed back, for the caller to wait on.
+    pub fn attach(
+        &self,
+        client: &Arc<ClientInfo>,
+        conn_id: u64,
+        close: Arc<CloseSignal>,
+        done: watch::Receiver<bool>,
+    ) -> Attached {
+        let limits = self.services.runtime.load().session_limits();
+        let client_id: &str = &client.client_id;
+        let clean_session = client.clean_session;
+        let mut sessions = self.sessions.lock();
+        let mut previous = None;
+        let mut reuse = None;
+        if let Some(old) = sessions.get(client_id).cloned() {
+            previous = old.owner.lock().take();
+            // An expired session is gone even if the periodic sweep has not run yet.
+            let expired = previous.is_none() && self.is_expired(&old);
+            if expired {
+                info!(
+                    client_id,
+                    "persistent session expired (persistence.session_expiry)"
+                );
+            }
+            if clean_session || expired || old.state.lock().clean_session {
+                self.remove_locked(&mut sessions, &old);
+            } else {
+                reuse = Some(old);
+            }
+        }
+        let session_present = reuse.is_some();
+        let entry = reuse.unwrap_or_else(|| {
+            let mut state = Session::new(client.client_id.clone(), clean_session, limits);
+            if !clean_session && self.services.storage.is_some() {
+                state.enable_persistence();
+            }
+            let entry = Arc::new(SessionEntry::new(client.clone(), state, None));
+            sessions.insert(entry.client_id.clone(), entry.clone());
+            entry
+        });
+        *entry.client.lock() = client.clone();
+        *entry.offline_since.lock() = None;
+        *entry.owner.lock() = Some(Owner {
+            conn_id,
+            close,
+            done,
+        });
+        drop(sessions);
+        if let Some(prev) = &previous {
+            info!(client_id, "taking over session from an existing connection");
+            prev.close.close(CloseReason::TakenOver);
+        }
+        entry.state.lock().set_limits(limits);
+        if !clean_session {
+            self.persist_record(&entry);
+        }
+        Attached {
+            entry,
+            session_present,
+            previous,
+        }
+    }
+
+    /// Detaches connection `conn_id` from its session; a clean session ends here
+    /// [MQTT-3.1.2-6]. A connection whose session was taken over changes nothing.
+    pub fn detach(&self, entry: &Arc<SessionEntry>, conn_id: u64) {
+        let mut sessions = self.sessions.lock();
+        {
+            let mut owner = entry.owner.lock();
+            match owner.as_ref() {
+                Some(o) if o.conn_id == conn_id => *owner = None,
+                // Taken over: the new owner decides what happens to the session.
+                _ => return,
+            }
+        }
+        let clean = {
+            let mut state = entry.state.lock();
+            state.disconnect();
+            state.clean_session
+        };
+        if clean {
+            self.remove_locked(&mut sessions, entry);
+        } else {
+            *entry.offline_since.lock() = Some(SystemTime::now());
+            drop(sessions);
+            self.persist_record(entry);
+        }
+    }
+
+    /// Forgets a session: its subscriptions, registry entry and stored state.
+    fn remove_locked(
+        &self,
+        sessions: &mut HashMap<Arc<str>, Arc<SessionEntry>>,
+        entry: &Arc<SessionEntry>,
+    ) {
+        let (was_persistent, filters) = {
+            let mut state = entry.state.lock();
+            (
+                !state.clean_session,
+                std::mem::take(&mut state.subscriptions),
+            )
+        };
+        for filter in filters.keys() {
+            self.router.unsubscribe(entry, filter);
+        }
+        if sessions
+            .get(&entry.client_id)
+            .is_some_and(|e| Arc::ptr_eq(e, entry))
+        {
+            sessions.remove(&entry.client_id);
+        }
+        if was_persistent {
+            if let Some(storage) = &self.services.storage {
+                storage.submit(vec![StorageOp::DeleteSession(entry.client_id.clone())]);
+            }
+        }
+    }
+
+    /// Removes persistent sessions offline for longer than `persistence.session_expiry`.
+    pub fn expire_sessions(&self) -> usize {
+        if self
+            .services
+            .runtime
+            .load()
+            .config
+            .persistence
+            .session_expiry
+            .is_zero()
+        {
+            return 0;
+        }
+        let mut sessions = self.sessions.lock();
+        let expired: Vec<Arc<SessionEntry>> = sessions
+            .values()
+            .filter(|e| e.owner.lock().is_none() && self.is_expired(e))
+            .cloned()
+            .collect();
+        for e in &expired {
+            info!(client_id = %e.client_id, "persistent session expired (persistence.session_expiry)");
+            self.remove_locked(&mut sessions, e);
+        }
+        expired.len()
+    }
+
+    /// Whether a session has been offline for `persistence.session_expiry` (never when 0).
+    fn is_expired(&self, entry: &SessionEntry) -> bool {
+        let expiry = self
+            .services
+            .runtime
+            .load()
+            .config
+            .persistence
+            .session_expiry
+            .get();
+        !expiry.is_zero()
+            && entry
+                .offline_since
+                .lock()
+                .is_some_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() >= expiry)
+    }
+
+    /// Writes a persistent session's record (subscriptions, user name, last seen); returns
+    /// the storage ticket.
+    pub fn persist_record(&self, entry: &SessionEntry) -> Option<u64> {
+        let storage = self.services.storage.as_ref()?;
+        let record = {
+            let state = entry.state.lock();
+            if state.clean_session {
+                return None;
+            }
+            SessionRecord {
+                username: entry.client.lock().username.clone(),
+                subscriptions: state
+                    .subscriptions
+                    .iter()
+                    .map(|(f, q)| (f.clone(), *q))
+                    .collect(),
+                last_seen_ms: entry
+                    .offline_since
+                    .lock()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_millis() as u64),
+            }
+        };
+        Some(storage.submit(vec![StorageOp::PutSession {
+            client_id: entry.client_id.clone(),
+            record,
+        }]))
+    }
+
+    /// Applies new per-session limits to every session (after a reload); nothing already
+    /// queued is dropped.
+    pub fn set_limits(&self, limits: SessionLimits) {
+        for s in self.entries() {
+            s.state.lock().set_limits(limits);
+        }
+    }
+
+    /// Rebuilds persistent sessions (with their subscriptions) from storage.
+    pub fn recover(&self, recovered: Recovered) {
+        let limits = self.services.runtime.load().session_limits();
+        let mut sessions = self.sessions.lock();
+        for r in recovered.sessions {
+            let subscriptions = r.record.subscriptions.iter().cloned().collect();
+            let client = Arc::new(ClientInfo {
+                client_id: r.client_id.clone(),
+                username: r.record.username.clone(),
+                peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+                transport: TransportKind::Tcp,
+                tls_identity: None,
+                protocol: crate::protocol::ProtocolLevel::V311,
+                clean_session: false,
+            });
+            let last_seen = match r.record.last_seen_ms {
+                0 => SystemTime::now(),
+                ms => std::time::UNIX_EPOCH + Duration::from_millis(ms),
+            };
+            let state = Session::restore(
+                r.client_id.clone(),
+                limits,
+                subscriptions,
+                r.messages,
+                r.inbound,
+            );
+            let entry = Arc::new(SessionEntry::new(client, state, Some(last_seen)));
+            for (f, q) in &r.record.subscriptions {
+                self.router.subscribe(&entry, f, *q);
+            }
+            sessions.insert(r.client_id, entry);
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Leaf types shared by several layers: the application message, what the broker knows about
+//! a client, the transport kind, where an outbound message is in its acknowledgement flow, and
+//! why a connection closed.
+//!
+//! Owns nothing but these definitions; it imports only `protocol` and must never import a
+//! layer above it (routing, session, core, connection, ...), so that every layer can use it.
+
+use crate::protocol::{ProtocolLevel, Publish, QoS};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// An application message as it travels through the broker.
+///
+/// Cheap to clone: the topic and payload are reference counted, so one published message
+/// fans out to many subscribers without copying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Payload bytes.
+    pub payload: Bytes,
+    /// QoS (as published, or as granted for one subscriber).
+    pub qos: QoS,
+    /// Retain flag.
+    pub retain: bool,
+    /// When the broker routed it (set by the router), for the publish-to-deliver
+    /// latency histogram; `None` for messages that are not timed (retained on subscribe).
+    pub enqueued_at: Option<std::time::Instant>,
+}
+
+impl Message {
+    /// Builds a message.
+    pub fn new(topic: &str, payload: Bytes, qos: QoS, retain: bool) -> Self {
+        Message {
+            topic: Arc::from(topic),
+            payload,
+            qos,
+            retain,
+            enqueued_at: None,
+        }
+    }
+
+    /// Takes the message out of a received PUBLISH.
+    pub fn from_publish(p: Publish) -> Self {
+        Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            enqueued_at: None,
+        }
+    }
+
+    /// The PUBLISH that carries this message with the given packet id and DUP flag.
+    pub fn to_publish(&self, pid: Option<u16>, dup: bool) -> Publish {
+        Publish {
+            dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: self.topic.clone(),
+            pid,
+            payload: self.payload.clone(),
+        }
+    }
+}
+
+/// What the broker knows about a connected client, handed to every hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// Client identifier (assigned by the broker when the client sent an empty one).
+    pub client_id: Arc<str>,
+    /// User name from CONNECT, or the TLS certificate identity when configured so.
+    pub username: Option<String>,
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// Transport the client came in on.
+    pub transport: TransportKind,
+    /// Subject common name of a verified TLS client certificate.
+    pub tls_identity: Option<String>,
+    /// Protocol revision.
+    pub protocol: ProtocolLevel,
+    /// Clean session flag.
+    pub clean_session: bool,
+}
+
+/// Transport protocol of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// Plain TCP.
+    #[default]
+    Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl TransportKind {
+    /// Lower-case name used in logs and stats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
+            TransportKind::Ws => "ws",
+            TransportKind::Wss => "wss",
+        }
+    }
+
+    /// Whether the listener terminates TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, TransportKind::Tls | TransportKind::Wss)
+    }
+
+    /// Whether the listener speaks WebSocket.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, TransportKind::Ws | TransportKind::Wss)
+    }
+}
+
+/// Where an outbound QoS 1/2 message is in its acknowledgement flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundState {
+    /// QoS 1: PUBLISH sent, waiting for PUBACK.
+    AwaitPubAck,
+    /// QoS 2: PUBLISH sent, waiting for PUBREC.
+    AwaitPubRec,
+    /// QoS 2: PUBREL sent, waiting for PUBCOMP.
+    AwaitPubComp,
+}
+
+/// Why a client's connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DisconnectReason {
+    /// The client sent DISCONNECT.
+    Disconnect,
+    /// The client closed the socket without DISCONNECT.
+    PeerClosed,
+    /// Nothing received for 1.5 × keep-alive [MQTT-3.1.2-24].
+    KeepAlive,
+    /// A protocol violation.
+    ProtocolError,
+    /// A resource limit closed it (topic too long or too deep).
+    Policy,
+    /// Another connection with the same client id took the session over [MQTT-3.1.4-2].
+    TakenOver,
+    /// An operator disconnected it through the admin API.
+    Admin,
+    /// The broker is shutting down.
+    Shutdown,
+    /// Its listener was removed by a reload with `drain: true`.
+    ListenerRemoved,
+    /// A reload revoked its credentials.
+    Revoked,
+    /// A socket error.
+    IoError,
+}
+
+impl DisconnectReason {
+    /// Every reason, in metrics order.
+    pub const ALL: [DisconnectReason; 11] = [
+        DisconnectReason::Disconnect,
+        DisconnectReason::PeerClosed,
+        DisconnectReason::KeepAlive,
+        DisconnectReason::ProtocolError,
+        DisconnectReason::Policy,
+        DisconnectReason::TakenOver,
+        DisconnectReason::Admin,
+        DisconnectReason::Shutdown,
+        DisconnectReason::ListenerRemoved,
+        DisconnectReason::Revoked,
+        DisconnectReason::IoError,
+    ];
+
+    /// The label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::Disconnect => "disconnect",
+            DisconnectReason::PeerClosed => "peer_closed",
+            DisconnectReason::KeepAlive => "keep_alive",
+            DisconnectReason::ProtocolError => "protocol_error",
+            DisconnectReason::Policy => "policy",
+            DisconnectReason::TakenOver => "taken_over",
+            DisconnectReason::Admin => "admin",
+            DisconnectReason::Shutdown => "shutdown",
+            DisconnectReason::ListenerRemoved => "listener_removed",
+            DisconnectReason::Revoked => "revoked",
+            DisconnectReason::IoError => "io_error",
+        }
+    }
+
+    /// Position in [`DisconnectReason::ALL`] (and in the metrics counter array).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A client's violation of the WebSocket mapping, handed to the connection inside an
+/// `io::Error` so that it is logged and counted as the protocol error it is.
+#[derive(Debug, thiserror::Error)]
+pub enum WsViolation {
+    /// A WebSocket message over `max_packet_size` (tungstenite refuses it before buffering).
+    #[error("packet larger than max_packet_size: WebSocket message of {size} bytes > {max} bytes")]
+    TooLarge {
+        /// Size of the message.
+        size: usize,
+        /// The limit (`server.max_packet_size`).
+        max: usize,
+    },
+    /// A text frame [MQTT-6.0.0-1].
+    #[error("text WebSocket frame: MQTT needs binary frames [MQTT-6.0.0-1]")]
+    TextFrame,
+}
+
+impl WsViolation {
+    /// The violation carried by an I/O error from `transport::ws::WsByteStream`, if it is one.
+    pub fn of(e: &std::io::Error) -> Option<&WsViolation> {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<WsViolation>())
+    }
+}
+
+/// Why a connection closes, decided where it happens and carried to the log line, the
+/// [`DisconnectReason`] of the event and the metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent DISCONNECT: the will is discarded [MQTT-3.14.4-3].
+    Disconnect,
+    /// The client closed the socket without DISCONNECT.
+    PeerClosed,
+    /// Nothing received for 1.5 × keep-alive [MQTT-3.1.2-24].
+    KeepAlive,
+    /// A protocol violation, with the statement it breaks where there is one [MQTT-4.8.0-1].
+    Protocol(String),
+    /// A resource limit that closes the connection (topic too long or too deep).
+    Policy(String),
+    /// Another connection with the same client id took the session over [MQTT-3.1.4-2].
+    TakenOver,
+    /// An operator disconnected the client through the admin API.
+    Admin,
+    /// The broker is shutting down.
+    Shutdown,
+    /// Its listener was removed by a reload with `drain: true`.
+    ListenerRemoved,
+    /// A reload revoked the client's credentials (`reauthorize_on_reload`), with why.
+    Revoked(String),
+    /// A socket error.
+    Io(String),
+}
+
+impl CloseReason {
+    /// Whether the will message is published [MQTT-3.1.2-8]: always but after DISCONNECT.
+    pub fn publishes_will(&self) -> bool {
+        !matches!(self, CloseReason::Disconnect)
+    }
+
+    /// Whether the connection first handles what its client had already sent (so that a
+    /// PUBLISH or DISCONNECT in flight is not lost): when the broker, not the client or the
+    /// socket, ends it.
+    pub fn finishes_inbound(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::TakenOver
+                | CloseReason::Admin
+                | CloseReason::Shutdown
+                | CloseReason::ListenerRemoved
+        )
+    }
+
+    /// The kind used by events and metrics.
+    pub fn kind(&self) -> DisconnectReason {
+        match self {
+            CloseReason::Disconnect => DisconnectReason::Disconnect,
+            CloseReason::PeerClosed => DisconnectReason::PeerClosed,
+            CloseReason::KeepAlive => DisconnectReason::KeepAlive,
+            CloseReason::Protocol(_) => DisconnectReason::ProtocolError,
+            CloseReason::Policy(_) => DisconnectReason::Policy,
+            CloseReason::TakenOver => DisconnectReason::TakenOver,
+            CloseReason::Admin => DisconnectReason::Admin,
+            CloseReason::Shutdown => DisconnectReason::Shutdown,
+            CloseReason::ListenerRemoved => DisconnectReason::ListenerRemoved,
+            CloseReason::Revoked(_) => DisconnectReason::Revoked,
+            CloseReason::Io(_) => DisconnectReason::IoError,
+        }
+    }
+}
+
+/// Where a close decided outside a connection's own task (takeover, admin, reload,
+/// listener removal, shutdown) is written, and how that task is woken to act on it.
+///
+/// The first reason set wins: a connection that is being taken over while the broker
+/// shuts down reports the one that reached it first.
+#[derive(Debug, Default)]
+pub struct CloseSignal {
+    reason: parking_lot::Mutex<Option<CloseReason>>,
+    notify: tokio::sync::Notify,
+}
+
+impl CloseSignal {
+    /// Asks the connection to close for `reason` (ignored when a reason is already set).
+    pub fn close(&self, reason: CloseReason) {
+        {
+            let mut slot = self.reason.lock();
+            if slot.is_some() {
+                return;
+            }
+            *slot = Some(reason);
+        }
+        self.notify.notify_one();
+    }
+
+    /// The reason, once one was set.
+    pub fn reason(&self) -> Option<CloseReason> {
+        self.reason.lock().clone()
+    }
+
+    /// Resolves once a reason is set.
+    pub async fn closed(&self) -> CloseReason {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(r) = self.reason() {
+                return r;
+            }
+            notified.await;
+        }
+    }
+}
