@@ -6,6 +6,8 @@
 //! `Err(RecvError::Lagged(n))` from `recv()`, telling it how many events it missed, and then
 //! continues with the oldest event still held. Emitting costs one atomic load until the
 //! first receiver is handed out: events are only built from then on.
+//!
+//! Owns the event types and the bus; must not import anything above `model` and `protocol`.
 
 use crate::model::TransportKind;
 use crate::protocol::QoS;

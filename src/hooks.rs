@@ -6,6 +6,9 @@
 //! `Allow` allows, and when every hook abstains the configured default decides.
 //! Calls are synchronous and bounded (plugins run under a per-call time limit), so they
 //! never hold a lock that another connection needs.
+//!
+//! Owns the traits and the chain; must not import their implementations (`auth`,
+//! `plugins`) or the broker's state.
 
 pub use crate::model::ClientInfo;
 use crate::model::Message;

@@ -1,6 +1,8 @@
 //! Per-client publish rate limiting: two token buckets (messages and payload bytes per
 //! second). A client over its budget is not dropped or disconnected: its connection stops
 //! reading the socket until the budget has refilled, so TCP flow control slows it down.
+//!
+//! Owns the arithmetic only (time is passed in); the engine decides when to charge.
 
 use std::time::{Duration, Instant};
 

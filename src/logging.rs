@@ -1,5 +1,7 @@
 //! Logging setup: `tracing` to stderr, text or JSON, with the level and the format both
 //! changeable by a live reload. `RUST_LOG`, when set, overrides the configured level.
+//!
+//! Owns the global subscriber; must not import anything but the config schema.
 
 use crate::config::{LogConfig, LogFormat};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,6 +3,9 @@
 //!
 //! Everything here is pure or nearly so (reading and atomically writing one file); the broker
 //! decides the order in which inline rules, the ACL file and the default policy are consulted.
+//!
+//! The YAML shapes of inline users and rules live in `crate::config::security`; this module
+//! gives them meaning and must not import the broker's state.
 
 pub mod acl;
 pub mod builtin;

@@ -4,6 +4,10 @@
 //! that name the key (and, for YAML errors, the line), so that a typo never silently
 //! falls back to a default. The same loader serves start-up, `--check-config` and live
 //! reload.
+//!
+//! The schema only: owns the shapes and their validation; must not import the layers it
+//! configures (auth, plugins, storage, transport). Reading the files a config names and
+//! watching it for changes happen elsewhere (`crate::broker`, `crate::admin::watch`).
 
 mod duration;
 mod ops;

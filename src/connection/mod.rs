@@ -306,6 +306,9 @@ where
         certificate_verified: identity_as_username,
         fingerprint: runtime.auth_fingerprint,
     };
+    // Neither the CONNECT nor the runtime it was checked against is kept while the client
+    // is connected: an idle connection's task holds only what it needs.
+    drop(connect);
     drop(runtime);
     let mut reason = conn
         .run(&mut engine, &close, &info.cancel, credentials)

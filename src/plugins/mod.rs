@@ -7,6 +7,9 @@
 //! plugins are appended to the broker's [`SecurityChain`]. Each plugin runs in its own
 //! instances with a memory cap and a per-call deadline; a failed call is answered per the
 //! plugin's `on_error` and its instance replaced.
+//!
+//! Owns the Wasm engine and the plugin instances; must not import the broker's state (a
+//! plugin sees the broker only through the hook traits and the event bus).
 
 pub mod bindings;
 pub mod host;

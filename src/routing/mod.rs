@@ -1,5 +1,7 @@
-//! Where messages go: the application message type, the subscription trie and the
-//! retained-message store.
+//! The data structures of routing: the subscription trie and the retained-message store.
+//!
+//! Owns matching only; must not know sessions, sockets or storage. The routing seam that
+//! uses them (`crate::core::router`) decides what a match means.
 
 pub mod retained;
 pub mod trie;

@@ -1,5 +1,8 @@
-//! Client sessions: the per-client protocol state machine and the registry that finds a
-//! session by client id and hands it from one connection to the next.
+//! One client's session: the sans-IO state machine of its subscriptions, queues, inflight
+//! window and inbound QoS 2 ids ([`state`]).
+//!
+//! Owns a session's state and its journal of storage operations; must not touch sockets,
+//! clocks, other sessions or the registry that holds it (`crate::core::registry`).
 
 pub mod state;
 

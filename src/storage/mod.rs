@@ -7,6 +7,9 @@
 //! changes are journaled as [`StorageOp`]s and applied in batches by [`writer::StorageHandle`],
 //! which makes concurrent writers share one fsync (group commit).
 //! Clean sessions and QoS 0 messages are never written.
+//!
+//! Owns the stored form and the writer thread; must not import the session registry, the
+//! router or anything that runs on a connection.
 
 mod codec;
 pub mod file;

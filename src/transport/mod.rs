@@ -3,6 +3,9 @@
 //! Every transport ends in an `AsyncRead + AsyncWrite` stream handed to
 //! [`crate::connection::serve`], so sessions, routing and hooks never know how a client
 //! arrived, except through the `transport` field of its `ClientInfo`.
+//!
+//! Owns the listening sockets and the handshakes; must not make protocol decisions. It
+//! imports the connection shell and the core, never the server that starts it.
 
 pub(crate) mod listeners;
 pub mod tls;
