@@ -32,13 +32,31 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Add or update USER in a Mosquitto-format password FILE (created if missing).
-    /// The password is read from the terminal without echo, or from one line of stdin.
+    /// Manage a Mosquitto-format password FILE, as `mosquitto_passwd` does: add or update
+    /// USER (the password is read from the terminal without echo, or from one line of
+    /// stdin), `-c` create a new file, `-b` take the password as an argument, `-D` delete
+    /// USER, `-U` hash every plaintext password of the file.
     Passwd {
+        /// Create a new password file holding only USER; an existing file is overwritten.
+        #[arg(short = 'c', conflicts_with_all = ["delete", "upgrade"])]
+        create: bool,
+        /// Delete USER from the file.
+        #[arg(short = 'D', conflicts_with_all = ["batch", "upgrade"])]
+        delete: bool,
+        /// Batch mode: the password is the last argument (visible in the process list and
+        /// the shell history).
+        #[arg(short = 'b', conflicts_with = "upgrade")]
+        batch: bool,
+        /// Upgrade a file of `user:password` lines in plaintext to hashed passwords (lines
+        /// that already hold a hash are kept).
+        #[arg(short = 'U')]
+        upgrade: bool,
         /// Password file.
         file: PathBuf,
-        /// User name.
-        user: String,
+        /// User name (not with -U).
+        user: Option<String>,
+        /// Password (with -b only).
+        password: Option<String>,
     },
 }
 
@@ -47,8 +65,23 @@ fn main() -> ExitCode {
     if let Some(path) = &cli.check_config {
         return check_config(path);
     }
-    if let Some(Command::Passwd { file, user }) = &cli.command {
-        return passwd(file, user);
+    if let Some(Command::Passwd {
+        create,
+        delete,
+        batch,
+        upgrade,
+        file,
+        user,
+        password,
+    }) = &cli.command
+    {
+        let mode = PasswdMode {
+            create: *create,
+            delete: *delete,
+            batch: *batch,
+            upgrade: *upgrade,
+        };
+        return passwd(mode, file, user.as_deref(), password.as_deref());
     }
     let config = match &cli.config {
         Some(path) => match Config::load(path) {
@@ -100,43 +133,107 @@ fn main() -> ExitCode {
     runtime.block_on(run(config, cli.config))
 }
 
-fn passwd(file: &Path, user: &str) -> ExitCode {
+/// The flags of `mqtt-broker passwd`, as `mosquitto_passwd` has them.
+struct PasswdMode {
+    create: bool,
+    delete: bool,
+    batch: bool,
+    upgrade: bool,
+}
+
+fn passwd(mode: PasswdMode, file: &Path, user: Option<&str>, given: Option<&str>) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("error: {msg}");
+        ExitCode::FAILURE
+    };
+    if mode.upgrade {
+        if user.is_some() {
+            return fail("-U takes only the password file".into());
+        }
+        return match mqtt_broker::auth::upgrade_plaintext(file) {
+            Ok(n) => {
+                eprintln!("{}: {n} plaintext password(s) hashed", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e.to_string()),
+        };
+    }
+    let Some(user) = user else {
+        return fail("a user name is required (mqtt-broker passwd [-c|-D|-b] FILE USER)".into());
+    };
+    if mode.delete {
+        if given.is_some() {
+            return fail("-D takes no password".into());
+        }
+        return match mqtt_broker::auth::delete_user(file, user) {
+            Ok(true) => {
+                eprintln!("{}: user {user} deleted", file.display());
+                ExitCode::SUCCESS
+            }
+            Ok(false) => fail(format!("user {user} not found in {}", file.display())),
+            Err(e) => fail(e.to_string()),
+        };
+    }
+    let password = match (mode.batch, given) {
+        (true, Some(p)) => {
+            eprintln!(
+                "warning: -b puts the password on the command line, where it shows in the process list and the shell history"
+            );
+            p.to_string()
+        }
+        (true, None) => return fail("-b needs the password as the last argument".into()),
+        (false, Some(_)) => {
+            return fail(
+                "a password argument needs -b (batch mode); without it the password is asked for"
+                    .into(),
+            )
+        }
+        (false, None) => match read_password() {
+            Ok(p) => p,
+            Err(code) => return code,
+        },
+    };
+    if password.is_empty() {
+        return fail("empty password".into());
+    }
+    let result = if mode.create {
+        mqtt_broker::auth::create_with_user(file, user, password.as_bytes())
+    } else {
+        mqtt_broker::auth::set_user(file, user, password.as_bytes())
+    };
+    match result {
+        Ok(()) => {
+            eprintln!("{}: password for {user} set", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+/// Reads a password from the terminal without echo (twice), or one line from stdin.
+fn read_password() -> Result<String, ExitCode> {
     use std::io::IsTerminal;
-    let password = if std::io::stdin().is_terminal() {
+    if std::io::stdin().is_terminal() {
         let first = rpassword::prompt_password("Password: ");
         let second = rpassword::prompt_password("Reenter password: ");
         match (first, second) {
-            (Ok(a), Ok(b)) if a == b => a,
+            (Ok(a), Ok(b)) if a == b => Ok(a),
             (Ok(_), Ok(_)) => {
                 eprintln!("error: passwords do not match");
-                return ExitCode::FAILURE;
+                Err(ExitCode::FAILURE)
             }
             (Err(e), _) | (_, Err(e)) => {
                 eprintln!("error: cannot read password: {e}");
-                return ExitCode::FAILURE;
+                Err(ExitCode::FAILURE)
             }
         }
     } else {
         let mut line = String::new();
         if let Err(e) = std::io::stdin().read_line(&mut line) {
             eprintln!("error: cannot read password from stdin: {e}");
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
-        line.trim_end_matches(['\n', '\r']).to_string()
-    };
-    if password.is_empty() {
-        eprintln!("error: empty password");
-        return ExitCode::FAILURE;
-    }
-    match mqtt_broker::auth::set_user(file, user, password.as_bytes()) {
-        Ok(()) => {
-            eprintln!("{}: password for {user} set", file.display());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+        Ok(line.trim_end_matches(['\n', '\r']).to_string())
     }
 }
 

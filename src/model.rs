@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// A process-unique number of one accepted connection (a client id can have several over
+/// time, and for a moment two during a takeover).
+pub type ConnId = u64;
+
 /// An application message as it travels through the broker.
 ///
 /// Cheap to clone: the topic and payload are reference counted, so one published message

@@ -147,6 +147,113 @@ fn our_passwd_file_is_accepted_by_mosquitto() {
     assert!(!bad, "mosquitto accepted a wrong password");
 }
 
+/// `mqtt-broker passwd` has `mosquitto_passwd`'s -c (create), -b (batch, with a warning),
+/// -D (delete) and -U (upgrade plaintext), and Mosquitto's own broker accepts the result.
+#[test]
+fn passwd_create_batch_delete_and_upgrade_like_mosquitto_passwd() {
+    use mqtt_broker::auth::{PasswordCheck, PasswordFile};
+    let dir = temp_dir("passwd-flags");
+    let file = dir.join("passwd");
+    let f = file.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).arg("passwd").args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let check = |user: &str, pass: &str| {
+        PasswordFile::load(&file)
+            .unwrap()
+            .verify(user, pass.as_bytes())
+    };
+
+    std::fs::write(&file, "old:plaintext-that-must-go\n").unwrap();
+    let (ok, err) = run(&["-c", "-b", f, "alice", "s3cret"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("warning: -b"), "batch mode warns: {err}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), 1, "-c starts a new file: {text}");
+    assert_eq!(check("alice", "s3cret"), PasswordCheck::Ok);
+
+    assert!(run(&["-b", f, "bob", "hunter2"]).0);
+    assert_eq!(check("bob", "hunter2"), PasswordCheck::Ok);
+    assert_eq!(check("alice", "s3cret"), PasswordCheck::Ok);
+
+    let (ok, err) = run(&["-D", f, "alice"]);
+    assert!(ok, "{err}");
+    assert_eq!(check("alice", "s3cret"), PasswordCheck::UnknownUser);
+    assert_eq!(check("bob", "hunter2"), PasswordCheck::Ok);
+    let (ok, err) = run(&["-D", f, "nobody"]);
+    assert!(!ok && err.contains("not found"), "{err}");
+
+    // A password argument without -b is refused, not silently used.
+    let (ok, err) = run(&[f, "carol", "visible"]);
+    assert!(!ok && err.contains("-b"), "{err}");
+
+    // -U hashes plaintext lines and keeps hashed ones.
+    let bob_line = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{bob_line}carol:plain pass\n# a comment\n")).unwrap();
+    let (ok, err) = run(&["-U", f]);
+    assert!(ok && err.contains("1 plaintext"), "{err}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.starts_with(bob_line.trim_end()),
+        "bob's hash is kept: {text}"
+    );
+    assert!(text.contains("carol:$7$"), "{text}");
+    assert!(text.contains("# a comment"), "{text}");
+    assert_eq!(check("carol", "plain pass"), PasswordCheck::Ok);
+    assert_eq!(check("bob", "hunter2"), PasswordCheck::Ok);
+
+    // Mosquitto's broker accepts the file as written.
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {f}\nuser root\n"),
+    )
+    .unwrap();
+    let mut mosq = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto is required (apt-get install mosquitto; .ci/run does this)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let publish = |user: &str, pass: &str| {
+        Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-u",
+                user,
+                "-P",
+                pass,
+            ])
+            .args(["-t", "t", "-m", "x"])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let carol = publish("carol", "plain pass");
+    let bob = publish("bob", "hunter2");
+    let alice = publish("alice", "s3cret");
+    let _ = mosq.kill();
+    let _ = mosq.wait();
+    assert!(
+        carol && bob,
+        "mosquitto accepts the upgraded and the batch-added users"
+    );
+    assert!(!alice, "the deleted user is gone for mosquitto too");
+}
+
 #[tokio::test]
 async fn inline_users_and_require_auth() {
     let broker = start_broker(|c| {

@@ -17,6 +17,6 @@ pub use acl::{
 };
 pub use builtin::{build_security_chain, SecurityConfigError};
 pub use password::{
-    hash_password, hash_password_with_salt, set_user, AuthError, HashError, PasswordCheck,
-    PasswordFile, PasswordHash, UserConfig,
+    create_with_user, delete_user, hash_password, hash_password_with_salt, set_user,
+    upgrade_plaintext, AuthError, HashError, PasswordCheck, PasswordFile, PasswordHash, UserConfig,
 };

@@ -378,36 +378,129 @@ impl PasswordFile {
 /// directory, then rename) with mode 0600, like `mosquitto_passwd`.
 pub fn set_user(path: &Path, username: &str, password: &[u8]) -> Result<(), AuthError> {
     check_username(username).map_err(AuthError::InvalidUsername)?;
-    let io_err = |source| AuthError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let existing = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(io_err(e)),
-    };
     let new_line = format!("{username}:{}", hash_password(password));
-
-    let mut out = String::with_capacity(existing.len() + new_line.len() + 1);
-    let mut replaced = false;
-    for line in existing.lines() {
-        let is_user = matches!(split_line(line), Some(Ok((u, _))) if u == username);
-        if !is_user {
-            out.push_str(line);
-            out.push('\n');
-        } else if !replaced {
+    rewrite(path, |existing| {
+        let mut out = String::with_capacity(existing.len() + new_line.len() + 1);
+        let mut replaced = false;
+        for line in existing.lines() {
+            let is_user = matches!(split_line(line), Some(Ok((u, _))) if u == username);
+            if !is_user {
+                out.push_str(line);
+                out.push('\n');
+            } else if !replaced {
+                out.push_str(&new_line);
+                out.push('\n');
+                replaced = true;
+            }
+            // Later duplicates of the same user are dropped: one line per user is what
+            // Mosquitto expects.
+        }
+        if !replaced {
             out.push_str(&new_line);
             out.push('\n');
-            replaced = true;
         }
-        // Later duplicates of the same user are dropped: one line per user is what Mosquitto expects.
+        Ok(out)
+    })
+}
+
+/// Creates (or overwrites) a password file holding only this user (`mosquitto_passwd -c`).
+pub fn create_with_user(path: &Path, username: &str, password: &[u8]) -> Result<(), AuthError> {
+    check_username(username).map_err(AuthError::InvalidUsername)?;
+    let line = format!("{username}:{}\n", hash_password(password));
+    write_atomically(path, line.as_bytes()).map_err(|source| AuthError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Removes a user from a password file, keeping every other line (`mosquitto_passwd -D`).
+/// Returns whether the user was there; the file is not rewritten when it was not.
+pub fn delete_user(path: &Path, username: &str) -> Result<bool, AuthError> {
+    let mut found = false;
+    let text = read_existing(path, false)?;
+    let out: String = text
+        .lines()
+        .filter(|line| {
+            let is_user = matches!(split_line(line), Some(Ok((u, _))) if u == username);
+            found |= is_user;
+            !is_user
+        })
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    if found {
+        write_atomically(path, out.as_bytes()).map_err(|source| AuthError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     }
-    if !replaced {
-        out.push_str(&new_line);
-        out.push('\n');
+    Ok(found)
+}
+
+/// Hashes every plaintext password of a `user:password` file in place
+/// (`mosquitto_passwd -U`). Lines that already hold a `$6$` or `$7$` hash are kept as they
+/// are (Mosquitto would hash the hash and lock the user out); returns how many were hashed.
+pub fn upgrade_plaintext(path: &Path) -> Result<usize, AuthError> {
+    let text = read_existing(path, false)?;
+    let mut upgraded = 0;
+    let mut out = String::with_capacity(text.len() * 2);
+    for (i, line) in text.lines().enumerate() {
+        match split_line(line) {
+            Some(Ok((user, secret)))
+                if !secret.starts_with("$6$") && !secret.starts_with("$7$") =>
+            {
+                check_username(user).map_err(|reason| AuthError::Parse {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    reason: reason.to_string(),
+                })?;
+                out.push_str(&format!("{user}:{}\n", hash_password(secret.as_bytes())));
+                upgraded += 1;
+            }
+            Some(Err(reason)) => {
+                return Err(AuthError::Parse {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    reason: reason.to_string(),
+                })
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
     }
-    write_atomically(path, out.as_bytes()).map_err(io_err)
+    if upgraded > 0 {
+        write_atomically(path, out.as_bytes()).map_err(|source| AuthError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(upgraded)
+}
+
+/// The file's text; a missing file is empty when `missing_ok`, an error otherwise.
+fn read_existing(path: &Path, missing_ok: bool) -> Result<String, AuthError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if missing_ok && e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+        Err(source) => Err(AuthError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Rewrites a password file (created when missing) from its current text, atomically.
+fn rewrite(
+    path: &Path,
+    f: impl FnOnce(&str) -> Result<String, AuthError>,
+) -> Result<(), AuthError> {
+    let existing = read_existing(path, true)?;
+    let out = f(&existing)?;
+    write_atomically(path, out.as_bytes()).map_err(|source| AuthError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {

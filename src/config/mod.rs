@@ -399,6 +399,47 @@ impl Default for LogConfig {
 
 pub use ops::{AdminConfig, LimitsConfig, TopicLimit};
 
+/// The levels `log.level` understands, alone or as `target=level`.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks `log.level` beyond what `tracing` parses: a bare word that is not a level (a
+/// typo such as `warning` or `verbose`) would be taken as a target name and silently log
+/// nothing else, so it is refused, with the level it probably meant.
+fn check_log_level(filter: &str) -> Result<(), String> {
+    let suggest = |word: &str| -> Option<&'static str> {
+        match word.to_ascii_lowercase().as_str() {
+            "warning" | "warnings" | "wrn" => Some("warn"),
+            "verbose" | "debugging" | "dbg" => Some("debug"),
+            "notice" | "information" | "informational" | "inf" => Some("info"),
+            "err" | "errors" | "critical" | "crit" | "fatal" | "alert" | "emerg" => Some("error"),
+            "all" | "trace_all" => Some("trace"),
+            "none" | "quiet" | "silent" | "disable" | "disabled" => Some("off"),
+            _ => None,
+        }
+    };
+    let explain = |word: &str| {
+        let levels = LOG_LEVELS.join(", ");
+        match suggest(word) {
+            Some(s) => format!("`{word}` is not a log level ({levels}); did you mean `{s}`?"),
+            None => format!(
+                "`{word}` is not a log level ({levels}); to set one module's level write `module=level`"
+            ),
+        }
+    };
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = match directive.rsplit_once('=') {
+            Some((_, level)) => level.trim(),
+            // A bare `crate::module` names a target on purpose; a bare word must be a level.
+            None if directive.contains("::") || directive.contains('[') => continue,
+            None => directive,
+        };
+        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(explain(level));
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -605,6 +646,9 @@ impl Config {
         if let Err((key, reason)) = plugins::validate_all(&self.plugins) {
             return invalid(&key, &reason);
         }
+        if let Err(reason) = check_log_level(&self.log.level) {
+            return invalid("log.level", &reason);
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid("log.level", &e.to_string());
         }
@@ -660,6 +704,39 @@ fn storage_type_given(text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// A typo in `log.level` is refused with the level it probably meant, instead of
+    /// silently logging nothing (issue 21).
+    #[test]
+    fn log_level_typos_are_refused_with_a_suggestion() {
+        for (text, ok) in [
+            ("info", true),
+            ("WARN", true),
+            ("mqtt_broker=debug,info", true),
+            ("mqtt_broker::connection=trace", true),
+            ("off", true),
+            ("warning", false),
+            ("verbose", false),
+            ("notice", false),
+            ("mqtt_broker=warning", false),
+            ("loud", false),
+        ] {
+            let yaml = format!("log:\n  level: \"{text}\"\n");
+            let r = Config::parse(&yaml, Path::new("t.yaml"));
+            assert_eq!(r.is_ok(), ok, "{text}: {r:?}");
+        }
+        let err = Config::parse("log:\n  level: warning\n", Path::new("t.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("log.level") && err.contains("did you mean `warn`"),
+            "{err}"
+        );
+        let err = Config::parse("log:\n  format: jsn\n", Path::new("t.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("jsn") && err.contains("json"), "{err}");
+    }
+
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {

@@ -17,7 +17,7 @@ use crate::core::router::Receipt;
 use crate::core::Core;
 use crate::events::BrokerEvent;
 use crate::metrics::Counters;
-use crate::model::{CloseReason, CloseSignal, TransportKind};
+use crate::model::{CloseReason, CloseSignal, ConnId, TransportKind};
 use crate::protocol::codec::{self, encode};
 use crate::protocol::{ConnAck, ConnectReturnCode, Packet, ProtocolError};
 use bytes::BytesMut;
@@ -110,7 +110,7 @@ fn transport_counter(core: &Core, t: TransportKind) -> &std::sync::atomic::Atomi
 struct Attachment {
     core: Arc<Core>,
     entry: Arc<SessionEntry>,
-    conn_id: u64,
+    conn_id: ConnId,
     done: watch::Sender<bool>,
 }
 

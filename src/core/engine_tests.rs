@@ -40,7 +40,7 @@ struct Client {
     close: Arc<CloseSignal>,
     /// Keeps `done` open for a takeover to wait on.
     _done: watch::Sender<bool>,
-    conn_id: u64,
+    conn_id: crate::model::ConnId,
 }
 
 fn connect(core: &Core, id: &str, clean: bool, will: Option<LastWill>) -> (Client, bool) {

@@ -29,7 +29,7 @@ use crate::metrics::{
     ByteStats, ConnectionStats, Counters, InflightStats, MessageStats, SessionStats, StatsSnapshot,
     SubscriptionStats,
 };
-use crate::model::Message;
+use crate::model::{ConnId, Message};
 use crate::session::state::OutboundState;
 use crate::session::Session;
 use crate::storage::StorageHandle;
@@ -126,12 +126,12 @@ impl Core {
     }
 
     /// A process-unique connection number.
-    pub fn next_conn_id(&self) -> u64 {
+    pub fn next_conn_id(&self) -> ConnId {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A client id for a client that sent an empty one [MQTT-3.1.3-6].
-    pub fn assign_client_id(&self, conn_id: u64) -> String {
+    pub fn assign_client_id(&self, conn_id: ConnId) -> String {
         format!(
             "auto-{:x}-{conn_id:x}",
             self.started_nanos & 0xffff_ffff_ffff

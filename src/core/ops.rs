@@ -8,7 +8,7 @@
 use super::registry::SessionEntry;
 use crate::events::EventBus;
 use crate::metrics::ops::LimitKind;
-use crate::model::{ClientInfo, CloseReason, CloseSignal};
+use crate::model::{ClientInfo, CloseReason, CloseSignal, ConnId};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -40,7 +40,7 @@ pub(crate) struct OpsState {
     /// Typed events for `BrokerHandle::events()`.
     pub events: EventBus,
     /// Connected clients by connection number (ordered, so pages are stable).
-    pub clients: Mutex<BTreeMap<u64, ClientRecord>>,
+    pub clients: Mutex<BTreeMap<ConnId, ClientRecord>>,
     /// Listeners are bound and storage recovered.
     pub ready: AtomicBool,
     /// A shutdown has begun: readiness is 503 from now on.
@@ -79,7 +79,7 @@ impl Default for OpsState {
 /// Removes a client from the registry when its connection ends, however it ends.
 pub(crate) struct Registration<'a> {
     ops: &'a OpsState,
-    conn_id: u64,
+    conn_id: ConnId,
 }
 
 impl Drop for Registration<'_> {
@@ -97,7 +97,7 @@ impl OpsState {
     /// Records an accepted client; a new connection also resets its once-only warnings.
     pub fn register(
         &self,
-        conn_id: u64,
+        conn_id: ConnId,
         client: &Arc<ClientInfo>,
         entry: &Arc<SessionEntry>,
         close: Arc<CloseSignal>,

@@ -25,7 +25,7 @@
 use super::router::Router;
 use super::Services;
 use crate::hooks::AclCache;
-use crate::model::{ClientInfo, CloseReason, CloseSignal, TransportKind};
+use crate::model::{ClientInfo, CloseReason, CloseSignal, ConnId, TransportKind};
 use crate::session::{Session, SessionLimits};
 use crate::storage::{Recovered, SessionRecord, StorageOp};
 use parking_lot::{Mutex, MutexGuard};
@@ -40,7 +40,7 @@ use tracing::info;
 #[derive(Debug)]
 pub(crate) struct Owner {
     /// Process-unique connection number.
-    pub conn_id: u64,
+    pub conn_id: ConnId,
     /// Asks that connection to close (a takeover says why).
     pub close: Arc<CloseSignal>,
     /// Turns true once that connection has detached (its will published).
@@ -90,7 +90,7 @@ impl SessionEntry {
 
     /// The connection number of the attached connection, if any.
     #[cfg(test)]
-    pub(crate) fn owner_conn(&self) -> Option<u64> {
+    pub(crate) fn owner_conn(&self) -> Option<ConnId> {
         self.owner.lock().as_ref().map(|o| o.conn_id)
     }
 }
@@ -135,7 +135,7 @@ impl SessionRegistry {
     pub fn attach(
         &self,
         client: &Arc<ClientInfo>,
-        conn_id: u64,
+        conn_id: ConnId,
         close: Arc<CloseSignal>,
         done: watch::Receiver<bool>,
     ) -> Attached {
@@ -196,7 +196,7 @@ impl SessionRegistry {
 
     /// Detaches connection `conn_id` from its session; a clean session ends here
     /// [MQTT-3.1.2-6]. A connection whose session was taken over changes nothing.
-    pub fn detach(&self, entry: &Arc<SessionEntry>, conn_id: u64) {
+    pub fn detach(&self, entry: &Arc<SessionEntry>, conn_id: ConnId) {
         let mut sessions = self.sessions.lock();
         {
             let mut owner = entry.owner.lock();
