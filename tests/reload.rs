@@ -2,6 +2,8 @@
 //! effect while clients stay connected; invalid edits change nothing but the reload status.
 
 mod common;
+#[path = "common/http.rs"]
+mod http;
 
 use common::*;
 use mqtt_broker::config::{Config, ListenerConfig, TransportKind};
@@ -574,15 +576,64 @@ async fn password_file_edit_takes_effect_live() {
     );
 }
 
+/// A reload never gets stuck on a setting only a restart applies (issue 21): everything else
+/// in the same edit is applied, the setting is reported as pending (key, running and
+/// configured value) in the reload status, `GET /api/v1/reload` and
+/// `mqtt_config_pending_restart`, and reverting it clears it. Storage settings without a
+/// file store have no effect and are not pending.
 #[tokio::test]
-async fn persistence_cache_size_is_not_live() {
-    let broker = start_broker(|_| {}).await;
-    let mut config = broker.config();
+async fn restart_only_settings_are_pending_and_never_block_a_reload() {
+    let broker = start_broker(|c| {
+        c.admin.enabled = true;
+        c.admin.bind = "127.0.0.1:0".parse().unwrap();
+    })
+    .await;
+    let admin = broker.admin_addr().expect("admin listener");
+    let started = broker.config();
+
+    // Memory storage: path and cache size do nothing, so they are not pending.
+    let mut config = started.clone();
+    config.persistence.path = "/elsewhere".into();
     config.persistence.cache_size = mqtt_broker::plugins::ByteSize(64 * 1024 * 1024);
-    let err = broker.reload(config).await.unwrap_err().to_string();
-    assert!(
-        err.contains("cache_size") && err.contains("restart"),
-        "{err}"
+    config.limits.max_subscriptions = 7;
+    assert_eq!(broker.reload(config.clone()).await.unwrap(), 2);
+    assert!(broker.last_reload().pending_restart.is_empty());
+    assert_eq!(broker.config().limits.max_subscriptions, 7);
+
+    // Restart-only settings next to a live one: the live one applies, the others are pending.
+    config.performance.worker_threads = 3;
+    config.persistence.storage_type = mqtt_broker::config::StorageType::File;
+    config.limits.max_subscriptions = 9;
+    assert_eq!(broker.reload(config.clone()).await.unwrap(), 3);
+    assert_eq!(broker.config().limits.max_subscriptions, 9);
+    let status = broker.last_reload();
+    let keys: Vec<_> = status.pending_restart.iter().map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        ["performance.worker_threads", "persistence.storage_type"]
     );
-    assert_eq!(broker.generation(), 1, "a refused reload changes nothing");
+    assert_eq!(status.pending_restart[1].running, "memory");
+    assert_eq!(status.pending_restart[1].configured, "file");
+
+    let reply = http::get(admin, "/api/v1/reload").await.json();
+    assert_eq!(
+        reply["pending_restart"][0]["key"],
+        "performance.worker_threads"
+    );
+    assert_eq!(reply["pending_restart"][0]["running"], "0");
+    assert_eq!(reply["pending_restart"][0]["configured"], "3");
+    let metrics = http::scrape(admin, None).await;
+    assert_eq!(metrics.value("mqtt_config_pending_restart"), 2.0);
+
+    // A refused edit keeps the pending list of the configuration in force.
+    let mut bad = config.clone();
+    bad.server.port = 0;
+    assert!(broker.reload(bad).await.is_err());
+    assert_eq!(broker.last_reload().pending_restart.len(), 2);
+
+    // Reverting the file clears them.
+    assert_eq!(broker.reload(started).await.unwrap(), 4);
+    assert!(broker.last_reload().pending_restart.is_empty());
+    let metrics = http::scrape(admin, None).await;
+    assert_eq!(metrics.value("mqtt_config_pending_restart"), 0.0);
 }

@@ -316,6 +316,12 @@ pub(crate) fn render(control: &dyn Control) -> String {
     );
     let last = control.last_reload();
     o.single(
+        "mqtt_config_pending_restart",
+        "gauge",
+        "Settings changed in the configuration that take effect only after a restart (see GET /api/v1/reload).",
+        last.pending_restart.len(),
+    );
+    o.single(
         "mqtt_config_last_reload_successful",
         "gauge",
         "1 if the last reload attempt succeeded (or none was made), 0 if it was refused.",

@@ -81,18 +81,6 @@ pub(crate) fn load_token(cfg: &AdminConfig) -> Result<Option<Token>, ConfigError
     Ok(Some(Token::new(token)))
 }
 
-/// Refuses a reload that changes where the admin listener runs: it is bound once at start
-/// (the token file, in contrast, is re-read by every reload).
-pub(crate) fn check_reload(current: &AdminConfig, new: &AdminConfig) -> Result<(), BrokerError> {
-    if current.enabled != new.enabled {
-        return Err(BrokerError::NotReloadable("admin.enabled"));
-    }
-    if current.bind != new.bind {
-        return Err(BrokerError::NotReloadable("admin.bind"));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

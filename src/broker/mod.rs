@@ -48,9 +48,6 @@ pub enum BrokerError {
     /// The store could not be opened or loaded.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
-    /// A setting that cannot change while the broker runs was changed.
-    #[error("`{0}` cannot change while the broker runs; restart to apply it (reload refused, nothing changed)")]
-    NotReloadable(&'static str),
     /// A reload step failed unexpectedly.
     #[error("reload failed: {0}")]
     Reload(String),
@@ -76,6 +73,10 @@ pub(crate) struct Server {
     listeners: tokio::sync::Mutex<Vec<transport::listeners::RunningListener>>,
     /// Snapshot of the bound listeners for synchronous readers.
     bound: Mutex<Vec<BoundListener>>,
+    /// The configuration the broker started with: what restart-only settings run with.
+    started: Config,
+    /// Pending-restart settings already logged (key, configured value).
+    pending_logged: Mutex<std::collections::HashSet<(&'static str, String)>>,
 }
 
 impl Server {
@@ -147,6 +148,7 @@ impl Broker {
         storage: Option<Arc<dyn Storage>>,
     ) -> Result<BrokerHandle, BrokerError> {
         let listeners = config.effective_listeners();
+        let started = config.clone();
         let runtime = build_runtime(config, 1)?;
         let mode = crate::storage::writer::SyncMode::from_config(&runtime.config.persistence);
         // The writer thread only starts; nothing is written before recovery is done.
@@ -160,6 +162,8 @@ impl Broker {
             server: Arc::new(Server {
                 listeners: tokio::sync::Mutex::new(Vec::new()),
                 bound: Mutex::new(Vec::new()),
+                started,
+                pending_logged: Mutex::new(Default::default()),
             }),
         };
         let control: Arc<dyn Control> = Arc::new(handle.clone());
@@ -254,7 +258,7 @@ impl BrokerHandle {
             Ok(config) => self.reload(config).await,
             Err(e) => {
                 let err = BrokerError::Config(e);
-                reload::record(&self.core, Err(&err));
+                reload::record(&self.core, Err(&err), None);
                 Err(err)
             }
         }

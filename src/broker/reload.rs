@@ -2,10 +2,16 @@
 //! certificates, plugins) is built and new listeners bound first; only when all of it
 //! succeeded is the runtime swapped in one store. Any error leaves the running state
 //! untouched and is recorded (status, event, counter, log).
+//!
+//! A reload never gets stuck on a setting that only a restart can apply (the thread pool,
+//! the admin listener, the store): everything else is applied, and such settings are
+//! recorded as pending ([`PendingRestart`]), logged once with their running and configured
+//! values, shown by `GET /api/v1/reload` and counted by `mqtt_config_pending_restart`.
 
 use super::{build_runtime, BrokerError, Server};
 use crate::config::Config;
-use crate::core::{Core, ReloadStatus, Runtime};
+use crate::config::StorageType;
+use crate::core::{Core, PendingRestart, ReloadStatus, Runtime};
 use crate::metrics::Counters;
 use crate::transport;
 use std::sync::Arc;
@@ -19,19 +25,111 @@ pub(super) async fn reload(
 ) -> Result<u64, BrokerError> {
     let mut running = server.listeners.lock().await;
     let current = core.runtime.load_full();
+    let pending = restart_only_changes(&server.started, &config);
     let result = reload_locked(core, server, &current, config, &mut running).await;
-    record(core, result.as_ref().map(|g| *g));
+    if result.is_ok() {
+        log_pending_once(server, &pending);
+        record(core, result.as_ref().map(|g| *g), Some(pending));
+    } else {
+        record(core, result.as_ref().map(|g| *g), None);
+    }
     result
 }
 
-/// Records the outcome of a reload attempt: status, event, counter and log line.
-pub(super) fn record(core: &Core, result: Result<u64, &BrokerError>) {
+/// The settings that differ between the running broker (as started) and `new` but are only
+/// applied by a restart. A storage setting that has no effect (no file store before or
+/// after) is not pending.
+pub(super) fn restart_only_changes(running: &Config, new: &Config) -> Vec<PendingRestart> {
+    let mut pending = Vec::new();
+    let mut diff = |key: &'static str, a: String, b: String| {
+        if a != b {
+            pending.push(PendingRestart {
+                key,
+                running: a,
+                configured: b,
+            });
+        }
+    };
+    diff(
+        "performance.worker_threads",
+        running.performance.worker_threads.to_string(),
+        new.performance.worker_threads.to_string(),
+    );
+    diff(
+        "admin.enabled",
+        running.admin.enabled.to_string(),
+        new.admin.enabled.to_string(),
+    );
+    if running.admin.enabled && new.admin.enabled {
+        diff(
+            "admin.bind",
+            running.admin.bind.to_string(),
+            new.admin.bind.to_string(),
+        );
+    }
+    let (a, b) = (&running.persistence, &new.persistence);
+    let kind = |t: StorageType| format!("{t:?}").to_lowercase();
+    diff(
+        "persistence.storage_type",
+        kind(a.storage_type),
+        kind(b.storage_type),
+    );
+    if a.storage_type == StorageType::File && b.storage_type == StorageType::File {
+        diff(
+            "persistence.path",
+            a.path.display().to_string(),
+            b.path.display().to_string(),
+        );
+        diff(
+            "persistence.sync",
+            format!("{:?}", a.sync).to_lowercase(),
+            format!("{:?}", b.sync).to_lowercase(),
+        );
+        diff(
+            "persistence.sync_interval",
+            a.sync_interval.to_string(),
+            b.sync_interval.to_string(),
+        );
+        diff(
+            "persistence.cache_size",
+            a.cache_size.to_string(),
+            b.cache_size.to_string(),
+        );
+    }
+    pending
+}
+
+/// Logs each pending setting once (per configured value), naming its key and both values.
+fn log_pending_once(server: &Server, pending: &[PendingRestart]) {
+    let mut logged = server.pending_logged.lock();
+    for p in pending {
+        if logged.insert((p.key, p.configured.clone())) {
+            tracing::warn!(
+                key = p.key,
+                running = %p.running,
+                configured = %p.configured,
+                "setting changed; it takes effect after a restart (pending restart); everything else was applied"
+            );
+        }
+    }
+}
+
+/// Records the outcome of a reload attempt: status, event, counter and log line. A failed
+/// attempt keeps the pending-restart list of the configuration in force (`None`).
+pub(super) fn record(
+    core: &Core,
+    result: Result<u64, &BrokerError>,
+    pending: Option<Vec<PendingRestart>>,
+) {
     let generation = core.runtime.load().generation;
+    let pending_restart =
+        pending.unwrap_or_else(|| core.last_reload.lock().pending_restart.clone());
     let status = ReloadStatus {
         generation,
         ok: result.is_ok(),
         error: result.as_ref().err().map(|e| e.to_string()),
         at: std::time::SystemTime::now(),
+        pending_restart,
     };
     *core.last_reload.lock() = status.clone();
     core.ops
@@ -60,10 +158,6 @@ async fn reload_locked(
     config: Config,
     running: &mut Vec<transport::listeners::RunningListener>,
 ) -> Result<u64, BrokerError> {
-    if config.performance.worker_threads != current.config.performance.worker_threads {
-        return Err(BrokerError::NotReloadable("performance.worker_threads"));
-    }
-    super::build::check_reload(&current.config.admin, &config.admin)?;
     let generation = current.generation + 1;
     // Reading files and compiling plugins is slow: keep it off the async workers.
     let runtime = tokio::task::spawn_blocking(move || build_runtime(config, generation))
@@ -78,26 +172,6 @@ async fn reload_locked(
         }
     };
     let limits = runtime.session_limits();
-    let old = &current.config.persistence;
-    let new = &runtime.config.persistence;
-    if (
-        old.storage_type,
-        &old.path,
-        old.sync,
-        old.sync_interval,
-        old.cache_size,
-    ) != (
-        new.storage_type,
-        &new.path,
-        new.sync,
-        new.sync_interval,
-        new.cache_size,
-    ) {
-        *running = transport::listeners::abandon(plan);
-        return Err(BrokerError::NotReloadable(
-            "persistence (storage_type, path, sync, cache_size)",
-        ));
-    }
     runtime.plugins.set_events(&core.ops.events);
     core.runtime.store(Arc::new(runtime));
     let now_running = transport::listeners::commit(plan, core).await;

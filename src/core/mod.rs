@@ -23,7 +23,7 @@ pub mod registry;
 pub mod router;
 pub mod runtime;
 
-pub use runtime::{ReloadStatus, Runtime, Token};
+pub use runtime::{PendingRestart, ReloadStatus, Runtime, Token};
 
 use crate::metrics::{
     ByteStats, ConnectionStats, Counters, InflightStats, MessageStats, SessionStats, StatsSnapshot,
@@ -116,6 +116,7 @@ impl Core {
                 ok: true,
                 error: None,
                 at: std::time::SystemTime::now(),
+                pending_restart: Vec::new(),
             }),
             next_conn_id: AtomicU64::new(1),
             started_nanos: std::time::SystemTime::now()

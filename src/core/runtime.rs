@@ -82,6 +82,21 @@ pub struct ReloadStatus {
     /// When it happened.
     #[serde(serialize_with = "serialize_time")]
     pub at: std::time::SystemTime,
+    /// Settings changed in the configuration that take effect only after a restart (like
+    /// PostgreSQL's `pending_restart`); empty when the running broker is what the file says.
+    pub pending_restart: Vec<PendingRestart>,
+}
+
+/// A setting whose change is applied only by a restart: the running value and the one the
+/// configuration now asks for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PendingRestart {
+    /// The config key, e.g. `persistence.path`.
+    pub key: &'static str,
+    /// The value in force (from the start).
+    pub running: String,
+    /// The value in the configuration.
+    pub configured: String,
 }
 
 fn serialize_time<S: serde::Serializer>(

@@ -170,11 +170,6 @@ pub(crate) async fn commit(plan: ListenerPlan, core: &Arc<Core>) -> Vec<RunningL
     keep
 }
 
-/// Gives up a prepared change: closes the sockets it bound; returns the listeners to keep.
-pub(crate) fn abandon(plan: ListenerPlan) -> Vec<RunningListener> {
-    plan.keep.into_iter().chain(plan.gone).collect()
-}
-
 /// Binds every listener of a fresh broker.
 pub(crate) async fn start_all(
     desired: &[ListenerConfig],
