@@ -615,18 +615,41 @@ async fn acl_default_decides_only_what_no_authorizer_decides() {
 }
 
 #[test]
-fn check_config_reports_missing_acl_file() {
+fn check_config_names_the_key_of_a_missing_file() {
     let dir = temp_dir("check");
     let cfg = dir.join("broker.yaml");
-    std::fs::write(&cfg, "security:\n  acl_file: nowhere.acl\n").unwrap();
-    let out = Command::new(BIN)
-        .arg("--check-config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("nowhere.acl"), "{err}");
+    for (yaml, file, key) in [
+        (
+            "security:\n  acl_file: nowhere.acl\n",
+            "nowhere.acl",
+            "security.acl_file",
+        ),
+        (
+            "security:\n  password_file: nope\n",
+            "nope",
+            "security.password_file",
+        ),
+        (
+            "admin:\n  token_file: no-token\n",
+            "no-token",
+            "admin.token_file",
+        ),
+        (
+            "plugins:\n  - name: auth\n    path: missing.wasm\n",
+            "missing.wasm",
+            "plugin auth: `path`",
+        ),
+    ] {
+        std::fs::write(&cfg, yaml).unwrap();
+        let out = Command::new(BIN)
+            .arg("--check-config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{yaml}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(file) && err.contains(key), "{yaml}: {err}");
+    }
 }
 
 /// The broker binary at trace level, with failed and successful logins: no password (nor

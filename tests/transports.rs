@@ -1043,39 +1043,46 @@ async fn check_config_names_a_missing_or_malformed_certificate_file() {
             "missing-cert",
             listener("missing-cert.pem", "server.key"),
             "missing-cert.pem",
+            "listeners[0].cert_file (listener ",
         ),
         (
             "garbage-cert",
             listener("garbage-cert.pem", "server.key"),
             "garbage-cert.pem",
+            "listeners[0].cert_file",
         ),
         (
             "broken-cert",
             listener("broken-cert.pem", "server.key"),
             "broken-cert.pem",
+            "listeners[0].cert_file",
         ),
         (
             "missing-key",
             listener("server.pem", "missing-key.pem"),
             "missing-key.pem",
+            "listeners[0].key_file (listener ",
         ),
         (
             "garbage-key",
             listener("server.pem", "garbage-key.pem"),
             "garbage-key.pem",
+            "listeners[0].key_file",
         ),
         (
             "seed-missing-cert",
             seed("missing-seed.pem", "server.key"),
             "missing-seed.pem",
+            "security.cert_file",
         ),
         (
             "seed-garbage-key",
             seed("server.pem", "garbage-key.pem"),
             "garbage-key.pem",
+            "security.key_file",
         ),
     ];
-    for (name, yaml, file) in cases {
+    for (name, yaml, file, key) in cases {
         let cfg = pki.path(&format!("{name}.yaml"));
         std::fs::write(&cfg, &yaml).unwrap();
         let out = check_config(&cfg).await;
@@ -1089,6 +1096,10 @@ async fn check_config_names_a_missing_or_malformed_certificate_file() {
         assert!(
             stderr.contains(&pki.path(file).display().to_string()),
             "{name}: the error does not name {file}:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(key),
+            "{name}: the error does not name the key {key}:\n{stderr}"
         );
     }
     // The same shapes with good files pass.

@@ -17,11 +17,16 @@ use thiserror::Error;
 /// A password or ACL source that could not be loaded.
 #[derive(Debug, Error)]
 pub enum SecurityConfigError {
-    /// The password file or an inline user is invalid.
-    #[error(transparent)]
-    Password(#[from] super::password::AuthError),
+    /// The password file or an inline user is invalid; `key` names the config key.
+    #[error("{key}: {source}")]
+    Password {
+        /// `security.password_file` or `security.users`.
+        key: &'static str,
+        /// What is wrong.
+        source: super::password::AuthError,
+    },
     /// The ACL file is invalid.
-    #[error(transparent)]
+    #[error("security.acl_file: {0}")]
     Acl(#[from] super::acl::AclError),
 }
 
@@ -138,10 +143,20 @@ pub fn build_security_chain(
     };
     let mut sources = Vec::new();
     if let Some(path) = &security.password_file {
-        sources.push(PasswordFile::load(path)?);
+        sources.push(
+            PasswordFile::load(path).map_err(|source| SecurityConfigError::Password {
+                key: "security.password_file",
+                source,
+            })?,
+        );
     }
     if !security.users.is_empty() {
-        sources.push(PasswordFile::from_users(&security.users)?);
+        sources.push(PasswordFile::from_users(&security.users).map_err(|source| {
+            SecurityConfigError::Password {
+                key: "security.users",
+                source,
+            }
+        })?);
     }
     if !sources.is_empty() {
         chain.refuse_unknown_users = true;

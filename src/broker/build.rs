@@ -43,7 +43,7 @@ pub(crate) fn build_runtime(config: Config, generation: u64) -> Result<Runtime, 
     let plugins = crate::plugins::PluginSet::load_configured(&config.plugins)?;
     plugins.append_to(&mut security);
     let effective = config.effective_listeners();
-    let tls = transport::tls_configs(&effective)?;
+    let tls = transport::tls_configs(&effective, !config.listeners.is_empty())?;
     let listeners = effective
         .into_iter()
         .map(|l| (l.display_name(), Arc::new(l)))
@@ -66,9 +66,10 @@ pub(crate) fn load_token(cfg: &AdminConfig) -> Result<Option<Token>, ConfigError
     let Some(path) = &cfg.token_file else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
         path: path.clone(),
-        source,
+        key: "admin.token_file".into(),
+        reason: format!("cannot read {}: {e}", path.display()),
     })?;
     let token = text.lines().next().unwrap_or("").trim();
     if token.is_empty() {

@@ -47,7 +47,7 @@ pub enum PluginError {
     #[error("plugin name {0:?} is used twice")]
     DuplicateName(String),
     /// The component file could not be read.
-    #[error("plugin {plugin}: cannot read {path}: {source}")]
+    #[error("plugin {plugin}: `path`: cannot read {path}: {source}")]
     Read {
         /// Plugin name.
         plugin: String,

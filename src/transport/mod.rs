@@ -35,8 +35,10 @@ use tracing::{debug, error, info, warn, Instrument};
 #[derive(Debug, Error)]
 pub enum TransportError {
     /// A certificate, key or CA file is missing or malformed.
-    #[error("{path}: {reason}")]
+    #[error("{key}: {path}: {reason}")]
     Certificate {
+        /// The config key that names the file, e.g. `listeners[1].cert_file (listener tls)`.
+        key: String,
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
@@ -224,16 +226,33 @@ fn unreachable_tcp() -> Result<(), TransportError> {
     ))
 }
 
-/// Builds the TLS server configs of every TLS listener, keyed by listener name.
+/// Builds the TLS server configs of every TLS listener, keyed by listener name. `explicit`
+/// says whether they come from `listeners:` (errors name `listeners[i].cert_file`) or from
+/// the seed's `security.enableTLS` shorthand (errors name `security.cert_file`).
 pub(crate) fn tls_configs(
     listeners: &[ListenerConfig],
+    explicit: bool,
 ) -> Result<
     std::collections::HashMap<String, Arc<tokio_rustls::rustls::ServerConfig>>,
     TransportError,
 > {
     listeners
         .iter()
-        .filter(|l| l.protocol.is_tls())
-        .map(|l| Ok((l.display_name(), tls::server_config(l)?)))
+        .enumerate()
+        .filter(|(_, l)| l.protocol.is_tls())
+        .map(|(i, l)| {
+            let config = tls::server_config(l).map_err(|e| match e {
+                TransportError::Certificate { key, path, reason } => {
+                    let key = if explicit {
+                        format!("listeners[{i}].{key} (listener {})", l.display_name())
+                    } else {
+                        format!("security.{key}")
+                    };
+                    TransportError::Certificate { key, path, reason }
+                }
+                other => other,
+            })?;
+            Ok((l.display_name(), config))
+        })
         .collect()
 }

@@ -9,8 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio_rustls::rustls;
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+fn read_certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, TransportError> {
     let bad = |reason: String| TransportError::Certificate {
+        key: field.to_owned(),
         path: path.to_owned(),
         reason,
     };
@@ -26,6 +27,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportErro
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TransportError> {
     let bad = |reason: String| TransportError::Certificate {
+        key: "key_file".to_owned(),
         path: path.to_owned(),
         reason,
     };
@@ -48,7 +50,7 @@ pub fn server_config(l: &ListenerConfig) -> Result<Arc<rustls::ServerConfig>, Tr
             l.display_name()
         )));
     };
-    let certs = read_certs(cert_file)?;
+    let certs = read_certs(cert_file, "cert_file")?;
     let key = read_key(key_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -57,8 +59,9 @@ pub fn server_config(l: &ListenerConfig) -> Result<Arc<rustls::ServerConfig>, Tr
     let builder = match &l.client_ca_file {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in read_certs(ca)? {
+            for c in read_certs(ca, "client_ca_file")? {
                 roots.add(c).map_err(|e| TransportError::Certificate {
+                    key: "client_ca_file".to_owned(),
                     path: ca.clone(),
                     reason: format!("invalid CA certificate: {e}"),
                 })?;
@@ -73,6 +76,7 @@ pub fn server_config(l: &ListenerConfig) -> Result<Arc<rustls::ServerConfig>, Tr
                 verifier.allow_unauthenticated().build()
             }
             .map_err(|e| TransportError::Certificate {
+                key: "client_ca_file".to_owned(),
                 path: ca.clone(),
                 reason: e.to_string(),
             })?;
@@ -84,6 +88,7 @@ pub fn server_config(l: &ListenerConfig) -> Result<Arc<rustls::ServerConfig>, Tr
         builder
             .with_single_cert(certs, key)
             .map_err(|e| TransportError::Certificate {
+                key: "key_file".to_owned(),
                 path: key_file.clone(),
                 reason: format!("key does not match the certificate or is unsupported: {e}"),
             })?;
