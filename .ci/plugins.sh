@@ -6,10 +6,25 @@
 # Debian 12 machine with Rust, Python 3.11+ with pip, Node 20+ with npm: everything else
 # comes from Debian, crates.io, PyPI and npm.
 #
-#   bash .ci/plugins.sh            # install what is missing, build what is stale
-#   FORCE=1 bash .ci/plugins.sh    # rebuild every plugin
+#   bash .ci/plugins.sh                  # install what is missing, build what is stale
+#   bash .ci/plugins.sh sensor-bridge    # only that plugin, with only the toolchain it needs
+#   FORCE=1 bash .ci/plugins.sh          # rebuild every plugin
+#
+# Toolchains per plugin: device-auth (Python) needs componentize-py from PyPI; device-acl (C)
+# needs clang 19 + wasi-libc from Debian and wit-bindgen / wasm-tools from crates.io;
+# topic-rewrite and sensor-bridge (JavaScript) need only Node 20+ and npm (jco is pinned in
+# their package-lock.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+PLUGINS=(device-auth device-acl topic-rewrite sensor-bridge)
+only="${1:-}"
+if [ -n "$only" ] && [[ ! " ${PLUGINS[*]} " =~ " $only " ]]; then
+    echo "unknown plugin '$only' (one of: ${PLUGINS[*]})" >&2
+    exit 2
+fi
+# Whether plugin $1 is to be built in this run.
+want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 
 WIT_BINDGEN_VERSION=0.60.0      # wit-component 0.254, as wasmtime 48 (the broker's host)
 WASM_TOOLS_VERSION=1.254.2
@@ -20,6 +35,7 @@ log() { echo "== plugins: $*"; }
 
 # --- Debian packages: clang 19 for wasm32-wasi, its linker and runtime, and wasi-libc.
 missing=()
+want device-acl || APT_PACKAGES=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
@@ -41,12 +57,14 @@ cargo_tool() { # binary crate version
         cargo install --locked "$2@$3"
     fi
 }
-cargo_tool wit-bindgen wit-bindgen-cli "$WIT_BINDGEN_VERSION"
-cargo_tool wasm-tools wasm-tools "$WASM_TOOLS_VERSION"
+if want device-acl; then
+    cargo_tool wit-bindgen wit-bindgen-cli "$WIT_BINDGEN_VERSION"
+    cargo_tool wasm-tools wasm-tools "$WASM_TOOLS_VERSION"
+fi
 
 # --- componentize-py from PyPI.
 have_py=$(python3 -m pip show componentize-py 2>/dev/null | awk '/^Version:/ {print $2}') || true
-if [ "$have_py" != "$COMPONENTIZE_PY_VERSION" ]; then
+if want device-auth && [ "$have_py" != "$COMPONENTIZE_PY_VERSION" ]; then
     log "pip install componentize-py==$COMPONENTIZE_PY_VERSION (have: ${have_py:-none})"
     python3 -m pip install --quiet "componentize-py==$COMPONENTIZE_PY_VERSION"
 fi
@@ -77,18 +95,34 @@ build() { # name output inputs...
         log "$name is up to date"
     fi
 }
-build device-auth plugins/device-auth/device-auth.wasm plugins/device-auth/app.py
-build device-acl plugins/device-acl/device-acl.wasm plugins/device-acl/device_acl.c plugins/device-acl/policy.h
-build topic-rewrite plugins/topic-rewrite/topic-rewrite.wasm plugins/topic-rewrite/topic-rewrite.js plugins/topic-rewrite/package-lock.json
-build sensor-bridge plugins/sensor-bridge/sensor-bridge.wasm plugins/sensor-bridge/sensor-bridge.js \
-    plugins/sensor-bridge/lib/bridge.js plugins/sensor-bridge/bundle.config.js plugins/sensor-bridge/package-lock.json
+if want device-auth; then
+    build device-auth plugins/device-auth/device-auth.wasm plugins/device-auth/app.py
+fi
+if want device-acl; then
+    build device-acl plugins/device-acl/device-acl.wasm plugins/device-acl/device_acl.c plugins/device-acl/policy.h
+fi
+if want topic-rewrite; then
+    build topic-rewrite plugins/topic-rewrite/topic-rewrite.wasm plugins/topic-rewrite/topic-rewrite.js plugins/topic-rewrite/package-lock.json
+fi
+if want sensor-bridge; then
+    build sensor-bridge plugins/sensor-bridge/sensor-bridge.wasm plugins/sensor-bridge/sensor-bridge.js \
+        plugins/sensor-bridge/lib/bridge.js plugins/sensor-bridge/bundle.config.js plugins/sensor-bridge/package-lock.json
+fi
 
 # --- Plugin logic unit-tested natively (no wasm target needed).
-log "native tests: device-acl policy (C), rust-template policy (Rust), sensor-bridge logic (Node)"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-gcc -Wall -Wextra -Werror -o "$tmp/test_policy" plugins/device-acl/test_policy.c
-"$tmp/test_policy"
-cargo test --quiet --manifest-path plugins/rust-template/Cargo.toml
-node --test plugins/sensor-bridge/test/*.test.js
-log "all plugins built and tested"
+if want device-acl; then
+    log "native tests: device-acl policy (C)"
+    gcc -Wall -Wextra -Werror -o "$tmp/test_policy" plugins/device-acl/test_policy.c
+    "$tmp/test_policy"
+fi
+if [ -z "$only" ]; then
+    log "native tests: rust-template policy (Rust)"
+    cargo test --quiet --manifest-path plugins/rust-template/Cargo.toml
+fi
+if want sensor-bridge; then
+    log "native tests: sensor-bridge logic (Node)"
+    node --test plugins/sensor-bridge/test/*.test.js
+fi
+log "${only:-all plugins} built and tested"

@@ -21,6 +21,27 @@ struct Cli {
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     check_config: Option<PathBuf>,
 
+    /// Listen on PORT: the port of the default listener, or with `listeners:` in the file
+    /// an extra plain TCP listener on `server.host:PORT` (as Mosquitto's `-p`).
+    #[arg(short = 'p', long, value_name = "PORT")]
+    port: Option<u16>,
+
+    /// Verbose: log at debug level (as `log.level: debug`; `RUST_LOG` still wins).
+    #[arg(short = 'v', long)]
+    verbose: bool,
+
+    /// Append the log to FILE instead of stderr (as `log.file`; reopened on SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+
+    /// Also send the log to the local syslog daemon or journald (as `log.syslog: true`).
+    #[arg(long)]
+    syslog: bool,
+
+    /// Write the process id to FILE once listening; removed at exit.
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+
     /// If the file store (persistence.path) cannot be opened, move it aside to
     /// `PATH.corrupt-<time>` and start with an empty store instead of refusing to start.
     #[arg(long)]
@@ -58,12 +79,23 @@ enum Command {
         /// Password (with -b only).
         password: Option<String>,
     },
+    /// Translate a Mosquitto configuration file (and its include_dir files) into this
+    /// broker's YAML, printed on stdout; every option that is not mapped is listed on
+    /// stderr with the reason. Example:
+    /// `mqtt-broker import-mosquitto /etc/mosquitto/mosquitto.conf > broker.yaml`.
+    ImportMosquitto {
+        /// The mosquitto.conf to read.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(path) = &cli.check_config {
         return check_config(path);
+    }
+    if let Some(Command::ImportMosquitto { file }) = &cli.command {
+        return import_mosquitto(file);
     }
     if let Some(Command::Passwd {
         create,
@@ -83,7 +115,8 @@ fn main() -> ExitCode {
         };
         return passwd(mode, file, user.as_deref(), password.as_deref());
     }
-    let config = match &cli.config {
+    let overrides = cli_overrides(&cli);
+    let mut config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
@@ -93,6 +126,11 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
+    overrides(&mut config);
+    if let Err(e) = config.validate(cli.config.as_deref().unwrap_or(Path::new("<command line>"))) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     mqtt_broker::logging::init(&config.log);
     raise_fd_limit(config.server.max_connections);
     if cli.move_corrupt_store
@@ -130,7 +168,65 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config, cli.config))
+    runtime.block_on(run(config, cli.config, overrides, cli.pid_file))
+}
+
+/// The configuration changes the command-line options ask for (applied at start and to
+/// every reload of the file).
+fn cli_overrides(cli: &Cli) -> mqtt_broker::broker::ConfigOverrides {
+    let (port, verbose, log_file, syslog) =
+        (cli.port, cli.verbose, cli.log_file.clone(), cli.syslog);
+    std::sync::Arc::new(move |config: &mut Config| {
+        if let Some(port) = port {
+            if config.listeners.is_empty() {
+                config.server.port = port;
+            } else {
+                let ip = config
+                    .server
+                    .host
+                    .parse()
+                    .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+                let mut l = mqtt_broker::config::ListenerConfig::tcp((ip, port).into());
+                l.name = Some("command-line".into());
+                config.listeners.push(l);
+            }
+        }
+        if verbose {
+            config.log.level = "debug".into();
+        }
+        if let Some(file) = &log_file {
+            config.log.file = Some(file.clone());
+        }
+        if syslog {
+            config.log.syslog = true;
+        }
+    })
+}
+
+/// `mqtt-broker import-mosquitto FILE`: YAML on stdout, notes on stderr.
+fn import_mosquitto(file: &Path) -> ExitCode {
+    match mqtt_broker::config::mosquitto::import(file) {
+        Ok(imported) => {
+            println!(
+                "# Imported from {} by mqtt-broker import-mosquitto {}.",
+                file.display(),
+                env!("CARGO_PKG_VERSION")
+            );
+            print!("{}", imported.yaml);
+            for note in &imported.notes {
+                eprintln!("note: {note}");
+            }
+            eprintln!(
+                "{} option(s) not imported or imported approximately (listed above); check the result with --check-config",
+                imported.notes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The flags of `mqtt-broker passwd`, as `mosquitto_passwd` has them.
@@ -278,15 +374,22 @@ fn raise_fd_limit(max_connections: usize) {
     }
     let needed = max_connections as u64 + 64;
     if lim.rlim_cur < needed {
-        tracing::warn!(
+        // Not a problem until connections come near it: the broker warns then (with what
+        // to do), not at every start.
+        tracing::info!(
             open_files_limit = lim.rlim_cur,
             max_connections,
-            "the open-files limit is below server.max_connections: raise it (LimitNOFILE= in the systemd unit, ulimit -n) or lower max_connections"
+            "the open-files limit caps connections below server.max_connections; a warning follows if connections come near it"
         );
     }
 }
 
-async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
+async fn run(
+    config: Config,
+    path: Option<PathBuf>,
+    overrides: mqtt_broker::broker::ConfigOverrides,
+    pid_file: Option<PathBuf>,
+) -> ExitCode {
     let source = path
         .as_ref()
         .map_or("built-in defaults".to_string(), |p| p.display().to_string());
@@ -298,6 +401,14 @@ async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    handle.set_config_overrides(overrides);
+    if let Some(pid_file) = &pid_file {
+        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
+            error!(pid_file = %pid_file.display(), "cannot write the pid file: {e}");
+            handle.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    }
     if let Some(path) = &path {
         handle.set_config_path(path.clone());
         if let Err(e) = handle.watch_config(path.clone()) {
@@ -313,6 +424,9 @@ async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
     });
     // Exit 0 even when shutdown_timeout elapsed: the stop was requested and is complete.
     handle.shutdown().await;
+    if let Some(pid_file) = &pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
     ExitCode::SUCCESS
 }
 
@@ -353,7 +467,11 @@ async fn wait_for_signal(handle: &mqtt_broker::BrokerHandle, path: Option<&Path>
                         info!("SIGHUP: reloading {}", p.display());
                         let _ = handle.reload_from_file(p).await;
                     }
-                    None => info!("SIGHUP ignored: running on built-in defaults, no file to reload"),
+                    None => {
+                        // No file to reload; the log file is still reopened (logrotate).
+                        info!("SIGHUP: no config file to reload (built-in defaults); log reopened");
+                        mqtt_broker::logging::apply(&handle.config().log);
+                    }
                 },
             }
         }

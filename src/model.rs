@@ -293,43 +293,47 @@ impl CloseReason {
     }
 }
 
-/// Where a close decided outside a connection's own task (takeover, admin, reload,
-/// listener removal, shutdown) is written, and how that task is woken to act on it.
+/// Where a close decided outside a connection's own task (takeover, admin, reload) is
+/// written, and the token that wakes that task to act on it.
 ///
-/// The first reason set wins: a connection that is being taken over while the broker
-/// shuts down reports the one that reached it first.
+/// The token is the connection's own cancellation token, a child of its listener's (removed
+/// with `drain: true`) and of the broker's shutdown token: one wake-up source serves every
+/// cause, and when a parent fired instead, no reason is written here and the connection
+/// knows which parent it was. The first reason set wins: a connection that is being taken
+/// over while the broker shuts down reports the one that reached it first.
 #[derive(Debug, Default)]
 pub struct CloseSignal {
     reason: parking_lot::Mutex<Option<CloseReason>>,
-    notify: tokio::sync::Notify,
+    token: tokio_util::sync::CancellationToken,
 }
 
 impl CloseSignal {
-    /// Asks the connection to close for `reason` (ignored when a reason is already set).
+    /// A signal that wakes through `token`.
+    pub fn new(token: tokio_util::sync::CancellationToken) -> Self {
+        CloseSignal {
+            reason: parking_lot::Mutex::new(None),
+            token,
+        }
+    }
+
+    /// Asks the connection to close for `reason` (the first reason set is kept).
     pub fn close(&self, reason: CloseReason) {
         {
             let mut slot = self.reason.lock();
-            if slot.is_some() {
-                return;
+            if slot.is_none() {
+                *slot = Some(reason);
             }
-            *slot = Some(reason);
         }
-        self.notify.notify_one();
+        self.token.cancel();
     }
 
-    /// The reason, once one was set.
+    /// The reason set with [`CloseSignal::close`], if any.
     pub fn reason(&self) -> Option<CloseReason> {
         self.reason.lock().clone()
     }
 
-    /// Resolves once a reason is set.
-    pub async fn closed(&self) -> CloseReason {
-        loop {
-            let notified = self.notify.notified();
-            if let Some(r) = self.reason() {
-                return r;
-            }
-            notified.await;
-        }
+    /// The token that is cancelled when the connection must close, for whatever reason.
+    pub fn token(&self) -> &tokio_util::sync::CancellationToken {
+        &self.token
     }
 }

@@ -272,3 +272,242 @@ fn mosquitto_persistent_session_receives_offline_messages() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n1\n2\n");
 }
+
+/// The open-files warning appears only when connections really come near the limit, and
+/// says what to do; at start a limit below `server.max_connections` is only noted at info
+/// level (issue 21: ordinary use logs no warnings that are not problems).
+#[test]
+fn open_files_warning_only_near_the_limit() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("mqtt-broker-nofile-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("broker.yaml");
+    std::fs::write(
+        &cfg,
+        format!("server:\n  host: 127.0.0.1\n  port: {port}\n  connect_timeout: 30s\n"),
+    )
+    .unwrap();
+    // 120 files: 64 are kept back, so about 56 connections fit; 90 % of that is 51.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 120 && exec {BIN} --config {}",
+            cfg.display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut lines = Vec::new();
+    let drain = |lines: &mut Vec<String>, wait: Duration| {
+        let until = Instant::now() + wait;
+        while let Ok(l) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            lines.push(l);
+        }
+    };
+    drain(&mut lines, Duration::from_millis(300));
+    assert!(
+        !lines.iter().any(|l| l.contains("WARN")),
+        "a warning at start: {lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("open-files limit caps connections")),
+        "{lines:#?}"
+    );
+    // 40 connections: still far from it.
+    let mut held: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    drain(&mut lines, Duration::from_millis(300));
+    assert!(!lines
+        .iter()
+        .any(|l| l.contains("near the open-files limit")));
+    // 52: within 10 % of what fits.
+    held.extend((0..12).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()));
+    drain(&mut lines, Duration::from_secs(1));
+    let warned: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("near the open-files limit"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{lines:#?}");
+    assert!(
+        warned[0].contains("WARN") && warned[0].contains("LimitNOFILE"),
+        "{}",
+        warned[0]
+    );
+    drop(held);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Waits until `port` on loopback accepts connections.
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "broker did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `f` holds (checked every 20 ms, at most 10 s).
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sighup(child: &Child) {
+    let st = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Mosquitto-style command line: `-p PORT` (kept across a reload of the file), `-v`
+/// (debug), `--log-file` (reopened on SIGHUP, for logrotate) and `--pid-file`.
+#[test]
+fn command_line_port_verbose_log_file_and_pid_file() {
+    require("mosquitto_pub");
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("mqtt-broker-cli-{port}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("broker.yaml");
+    // The file says another port; -p wins, also after the reload below.
+    std::fs::write(&cfg, "server:\n  host: 127.0.0.1\n  port: 1\n").unwrap();
+    let log = dir.join("broker.log");
+    let pid = dir.join("broker.pid");
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["-p", &port.to_string(), "-v", "--log-file"])
+        .arg(&log)
+        .arg("--pid-file")
+        .arg(&pid)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    wait_until("the pid file", || {
+        std::fs::read_to_string(&pid).is_ok_and(|t| t.trim() == child.id().to_string())
+    });
+    let publish = |topic: &str| {
+        let st = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                topic,
+                "-m",
+                "x",
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    publish("before/rotate");
+    wait_until("the connection in the log file", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("client connected"))
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("DEBUG"), "-v logs at debug level:\n{text}");
+
+    // logrotate: move the file away, SIGHUP; new lines go to a new file at the old path.
+    let rotated = dir.join("broker.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    std::fs::write(
+        &cfg,
+        "server:\n  host: 127.0.0.1\n  port: 1\nlimits:\n  max_subscriptions: 50\n",
+    )
+    .unwrap();
+    sighup(&child);
+    wait_until("the reopened log file", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("configuration reloaded"))
+    });
+    // -p survived the reload: the broker still listens there.
+    publish("after/rotate");
+    wait_until("the second connection in the new file", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("client connected"))
+    });
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(!old.contains("configuration reloaded"), "{old}");
+
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(child.wait().unwrap().success());
+    assert!(!pid.exists(), "the pid file is removed at exit");
+}
+
+/// `log.syslog: true` sends each line to the syslog socket as an RFC 3164 datagram
+/// (facility daemon, severity from the level), which journald also reads.
+#[test]
+fn syslog_receives_log_lines_with_their_severity() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("mqtt-broker-syslog-{port}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket_path = dir.join("log.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let cfg = dir.join("broker.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server:\n  host: 127.0.0.1\n  port: {port}\nlog:\n  syslog: true\n  syslog_socket: {}\n",
+            socket_path.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !got
+        .iter()
+        .any(|l: &String| l.contains("starting mqtt-broker"))
+    {
+        let n = socket.recv(&mut buf).expect("a syslog datagram");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = got
+        .iter()
+        .find(|l| l.contains("starting mqtt-broker"))
+        .unwrap();
+    // <30> = facility daemon (3) * 8 + severity info (6).
+    assert!(
+        line.starts_with(&format!("<30>mqtt-broker[{}]: ", child.id())),
+        "{line}"
+    );
+}

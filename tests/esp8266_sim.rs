@@ -1,4 +1,4 @@
-//! The ESP8266 fleet simulator (examples/esp8266_sim.rs) against a real broker: a
+//! The ESP8266 fleet simulator (src/bin/esp8266-sim.rs) against a real broker: a
 //! `sensors/#` (+ legacy `+/dht`) subscriber must receive every reading the simulator says
 //! it sent, each device's `online` status must be retained, and every forced drop must
 //! make the broker publish that device's `offline` will.

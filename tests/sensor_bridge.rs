@@ -1,6 +1,6 @@
 //! The sensor-bridge transform plugin (plugins/sensor-bridge, JavaScript built with jco by
 //! `bash .ci/plugins.sh`) end to end: a broker with the component loaded, the ESP8266 fleet
-//! simulator (examples/esp8266_sim.rs, run as the example binary the way
+//! simulator (src/bin/esp8266-sim.rs, run as a binary the way
 //! tests/esp8266_sim.rs does) publishing valid and garbage readings over real sockets, and a
 //! subscriber that checks every valid reading arrives exactly once as structured JSON on
 //! `home/...`, every garbage one on the error topic with a reason, and what happens to the

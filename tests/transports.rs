@@ -1191,3 +1191,60 @@ async fn metrics_count_connections_per_transport() {
     }
     assert_eq!(clients.len(), 4);
 }
+
+/// A TLS client that connects by IP address sends the IP as SNI (OpenSSL, so Mosquitto's
+/// clients, do): that is ordinary use, not a problem, and logs no warning (issue 21).
+#[tokio::test]
+async fn tls_client_connecting_by_ip_logs_no_warning() {
+    let pki = TestPki::new("sni-ip");
+    let port = free_port();
+    let cfg = pki.path("broker.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listeners:\n  - bind: 127.0.0.1:{port}\n    protocol: tls\n    cert_file: {}\n    key_file: {}\n",
+            pki.path("server.pem").display(),
+            pki.path("server.key").display()
+        ),
+    )
+    .unwrap();
+    let mut broker = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-broker"))
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "broker did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut publ = tokio::process::Command::new("mosquitto_pub");
+    publ.args(["-h", "127.0.0.1", "-p", &port.to_string(), "--cafile"])
+        .arg(pki.path("ca.pem"))
+        .args(["-t", "sni/test", "-m", "x", "-q", "1"]);
+    let out = run_bounded(publ, Duration::from_secs(20), "mosquitto_pub over TLS").await;
+    assert!(
+        out.status.success(),
+        "mosquitto_pub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = broker.start_kill();
+    let log = broker.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&log.stderr);
+    assert!(
+        stderr.contains("client connected"),
+        "the client got through: {stderr}"
+    );
+    let warnings: Vec<_> = stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert!(
+        warnings.is_empty(),
+        "warnings in ordinary use: {warnings:#?}"
+    );
+}

@@ -77,7 +77,13 @@ pub(crate) struct Server {
     started: Config,
     /// Pending-restart settings already logged (key, configured value).
     pending_logged: Mutex<std::collections::HashSet<(&'static str, String)>>,
+    /// Applied to every configuration read from the file (command-line options).
+    overrides: Mutex<Option<ConfigOverrides>>,
 }
+
+/// Changes applied to every configuration the broker reads from its file, so that
+/// command-line options (`-p`, `-v`, `--log-file`) survive reloads.
+pub type ConfigOverrides = Arc<dyn Fn(&mut Config) + Send + Sync>;
 
 impl Server {
     fn set_listeners(
@@ -164,6 +170,7 @@ impl Broker {
                 bound: Mutex::new(Vec::new()),
                 started,
                 pending_logged: Mutex::new(Default::default()),
+                overrides: Mutex::new(None),
             }),
         };
         let control: Arc<dyn Control> = Arc::new(handle.clone());
@@ -255,7 +262,13 @@ impl BrokerHandle {
     /// Re-reads `path` and applies it live; a file that does not parse changes nothing.
     pub async fn reload_from_file(&self, path: &std::path::Path) -> Result<u64, BrokerError> {
         match Config::load(path) {
-            Ok(config) => self.reload(config).await,
+            Ok(mut config) => {
+                let overrides = self.server.overrides.lock().clone();
+                if let Some(apply) = overrides {
+                    apply(&mut config);
+                }
+                self.reload(config).await
+            }
             Err(e) => {
                 let err = BrokerError::Config(e);
                 reload::record(&self.core, Err(&err), None);
@@ -303,6 +316,12 @@ impl BrokerHandle {
     /// consumer never slows the broker.
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<crate::events::BrokerEvent> {
         self.core.ops.events.subscribe()
+    }
+
+    /// Changes to apply to every configuration read from the file from now on (the
+    /// binary's command-line options), so that a reload keeps them.
+    pub fn set_config_overrides(&self, overrides: ConfigOverrides) {
+        *self.server.overrides.lock() = Some(overrides);
     }
 
     /// Tells the broker which file it was started from, for `POST /api/v1/reload`.

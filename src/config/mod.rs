@@ -10,6 +10,7 @@
 //! watching it for changes happen elsewhere (`crate::broker`, `crate::admin::watch`).
 
 mod duration;
+pub mod mosquitto;
 mod ops;
 pub mod plugins;
 pub mod security;
@@ -386,6 +387,20 @@ pub struct LogConfig {
     pub level: String,
     /// Output format.
     pub format: LogFormat,
+    /// Append log lines to this file instead of stderr (reopened by every reload, so
+    /// `logrotate` can move it away and send SIGHUP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Also send every line to the local syslog daemon or journald (`syslog_socket`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub syslog: bool,
+    /// The syslog datagram socket.
+    #[serde(default = "default_syslog_socket")]
+    pub syslog_socket: PathBuf,
+}
+
+fn default_syslog_socket() -> PathBuf {
+    PathBuf::from("/dev/log")
 }
 
 impl Default for LogConfig {
@@ -393,6 +408,9 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
+            file: None,
+            syslog: false,
+            syslog_socket: default_syslog_socket(),
         }
     }
 }
@@ -501,6 +519,7 @@ impl Config {
             &mut self.security.cert_file,
             &mut self.security.key_file,
             &mut self.admin.token_file,
+            &mut self.log.file,
         ]
         .into_iter()
         .flatten()

@@ -56,8 +56,8 @@ pub(crate) struct ConnectionInfo {
     pub tls_identity: Option<String>,
     /// Whether that CN replaces the user name and counts as authentication.
     pub use_identity_as_username: bool,
-    /// Cancelled only by its parents: the listener (removed with `drain: true`) and the
-    /// broker's shutdown token, so which one fired is the close reason.
+    /// The connection's token, a child of its listener's (removed with `drain: true`) and
+    /// of the broker's shutdown token; its `CloseSignal` cancels it too.
     pub cancel: CancellationToken,
 }
 
@@ -75,6 +75,7 @@ impl ConnGuard {
     fn new(core: Arc<Core>, info: &ConnectionInfo) -> (Self, bool) {
         Counters::inc(&core.counters.connections);
         Counters::inc(&core.counters.connections_accepted);
+        core.note_connections(Counters::get(&core.counters.connections));
         Counters::inc(transport_counter(&core, info.transport));
         let before = info.listener_conns.fetch_add(1, Ordering::Relaxed);
         let over_listener_limit = info.listener_max_connections.is_some_and(|m| before >= m);
@@ -204,6 +205,17 @@ where
             .await;
         return;
     }
+    let max_keepalive = runtime.config.limits.max_keepalive;
+    if max_keepalive > 0 && connect.keep_alive > max_keepalive {
+        // As Mosquitto's `max_keepalive` for 3.1.1 clients, which have no way to be told.
+        info!(
+            keep_alive = connect.keep_alive,
+            max_keepalive, "refusing connection: keep-alive above limits.max_keepalive"
+        );
+        conn.send_and_close(refuse(ConnectReturnCode::IdentifierRejected))
+            .await;
+        return;
+    }
     let conn_id = core.next_conn_id();
     let client_id = if connect.client_id.is_empty() {
         if !connect.clean_session {
@@ -247,7 +259,7 @@ where
         return;
     }
 
-    let close = Arc::new(CloseSignal::default());
+    let close = Arc::new(CloseSignal::new(info.cancel.clone()));
     let (done_tx, done_rx) = watch::channel(false);
     let attached = core
         .registry
@@ -310,9 +322,7 @@ where
     // is connected: an idle connection's task holds only what it needs.
     drop(connect);
     drop(runtime);
-    let mut reason = conn
-        .run(&mut engine, &close, &info.cancel, credentials)
-        .await;
+    let mut reason = conn.run(&mut engine, &close, credentials).await;
     if reason.finishes_inbound() {
         // Closed by the broker (takeover, admin, listener removal, shutdown): what the
         // client had already sent is handled first, so an acknowledged PUBLISH is not
@@ -530,7 +540,6 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         &mut self,
         engine: &mut Engine,
         close: &CloseSignal,
-        cancel: &CancellationToken,
         mut credentials: Credentials,
     ) -> CloseReason {
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
@@ -545,7 +554,9 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         let mut needs_flush = false;
         loop {
             self.collect(engine);
-            self.await_receipt().await;
+            if self.receipt != Receipt::Accepted {
+                self.await_receipt().await;
+            }
             if self.encode_out() > 0 {
                 self.observe_latency(engine);
             }
@@ -561,13 +572,14 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
             let keep_alive = engine.keep_alive_deadline().map(Instant::from_std);
             tokio::select! {
                 biased;
-                reason = close.closed() => return reason,
-                _ = cancel.cancelled() => {
-                    return if self.core.shutdown.is_cancelled() {
+                // One wake-up for every close decided elsewhere: a reason written by the
+                // registry (takeover), the admin API, or else which parent token fired.
+                _ = close.token().cancelled() => {
+                    return close.reason().unwrap_or(if self.core.shutdown.is_cancelled() {
                         CloseReason::Shutdown
                     } else {
                         CloseReason::ListenerRemoved
-                    };
+                    });
                 }
                 r = write_or_flush(&mut self.wr, &self.wbuf), if !self.wbuf.is_empty() || needs_flush => match r {
                     Ok(Some(0)) => return CloseReason::PeerClosed,

@@ -397,7 +397,16 @@ impl Engine {
     fn handle_publish(&mut self, core: &Core, p: Publish, now: Instant) -> Result<(), CloseReason> {
         Counters::inc(&core.counters.messages_in);
         core.counters.ops.publish(true, p.qos, p.payload.len());
-        let over = core.runtime.load().config.limits.check_topic(&p.topic);
+        let (over, retain_available) = {
+            let runtime = core.runtime.load();
+            let limits = &runtime.config.limits;
+            (limits.check_topic(&p.topic), limits.retain_available)
+        };
+        if p.retain && !retain_available {
+            return Err(CloseReason::Policy(
+                "PUBLISH with RETAIN=1 while retained messages are off (limits.retain_available: false)".into(),
+            ));
+        }
         if let Some(over) = over {
             let kind = topic_limit_kind(over);
             core.counters.ops.limit(kind);

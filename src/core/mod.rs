@@ -65,6 +65,19 @@ impl Services {
     }
 }
 
+/// The soft open-files limit of this process (`u64::MAX` where it cannot be read).
+fn open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return u64::MAX;
+    }
+    lim.rlim_cur
+}
+
 /// State shared by every task of one broker (see the module documentation).
 pub(crate) struct Core {
     services: Arc<Services>,
@@ -83,6 +96,10 @@ pub(crate) struct Core {
     pub last_reload: Mutex<ReloadStatus>,
     next_conn_id: AtomicU64,
     started_nanos: u128,
+    /// The process's open-files limit (soft), read at start.
+    fd_limit: u64,
+    /// Whether the "near the open-files limit" warning is armed off (re-armed below 80 %).
+    fd_warned: std::sync::atomic::AtomicBool,
 }
 
 impl std::ops::Deref for Core {
@@ -119,10 +136,36 @@ impl Core {
                 pending_restart: Vec::new(),
             }),
             next_conn_id: AtomicU64::new(1),
+            fd_limit: open_files_limit(),
+            fd_warned: std::sync::atomic::AtomicBool::new(false),
             started_nanos: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
                 .unwrap_or(0),
+        }
+    }
+
+    /// Called with the number of open connections whenever one is accepted: warns once
+    /// when they come within 10 % of what the open-files limit allows (each connection is
+    /// one file; 64 are kept for listeners, the store and plugins), and only when that limit
+    /// is below `server.max_connections` (otherwise that refuses first). Re-armed below 80 %.
+    pub fn note_connections(&self, open: u64) {
+        let usable = self.fd_limit.saturating_sub(64);
+        let max = self.runtime.load().config.server.max_connections as u64;
+        if usable == 0 || usable >= max {
+            return;
+        }
+        if open * 10 >= usable * 9 {
+            if !self.fd_warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    open_connections = open,
+                    open_files_limit = self.fd_limit,
+                    max_connections = max,
+                    "connections are near the open-files limit: new ones will fail to be accepted at about {usable}; raise it (LimitNOFILE= in the systemd unit, ulimit -n) or lower server.max_connections"
+                );
+            }
+        } else if open * 10 < usable * 8 {
+            self.fd_warned.store(false, Ordering::Relaxed);
         }
     }
 

@@ -342,27 +342,10 @@ where
     Ok(Box::new(mqtt_broker::transport::ws::WsByteStream::new(ws)))
 }
 
-/// `target/<profile>/examples/esp8266_sim` (the device-fleet simulator), built on demand:
-/// `cargo test --test X` builds no examples, `cargo test` does.
+/// The device-fleet simulator binary (`src/bin/esp8266-sim.rs`), which cargo builds before
+/// the integration tests.
 pub fn simulator() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("esp8266_sim{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
-        let mut cmd = std::process::Command::new(env!("CARGO"));
-        cmd.args(["build", "--example", "esp8266_sim"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build --example esp8266_sim");
-        assert!(status.success(), "building the simulator failed");
-    }
-    bin
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_esp8266-sim"))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,7 +21,8 @@
 //! the socket (`kind`: `valid`, `garbage`, `status`) and per forced drop (`kind`: `drop`),
 //! so a test can compare them with what a subscriber received (tests/esp8266_sim.rs).
 //!
-//! Run: `cargo run --release --example esp8266_sim -- --port 1883 --devices 200 --interval 1s --duration 30s`.
+//! Run: `cargo run --release --bin esp8266-sim -- --port 1883 --devices 200 --interval 1s --duration 30s`.
+//! A binary target, not an example, so that building it compiles no dev-dependencies.
 //! Loopback only, like every load tool in examples/.
 
 use bytes::{Bytes, BytesMut};
@@ -54,7 +55,7 @@ const MAX_DEVICES: usize = 10_000;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
-    name = "esp8266_sim",
+    name = "esp8266-sim",
     about = "Simulated ESP8266 + DHT sensor fleet (PubSubClient behaviour), loopback only"
 )]
 struct Cli {
@@ -171,7 +172,7 @@ fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
-#[path = "common/rng.rs"]
+#[path = "../../examples/common/rng.rs"]
 mod rng;
 use rng::Rng;
 
@@ -200,13 +201,13 @@ impl Fleet {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = check(&cli) {
-        eprintln!("esp8266_sim: {e}");
+        eprintln!("esp8266-sim: {e}");
         return ExitCode::from(2);
     }
     let addr = match loopback_addr(&cli.host, cli.port) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("esp8266_sim: {e}");
+            eprintln!("esp8266-sim: {e}");
             return ExitCode::from(2);
         }
     };
@@ -217,7 +218,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("esp8266_sim: cannot start the async runtime: {e}");
+            eprintln!("esp8266-sim: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -237,7 +238,7 @@ fn main() -> ExitCode {
                 (Some(tx), Some(t))
             }
             Err(e) => {
-                eprintln!("esp8266_sim: cannot create {}: {e}", path.display());
+                eprintln!("esp8266-sim: cannot create {}: {e}", path.display());
                 return ExitCode::FAILURE;
             }
         },
