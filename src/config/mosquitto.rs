@@ -634,7 +634,7 @@ mod tests {
         }
         // Bridge options are covered by the block's note, not reported one by one.
         assert!(
-            !i.notes.iter().any(|n| n.contains("address")),
+            !i.notes.iter().any(|n| n.contains("broker.example.com")),
             "{:#?}",
             i.notes
         );
