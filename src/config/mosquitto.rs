@@ -360,10 +360,8 @@ impl Import {
                 }
             }
             "max_keepalive" => {
-                let n = number_of(value)?;
-                if n > 0 {
-                    set(&mut self.root, "limits.max_keepalive", number(n.min(65_535) as u64));
-                }
+                number_of(value)?;
+                self.note(at, format!("max_keepalive {value}: in Mosquitto 2.0 it only tells MQTT 5 clients a server keep alive; 3.1.1 clients are not affected, so it has no equivalent here yet"));
             }
             "retain_available" => {
                 let on = bool_of(value)?;
@@ -604,7 +602,7 @@ mod tests {
         assert_eq!(c.limits.max_queued_bytes, 1_000_000);
         assert!(c.performance.queue_qos0_offline);
         assert_eq!(c.server.max_packet_size, 4096);
-        assert_eq!(c.limits.max_keepalive, 120);
+        assert!(i.notes.iter().any(|n| n.contains("max_keepalive 120")));
         assert!(!c.limits.retain_available);
         assert_eq!(c.server.sys_interval.get().as_secs(), 30);
         assert_eq!(c.persistence.session_expiry.get().as_secs(), 2 * 86_400);

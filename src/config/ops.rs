@@ -51,9 +51,6 @@ pub struct LimitsConfig {
     /// Payload bytes queued per session behind its inflight window (in addition to
     /// `performance.message_queue_limit`); beyond it new messages for it are dropped.
     pub max_queued_bytes: usize,
-    /// Largest keep-alive (seconds) a client may ask for; a CONNECT above it gets CONNACK
-    /// 0x02, as Mosquitto's `max_keepalive` does for MQTT 3.1.1 clients (0 = any).
-    pub max_keepalive: u16,
     /// Whether retained messages are supported; when false, a PUBLISH with RETAIN=1 closes
     /// the connection, as Mosquitto's `retain_available false` does for 3.1.1 clients.
     pub retain_available: bool,
@@ -68,7 +65,6 @@ impl Default for LimitsConfig {
             publish_rate: 1000,
             publish_bytes_rate: 1024 * 1024,
             max_queued_bytes: 16 * 1024 * 1024,
-            max_keepalive: 0,
             retain_available: true,
         }
     }

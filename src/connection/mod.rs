@@ -205,17 +205,6 @@ where
             .await;
         return;
     }
-    let max_keepalive = runtime.config.limits.max_keepalive;
-    if max_keepalive > 0 && connect.keep_alive > max_keepalive {
-        // As Mosquitto's `max_keepalive` for 3.1.1 clients, which have no way to be told.
-        info!(
-            keep_alive = connect.keep_alive,
-            max_keepalive, "refusing connection: keep-alive above limits.max_keepalive"
-        );
-        conn.send_and_close(refuse(ConnectReturnCode::IdentifierRejected))
-            .await;
-        return;
-    }
     let conn_id = core.next_conn_id();
     let client_id = if connect.client_id.is_empty() {
         if !connect.clean_session {
