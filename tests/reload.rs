@@ -192,7 +192,6 @@ async fn invalid_edits_change_nothing_and_report_why() {
         (&*format!("{BASE}server:\n  max_connections: many\n"), "max_connections"),
         (&*format!("{BASE}server:\n  max_conections: 5\n"), "max_conections"),
         (&*format!("{BASE}security:\n  acl_file: missing.acl\n"), "missing.acl"),
-        (&*format!("{BASE}performance:\n  worker_threads: 7\n"), "worker_threads"),
         (
             "listeners:\n  - {name: main, bind: '127.0.0.1:0'}\n  - {name: t, bind: '127.0.0.1:0', protocol: tls, cert_file: nope.pem, key_file: nope.key}\n",
             "nope.pem",
