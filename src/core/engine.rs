@@ -124,7 +124,12 @@ impl Engine {
 
     /// Appends pending packets to `buf`, keeping `buf`'s allocation (the shell's hot path).
     pub fn drain_output_into(&mut self, buf: &mut Vec<Packet>) -> Receipt {
-        buf.append(&mut self.out);
+        if buf.is_empty() {
+            // The common case: hand the whole buffer over, no copy, no new allocation.
+            std::mem::swap(buf, &mut self.out);
+        } else {
+            buf.append(&mut self.out);
+        }
         std::mem::take(&mut self.receipt)
     }
 
