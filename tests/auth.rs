@@ -41,6 +41,56 @@ fn mosquitto_passwd(file: &Path, user: &str, pass: &str) {
     assert!(st.success());
 }
 
+/// Mosquitto's own broker on a free port, refusing anonymous clients and checking `file`;
+/// killed on drop. `publish(user, password)` says whether it accepted that login.
+struct MosquittoWithPasswords {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl MosquittoWithPasswords {
+    fn start(dir: &Path, file: &Path) -> Self {
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nuser root\n",
+                file.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is required (apt-get install mosquitto; .ci/run does this)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        MosquittoWithPasswords { child, port }
+    }
+
+    fn publish(&self, user: &str, pass: &str) -> bool {
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-u", user, "-P", pass, "-t", "t", "-m", "x"])
+            .status()
+            .unwrap()
+            .success()
+    }
+}
+
+impl Drop for MosquittoWithPasswords {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test]
 async fn mosquitto_passwd_file_is_accepted() {
     let dir = temp_dir("mosq");
@@ -95,51 +145,10 @@ fn our_passwd_file_is_accepted_by_mosquitto() {
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.starts_with("carol:$7$101$"), "{text}");
 
-    let port = free_port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nuser root\n",
-            file.display()
-        ),
-    )
-    .unwrap();
-    let mut mosq = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto is required (apt-get install mosquitto; .ci/run does this)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let publish = |pass: &str| {
-        Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-u",
-                "carol",
-                "-P",
-                pass,
-                "-t",
-                "t",
-                "-m",
-                "x",
-            ])
-            .status()
-            .unwrap()
-            .success()
-    };
-    let good = publish("hunter2");
-    let bad = publish("wrong");
-    let _ = mosq.kill();
-    let _ = mosq.wait();
+    let mosq = MosquittoWithPasswords::start(&dir, &file);
+    let good = mosq.publish("carol", "hunter2");
+    let bad = mosq.publish("carol", "wrong");
+    drop(mosq);
     assert!(
         good,
         "mosquitto refused a password written by mqtt-broker passwd"
@@ -207,46 +216,11 @@ fn passwd_create_batch_delete_and_upgrade_like_mosquitto_passwd() {
     assert_eq!(check("bob", "hunter2"), PasswordCheck::Ok);
 
     // Mosquitto's broker accepts the file as written.
-    let port = free_port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {f}\nuser root\n"),
-    )
-    .unwrap();
-    let mut mosq = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto is required (apt-get install mosquitto; .ci/run does this)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let publish = |user: &str, pass: &str| {
-        Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-u",
-                user,
-                "-P",
-                pass,
-            ])
-            .args(["-t", "t", "-m", "x"])
-            .status()
-            .unwrap()
-            .success()
-    };
-    let carol = publish("carol", "plain pass");
-    let bob = publish("bob", "hunter2");
-    let alice = publish("alice", "s3cret");
-    let _ = mosq.kill();
-    let _ = mosq.wait();
+    let mosq = MosquittoWithPasswords::start(&dir, &file);
+    let carol = mosq.publish("carol", "plain pass");
+    let bob = mosq.publish("bob", "hunter2");
+    let alice = mosq.publish("alice", "s3cret");
+    drop(mosq);
     assert!(
         carol && bob,
         "mosquitto accepts the upgraded and the batch-added users"

@@ -57,18 +57,23 @@ fn wait_ports(ports: &[u16]) {
     }
 }
 
-fn mosquitto(conf: &Path, ports: &[u16]) -> Running {
-    // As root Mosquitto drops to the `mosquitto` user, who cannot read the test's files.
+/// Starts Mosquitto on `conf`. As root it would drop to the `mosquitto` user, who cannot
+/// read the test's files, so the run copy says `user root`; it logs to stderr.
+fn spawn_mosquitto(conf: &Path, stderr: Stdio) -> Child {
     let text = std::fs::read_to_string(conf).unwrap();
     let run = conf.with_extension("run.conf");
-    std::fs::write(&run, format!("{text}\nuser root\n")).unwrap();
-    let child = Command::new("mosquitto")
+    std::fs::write(&run, format!("{text}\nuser root\nlog_dest stderr\n")).unwrap();
+    Command::new("mosquitto")
         .arg("-c")
         .arg(&run)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
-        .expect("mosquitto is required (apt-get install mosquitto; .ci/run does this)");
+        .expect("mosquitto is required (apt-get install mosquitto; .ci/run does this)")
+}
+
+fn mosquitto(conf: &Path, ports: &[u16]) -> Running {
+    let child = spawn_mosquitto(conf, Stdio::null());
     wait_ports(ports);
     Running(child)
 }
@@ -78,16 +83,7 @@ fn mosquitto(conf: &Path, ports: &[u16]) -> Running {
 /// `max_connections` one higher than configured, so a probe would skew the limits test.
 fn mosquitto_unprobed(conf: &Path) -> Running {
     use std::io::{BufRead, BufReader};
-    let text = std::fs::read_to_string(conf).unwrap();
-    let run = conf.with_extension("run.conf");
-    std::fs::write(&run, format!("{text}\nuser root\nlog_dest stderr\n")).unwrap();
-    let mut child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&run)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mosquitto is required (apt-get install mosquitto; .ci/run does this)");
+    let mut child = spawn_mosquitto(conf, Stdio::piped());
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

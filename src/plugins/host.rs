@@ -264,13 +264,17 @@ pub fn cache_dir(config: &PluginConfig) -> PathBuf {
 
 fn write_atomically(dir: &Path, file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    // A unique temporary name, so that two brokers starting at once do not interleave.
+    // A unique temporary name, so that two brokers starting at once do not interleave: the
+    // process id alone is not enough, since one process may run several brokers (embedders,
+    // the test suite), which then wrote the same temporary file and renamed a mix of both.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{}.tmp",
         file.file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("artifact"),
-        std::process::id()
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, file)
