@@ -189,7 +189,7 @@ async fn publish_qos1(c: &mut RawClient, topic: &str, payload: &[u8], pid: u16) 
 
 /// `persistence.session_expiry`: a persistent session offline for longer than it is removed
 /// with its subscriptions and queued messages, in memory and on disk. The broker sweeps when
-/// it starts (right after recovery) and then every 30 s (`expire_sessions` in src/broker.rs);
+/// it starts (right after recovery) and then every 30 s (`expire_sessions` in src/core/registry.rs);
 /// the 30 s period does not depend on the expiry, so this test goes through the sweep at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_expiry_removes_an_abandoned_session_and_its_queue() {

@@ -4,7 +4,7 @@
 //!
 //! `$SYS` topics are not matched by subscriptions starting with a wildcard
 //! [MQTT-4.7.2-1]; clients must subscribe to `$SYS/#` explicitly. Clients cannot publish
-//! to them (see `connection.rs`).
+//! to them (see `core/engine.rs`).
 
 use crate::core::control::Control;
 use crate::metrics::Counters;
