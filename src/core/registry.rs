@@ -251,15 +251,7 @@ impl SessionRegistry {
 
     /// Removes persistent sessions offline for longer than `persistence.session_expiry`.
     pub fn expire_sessions(&self) -> usize {
-        if self
-            .services
-            .runtime
-            .load()
-            .config
-            .persistence
-            .session_expiry
-            .is_zero()
-        {
+        if self.session_expiry().is_zero() {
             return 0;
         }
         let mut sessions = self.sessions.lock();
@@ -275,16 +267,20 @@ impl SessionRegistry {
         expired.len()
     }
 
-    /// Whether a session has been offline for `persistence.session_expiry` (never when 0).
-    fn is_expired(&self, entry: &SessionEntry) -> bool {
-        let expiry = self
-            .services
+    /// `persistence.session_expiry` in force (zero: sessions never expire).
+    fn session_expiry(&self) -> Duration {
+        self.services
             .runtime
             .load()
             .config
             .persistence
             .session_expiry
-            .get();
+            .get()
+    }
+
+    /// Whether a session has been offline for `persistence.session_expiry` (never when 0).
+    fn is_expired(&self, entry: &SessionEntry) -> bool {
+        let expiry = self.session_expiry();
         !expiry.is_zero()
             && entry
                 .offline_since
