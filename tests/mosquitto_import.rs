@@ -239,13 +239,10 @@ fn write_acl(dir: &Path) -> PathBuf {
     file
 }
 
-const TOPICS: [&str; 4] = ["public/news", "alice/data", "secret/x", "bob/data"];
-
-/// Mosquitto's documented "password file and ACL" setup: the same logins succeed and fail,
-/// and every user reads and writes the same topics on both brokers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn password_file_and_acl_behave_as_in_mosquitto() {
-    let dir = temp_dir("passwd-acl");
+/// A directory with the password and ACL files and a mosquitto.conf with one listener on
+/// a free port that uses them: (directory, port, conf).
+fn password_and_acl_setup(name: &str, allow_anonymous: bool) -> (PathBuf, u16, PathBuf) {
+    let dir = temp_dir(name);
     let port = free_port();
     let passwd = write_passwords(&dir);
     let acl = write_acl(&dir);
@@ -253,12 +250,22 @@ async fn password_file_and_acl_behave_as_in_mosquitto() {
     std::fs::write(
         &conf,
         format!(
-            "# /etc/mosquitto/conf.d/auth.conf\nlistener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\n",
+            "# /etc/mosquitto/conf.d/auth.conf\nlistener {port} 127.0.0.1\nallow_anonymous {allow_anonymous}\npassword_file {}\nacl_file {}\n",
             passwd.display(),
             acl.display()
         ),
     )
     .unwrap();
+    (dir, port, conf)
+}
+
+const TOPICS: [&str; 4] = ["public/news", "alice/data", "secret/x", "bob/data"];
+
+/// Mosquitto's documented "password file and ACL" setup: the same logins succeed and fail,
+/// and every user reads and writes the same topics on both brokers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_file_and_acl_behave_as_in_mosquitto() {
+    let (dir, port, conf) = password_and_acl_setup("passwd-acl", false);
     let (yaml, notes) = import(&conf);
     assert!(
         yaml.contains("password_file") && yaml.contains("acl_file"),
@@ -297,20 +304,7 @@ async fn password_file_and_acl_behave_as_in_mosquitto() {
 /// section applies to clients without a user name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_clients_with_an_acl_behave_as_in_mosquitto() {
-    let dir = temp_dir("anon-acl");
-    let port = free_port();
-    let passwd = write_passwords(&dir);
-    let acl = write_acl(&dir);
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npassword_file {}\nacl_file {}\n",
-            passwd.display(),
-            acl.display()
-        ),
-    )
-    .unwrap();
+    let (dir, port, conf) = password_and_acl_setup("anon-acl", true);
     let (yaml, _) = import(&conf);
     let users = [(None, None), (Some("alice"), Some("alicepw"))];
     let mut results = Vec::new();
