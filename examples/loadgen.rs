@@ -1,4 +1,4 @@
-//! Load generator for MQTT 3.1.1 brokers (this one, Mosquitto, any other), built to cost far
+//! Load generator for MQTT 3.1.1 and 5.0 brokers (this one, Mosquitto, any other), built to cost far
 //! less per message than the broker it measures, so that the broker is the bottleneck.
 //!
 //! Scenarios (`loadgen <scenario> --help` lists every option), each bounded in time, each
@@ -28,9 +28,9 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use clap::{Args, Parser, Subcommand};
 use mqtt_broker::config::parse_duration;
-use mqtt_broker::protocol::codec::{decode_body, peek_header};
+use mqtt_broker::protocol::codec::{decode_body_with, decode_with, encode_with, peek_header};
 use mqtt_broker::protocol::{
-    decode, encode, Connect, ConnectReturnCode, Packet, ProtocolLevel, Publish, QoS, SubAckCode,
+    Connect, ConnectReturnCode, Packet, Properties, ProtocolLevel, Publish, QoS, SubAckCode,
     Subscribe,
 };
 use serde_json::{json, Value};
@@ -69,15 +69,45 @@ const STALL_AFTER: Duration = Duration::from_secs(1);
 #[derive(Parser, Debug)]
 #[command(
     name = "loadgen",
-    about = "MQTT 3.1.1 load generator (loopback only); prints one JSON line per run"
+    about = "MQTT 3.1.1 / 5.0 load generator (loopback only); prints one JSON line per run"
 )]
 struct Cli {
     /// Async worker threads of the load generator itself. 1 runs everything on one thread
     /// (cheapest, leaves the other cores to the broker).
     #[arg(long, default_value_t = 1, global = true)]
     threads: usize,
+    /// MQTT version every client speaks: 311 or 5.
+    #[arg(long, default_value = "311", global = true, value_parser = ["311", "5"])]
+    mqtt_version: String,
+    /// MQTT 5 only: user properties (16-byte name, 16-byte value) on every PUBLISH sent.
+    #[arg(long, default_value_t = 0, global = true)]
+    user_properties: usize,
     #[command(subcommand)]
     scenario: Scenario,
+}
+
+/// The protocol every client of this run speaks (set once from the command line).
+static LEVEL: std::sync::OnceLock<ProtocolLevel> = std::sync::OnceLock::new();
+/// The properties every PUBLISH of this run carries (MQTT 5 user properties), if any.
+static PUBLISH_PROPS: std::sync::OnceLock<Option<Arc<Properties>>> = std::sync::OnceLock::new();
+
+fn level() -> ProtocolLevel {
+    *LEVEL.get().unwrap_or(&ProtocolLevel::V311)
+}
+
+fn encode(p: &Packet, out: &mut BytesMut) {
+    encode_with(p, level(), out)
+}
+
+fn decode(
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<Packet>, mqtt_broker::protocol::ProtocolError> {
+    decode_with(buf, max, level())
+}
+
+fn publish_props() -> Option<Arc<Properties>> {
+    PUBLISH_PROPS.get().cloned().flatten()
 }
 
 #[derive(Args, Debug, Clone)]
@@ -248,6 +278,21 @@ impl Scenario {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let v5 = cli.mqtt_version == "5";
+    let _ = LEVEL.set(if v5 {
+        ProtocolLevel::V5
+    } else {
+        ProtocolLevel::V311
+    });
+    let props = (v5 && cli.user_properties > 0).then(|| {
+        Arc::new(Properties {
+            user_properties: (0..cli.user_properties)
+                .map(|i| (format!("name-{i:011}"), format!("value-{i:010}")))
+                .collect(),
+            ..Default::default()
+        })
+    });
+    let _ = PUBLISH_PROPS.set(props);
     let target = cli.scenario.target().clone();
     let name = cli.scenario.name();
     let mut builder = if cli.threads <= 1 {
@@ -283,6 +328,11 @@ fn main() -> ExitCode {
         map.insert("scenario".into(), json!(name));
         map.insert("label".into(), json!(target.label));
         map.insert("port".into(), json!(target.port));
+        map.insert("mqtt_version".into(), json!(level().as_str()));
+        map.insert(
+            "user_properties".into(),
+            json!(publish_props().map_or(0, |p| p.user_properties.len())),
+        );
     }
     println!("{line}");
     code
@@ -577,7 +627,8 @@ impl Conn {
             chunk: 4096,
         };
         c.send(&Packet::Connect(Box::new(Connect {
-            protocol: ProtocolLevel::V311,
+            properties: None,
+            protocol: level(),
             clean_session,
             keep_alive,
             client_id: client_id.into(),
@@ -639,6 +690,8 @@ impl Conn {
     /// SUBSCRIBE and wait for its SUBACK; every filter must be granted.
     async fn subscribe(&mut self, filters: &[(&str, QoS)]) -> Res<()> {
         self.send(&Packet::Subscribe(Subscribe {
+            options: Vec::new(),
+            properties: None,
             pid: 1,
             filters: filters.iter().map(|(f, q)| (f.to_string(), *q)).collect(),
         }))
@@ -687,9 +740,11 @@ impl Frame<'_> {
     /// Full decode of a non-PUBLISH packet (acknowledgements: rare next to PUBLISH).
     fn decode_other(&self) -> Res<Option<Packet>> {
         match self {
-            Frame::Other { first, body } => {
-                Ok(Some(decode_body(*first, Bytes::copy_from_slice(body))?))
-            }
+            Frame::Other { first, body } => Ok(Some(decode_body_with(
+                *first,
+                Bytes::copy_from_slice(body),
+                level(),
+            )?)),
             Frame::Publish { .. } => Ok(None),
         }
     }
@@ -732,6 +787,22 @@ fn next_frame(buf: &[u8]) -> Res<Option<(Frame<'_>, usize)>> {
     } else {
         None
     };
+    if level().is_v5() {
+        // Skip the property list: a variable byte integer length, then the properties.
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let Some(&b) = body.get(at) else {
+                return fail("truncated PUBLISH properties");
+            };
+            at += 1;
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 || shift > 21 {
+                break;
+            }
+        }
+        at += len;
+    }
     let payload = body.get(at..).unwrap_or_default();
     Ok(Some((
         Frame::Publish {
@@ -759,6 +830,7 @@ fn publish_bytes(topic: &str, payload: Bytes, qos: QoS, pid: Option<u16>, retain
     let mut out = BytesMut::new();
     encode(
         &Packet::Publish(Publish {
+            properties: publish_props(),
             dup: false,
             qos,
             retain,
@@ -1552,8 +1624,13 @@ async fn filters_scenario(
                 .map(|i| (filter_for(i), QoS::AtMostOnce))
                 .collect();
             let pid = (sent % 65535) as u16 + 1;
-            sub.send(&Packet::Subscribe(Subscribe { pid, filters }))
-                .await?;
+            sub.send(&Packet::Subscribe(Subscribe {
+                options: Vec::new(),
+                properties: None,
+                pid,
+                filters,
+            }))
+            .await?;
             sent += 1;
         }
         match sub.next_packet().await? {
@@ -1651,6 +1728,7 @@ async fn retained(
     for i in 0..r {
         encode(
             &Packet::Publish(Publish {
+                properties: None,
                 dup: false,
                 qos: QoS::AtMostOnce,
                 retain: true,
@@ -1675,6 +1753,8 @@ async fn retained(
     sub.chunk = 256 * 1024;
     let m2 = probe.mark();
     sub.send(&Packet::Subscribe(Subscribe {
+        options: Vec::new(),
+        properties: None,
         pid: 1,
         filters: vec![("#".into(), QoS::AtMostOnce)],
     }))

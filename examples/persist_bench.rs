@@ -43,6 +43,8 @@ async fn throughput(label: &str, config: Config, seconds: u64) -> f64 {
     let addr = broker.local_addr();
     let mut sub = Client::connect(addr, "bench-sub", false).await;
     sub.send(&Packet::Subscribe(Subscribe {
+        options: Vec::new(),
+        properties: None,
         pid: 1,
         filters: vec![("bench/#".into(), QoS::AtLeastOnce)],
     }))
@@ -74,6 +76,7 @@ async fn throughput(label: &str, config: Config, seconds: u64) -> f64 {
             while !stop.load(Ordering::Relaxed) || outstanding > 0 {
                 while outstanding < 16 && !stop.load(Ordering::Relaxed) {
                     c.send(&Packet::Publish(Publish {
+                        properties: None,
                         dup: false,
                         qos: QoS::AtLeastOnce,
                         retain: false,
@@ -157,8 +160,12 @@ async fn recovery(retained: usize, queued: usize) {
             ops.push(StorageOp::PutSession {
                 client_id: id.clone(),
                 record: SessionRecord {
+                    expiry_interval: None,
                     username: None,
-                    subscriptions: vec![("cmd/#".into(), QoS::AtLeastOnce)],
+                    subscriptions: vec![(
+                        "cmd/#".into(),
+                        mqtt_broker::model::Subscription::qos(QoS::AtLeastOnce),
+                    )],
                     last_seen_ms: 0,
                 },
             });

@@ -207,6 +207,7 @@ async fn connect(addr: std::net::SocketAddr, id: &str, user: Option<&str>) -> Tc
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).expect("nodelay");
     let c = Connect {
+        properties: None,
         protocol: ProtocolLevel::V311,
         clean_session: true,
         keep_alive: 60,
@@ -234,6 +235,8 @@ async fn throughput(
     let addr = broker.local_addr();
     let mut sub = connect(addr, "ops", Some("admin")).await;
     sub.write_all(&encode(&Packet::Subscribe(Subscribe {
+        options: Vec::new(),
+        properties: None,
         pid: 1,
         filters: vec![("devices/#".into(), QoS::AtMostOnce)],
     })))
@@ -273,6 +276,7 @@ async fn throughput(
             let id = format!("dev-{i}");
             let mut s = connect(addr, &id, None).await;
             let packet = encode(&Packet::Publish(Publish {
+                properties: None,
                 dup: false,
                 qos: QoS::AtMostOnce,
                 retain: false,

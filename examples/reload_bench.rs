@@ -415,6 +415,7 @@ struct Traffic {
 
 fn publish_packet(topic: &str, qos: QoS, pid: Option<u16>) -> Packet {
     Packet::Publish(Publish {
+        properties: None,
         dup: false,
         qos,
         retain: false,

@@ -255,11 +255,13 @@ async fn connect(
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     let c = Connect {
+        properties: None,
         protocol: ProtocolLevel::V311,
         clean_session: true,
         keep_alive: 15,
         client_id: id.into(),
         will: will.map(|topic| LastWill {
+            properties: None,
             topic: topic.into(),
             payload: Bytes::from_static(b"offline"),
             qos: QoS::AtLeastOnce,
@@ -306,6 +308,7 @@ fn device_batch(name: &str, batch: usize, garbage_rate: f64, rng: &mut Rng) -> B
         ] {
             codec::encode(
                 &Packet::Publish(Publish {
+                    properties: None,
                     dup: false,
                     qos: QoS::AtMostOnce,
                     retain: false,
@@ -330,6 +333,8 @@ async fn measure(cli: &Cli, broker: &BrokerHandle, with_bridge: bool, seed: u64)
         Err(e) => panic!("subscriber cannot connect: {e}"),
     };
     sub.write_all(&encode(&Packet::Subscribe(Subscribe {
+        options: Vec::new(),
+        properties: None,
         pid: 1,
         filters: vec![("#".into(), QoS::AtMostOnce)],
     })))

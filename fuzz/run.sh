@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs fuzz targets for MINUTES each (default 10), one after another, one core each.
-# Usage: fuzz/run.sh [MINUTES] [TARGET...]   (targets default to all four)
+# Usage: fuzz/run.sh [MINUTES] [TARGET...]   (targets default to all five)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-10}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(decode_stream topics config session)
+  targets=(decode_stream decode_v5 topics config session)
 fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # cargo-fuzz passes nightly-only flags (-Zsanitizer=address); stable rustc takes them with this.

@@ -5,11 +5,12 @@
 //! Owns nothing but these definitions; it imports only `protocol` and must never import a
 //! layer above it (routing, session, core, connection, ...), so that every layer can use it.
 
-use crate::protocol::{ProtocolLevel, Publish, QoS};
+use crate::protocol::{Properties, ProtocolLevel, Publish, QoS, SubscriptionOptions};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// A process-unique number of one accepted connection (a client id can have several over
 /// time, and for a moment two during a takeover).
@@ -32,6 +33,59 @@ pub struct Message {
     /// When the broker routed it (set by the router), for the publish-to-deliver
     /// latency histogram; `None` for messages that are not timed (retained on subscribe).
     pub enqueued_at: Option<std::time::Instant>,
+    /// MQTT 5 extras (properties, expiry); `None` for a plain 3.1.1 message, so that one
+    /// costs nothing more.
+    pub props: Option<Arc<MessageProps>>,
+}
+
+/// What MQTT 5 adds to a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageProps {
+    /// PUBLISH properties forwarded to MQTT 5 subscribers (payload format, content type,
+    /// response topic, correlation data, user properties in order); on a copy queued for
+    /// one subscriber, also its subscription identifiers. Never a topic alias, and the
+    /// expiry interval is recomputed from `expires_at` when sent [MQTT-3.3.2-6].
+    pub properties: Properties,
+    /// When the message expires; an expired message is never delivered [MQTT-3.3.2-5].
+    pub expires_at: Option<SystemTime>,
+    /// Client id of the publisher, kept only when it holds a No Local subscription
+    /// [MQTT-3.8.3-3].
+    pub origin: Option<Arc<str>>,
+    /// On a copy queued for one subscriber through a shared subscription: that
+    /// `$share/...` filter, so that the message goes to another member if this session
+    /// ends before acknowledging it.
+    pub shared: Option<Arc<str>>,
+}
+
+impl MessageProps {
+    /// Whether nothing is set (a message with such props needs none).
+    pub fn is_empty(&self) -> bool {
+        self.properties.is_empty()
+            && self.expires_at.is_none()
+            && self.origin.is_none()
+            && self.shared.is_none()
+    }
+}
+
+/// One subscription of a session: the maximum QoS and the MQTT 5 options and identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Subscription {
+    /// Maximum QoS granted.
+    pub qos: QoS,
+    /// No Local, Retain As Published, Retain Handling.
+    pub options: SubscriptionOptions,
+    /// Subscription identifier, sent back with every message it matches [MQTT-3.3.4-3].
+    pub id: Option<u32>,
+}
+
+impl Subscription {
+    /// A 3.1.1 subscription: only a QoS.
+    pub fn qos(qos: QoS) -> Self {
+        Subscription {
+            qos,
+            ..Default::default()
+        }
+    }
 }
 
 impl Message {
@@ -43,21 +97,46 @@ impl Message {
             qos,
             retain,
             enqueued_at: None,
+            props: None,
         }
     }
 
-    /// Takes the message out of a received PUBLISH.
+    /// Takes the message out of a received PUBLISH; its properties, but the topic alias
+    /// and subscription identifiers, travel with it, the expiry interval as a deadline.
     pub fn from_publish(p: Publish) -> Self {
+        let props = p.properties.map(|arc| {
+            let mut properties = Arc::try_unwrap(arc).unwrap_or_else(|a| (*a).clone());
+            properties.topic_alias = None;
+            properties.subscription_identifiers.clear();
+            let expires_at = properties
+                .message_expiry_interval
+                .map(|s| SystemTime::now() + std::time::Duration::from_secs(u64::from(s)));
+            MessageProps {
+                properties,
+                expires_at,
+                ..Default::default()
+            }
+        });
         Message {
             topic: p.topic,
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
             enqueued_at: None,
+            props: props.filter(|p| !p.is_empty()).map(Arc::new),
         }
     }
 
-    /// The PUBLISH that carries this message with the given packet id and DUP flag.
+    /// Whether the message expired by `now` [MQTT-3.3.2-5].
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.props
+            .as_ref()
+            .and_then(|p| p.expires_at)
+            .is_some_and(|t| t <= now)
+    }
+
+    /// The PUBLISH that carries this message with the given packet id and DUP flag; the
+    /// message expiry interval says what is left of it [MQTT-3.3.2-6].
     pub fn to_publish(&self, pid: Option<u16>, dup: bool) -> Publish {
         Publish {
             dup,
@@ -66,6 +145,21 @@ impl Message {
             topic: self.topic.clone(),
             pid,
             payload: self.payload.clone(),
+            properties: self.props.as_ref().and_then(|m| {
+                if m.properties.is_empty() {
+                    return None;
+                }
+                let mut properties = m.properties.clone();
+                if let Some(at) = m.expires_at {
+                    let left = at
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default()
+                        .as_secs();
+                    properties.message_expiry_interval =
+                        Some(u32::try_from(left).unwrap_or(u32::MAX).max(1));
+                }
+                Some(Arc::new(properties))
+            }),
         }
     }
 }
@@ -85,7 +179,7 @@ pub struct ClientInfo {
     pub tls_identity: Option<String>,
     /// Protocol revision.
     pub protocol: ProtocolLevel,
-    /// Clean session flag.
+    /// Clean session flag (Clean Start in MQTT 5).
     pub clean_session: bool,
 }
 
@@ -234,6 +328,8 @@ impl WsViolation {
 pub enum CloseReason {
     /// The client sent DISCONNECT: the will is discarded [MQTT-3.14.4-3].
     Disconnect,
+    /// The client sent DISCONNECT with reason 0x04: the will is published (MQTT 5, 3.14.2.1).
+    DisconnectWithWill,
     /// The client closed the socket without DISCONNECT.
     PeerClosed,
     /// Nothing received for 1.5 × keep-alive [MQTT-3.1.2-24].
@@ -254,12 +350,48 @@ pub enum CloseReason {
     Revoked(String),
     /// A socket error.
     Io(String),
+    /// A violation with a specific MQTT 5 reason code for the DISCONNECT (0x81 malformed,
+    /// 0x93 receive maximum exceeded, 0x94 topic alias invalid, 0x95 packet too large,
+    /// 0x9A retain not supported, ...), counted as a protocol error.
+    Refused {
+        /// Reason code sent to an MQTT 5 client.
+        code: u8,
+        /// What happened, for the log.
+        reason: String,
+    },
 }
 
 impl CloseReason {
+    /// The reason code of the DISCONNECT an MQTT 5 client is sent, or `None` when the
+    /// client ended the connection itself (section 3.14.2.1).
+    pub fn v5_disconnect_code(&self) -> Option<u8> {
+        Some(match self {
+            CloseReason::Disconnect
+            | CloseReason::DisconnectWithWill
+            | CloseReason::PeerClosed
+            | CloseReason::Io(_) => return None,
+            CloseReason::KeepAlive => 0x8D,
+            CloseReason::Protocol(_) => 0x82,
+            CloseReason::Policy(_) => 0x97,
+            CloseReason::TakenOver => 0x8E,
+            CloseReason::Admin => 0x98,
+            CloseReason::Shutdown | CloseReason::ListenerRemoved => 0x8B,
+            CloseReason::Revoked(_) => 0x87,
+            CloseReason::Refused { code, .. } => *code,
+        })
+    }
+
     /// Whether the will message is published [MQTT-3.1.2-8]: always but after DISCONNECT.
     pub fn publishes_will(&self) -> bool {
         !matches!(self, CloseReason::Disconnect)
+    }
+
+    /// The text of a protocol violation or refusal, if this is one.
+    pub fn violation(&self) -> Option<&str> {
+        match self {
+            CloseReason::Protocol(r) | CloseReason::Refused { reason: r, .. } => Some(r),
+            _ => None,
+        }
     }
 
     /// Whether the connection first handles what its client had already sent (so that a
@@ -278,7 +410,9 @@ impl CloseReason {
     /// The kind used by events and metrics.
     pub fn kind(&self) -> DisconnectReason {
         match self {
-            CloseReason::Disconnect => DisconnectReason::Disconnect,
+            CloseReason::Disconnect | CloseReason::DisconnectWithWill => {
+                DisconnectReason::Disconnect
+            }
             CloseReason::PeerClosed => DisconnectReason::PeerClosed,
             CloseReason::KeepAlive => DisconnectReason::KeepAlive,
             CloseReason::Protocol(_) => DisconnectReason::ProtocolError,
@@ -289,6 +423,7 @@ impl CloseReason {
             CloseReason::ListenerRemoved => DisconnectReason::ListenerRemoved,
             CloseReason::Revoked(_) => DisconnectReason::Revoked,
             CloseReason::Io(_) => DisconnectReason::IoError,
+            CloseReason::Refused { .. } => DisconnectReason::ProtocolError,
         }
     }
 }

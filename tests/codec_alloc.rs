@@ -192,11 +192,13 @@ fn packet() -> impl Strategy<Value = Packet> {
                 None => (None, None),
             };
             Packet::Connect(Box::new(Connect {
+                properties: None,
                 protocol: ProtocolLevel::V311,
                 clean_session,
                 keep_alive: 60,
                 client_id,
                 will: will.map(|(t, p, qos, retain)| LastWill {
+                    properties: None,
                     topic: Arc::from(t.as_str()),
                     payload: p,
                     qos,
@@ -209,6 +211,7 @@ fn packet() -> impl Strategy<Value = Packet> {
     let publish = (qos(), any::<bool>(), "[a-z/]{1,40}", pid(), payload()).prop_map(
         |(qos, retain, topic, pid, payload)| {
             Packet::Publish(Publish {
+                properties: None,
                 dup: false,
                 qos,
                 retain,
@@ -219,10 +222,23 @@ fn packet() -> impl Strategy<Value = Packet> {
         },
     );
     // Many one-character filters: the most decoded memory per wire byte.
-    let subscribe = (pid(), prop::collection::vec(("[a-z+#]", qos()), 1..400))
-        .prop_map(|(pid, filters)| Packet::Subscribe(Subscribe { pid, filters }));
-    let unsubscribe = (pid(), prop::collection::vec("[a-z+#]", 1..400))
-        .prop_map(|(pid, filters)| Packet::Unsubscribe(Unsubscribe { pid, filters }));
+    let subscribe =
+        (pid(), prop::collection::vec(("[a-z+#]", qos()), 1..400)).prop_map(|(pid, filters)| {
+            Packet::Subscribe(Subscribe {
+                options: Vec::new(),
+                properties: None,
+                pid,
+                filters,
+            })
+        });
+    let unsubscribe =
+        (pid(), prop::collection::vec("[a-z+#]", 1..400)).prop_map(|(pid, filters)| {
+            Packet::Unsubscribe(Unsubscribe {
+                properties: None,
+                pid,
+                filters,
+            })
+        });
     let suback = (
         pid(),
         prop::collection::vec(
@@ -233,7 +249,13 @@ fn packet() -> impl Strategy<Value = Packet> {
             0..400,
         ),
     )
-        .prop_map(|(pid, codes)| Packet::SubAck(SubAck { pid, codes }));
+        .prop_map(|(pid, codes)| {
+            Packet::SubAck(SubAck {
+                properties: None,
+                pid,
+                codes,
+            })
+        });
     prop_oneof![
         connect,
         publish,

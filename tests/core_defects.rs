@@ -29,6 +29,7 @@ async fn takeover_handles_what_the_old_connection_already_sent_mqtt_3_14_4_3() {
 
     let mut first = connect_packet("dev", false);
     first.will = Some(LastWill {
+        properties: None,
         topic: "will/dev".into(),
         payload: Bytes::from_static(b"gone"),
         qos: QoS::AtMostOnce,

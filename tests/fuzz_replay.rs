@@ -2,7 +2,8 @@
 //! without a fuzzer: the checks are the same functions the targets call
 //! (`fuzz/src/lib.rs`, included here), so a finding fixed once stays fixed.
 //!
-//! - `fuzz/seeds/<target>/`: the committed seed corpus (valid packets, configs, topic lists);
+//! - `fuzz/seeds/<target>/`: the committed seed corpus (valid packets, MQTT 5 packets with
+//!   properties for `decode_v5`, configs, topic lists);
 //!   regenerate with `cargo test --test fuzz_replay -- --ignored write_seed_corpus`.
 //! - `fuzz/regressions/<target>/`: inputs that crashed a target once (libFuzzer's
 //!   `crash-*` artifacts, renamed for what they found). They have no test of their own:

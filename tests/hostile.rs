@@ -911,9 +911,9 @@ fn cases(max_packet_size: usize) -> Vec<Case> {
     // Refused with a CONNACK return code, then closed.
     for (name, bytes, log, code) in [
         (
-            "protocol level 5 [MQTT-3.1.2-2]",
-            connect_raw(b"MQTT", 5, 2, &[s(b"x")]),
-            "unsupported protocol level 5",
+            "protocol level 6 [MQTT-3.1.2-2]",
+            connect_raw(b"MQTT", 6, 2, &[s(b"x")]),
+            "unsupported protocol level 6",
             ConnectReturnCode::UnacceptableProtocolVersion,
         ),
         (
@@ -1095,11 +1095,15 @@ async fn topic_of_65535_bytes_with_30000_levels() {
 
     // Unsubscribing (the refused filters too) and disconnecting empty the trie again.
     sub.send(&Packet::Unsubscribe(Unsubscribe {
+        properties: None,
         pid: 2,
         filters: vec![topic.clone(), deep_plus, deepest_allowed, "a/#".into()],
     }))
     .await;
-    assert_eq!(sub.recv().await, Some(Packet::UnsubAck(2)));
+    assert_eq!(
+        sub.recv().await,
+        Some(Packet::UnsubAck(mqtt_broker::protocol::UnsubAck::new(2)))
+    );
     publ.send(&publish(&topic, b"", QoS::AtMostOnce, None, true))
         .await;
     for c in [&mut sub, &mut publ, &mut late] {
@@ -1158,8 +1162,13 @@ async fn hundred_thousand_subscriptions_from_one_client() {
     for batch in 0..10u32 {
         let filters = hog_filters(batch);
         let pid = batch as u16 + 1;
-        hog.send(&Packet::Subscribe(Subscribe { pid, filters }))
-            .await;
+        hog.send(&Packet::Subscribe(Subscribe {
+            options: Vec::new(),
+            properties: None,
+            pid,
+            filters,
+        }))
+        .await;
         match hog.recv_within(Duration::from_secs(30)).await {
             Ok(Some(Packet::SubAck(s))) => {
                 assert_eq!(s.pid, pid);
@@ -1402,8 +1411,13 @@ async fn hundred_thousand_subscriptions_refused_beyond_default_max_subscriptions
             })
             .collect();
         let pid = batch as u16 + 1;
-        hog.send(&Packet::Subscribe(Subscribe { pid, filters }))
-            .await;
+        hog.send(&Packet::Subscribe(Subscribe {
+            options: Vec::new(),
+            properties: None,
+            pid,
+            filters,
+        }))
+        .await;
         match hog.recv_within(Duration::from_secs(30)).await {
             Ok(Some(Packet::SubAck(s))) => {
                 assert_eq!(s.pid, pid);
@@ -1862,6 +1876,8 @@ async fn subscriber_that_never_reads_is_released_at_keep_alive() {
     deaf.send(&Packet::Connect(Box::new(c))).await;
     assert!(matches!(deaf.recv().await, Some(Packet::ConnAck(_))));
     deaf.send(&Packet::Subscribe(Subscribe {
+        options: Vec::new(),
+        properties: None,
         pid: 1,
         filters: vec![("flood".into(), QoS::AtMostOnce)],
     }))
@@ -1907,6 +1923,8 @@ async fn packets_pipelined_behind_connect_are_handled_at_once() {
     for p in [
         Packet::Connect(Box::new(connect)),
         Packet::Subscribe(Subscribe {
+            options: Vec::new(),
+            properties: None,
             pid: 1,
             filters: vec![("pipe/#".into(), QoS::AtLeastOnce)],
         }),

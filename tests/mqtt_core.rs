@@ -254,6 +254,7 @@ async fn will_published_on_abrupt_close_and_discarded_on_disconnect() {
     let with_will = |id: &str| {
         let mut c = connect_packet(id, true);
         c.will = Some(LastWill {
+            properties: None,
             topic: Arc::from(format!("status/{id}").as_str()),
             payload: Bytes::from_static(b"offline"),
             qos: QoS::AtLeastOnce,
@@ -292,6 +293,7 @@ async fn second_connection_with_same_id_takes_over_mqtt_3_1_4_2() {
     watcher.subscribe(1, &[("will/dev", QoS::AtMostOnce)]).await;
     let mut first = connect_packet("dev", false);
     first.will = Some(LastWill {
+        properties: None,
         topic: "will/dev".into(),
         payload: Bytes::from_static(b"gone"),
         qos: QoS::AtMostOnce,
@@ -322,6 +324,7 @@ async fn keep_alive_expiry_closes_and_publishes_will_mqtt_3_1_2_24() {
     let mut c = connect_packet("sleepy", true);
     c.keep_alive = 1;
     c.will = Some(LastWill {
+        properties: None,
         topic: "ka".into(),
         payload: Bytes::from_static(b"timed out"),
         qos: QoS::AtMostOnce,
@@ -455,11 +458,15 @@ async fn unsubscribe_stops_delivery_and_is_always_acknowledged() {
     let (mut c, _) = RawClient::connect(broker.local_addr(), "c", true).await;
     c.subscribe(1, &[("u", QoS::AtMostOnce)]).await;
     c.send(&Packet::Unsubscribe(Unsubscribe {
+        properties: None,
         pid: 2,
         filters: vec!["u".into(), "never".into()],
     }))
     .await;
-    assert_eq!(c.recv().await, Some(Packet::UnsubAck(2)));
+    assert_eq!(
+        c.recv().await,
+        Some(Packet::UnsubAck(mqtt_broker::protocol::UnsubAck::new(2)))
+    );
     c.send(&publish("u", b"x", QoS::AtMostOnce, None, false))
         .await;
     c.expect_silence(Duration::from_millis(200)).await;
@@ -478,7 +485,7 @@ async fn empty_client_id_assigned_with_clean_session_refused_without_mqtt_3_1_3_
 }
 
 #[tokio::test]
-async fn mqtt_3_1_level_3_accepted_and_level_5_refused_mqtt_3_1_2_2() {
+async fn mqtt_3_1_level_3_accepted_and_level_6_refused_mqtt_3_1_2_2() {
     let broker = start_broker(|_| {}).await;
     let addr = broker.local_addr();
     let mut old = connect_packet("old-device", true);
@@ -488,17 +495,20 @@ async fn mqtt_3_1_level_3_accepted_and_level_5_refused_mqtt_3_1_2_2() {
     c.send(&Packet::PingReq).await;
     assert_eq!(c.recv().await, Some(Packet::PingResp));
 
-    let mut v5 = RawClient::open(addr).await;
-    v5.send_raw(&[0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0, 0])
+    // Level 5 is MQTT 5 (tests/mqtt5.rs); a level no version has is refused.
+    let mut v6 = RawClient::open(addr).await;
+    v6.send_raw(&[0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 60, 0, 0, 0])
         .await;
     assert_eq!(
-        v5.recv().await,
+        v6.recv().await,
         Some(Packet::ConnAck(ConnAck {
+            properties: None,
+            reason_code: None,
             session_present: false,
             code: ConnectReturnCode::UnacceptableProtocolVersion
         }))
     );
-    v5.expect_closed().await;
+    v6.expect_closed().await;
 }
 
 #[tokio::test]
@@ -734,6 +744,7 @@ async fn will_published_when_closed_for_protocol_error_mqtt_3_1_2_8() {
     for (id, bad) in cases {
         let mut c = connect_packet(id, true);
         c.will = Some(LastWill {
+            properties: None,
             topic: Arc::from(format!("status/{id}").as_str()),
             payload: Bytes::from(format!("{id} lost")),
             qos: QoS::AtLeastOnce,

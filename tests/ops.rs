@@ -496,6 +496,7 @@ async fn events_describe_the_session_lifecycle_and_lagging_is_reported() {
         }
     );
     sub.send(&Packet::Unsubscribe(Unsubscribe {
+        properties: None,
         pid: 2,
         filters: vec!["e/+".into()],
     }))
@@ -972,6 +973,7 @@ async fn a_will_to_sys_is_refused() {
     sys.subscribe(1, &[("$SYS/#", QoS::AtMostOnce)]).await;
     let mut c = connect_packet("evil-will", true);
     c.will = Some(LastWill {
+        properties: None,
         topic: "$SYS/broker/version".into(),
         payload: bytes::Bytes::from_static(b"fake"),
         qos: QoS::AtLeastOnce,
@@ -985,4 +987,47 @@ async fn a_will_to_sys_is_refused() {
     late.subscribe(1, &[("$SYS/broker/version", QoS::AtMostOnce)])
         .await;
     late.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn mqtt5_clients_show_their_protocol_and_reason_codes_are_counted() {
+    let (broker, admin) = start(|_| {}).await;
+    let connect = Connect {
+        protocol: ProtocolLevel::V5,
+        clean_session: false,
+        keep_alive: 30,
+        client_id: "five".into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Some(Box::new(Properties {
+            session_expiry_interval: Some(120),
+            ..Default::default()
+        })),
+    };
+    let (mut v5, ack) = RawClient::connect_with(broker.local_addr(), connect).await;
+    assert_eq!(ack.v5_reason(), 0);
+    let (_v3, _) = RawClient::connect(broker.local_addr(), "three", true).await;
+    // Nobody subscribes: PUBACK 0x10, twice.
+    for pid in 1..=2 {
+        v5.send(&publish("nobody", b"x", QoS::AtLeastOnce, Some(pid), false))
+            .await;
+        assert!(matches!(v5.recv().await, Some(Packet::Ack(a)) if a.reason == 0x10));
+    }
+    wait_metric(
+        admin,
+        None,
+        r#"mqtt5_reason_codes_sent_total{code="0x10"}"#,
+        2.0,
+    )
+    .await;
+    let list = get(admin, "/api/v1/clients").await.json();
+    let clients = list["clients"].as_array().unwrap();
+    let five = clients.iter().find(|c| c["id"] == "five").unwrap();
+    assert_eq!(five["protocol"], "5.0");
+    assert_eq!(five["session_expiry_interval"], 120);
+    let three = clients.iter().find(|c| c["id"] == "three").unwrap();
+    assert_eq!(three["protocol"], "3.1.1");
+    assert!(three.get("session_expiry_interval").is_none());
+    broker.shutdown().await;
 }

@@ -520,6 +520,8 @@ async fn subscriber(
         };
         if !subscribed {
             c.send(&Packet::Subscribe(Subscribe {
+                options: Vec::new(),
+                properties: None,
                 pid: 1,
                 filters: vec![("crash/#".into(), qos)],
             }))

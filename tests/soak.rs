@@ -128,6 +128,7 @@ impl Client {
 
 fn connect(id: &str, clean: bool) -> Connect {
     Connect {
+        properties: None,
         protocol: ProtocolLevel::V311,
         clean_session: clean,
         keep_alive: 30,
@@ -140,6 +141,7 @@ fn connect(id: &str, clean: bool) -> Connect {
 
 fn publish(topic: &str, payload: Vec<u8>, qos: QoS, pid: Option<u16>, retain: bool) -> Packet {
     Packet::Publish(Publish {
+        properties: None,
         dup: false,
         qos,
         retain,
@@ -197,6 +199,8 @@ async fn checker(shared: Arc<Shared>, k: usize, stop_reconnecting: Arc<AtomicBoo
         if first {
             // Subscribe once: the persistent session keeps the subscription.
             c.send(&Packet::Subscribe(Subscribe {
+                options: Vec::new(),
+                properties: None,
                 pid: 1,
                 filters: vec![
                     ("soak/data/#".into(), QoS::ExactlyOnce),
@@ -360,6 +364,8 @@ async fn churner(shared: Arc<Shared>, k: u64) {
             "soak/data/+"
         };
         c.send(&Packet::Subscribe(Subscribe {
+            options: Vec::new(),
+            properties: None,
             pid: 1,
             filters: vec![(filter.into(), qos)],
         }))
@@ -478,6 +484,7 @@ async fn will_client(shared: Arc<Shared>, k: u64) {
         let will_id = k * 1_000_000 + n;
         let mut c = connect(&format!("soak-will-{k}"), true);
         c.will = Some(LastWill {
+            properties: None,
             topic: format!("soak/will/{k}").into(),
             payload: Bytes::from(will_id.to_string()),
             qos: QoS::AtLeastOnce,

@@ -111,6 +111,7 @@ async fn same_scenario_on_every_transport() {
             .await;
         let mut with_will = connect_packet(&format!("pub-{tag}"), true);
         with_will.will = Some(LastWill {
+            properties: None,
             topic: Arc::from(format!("{tag}/will").as_str()),
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtLeastOnce,
@@ -761,6 +762,7 @@ async fn websocket_framing_with_a_third_party_client() {
     assert_eq!(
         got[0],
         Packet::SubAck(SubAck {
+            properties: None,
             pid: 1,
             codes: vec![SubAckCode::Granted(QoS::AtLeastOnce)]
         }),

@@ -34,6 +34,7 @@ impl Client {
             buf: BytesMut::with_capacity(64 * 1024),
         };
         c.send(&Packet::Connect(Box::new(Connect {
+            properties: None,
             protocol: ProtocolLevel::V311,
             clean_session: clean,
             keep_alive,
@@ -70,6 +71,8 @@ impl Client {
     /// SUBSCRIBE to one filter and return the SUBACK's code.
     pub async fn subscribe(&mut self, pid: u16, filter: &str, qos: QoS) -> SubAckCode {
         self.send(&Packet::Subscribe(Subscribe {
+            options: Vec::new(),
+            properties: None,
             pid,
             filters: vec![(filter.into(), qos)],
         }))

@@ -7,11 +7,11 @@
 //! a broken invariant asserted here).
 
 use bytes::{Bytes, BytesMut};
-use mqtt_broker::protocol::codec::{decode, encode, peek_header};
+use mqtt_broker::protocol::codec::{decode, decode_with, encode, encode_with, peek_header};
 use mqtt_broker::protocol::topic::{
     filter_matches, has_wildcard, validate_topic_filter, validate_topic_name, MAX_TOPIC_LEN,
 };
-use mqtt_broker::protocol::{Packet, ProtocolError, QoS};
+use mqtt_broker::protocol::{Packet, ProtocolError, ProtocolLevel, QoS};
 use mqtt_broker::routing::{Message, RetainedStore, SubscriptionTrie};
 use mqtt_broker::session::state::OutboundState;
 use mqtt_broker::session::{DropReason, InboundQos2, Session, SessionLimits};
@@ -19,12 +19,13 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
 /// Names of the fuzz targets, which are also the directory names of their seeds.
-pub const TARGETS: [&str; 4] = ["decode_stream", "topics", "config", "session"];
+pub const TARGETS: [&str; 5] = ["decode_stream", "decode_v5", "topics", "config", "session"];
 
 /// Runs the check of `target` on `data`.
 pub fn run(target: &str, data: &[u8]) {
     match target {
         "decode_stream" => decode_stream(data),
+        "decode_v5" => decode_v5(data),
         "topics" => topics(data),
         "config" => config(data),
         "session" => session(data),
@@ -39,14 +40,18 @@ pub fn run(target: &str, data: &[u8]) {
 /// What decoding a stream produced: packets, the error that stopped it, bytes left over.
 type Decoded = (Vec<Packet>, Option<ProtocolError>, usize);
 
-fn decode_chunks<'a>(chunks: impl Iterator<Item = &'a [u8]>, max: usize) -> Decoded {
+fn decode_chunks<'a>(
+    chunks: impl Iterator<Item = &'a [u8]>,
+    max: usize,
+    level: ProtocolLevel,
+) -> Decoded {
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     for chunk in chunks {
         buf.extend_from_slice(chunk);
         loop {
             let before = buf.len();
-            match decode(&mut buf, max) {
+            match decode_with(&mut buf, max, level) {
                 Ok(Some(p)) => {
                     assert!(buf.len() < before, "a packet consumed no bytes");
                     out.push(p);
@@ -69,6 +74,22 @@ fn decode_chunks<'a>(chunks: impl Iterator<Item = &'a [u8]>, max: usize) -> Deco
 /// stream. Decoding it whole, in pseudo-random chunks and byte by byte must give the same
 /// packets and the same error, and every packet must re-encode to itself.
 pub fn decode_stream(data: &[u8]) {
+    decode_stream_with(data, ProtocolLevel::V311)
+}
+
+// ---------------------------------------------------------------------------------------------
+// decode_v5: the same over the packets of an MQTT 5 connection (properties, reason codes)
+// ---------------------------------------------------------------------------------------------
+
+/// [`decode_stream`] for a connection speaking MQTT 5 (`decode_with(.., V5)`): no panic, the
+/// three feedings agree, and every decoded packet re-encodes (`encode_with(.., V5)`) to bytes
+/// that decode to the same packet, in the normal form the decoder produces (no empty property
+/// list, no success acknowledgement without properties in the MQTT 5 form, ...).
+pub fn decode_v5(data: &[u8]) {
+    decode_stream_with(data, ProtocolLevel::V5)
+}
+
+fn decode_stream_with(data: &[u8], level: ProtocolLevel) {
     let [sel, seed, stream @ ..] = data else {
         return;
     };
@@ -78,7 +99,7 @@ pub fn decode_stream(data: &[u8]) {
         2 => 1024,
         _ => 2 + usize::from(*sel),
     };
-    let whole = decode_chunks(std::iter::once(stream), max);
+    let whole = decode_chunks(std::iter::once(stream), max, level);
 
     // Chunk lengths 1..=16 from a xorshift generator seeded by byte 1.
     let mut state = u32::from(*seed) | 0x9e37_0000;
@@ -93,11 +114,19 @@ pub fn decode_stream(data: &[u8]) {
         cuts.push(&stream[at..end]);
         at = end;
     }
-    assert_eq!(decode_chunks(cuts.into_iter(), max), whole, "split stream");
-    assert_eq!(decode_chunks(stream.chunks(1), max), whole, "byte by byte");
+    assert_eq!(
+        decode_chunks(cuts.into_iter(), max, level),
+        whole,
+        "split stream"
+    );
+    assert_eq!(
+        decode_chunks(stream.chunks(1), max, level),
+        whole,
+        "byte by byte"
+    );
 
     for p in &whole.0 {
-        check_decoded_packet(p, max);
+        check_decoded_packet(p, max, level);
     }
     // The fixed-header parser on its own never claims more than 5 header bytes.
     if let Ok(Some(h)) = peek_header(stream) {
@@ -106,15 +135,15 @@ pub fn decode_stream(data: &[u8]) {
     }
 }
 
-fn check_decoded_packet(p: &Packet, max: usize) {
+fn check_decoded_packet(p: &Packet, max: usize, level: ProtocolLevel) {
     let mut enc = BytesMut::new();
-    encode(p, &mut enc);
+    encode_with(p, level, &mut enc);
     // Re-encoding may be shorter (a non-minimal length encoding is accepted), never longer.
     assert!(
         enc.len() <= max,
         "re-encoded packet larger than the maximum"
     );
-    let again = decode(&mut enc, usize::MAX)
+    let again = decode_with(&mut enc, usize::MAX, level)
         .expect("a decoded packet re-encodes validly")
         .expect("a re-encoded packet is complete");
     assert_eq!(&again, p, "re-encoded packet decodes to itself");
@@ -122,7 +151,11 @@ fn check_decoded_packet(p: &Packet, max: usize) {
     // What the broker relies on after decoding.
     match p {
         Packet::Publish(pb) => {
-            assert!(validate_topic_name(&pb.topic).is_ok());
+            // MQTT 5: a topic alias may stand for an empty topic name (3.3.2.3.4).
+            let alias = pb.properties.as_ref().and_then(|pr| pr.topic_alias);
+            assert!(
+                validate_topic_name(&pb.topic).is_ok() || (pb.topic.is_empty() && alias.is_some())
+            );
             assert_eq!(pb.pid.is_some(), pb.qos != QoS::AtMostOnce);
             assert_ne!(pb.pid, Some(0), "[MQTT-2.3.1-1]");
             assert!(!(pb.dup && pb.qos == QoS::AtMostOnce), "[MQTT-3.3.1-2]");
@@ -146,14 +179,103 @@ fn check_decoded_packet(p: &Packet, max: usize) {
             if let Some(w) = &c.will {
                 assert!(validate_topic_name(&w.topic).is_ok());
             }
+            // A CONNECT names its own version, whatever the connection's; MQTT 5 allows a
+            // password without a user name (3.1.2.9).
             assert!(
-                c.password.is_none() || c.username.is_some(),
+                c.password.is_none() || c.username.is_some() || c.protocol.is_v5(),
                 "[MQTT-3.1.2-22]"
             );
         }
         Packet::PubAck(pid) | Packet::PubRec(pid) | Packet::PubRel(pid) | Packet::PubComp(pid) => {
             assert_ne!(*pid, 0, "[MQTT-2.3.1-1]")
         }
+        _ => {}
+    }
+    if level.is_v5() {
+        check_decoded_v5(p);
+    } else {
+        // Only a CONNECT (which names its own version) carries MQTT 5 fields on a 3.1.1
+        // connection.
+        assert!(
+            !matches!(
+                p,
+                Packet::Ack(_) | Packet::DisconnectWithReason(_) | Packet::Auth(_)
+            ),
+            "an MQTT 5 packet decoded on a 3.1.1 connection"
+        );
+    }
+}
+
+/// What the broker relies on in a packet decoded on an MQTT 5 connection.
+fn check_decoded_v5(p: &Packet) {
+    use mqtt_broker::protocol::{reason, Properties, SubAckCode};
+    // An empty property list decodes as `None`.
+    let props = |o: Option<&Properties>| {
+        if let Some(pr) = o {
+            assert!(!pr.is_empty(), "Some(empty properties) in {}", p.name());
+            assert!(
+                !pr.subscription_identifiers.contains(&0),
+                "subscription identifier 0"
+            );
+        }
+    };
+    match p {
+        Packet::Connect(c) => {
+            props(c.properties.as_deref());
+            if let Some(w) = &c.will {
+                props(w.properties.as_deref());
+            }
+            if let Some(pr) = &c.properties {
+                assert_ne!(pr.receive_maximum, Some(0), "3.1.2.11.3");
+                assert_ne!(pr.maximum_packet_size, Some(0), "3.1.2.11.4");
+                assert!(pr.authentication_data.is_none() || pr.authentication_method.is_some());
+            }
+        }
+        Packet::ConnAck(a) => {
+            props(a.properties.as_deref());
+            assert!(
+                a.reason_code.is_some(),
+                "an MQTT 5 CONNACK has its reason code"
+            );
+        }
+        Packet::Publish(pb) => props(pb.properties.as_deref()),
+        Packet::Ack(a) => {
+            props(a.properties.as_deref());
+            assert_ne!(a.pid, 0, "[MQTT-2.3.1-1]");
+            assert!(
+                a.reason != reason::SUCCESS || a.properties.is_some(),
+                "a plain success acknowledgement decodes as PubAck(pid) and friends"
+            );
+        }
+        Packet::Subscribe(s) => {
+            props(s.properties.as_deref());
+            assert_eq!(
+                s.options.len(),
+                s.filters.len(),
+                "one option byte per filter"
+            );
+            if let Some(pr) = &s.properties {
+                assert!(pr.subscription_identifiers.len() <= 1, "3.8.2.1.2");
+            }
+        }
+        Packet::SubAck(s) => {
+            props(s.properties.as_deref());
+            for c in &s.codes {
+                if let SubAckCode::Refused(code) = c {
+                    assert!(*code > 0x80, "0x80 is SubAckCode::Failure");
+                }
+            }
+        }
+        Packet::Unsubscribe(u) => props(u.properties.as_deref()),
+        Packet::UnsubAck(u) => props(u.properties.as_deref()),
+        Packet::DisconnectWithReason(d) => {
+            props(d.properties.as_deref());
+            assert!(
+                d.reason != reason::SUCCESS || d.properties.is_some(),
+                "a plain normal disconnection decodes as Packet::Disconnect"
+            );
+        }
+        Packet::Auth(a) => props(a.properties.as_deref()),
         _ => {}
     }
 }
@@ -583,6 +705,7 @@ pub fn session(data: &[u8]) {
                         2 => Packet::PubComp(pid),
                         3 => Packet::PubRel(pid),
                         _ => Packet::Publish(mqtt_broker::protocol::Publish {
+                            properties: None,
                             dup: kind & 0x10 != 0,
                             qos: QoS::ExactlyOnce,
                             retain: false,
@@ -716,17 +839,13 @@ fn handle_packet(
             } else {
                 InboundQos2::Duplicate
             };
-            assert_eq!(
-                s.inbound_qos2(pid, out),
-                expected,
-                "inbound QoS 2 exactly once"
-            );
-            assert_eq!(out.last(), Some(&Packet::PubRec(pid)));
+            assert_eq!(s.inbound_qos2(pid), expected, "inbound QoS 2 exactly once");
             assert_eq!(s.inbound_qos2_pending(), m.inbound.len());
         }
         Packet::Subscribe(sub) => {
             for (f, q) in sub.filters {
-                s.subscriptions.insert(f, q);
+                s.subscriptions
+                    .insert(f, mqtt_broker::model::Subscription::qos(q));
             }
         }
         Packet::Unsubscribe(u) => {
@@ -746,11 +865,13 @@ fn valid_packets() -> Vec<Packet> {
     use mqtt_broker::protocol::*;
     let connect = |will: bool, user: bool| {
         Packet::Connect(Box::new(Connect {
+            properties: None,
             protocol: ProtocolLevel::V311,
             clean_session: true,
             keep_alive: 60,
             client_id: "sensor-1".into(),
             will: will.then(|| LastWill {
+                properties: None,
                 topic: "status/sensor-1".into(),
                 payload: Bytes::from_static(b"offline"),
                 qos: QoS::AtLeastOnce,
@@ -762,6 +883,7 @@ fn valid_packets() -> Vec<Packet> {
     };
     let publish = |qos: QoS, pid: Option<u16>, retain: bool| {
         Packet::Publish(Publish {
+            properties: None,
             dup: false,
             qos,
             retain,
@@ -774,6 +896,8 @@ fn valid_packets() -> Vec<Packet> {
         connect(false, false),
         connect(true, true),
         Packet::ConnAck(ConnAck {
+            properties: None,
+            reason_code: None,
             session_present: true,
             code: ConnectReturnCode::Accepted,
         }),
@@ -785,6 +909,8 @@ fn valid_packets() -> Vec<Packet> {
         Packet::PubRel(2),
         Packet::PubComp(2),
         Packet::Subscribe(Subscribe {
+            options: Vec::new(),
+            properties: None,
             pid: 3,
             filters: vec![
                 ("sensors/+/temp".into(), QoS::ExactlyOnce),
@@ -792,23 +918,236 @@ fn valid_packets() -> Vec<Packet> {
             ],
         }),
         Packet::SubAck(SubAck {
+            properties: None,
             pid: 3,
             codes: vec![SubAckCode::Granted(QoS::ExactlyOnce), SubAckCode::Failure],
         }),
         Packet::Unsubscribe(Unsubscribe {
+            properties: None,
             pid: 4,
             filters: vec!["status/#".into()],
         }),
-        Packet::UnsubAck(4),
+        Packet::UnsubAck(mqtt_broker::protocol::UnsubAck::new(4)),
         Packet::PingReq,
         Packet::PingResp,
         Packet::Disconnect,
     ]
 }
 
+/// One valid packet of each MQTT 5 kind, with properties where the packet takes them.
+fn valid_v5_packets() -> Vec<Packet> {
+    use mqtt_broker::protocol::*;
+    use std::sync::Arc;
+    let user = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let publish = |qos: QoS, pid: Option<u16>, topic: &str, properties: Properties| {
+        Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: topic.into(),
+            pid,
+            payload: Bytes::from_static(b"21.5"),
+            properties: Some(Arc::new(properties)),
+        })
+    };
+    let reason_string = |s: &str| {
+        Some(Box::new(Properties {
+            reason_string: Some(s.into()),
+            user_properties: vec![user("trace", "1")],
+            ..Properties::default()
+        }))
+    };
+    vec![
+        Packet::Connect(Box::new(Connect {
+            protocol: ProtocolLevel::V5,
+            clean_session: true,
+            keep_alive: 60,
+            client_id: "sensor-1".into(),
+            will: Some(LastWill {
+                topic: "status/sensor-1".into(),
+                payload: Bytes::from_static(b"offline"),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                properties: Some(Box::new(Properties {
+                    will_delay_interval: Some(30),
+                    payload_format_indicator: Some(1),
+                    content_type: Some("text/plain".into()),
+                    ..Properties::default()
+                })),
+            }),
+            username: None,
+            // MQTT 5 allows a password without a user name.
+            password: Some(Bytes::from_static(b"token")),
+            properties: Some(Box::new(Properties {
+                session_expiry_interval: Some(3600),
+                receive_maximum: Some(20),
+                maximum_packet_size: Some(65536),
+                topic_alias_maximum: Some(10),
+                request_problem_information: Some(1),
+                authentication_method: Some("SCRAM-SHA-1".into()),
+                authentication_data: Some(Bytes::from_static(b"client-first")),
+                user_properties: vec![user("site", "kitchen")],
+                ..Properties::default()
+            })),
+        })),
+        Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::Accepted,
+            reason_code: Some(reason::SUCCESS),
+            properties: Some(Box::new(Properties {
+                assigned_client_identifier: Some("auto-1".into()),
+                server_keep_alive: Some(30),
+                topic_alias_maximum: Some(10),
+                maximum_qos: Some(1),
+                retain_available: Some(1),
+                wildcard_subscription_available: Some(1),
+                subscription_identifier_available: Some(1),
+                shared_subscription_available: Some(0),
+                ..Properties::default()
+            })),
+        }),
+        publish(
+            QoS::AtLeastOnce,
+            Some(1),
+            "sensors/kitchen/temp",
+            Properties {
+                payload_format_indicator: Some(1),
+                message_expiry_interval: Some(120),
+                content_type: Some("text/plain".into()),
+                response_topic: Some("replies/sensor-1".into()),
+                correlation_data: Some(Bytes::from_static(b"req-7")),
+                topic_alias: Some(3),
+                user_properties: vec![user("a", "1"), user("b", "2"), user("a", "3")],
+                ..Properties::default()
+            },
+        ),
+        // Outbound: several subscription identifiers; inbound: a topic alias alone.
+        publish(
+            QoS::ExactlyOnce,
+            Some(2),
+            "sensors/kitchen/temp",
+            Properties {
+                subscription_identifiers: vec![1, 300, 268_435_455],
+                ..Properties::default()
+            },
+        ),
+        publish(
+            QoS::AtMostOnce,
+            None,
+            "",
+            Properties {
+                topic_alias: Some(3),
+                ..Properties::default()
+            },
+        ),
+        Packet::Ack(Ack {
+            kind: AckKind::PubAck,
+            pid: 1,
+            reason: reason::NO_MATCHING_SUBSCRIBERS,
+            properties: None,
+        }),
+        Packet::Ack(Ack {
+            kind: AckKind::PubRec,
+            pid: 2,
+            reason: reason::QUOTA_EXCEEDED,
+            properties: reason_string("quota"),
+        }),
+        Packet::Ack(Ack {
+            kind: AckKind::PubRel,
+            pid: 2,
+            reason: reason::PACKET_IDENTIFIER_NOT_FOUND,
+            properties: None,
+        }),
+        Packet::Ack(Ack {
+            kind: AckKind::PubComp,
+            pid: 2,
+            reason: reason::SUCCESS,
+            properties: reason_string("done"),
+        }),
+        Packet::Subscribe(Subscribe {
+            pid: 3,
+            filters: vec![
+                ("sensors/+/temp".into(), QoS::ExactlyOnce),
+                ("status/#".into(), QoS::AtLeastOnce),
+            ],
+            options: vec![
+                SubscriptionOptions {
+                    no_local: true,
+                    retain_as_published: true,
+                    retain_handling: RetainHandling::SendIfNew,
+                },
+                SubscriptionOptions {
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: RetainHandling::DoNotSend,
+                },
+            ],
+            properties: Some(Box::new(Properties {
+                subscription_identifiers: vec![300],
+                user_properties: vec![user("k", "v")],
+                ..Properties::default()
+            })),
+        }),
+        Packet::SubAck(SubAck {
+            pid: 3,
+            codes: vec![
+                SubAckCode::Granted(QoS::ExactlyOnce),
+                SubAckCode::Refused(reason::NOT_AUTHORIZED),
+                SubAckCode::Failure,
+            ],
+            properties: reason_string("acl"),
+        }),
+        Packet::Unsubscribe(Unsubscribe {
+            pid: 4,
+            filters: vec!["status/#".into(), "nothing/here".into()],
+            properties: Some(Box::new(Properties {
+                user_properties: vec![user("k", "v")],
+                ..Properties::default()
+            })),
+        }),
+        Packet::UnsubAck(UnsubAck {
+            pid: 4,
+            codes: vec![reason::SUCCESS, reason::NO_SUBSCRIPTION_EXISTED],
+            properties: None,
+        }),
+        Packet::PingReq,
+        Packet::PingResp,
+        Packet::DisconnectWithReason(Disconnect {
+            reason: reason::DISCONNECT_WITH_WILL,
+            properties: Some(Box::new(Properties {
+                session_expiry_interval: Some(0),
+                reason_string: Some("bye".into()),
+                ..Properties::default()
+            })),
+        }),
+        Packet::DisconnectWithReason(Disconnect {
+            reason: reason::SERVER_MOVED,
+            properties: Some(Box::new(Properties {
+                server_reference: Some("other.example:1883".into()),
+                ..Properties::default()
+            })),
+        }),
+        Packet::Disconnect,
+        Packet::Auth(Auth {
+            reason: reason::CONTINUE_AUTHENTICATION,
+            properties: Some(Box::new(Properties {
+                authentication_method: Some("SCRAM-SHA-1".into()),
+                authentication_data: Some(Bytes::from_static(b"server-first")),
+                ..Properties::default()
+            })),
+        }),
+    ]
+}
+
 fn encoded(p: &Packet) -> Vec<u8> {
     let mut out = BytesMut::new();
     encode(p, &mut out);
+    out.to_vec()
+}
+
+fn encoded_v5(p: &Packet) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode_with(p, ProtocolLevel::V5, &mut out);
     out.to_vec()
 }
 
@@ -828,6 +1167,22 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
                 let mut s = vec![sel, 7];
                 for p in &packets {
                     s.extend(encoded(p));
+                }
+                seeds.push((format!("stream-max{sel}"), s));
+            }
+        }
+        "decode_v5" => {
+            // The same layout as decode_stream's seeds, with MQTT 5 packets.
+            let packets = valid_v5_packets();
+            for (i, p) in packets.iter().enumerate() {
+                let mut s = vec![0u8, i as u8];
+                s.extend(encoded_v5(p));
+                seeds.push((format!("packet-{i:02}-{}", p.name().to_lowercase()), s));
+            }
+            for sel in 0..4u8 {
+                let mut s = vec![sel, 7];
+                for p in &packets {
+                    s.extend(encoded_v5(p));
                 }
                 seeds.push((format!("stream-max{sel}"), s));
             }
@@ -883,6 +1238,7 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
                 s.extend(e);
             }
             let qos2_in = encoded(&Packet::Publish(mqtt_broker::protocol::Publish {
+                properties: None,
                 dup: false,
                 qos: QoS::ExactlyOnce,
                 retain: false,

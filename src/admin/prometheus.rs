@@ -88,9 +88,34 @@ pub(crate) fn render(control: &dyn Control) -> String {
             get(&ops.connects_identifier_rejected),
         ),
         ("connect_timeout", get(&ops.connect_timeouts)),
+        ("bad_auth_method", get(&ops.connects_bad_auth_method)),
     ] {
         o.sample("mqtt_connects_total", &[("result", r)], v);
     }
+    o.family(
+        "mqtt5_reason_codes_sent_total",
+        "counter",
+        "MQTT 5 reason codes other than success sent to clients (CONNACK, PUBACK/PUBREC/PUBREL/PUBCOMP, SUBACK, UNSUBACK, DISCONNECT), by code.",
+    );
+    for (code, n) in ops.reason_codes_sent.nonzero() {
+        let code = format!("0x{code:02X}");
+        o.sample("mqtt5_reason_codes_sent_total", &[("code", &code)], n);
+    }
+    o.family(
+        "mqtt5_messages_discarded_total",
+        "counter",
+        "Messages not sent to a subscriber: expired (Message Expiry Interval) or larger than its Maximum Packet Size.",
+    );
+    o.sample(
+        "mqtt5_messages_discarded_total",
+        &[("reason", "expired")],
+        get(&ops.expired_messages),
+    );
+    o.sample(
+        "mqtt5_messages_discarded_total",
+        &[("reason", "too_large_for_client")],
+        get(&ops.dropped_too_large_for_client),
+    );
     o.family(
         "mqtt_disconnects_total",
         "counter",

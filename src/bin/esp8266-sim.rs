@@ -506,11 +506,13 @@ async fn connect(fleet: &Fleet, name: &str, client_id: &str) -> Result<Conn, Str
         let mut out = BytesMut::new();
         encode(
             &Packet::Connect(Box::new(Connect {
+                properties: None,
                 protocol: ProtocolLevel::V311,
                 clean_session: true,
                 keep_alive: fleet.cli.keep_alive,
                 client_id: client_id.into(),
                 will: Some(LastWill {
+                    properties: None,
                     topic: status_topic(fleet, name).into(),
                     payload: Bytes::from_static(b"offline"),
                     qos: QoS::AtLeastOnce,
@@ -554,6 +556,7 @@ fn publish_packet(topic: &str, payload: &str, retain: bool) -> BytesMut {
     let mut out = BytesMut::new();
     encode(
         &Packet::Publish(Publish {
+            properties: None,
             dup: false,
             qos: QoS::AtMostOnce,
             retain,

@@ -383,7 +383,9 @@ impl Control for BrokerHandle {
                     address: client.peer.to_string(),
                     transport: client.transport.as_str(),
                     username: client.username.clone(),
+                    protocol: client.protocol.as_str(),
                     clean_session: client.clean_session,
+                    session_expiry_interval: state.expiry_interval,
                     connected_since: since
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_millis() as u64)

@@ -75,6 +75,7 @@ fn connect_bytes(client_id: &str, clean_session: bool) -> BytesMut {
     let mut out = BytesMut::new();
     encode(
         &Packet::Connect(Box::new(Connect {
+            properties: None,
             protocol: ProtocolLevel::V311,
             clean_session,
             keep_alive: 0,
@@ -112,6 +113,8 @@ async fn panic_in_a_connection_task_ends_only_that_connection() {
         let mut input = connect_bytes(id, clean);
         encode(
             &Packet::Subscribe(Subscribe {
+                options: Vec::new(),
+                properties: None,
                 pid: 1,
                 filters: vec![("t/#".into(), QoS::AtLeastOnce)],
             }),

@@ -75,6 +75,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Per-client resource limits.
     pub limits: LimitsConfig,
+    /// What the server announces to and enforces on MQTT 5 clients (live: new connections
+    /// get new values).
+    pub mqtt5: Mqtt5Config,
     /// Wasm plugins, in call order (after the built-in password/ACL checks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<PluginConfig>,
@@ -368,6 +371,66 @@ impl Default for PerformanceConfig {
     }
 }
 
+/// `mqtt5:` section: the server's MQTT 5 maxima and availability flags, sent in CONNACK.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mqtt5Config {
+    /// Receive Maximum: unacknowledged QoS 2 PUBLISHes a client may have in flight towards
+    /// the broker; beyond it the client is disconnected with 0x93.
+    pub receive_maximum: u16,
+    /// Topic Alias Maximum: highest topic alias a client may use (0: none).
+    pub topic_alias_maximum: u16,
+    /// Highest keep alive (seconds) a client may use; a larger one, or 0, is replaced by
+    /// this value and sent back as Server Keep Alive. 0: the client's value is kept.
+    pub max_keep_alive: u16,
+    /// Whether `$share/{group}/{filter}` subscriptions are accepted (3.1.1 clients too).
+    pub shared_subscriptions: bool,
+    /// Whether subscription identifiers are accepted.
+    pub subscription_identifiers: bool,
+    /// Whether wildcard subscriptions are accepted from MQTT 5 clients.
+    pub wildcard_subscriptions: bool,
+    /// Response Information sent to clients that request it (the root of their response
+    /// topics); none when empty.
+    pub response_information: String,
+    /// Server Reference sent with CONNACK and DISCONNECT when set (another server the
+    /// client may use).
+    pub server_reference: String,
+    /// How a shared subscription group picks the member for a message.
+    pub shared_strategy: SharedStrategy,
+    /// Send topic aliases to MQTT 5 clients that accept them (their Topic Alias Maximum):
+    /// the first message on a topic carries the topic and an alias, later ones only the
+    /// alias. Saves bandwidth on long topics; costs a small map per connection.
+    pub outbound_topic_aliases: bool,
+}
+
+impl Default for Mqtt5Config {
+    fn default() -> Self {
+        Mqtt5Config {
+            receive_maximum: 1024,
+            topic_alias_maximum: 64,
+            max_keep_alive: 0,
+            shared_subscriptions: true,
+            subscription_identifiers: true,
+            wildcard_subscriptions: true,
+            response_information: String::new(),
+            server_reference: String::new(),
+            shared_strategy: SharedStrategy::RoundRobin,
+            outbound_topic_aliases: false,
+        }
+    }
+}
+
+/// How a shared subscription group picks the member that gets a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedStrategy {
+    /// In turn, skipping members that are offline while any is online.
+    #[default]
+    RoundRobin,
+    /// A random member, preferring online ones.
+    Random,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -585,6 +648,9 @@ impl Config {
                 "server.max_packet_size",
                 "must be at most 268435460 bytes (the protocol maximum)",
             );
+        }
+        if self.mqtt5.receive_maximum == 0 {
+            return invalid("mqtt5.receive_maximum", "must be between 1 and 65535");
         }
         if self.performance.message_queue_limit == 0 {
             return invalid("performance.message_queue_limit", "must be at least 1");

@@ -18,8 +18,10 @@ use crate::core::Core;
 use crate::events::BrokerEvent;
 use crate::metrics::Counters;
 use crate::model::{CloseReason, CloseSignal, ConnId, TransportKind};
-use crate::protocol::codec::{self, encode};
-use crate::protocol::{ConnAck, ConnectReturnCode, Packet, ProtocolError};
+use crate::protocol::codec::{self, encode_with};
+use crate::protocol::{
+    ConnAck, ConnectReturnCode, Disconnect, Packet, Properties, ProtocolError, ProtocolLevel,
+};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -154,6 +156,7 @@ where
         wbuf: BytesMut::new(),
         out: Vec::new(),
         max_packet_size: cfg.max_packet_size,
+        level: ProtocolLevel::V311,
         receipt: Receipt::Accepted,
     };
 
@@ -166,7 +169,7 @@ where
             info!(timeout = %cfg.connect_timeout, "closing: no CONNECT within connect_timeout");
             return;
         }
-        Ok(Err(CloseReason::Protocol(reason))) => {
+        Ok(Err(CloseReason::Protocol(reason) | CloseReason::Refused { reason, .. })) => {
             Counters::inc(&core.counters.protocol_errors);
             warn!(peer = %info.peer, %reason, "closing before CONNECT: protocol error");
             // A refusing CONNACK (protocol level) may be pending.
@@ -192,12 +195,29 @@ where
         }
     };
 
-    let refuse = |code| {
-        Packet::ConnAck(ConnAck {
-            session_present: false,
-            code,
-        })
-    };
+    // From here on packets are read and written in the client's protocol revision.
+    conn.level = connect.protocol;
+    let v5 = connect.protocol.is_v5();
+    let refuse = |code| Packet::ConnAck(ConnAck::new(false, code));
+    if v5
+        && connect
+            .properties
+            .as_ref()
+            .is_some_and(|p| p.authentication_method.is_some())
+    {
+        // No enhanced authentication method is offered: 0x8C (section 4.12).
+        let method = connect
+            .properties
+            .as_ref()
+            .and_then(|p| p.authentication_method.clone())
+            .unwrap_or_default();
+        Counters::inc(&core.counters.ops.connects_bad_auth_method);
+        warn!(client_id = %connect.client_id, %method, "refusing connection: enhanced authentication method not supported (CONNACK 0x8C)");
+        let mut ack = ConnAck::new(false, ConnectReturnCode::NotAuthorized);
+        ack.reason_code = Some(crate::protocol::reason::BAD_AUTHENTICATION_METHOD);
+        conn.send_and_close(Packet::ConnAck(ack)).await;
+        return;
+    }
     if over_global_limit || over_listener_limit {
         Counters::inc(&core.counters.connections_refused_limit);
         warn!(client_id = %connect.client_id, listener = %info.listener, "refusing connection: max_connections reached");
@@ -206,8 +226,10 @@ where
         return;
     }
     let conn_id = core.next_conn_id();
+    let mut assigned = false;
     let client_id = if connect.client_id.is_empty() {
-        if !connect.clean_session {
+        // MQTT 5 assigns an id whatever Clean Start says [MQTT-3.1.3-7].
+        if !connect.clean_session && !v5 {
             // [MQTT-3.1.3-8]
             Counters::inc(&core.counters.ops.connects_identifier_rejected);
             info!("refusing connection: empty client id without clean session");
@@ -216,6 +238,7 @@ where
             return;
         }
         // [MQTT-3.1.3-6]
+        assigned = true;
         core.assign_client_id(conn_id)
     } else {
         connect.client_id.clone()
@@ -248,11 +271,22 @@ where
         return;
     }
 
+    let negotiation = v5.then(|| {
+        crate::core::mqtt5::negotiate(
+            &runtime.config,
+            &connect,
+            assigned.then_some(client_id.as_str()),
+        )
+    });
     let close = Arc::new(CloseSignal::new(info.cancel.clone()));
     let (done_tx, done_rx) = watch::channel(false);
-    let attached = core
-        .registry
-        .attach(&client, conn_id, close.clone(), done_rx);
+    let attached = core.registry.attach(
+        &client,
+        conn_id,
+        close.clone(),
+        done_rx,
+        negotiation.as_ref().map(|n| n.session_expiry),
+    );
     // From here on the session is detached however the task ends, a panic included.
     let attachment = Attachment {
         core: core.clone(),
@@ -266,22 +300,32 @@ where
         let mut done = previous.done;
         let _ = tokio::time::timeout(TAKEOVER_WAIT, done.wait_for(|d| *d)).await;
     }
-    let mut engine = Engine::new(
+    // [MQTT-3.2.2-1], [MQTT-3.2.2-2]: session present only when a stored session resumed.
+    let mut connack = ConnAck::new(attached.session_present, ConnectReturnCode::Accepted);
+    let (keep_alive, negotiated) = match negotiation {
+        Some(n) => {
+            attached.entry.state().set_peer(n.peer);
+            connack.properties = Some(Box::new(n.connack));
+            (n.keep_alive, Some(n.negotiated))
+        }
+        None => {
+            attached
+                .entry
+                .state()
+                .set_peer(crate::session::state::Peer::default());
+            (connect.keep_alive, None)
+        }
+    };
+    let mut engine = Engine::with_v5(
         client.clone(),
         attached.entry.clone(),
         connect.will.clone(),
-        connect.keep_alive,
+        keep_alive,
         cfg.keep_alive_timeout.get(),
         std::time::Instant::now(),
+        negotiated,
     );
-    // [MQTT-3.2.2-1], [MQTT-3.2.2-2]: session present only when a stored session resumed.
-    engine.connected(
-        &core,
-        Packet::ConnAck(ConnAck {
-            session_present: attached.session_present,
-            code: ConnectReturnCode::Accepted,
-        }),
-    );
+    engine.connected(&core, Packet::ConnAck(connack));
     let registration = core
         .ops
         .register(conn_id, &client, &attached.entry, close.clone());
@@ -295,7 +339,8 @@ where
         session_present: attached.session_present,
     });
     info!(
-        keep_alive = connect.keep_alive,
+        protocol = connect.protocol.as_str(),
+        keep_alive,
         clean_session = connect.clean_session,
         session_present = attached.session_present,
         username = connect.username.as_deref().unwrap_or(""),
@@ -320,11 +365,67 @@ where
             reason = client_reason;
         }
     }
+    if conn.level.is_v5() {
+        // An MQTT 5 client is told why the server closes (section 3.14.2.1).
+        if let Some(code) = reason.v5_disconnect_code() {
+            conn.out.push(server_disconnect(&core, code, &reason));
+        }
+    }
     Box::pin(conn.flush_best_effort()).await;
     drop(registration);
-    engine.closed(&core, &reason);
+    let deferred = engine.closed(&core, &reason);
+    let entry = engine.entry().clone();
     // Detaches only after the will is published, so a takeover sees it first.
     drop(attachment);
+    if let Some(will) = deferred {
+        core.publish_will_later(entry, conn_id, client, will);
+    }
+}
+
+/// Counts the non-success MQTT 5 reason codes of a packet sent to a client.
+fn count_reason_codes(core: &Core, p: &Packet) {
+    let counts = &core.counters.ops.reason_codes_sent;
+    let count = |code: u8| {
+        if code != crate::protocol::reason::SUCCESS {
+            counts.inc(code);
+        }
+    };
+    match p {
+        Packet::ConnAck(a) => count(a.v5_reason()),
+        Packet::Ack(a) => count(a.reason),
+        Packet::SubAck(s) => {
+            for c in &s.codes {
+                if let crate::protocol::SubAckCode::Refused(code) = c {
+                    count(*code);
+                } else if *c == crate::protocol::SubAckCode::Failure {
+                    count(0x80);
+                }
+            }
+        }
+        Packet::UnsubAck(u) => u.codes.iter().for_each(|&c| count(c)),
+        Packet::DisconnectWithReason(d) => count(d.reason),
+        _ => {}
+    }
+}
+
+/// The DISCONNECT an MQTT 5 client gets when the server closes: the reason code, the
+/// reason (a protocol violation's text) and the configured Server Reference when the code
+/// points elsewhere.
+fn server_disconnect(core: &Core, code: u8, reason: &CloseReason) -> Packet {
+    let mut props = Properties {
+        reason_string: reason.violation().map(str::to_owned),
+        ..Default::default()
+    };
+    if matches!(code, 0x9C | 0x9D | 0x8B) {
+        let reference = core.runtime.load().config.mqtt5.server_reference.clone();
+        if !reference.is_empty() {
+            props.server_reference = Some(reference);
+        }
+    }
+    Packet::DisconnectWithReason(Disconnect {
+        reason: code,
+        properties: (!props.is_empty()).then(|| Box::new(props)),
+    })
 }
 
 /// What a reload re-check needs of the CONNECT (never logged).
@@ -344,6 +445,8 @@ struct Conn<S> {
     /// Packets to encode into `wbuf`, in order, once `receipt` is satisfied.
     out: Vec<Packet>,
     max_packet_size: usize,
+    /// The client's protocol revision (packets after CONNECT depend on it).
+    level: ProtocolLevel,
     /// What must be accepted (durable) before `out` is written.
     receipt: Receipt,
 }
@@ -365,23 +468,36 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     }
 
     fn decode_one(&mut self) -> Result<Option<Packet>, CloseReason> {
-        match codec::decode(&mut self.rbuf, self.max_packet_size) {
+        let v5 = self.level.is_v5();
+        // A violation carries its MQTT 5 reason code for the DISCONNECT (0x81 malformed,
+        // 0x82 protocol error, 0x95 packet too large).
+        let violation = |e: ProtocolError| {
+            if v5 {
+                CloseReason::Refused {
+                    code: e.reason_code(),
+                    reason: e.to_string(),
+                }
+            } else {
+                CloseReason::Protocol(e.to_string())
+            }
+        };
+        match codec::decode_with(&mut self.rbuf, self.max_packet_size, self.level) {
             Ok(p) => Ok(p),
             Err(e @ ProtocolError::PacketTooLarge { .. }) => {
                 Counters::inc(&self.core.counters.ops.oversized_packets);
-                Err(CloseReason::Protocol(e.to_string()))
+                Err(violation(e))
             }
             Err(ProtocolError::UnsupportedProtocolLevel(level)) => {
                 // [MQTT-3.1.2-2]: answer CONNACK 0x01, then close.
-                self.out.push(Packet::ConnAck(ConnAck {
-                    session_present: false,
-                    code: ConnectReturnCode::UnacceptableProtocolVersion,
-                }));
+                self.out.push(Packet::ConnAck(ConnAck::new(
+                    false,
+                    ConnectReturnCode::UnacceptableProtocolVersion,
+                )));
                 Err(CloseReason::Protocol(format!(
                     "unsupported protocol level {level} (CONNACK 0x01 sent)"
                 )))
             }
-            Err(e) => Err(CloseReason::Protocol(e.to_string())),
+            Err(e) => Err(violation(e)),
         }
     }
 
@@ -429,15 +545,20 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     /// Encodes pending packets into the write buffer; returns how many were PUBLISH.
     fn encode_out(&mut self) -> u64 {
         let mut published = 0;
+        let v5 = self.level.is_v5();
         for p in self.out.drain(..) {
-            if let Packet::Publish(p) = &p {
-                published += 1;
-                self.core
-                    .counters
-                    .ops
-                    .publish(false, p.qos, p.payload.len());
+            match &p {
+                Packet::Publish(p) => {
+                    published += 1;
+                    self.core
+                        .counters
+                        .ops
+                        .publish(false, p.qos, p.payload.len());
+                }
+                other if v5 => count_reason_codes(&self.core, other),
+                _ => {}
             }
-            encode(&p, &mut self.wbuf);
+            encode_with(&p, self.level, &mut self.wbuf);
         }
         if published > 0 {
             Counters::add(&self.core.counters.messages_out, published);

@@ -32,8 +32,13 @@ pub struct ClientSummary {
     pub transport: &'static str,
     /// User name, if any.
     pub username: Option<String>,
-    /// Clean session flag of its CONNECT.
+    /// Protocol version: "3.1", "3.1.1" or "5.0".
+    pub protocol: &'static str,
+    /// Clean session flag of its CONNECT (Clean Start for MQTT 5).
     pub clean_session: bool,
+    /// MQTT 5 Session Expiry Interval in force (seconds); absent for 3.1.1 clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_expiry_interval: Option<u32>,
     /// Milliseconds since the Unix epoch.
     pub connected_since: u64,
     /// Subscriptions held.

@@ -8,8 +8,8 @@ use crate::config::{AclRule, Config, Effect, RuleScope};
 use crate::hooks::ClientInfo;
 use crate::model::{CloseReason, CloseSignal, DisconnectReason, TransportKind};
 use crate::protocol::{
-    ConnAck, ConnectReturnCode, LastWill, Packet, ProtocolLevel, Publish, QoS, SubAck, SubAckCode,
-    Subscribe, Unsubscribe,
+    reason, ConnAck, ConnectReturnCode, LastWill, Packet, ProtocolLevel, Publish, QoS, SubAck,
+    SubAckCode, Subscribe, Unsubscribe,
 };
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -58,7 +58,7 @@ fn connect(core: &Core, id: &str, clean: bool, will: Option<LastWill>) -> (Clien
     let (done, done_rx) = watch::channel(false);
     let attached = core
         .registry
-        .attach(&client, conn_id, close.clone(), done_rx);
+        .attach(&client, conn_id, close.clone(), done_rx, None);
     let mut engine = Engine::new(
         client,
         attached.entry.clone(),
@@ -70,6 +70,8 @@ fn connect(core: &Core, id: &str, clean: bool, will: Option<LastWill>) -> (Clien
     engine.connected(
         core,
         Packet::ConnAck(ConnAck {
+            properties: None,
+            reason_code: None,
             session_present: attached.session_present,
             code: ConnectReturnCode::Accepted,
         }),
@@ -103,6 +105,7 @@ impl Client {
 
 fn publish(topic: &str, payload: &str, qos: QoS, pid: Option<u16>) -> Packet {
     Packet::Publish(Publish {
+        properties: None,
         dup: false,
         qos,
         retain: false,
@@ -114,6 +117,8 @@ fn publish(topic: &str, payload: &str, qos: QoS, pid: Option<u16>) -> Packet {
 
 fn subscribe(pid: u16, filters: &[(&str, QoS)]) -> Packet {
     Packet::Subscribe(Subscribe {
+        options: Vec::new(),
+        properties: None,
         pid,
         filters: filters.iter().map(|(f, q)| (f.to_string(), *q)).collect(),
     })
@@ -135,6 +140,8 @@ fn connack_then_suback_then_retained_mqtt_3_8_4_1() {
     assert_eq!(
         p.engine.take_output().0,
         vec![Packet::ConnAck(ConnAck {
+            properties: None,
+            reason_code: None,
             session_present: false,
             code: ConnectReturnCode::Accepted
         })]
@@ -154,6 +161,7 @@ fn connack_then_suback_then_retained_mqtt_3_8_4_1() {
     assert_eq!(
         out[0],
         Packet::SubAck(SubAck {
+            properties: None,
             pid: 7,
             codes: vec![SubAckCode::Granted(QoS::AtMostOnce)]
         })
@@ -201,17 +209,28 @@ fn subscribe_with_some_filters_denied_mqtt_3_9_3_1() {
     )
     .unwrap();
     let out = s.engine.take_output().0;
+    let Packet::SubAck(ack) = &out[0] else {
+        panic!("SUBACK expected")
+    };
+    let wire: Vec<u8> = ack
+        .codes
+        .iter()
+        .map(|c| c.byte(ProtocolLevel::V311))
+        .collect();
+    assert_eq!(wire, vec![1, 0x80, 0x80, 2, 0x80, 2]);
     assert_eq!(
         out,
         vec![Packet::SubAck(SubAck {
+            properties: None,
             pid: 1,
             codes: vec![
                 SubAckCode::Granted(QoS::AtLeastOnce),
-                SubAckCode::Failure,
-                SubAckCode::Failure,
+                // 0x80 to this 3.1.1 client; the reasons an MQTT 5 client is told.
+                SubAckCode::Refused(reason::NOT_AUTHORIZED),
+                SubAckCode::Refused(reason::TOPIC_FILTER_INVALID),
                 SubAckCode::Granted(QoS::ExactlyOnce),
                 // Over max_subscriptions (2) ...
-                SubAckCode::Failure,
+                SubAckCode::Refused(reason::QUOTA_EXCEEDED),
                 // ... but replacing a held filter does not count against it.
                 SubAckCode::Granted(QoS::ExactlyOnce),
             ]
@@ -221,13 +240,17 @@ fn subscribe_with_some_filters_denied_mqtt_3_9_3_1() {
     s.send(
         &core,
         Packet::Unsubscribe(Unsubscribe {
+            properties: None,
             pid: 2,
             filters: vec!["a/b".into(), "never".into()],
         }),
     )
     .unwrap();
     // UNSUBACK even when nothing matched [MQTT-3.10.4-5].
-    assert_eq!(s.engine.take_output().0, vec![Packet::UnsubAck(2)]);
+    assert_eq!(
+        s.engine.take_output().0,
+        vec![Packet::UnsubAck(crate::protocol::UnsubAck::new(2))]
+    );
     assert_eq!(core.router.subscription_count(), 1);
 }
 
@@ -364,6 +387,7 @@ fn the_reason_of_every_close() {
         (Packet::Disconnect, CloseReason::Disconnect),
         (
             Packet::Connect(Box::new(crate::protocol::Connect {
+                properties: None,
                 protocol: ProtocolLevel::V311,
                 clean_session: true,
                 keep_alive: 0,
@@ -424,6 +448,7 @@ fn the_reason_of_every_close() {
             .unwrap();
         watcher.engine.take_output();
         let last_will = LastWill {
+            properties: None,
             topic: Arc::from("will/c"),
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtMostOnce,

@@ -5,6 +5,7 @@
 //! - [`registry`]: sessions by client id, attach/detach/takeover/expiry, and the lock order;
 //! - [`router`]: the routing seam ([`router::Router`]) and its single-node implementation;
 //! - [`engine`]: the sans-IO per-client protocol engine (packets in, actions out);
+//! - [`mqtt5`]: what an MQTT 5 CONNECT negotiates (limits both ways, CONNACK properties);
 //! - [`ops`]: the event bus, the connected-clients directory and readiness;
 //! - [`backoff`]: the login back-off per source address;
 //! - [`control`]: the narrow interface admin, metrics, `$SYS` and the watcher use.
@@ -18,6 +19,7 @@ pub mod control;
 pub mod engine;
 #[cfg(test)]
 mod engine_tests;
+pub mod mqtt5;
 pub mod ops;
 pub mod registry;
 pub mod router;
@@ -180,6 +182,30 @@ impl Core {
             "auto-{:x}-{conn_id:x}",
             self.started_nanos & 0xffff_ffff_ffff
         )
+    }
+
+    /// Publishes an MQTT 5 will once its delay has passed, unless a connection attached to
+    /// the session meanwhile [MQTT-3.1.3-9]. A delayed will pending when the broker stops
+    /// is not published (and not stored).
+    pub(crate) fn publish_will_later(
+        self: &Arc<Self>,
+        entry: Arc<registry::SessionEntry>,
+        conn_id: ConnId,
+        client: Arc<crate::model::ClientInfo>,
+        deferred: engine::DeferredWill,
+    ) {
+        let core = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(deferred.delay) => {}
+                _ = core.shutdown.cancelled() => return,
+            }
+            if entry.last_conn() == conn_id && !entry.is_attached() {
+                engine::publish_will(&core, &client, &deferred.will);
+            } else {
+                tracing::info!(client_id = %client.client_id, "delayed will discarded: the client reconnected first");
+            }
+        });
     }
 
     /// Routes a message the broker itself publishes (wills, `$SYS`).

@@ -63,6 +63,8 @@ pub struct SessionEntry {
     /// When the last connection ended (for `persistence.session_expiry`); `None` while online.
     offline_since: Mutex<Option<SystemTime>>,
     owner: Mutex<Option<Owner>>,
+    /// The connection that attached last (a delayed will checks nobody came back).
+    last_conn: std::sync::atomic::AtomicU64,
 }
 
 impl SessionEntry {
@@ -75,7 +77,18 @@ impl SessionEntry {
             acl_cache: Mutex::new(AclCache::default()),
             offline_since: Mutex::new(offline_since),
             owner: Mutex::new(None),
+            last_conn: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The connection that attached last.
+    pub(crate) fn last_conn(&self) -> ConnId {
+        self.last_conn.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a connection is attached now.
+    pub(crate) fn is_attached(&self) -> bool {
+        self.owner.lock().is_some()
     }
 
     /// Locks the session state (step 3 of the lock order).
@@ -132,16 +145,26 @@ impl SessionRegistry {
     /// from any connection that holds it [MQTT-3.1.4-2] and discarding it first if
     /// `clean_session` [MQTT-3.1.2-6]. Sans-IO: the previous owner is told to close and
     /// handed back, for the caller to wait on.
+    ///
+    /// `expiry_interval` is an MQTT 5 client's Session Expiry Interval (already capped):
+    /// there, `clean_session` is Clean Start (discard first) and the session ends with the
+    /// connection only when the interval is 0. `None` (3.1.1): `clean_session` decides both.
     pub fn attach(
         &self,
         client: &Arc<ClientInfo>,
         conn_id: ConnId,
         close: Arc<CloseSignal>,
         done: watch::Receiver<bool>,
+        expiry_interval: Option<u32>,
     ) -> Attached {
         let limits = self.services.runtime.load().session_limits();
         let client_id: &str = &client.client_id;
         let clean_session = client.clean_session;
+        // Whether the session ends with this connection.
+        let ends_with_connection = match expiry_interval {
+            Some(secs) => secs == 0,
+            None => clean_session,
+        };
         let mut sessions = self.sessions.lock();
         let mut previous = None;
         let mut reuse = None;
@@ -163,16 +186,25 @@ impl SessionRegistry {
         }
         let session_present = reuse.is_some();
         let entry = reuse.unwrap_or_else(|| {
-            let mut state = Session::new(client.client_id.clone(), clean_session, limits);
-            if !clean_session && self.services.storage.is_some() {
-                state.enable_persistence();
-            }
+            let state = Session::new(client.client_id.clone(), ends_with_connection, limits);
             let entry = Arc::new(SessionEntry::new(client.clone(), state, None));
             sessions.insert(entry.client_id.clone(), entry.clone());
             entry
         });
+        {
+            // A resumed session takes this connection's expiry (MQTT 5 may change it).
+            let mut state = entry.state.lock();
+            state.clean_session = ends_with_connection;
+            state.expiry_interval = expiry_interval;
+            if !ends_with_connection && self.services.storage.is_some() {
+                state.enable_persistence();
+            }
+        }
         *entry.client.lock() = client.clone();
         *entry.offline_since.lock() = None;
+        entry
+            .last_conn
+            .store(conn_id, std::sync::atomic::Ordering::Relaxed);
         *entry.owner.lock() = Some(Owner {
             conn_id,
             close,
@@ -184,7 +216,7 @@ impl SessionRegistry {
             prev.close.close(CloseReason::TakenOver);
         }
         entry.state.lock().set_limits(limits);
-        if !clean_session {
+        if !ends_with_connection {
             self.persist_record(&entry);
         }
         Attached {
@@ -226,15 +258,21 @@ impl SessionRegistry {
         sessions: &mut HashMap<Arc<str>, Arc<SessionEntry>>,
         entry: &Arc<SessionEntry>,
     ) {
-        let (was_persistent, filters) = {
+        let (was_persistent, filters, shared) = {
             let mut state = entry.state.lock();
             (
-                !state.clean_session,
+                !state.clean_session || state.persistence_enabled(),
                 std::mem::take(&mut state.subscriptions),
+                state.take_shared_messages(),
             )
         };
         for filter in filters.keys() {
             self.router.unsubscribe(entry, filter);
+        }
+        // What reached this session through a shared subscription and was not acknowledged
+        // goes to another member of the group, not nowhere.
+        for (filter, message) in shared {
+            self.router.redistribute(&filter, message);
         }
         if sessions
             .get(&entry.client_id)
@@ -251,9 +289,6 @@ impl SessionRegistry {
 
     /// Removes persistent sessions offline for longer than `persistence.session_expiry`.
     pub fn expire_sessions(&self) -> usize {
-        if self.session_expiry().is_zero() {
-            return 0;
-        }
         let mut sessions = self.sessions.lock();
         let expired: Vec<Arc<SessionEntry>> = sessions
             .values()
@@ -278,9 +313,17 @@ impl SessionRegistry {
             .get()
     }
 
-    /// Whether a session has been offline for `persistence.session_expiry` (never when 0).
+    /// Whether a session has been offline for its expiry: an MQTT 5 session's own interval
+    /// (0xFFFFFFFF: never), else `persistence.session_expiry` (never when 0).
     fn is_expired(&self, entry: &SessionEntry) -> bool {
-        let expiry = self.session_expiry();
+        let expiry = match entry.state.lock().expiry_interval {
+            Some(u32::MAX) => Duration::ZERO,
+            // An interval of 0 ends the session with the connection; a resumed one whose
+            // DISCONNECT set 0 is gone at once.
+            Some(0) => Duration::from_nanos(1),
+            Some(secs) => Duration::from_secs(u64::from(secs)),
+            None => self.session_expiry(),
+        };
         !expiry.is_zero()
             && entry
                 .offline_since
@@ -302,8 +345,9 @@ impl SessionRegistry {
                 subscriptions: state
                     .subscriptions
                     .iter()
-                    .map(|(f, q)| (f.clone(), *q))
+                    .map(|(f, sub)| (f.clone(), *sub))
                     .collect(),
+                expiry_interval: state.expiry_interval,
                 last_seen_ms: entry
                     .offline_since
                     .lock()
@@ -344,16 +388,17 @@ impl SessionRegistry {
                 0 => SystemTime::now(),
                 ms => std::time::UNIX_EPOCH + Duration::from_millis(ms),
             };
-            let state = Session::restore(
+            let mut state = Session::restore(
                 r.client_id.clone(),
                 limits,
                 subscriptions,
                 r.messages,
                 r.inbound,
             );
+            state.expiry_interval = r.record.expiry_interval;
             let entry = Arc::new(SessionEntry::new(client, state, Some(last_seen)));
-            for (f, q) in &r.record.subscriptions {
-                self.router.subscribe(&entry, f, *q);
+            for (f, sub) in &r.record.subscriptions {
+                self.router.subscribe(&entry, f, *sub);
             }
             sessions.insert(r.client_id, entry);
         }

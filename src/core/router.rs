@@ -15,11 +15,14 @@
 
 use super::registry::SessionEntry;
 use super::Services;
+use crate::config::SharedStrategy;
 use crate::hooks::{AclAction, AclRequest};
 use crate::metrics::ops::LimitKind;
 use crate::metrics::Counters;
-use crate::model::Message;
+use crate::model::{Message, Subscription};
+use crate::protocol::topic::parse_shared;
 use crate::protocol::QoS;
+
 use crate::routing::{RetainOutcome, RetainedStore, SubscriptionTrie};
 use crate::session::DropReason;
 use crate::storage::StorageOp;
@@ -69,10 +72,14 @@ pub(crate) trait Router: Send + Sync {
     /// Routes a message to every matching subscriber, storing or deleting the retained
     /// message first when RETAIN is set [MQTT-3.3.1-5].
     fn publish(&self, message: Message) -> Routed;
-    /// Adds or replaces `session`'s subscription to `filter` at `qos`.
-    fn subscribe(&self, session: &Arc<SessionEntry>, filter: &str, qos: QoS);
+    /// Adds or replaces `session`'s subscription to `filter` (a `$share/{group}/...` filter
+    /// joins that group); returns whether it replaced one.
+    fn subscribe(&self, session: &Arc<SessionEntry>, filter: &str, sub: Subscription) -> bool;
     /// Removes `session`'s subscription to `filter`; returns whether it existed.
     fn unsubscribe(&self, session: &SessionEntry, filter: &str) -> bool;
+    /// Hands a message that reached a session through the shared subscription `filter` to
+    /// another member of the group (its session ended before it was acknowledged).
+    fn redistribute(&self, filter: &str, message: Message);
     /// The retained messages matching `filter`, for a new subscription [MQTT-3.3.1-6].
     fn retained(&self, filter: &str) -> Vec<Message>;
     /// Number of subscriptions.
@@ -86,16 +93,66 @@ pub(crate) trait Router: Send + Sync {
 /// One subscription as stored in the trie.
 #[derive(Debug, Clone)]
 pub(crate) struct Subscriber {
-    /// Granted QoS.
-    pub qos: QoS,
+    /// Granted QoS, options and identifier.
+    pub sub: Subscription,
     /// The subscribing session.
     pub session: Arc<SessionEntry>,
+}
+
+/// One session that a message is to be delivered to, through one of its subscriptions.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// The session.
+    pub session: Arc<SessionEntry>,
+    /// The matching subscription.
+    pub sub: Subscription,
+    /// The `$share/...` filter, when the match came through a shared subscription.
+    pub shared: Option<Arc<str>>,
+}
+
+/// The members of one shared subscription group (`$share/{group}/{filter}`): each message
+/// goes to one of them, in turn (round robin), preferring connected members.
+#[derive(Debug, Default)]
+pub(crate) struct SharedGroup {
+    /// The whole `$share/...` filter.
+    filter: Arc<str>,
+    members: Vec<Subscriber>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl SharedGroup {
+    /// The member whose turn it is (`mqtt5.shared_strategy`): the next connected one, else
+    /// the next one at all (its session queues the message until it reconnects).
+    fn pick(&self, strategy: SharedStrategy) -> Option<&Subscriber> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let start = match strategy {
+            SharedStrategy::RoundRobin => turn,
+            // A multiplicative hash of the turn: cheap, evenly spread, no shared RNG state.
+            SharedStrategy::Random => {
+                (turn as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) as usize >> 17
+            }
+        };
+        let mut fallback = None;
+        for m in (0..n).map(|i| &self.members[(start + i) % n]) {
+            if m.session.state().is_online() {
+                return Some(m);
+            }
+            fallback.get_or_insert(m);
+        }
+        fallback
+    }
 }
 
 /// The single-node router: a subscription trie and a retained store in this process.
 pub(crate) struct LocalRouter {
     services: Arc<Services>,
     subscriptions: RwLock<SubscriptionTrie<Arc<str>, Subscriber>>,
+    /// Shared subscriptions, keyed by share name under their topic filter.
+    shared: RwLock<SubscriptionTrie<Arc<str>, SharedGroup>>,
     retained: RwLock<RetainedStore>,
 }
 
@@ -105,6 +162,7 @@ impl LocalRouter {
         LocalRouter {
             services,
             subscriptions: RwLock::new(SubscriptionTrie::new()),
+            shared: RwLock::new(SubscriptionTrie::new()),
             retained: RwLock::new(RetainedStore::new()),
         }
     }
@@ -142,12 +200,26 @@ impl Router for LocalRouter {
         if msg.retain {
             receipt = Receipt::from_ticket(self.retain(&msg));
         }
-        let mut targets: Vec<(Arc<SessionEntry>, QoS)> = Vec::new();
+        let mut targets: Vec<Target> = Vec::new();
         self.subscriptions
             .read()
-            .for_each_match(&msg.topic, |_, sub| {
-                targets.push((sub.session.clone(), sub.qos))
+            .for_each_match(&msg.topic, |_, s| {
+                targets.push(Target {
+                    session: s.session.clone(),
+                    sub: s.sub,
+                    shared: None,
+                })
             });
+        let strategy = self.services.runtime.load().config.mqtt5.shared_strategy;
+        self.shared.read().for_each_match(&msg.topic, |_, group| {
+            if let Some(m) = group.pick(strategy) {
+                targets.push(Target {
+                    session: m.session.clone(),
+                    sub: m.sub,
+                    shared: Some(group.filter.clone()),
+                });
+            }
+        });
         let (subscribers, delivered) = deliver(&self.services, &msg, targets);
         Routed {
             subscribers,
@@ -155,22 +227,98 @@ impl Router for LocalRouter {
         }
     }
 
-    fn subscribe(&self, session: &Arc<SessionEntry>, filter: &str, qos: QoS) {
-        self.subscriptions.write().insert(
-            filter,
-            session.client_id.clone(),
-            Subscriber {
-                qos,
-                session: session.clone(),
-            },
-        );
+    fn subscribe(&self, session: &Arc<SessionEntry>, filter: &str, sub: Subscription) -> bool {
+        let subscriber = Subscriber {
+            sub,
+            session: session.clone(),
+        };
+        let Some(Ok(shared)) = parse_shared(filter) else {
+            return self
+                .subscriptions
+                .write()
+                .insert(filter, session.client_id.clone(), subscriber)
+                .is_some();
+        };
+        let mut trie = self.shared.write();
+        let group_key: Arc<str> = Arc::from(shared.group);
+        if trie.get_mut(shared.filter, &group_key).is_none() {
+            trie.insert(
+                shared.filter,
+                group_key.clone(),
+                SharedGroup {
+                    filter: Arc::from(filter),
+                    ..Default::default()
+                },
+            );
+        }
+        let Some(group) = trie.get_mut(shared.filter, &group_key) else {
+            return false;
+        };
+        match group
+            .members
+            .iter_mut()
+            .find(|m| m.session.client_id == session.client_id)
+        {
+            Some(existing) => {
+                *existing = subscriber;
+                true
+            }
+            None => {
+                group.members.push(subscriber);
+                false
+            }
+        }
     }
 
     fn unsubscribe(&self, session: &SessionEntry, filter: &str) -> bool {
-        self.subscriptions
-            .write()
-            .remove(filter, &session.client_id)
-            .is_some()
+        let Some(Ok(shared)) = parse_shared(filter) else {
+            return self
+                .subscriptions
+                .write()
+                .remove(filter, &session.client_id)
+                .is_some();
+        };
+        let mut trie = self.shared.write();
+        let group_key: Arc<str> = Arc::from(shared.group);
+        let Some(group) = trie.get_mut(shared.filter, &group_key) else {
+            return false;
+        };
+        let before = group.members.len();
+        group
+            .members
+            .retain(|m| m.session.client_id != session.client_id);
+        let removed = group.members.len() < before;
+        if group.members.is_empty() {
+            trie.remove(shared.filter, &group_key);
+        }
+        removed
+    }
+
+    fn redistribute(&self, filter: &str, message: Message) {
+        let Some(Ok(shared)) = parse_shared(filter) else {
+            return;
+        };
+        let strategy = self.services.runtime.load().config.mqtt5.shared_strategy;
+        let target = {
+            let mut trie = self.shared.write();
+            let group_key: Arc<str> = Arc::from(shared.group);
+            trie.get_mut(shared.filter, &group_key).and_then(|group| {
+                group.pick(strategy).map(|m| Target {
+                    session: m.session.clone(),
+                    sub: m.sub,
+                    shared: Some(group.filter.clone()),
+                })
+            })
+        };
+        match target {
+            Some(t) => {
+                deliver(&self.services, &message, vec![t]);
+            }
+            None => {
+                Counters::inc(&self.services.counters.dropped_no_subscribers);
+                warn!(topic = %message.topic, %filter, "shared subscription has no member left: unacknowledged message dropped");
+            }
+        }
     }
 
     fn retained(&self, filter: &str) -> Vec<Message> {
@@ -194,15 +342,16 @@ impl Router for LocalRouter {
 }
 
 /// Queues `msg` for each matching session: one delivery per client at the highest QoS of
-/// its matching subscriptions [MQTT-3.3.5-1], after the delivery ACL (a wildcard
-/// subscription never leaks a topic its client may not read). Returns how many sessions
-/// took it and the receipt of what that journaled.
-pub(crate) fn deliver(
-    s: &Services,
-    msg: &Message,
-    mut targets: Vec<(Arc<SessionEntry>, QoS)>,
-) -> (usize, Receipt) {
+/// its matching subscriptions [MQTT-3.3.5-1] (one per subscription when they carry different
+/// subscription identifiers, [MQTT-3.3.4-5]), after No Local [MQTT-3.8.3-3] and the
+/// delivery ACL (a wildcard subscription never leaks a topic its client may not read). A
+/// shared subscription's delivery is its own: it is not merged with the client's other
+/// matches. Returns how many sessions took it and the receipt of what that journaled.
+pub(crate) fn deliver(s: &Services, msg: &Message, mut targets: Vec<Target>) -> (usize, Receipt) {
     let mut receipt = Receipt::Accepted;
+    if let Some(origin) = msg.props.as_ref().and_then(|p| p.origin.as_deref()) {
+        targets.retain(|t| !(t.sub.options.no_local && &*t.session.client_id == origin));
+    }
     if targets.is_empty() {
         // The broker's own `$SYS` updates are not client messages nobody wanted.
         if !msg.topic.starts_with("$SYS/") {
@@ -210,22 +359,35 @@ pub(crate) fn deliver(
         }
         return (0, receipt);
     }
+    // One delivery per (session, shared filter): the matches of one session are adjacent
+    // after sorting, highest QoS first; they are merged in place, with no second list.
     if targets.len() > 1 {
         targets.sort_by(|a, b| {
-            Arc::as_ptr(&a.0)
-                .cmp(&Arc::as_ptr(&b.0))
-                .then(b.1.cmp(&a.1))
+            Arc::as_ptr(&a.session)
+                .cmp(&Arc::as_ptr(&b.session))
+                .then_with(|| a.shared.cmp(&b.shared))
+                .then(b.sub.qos.cmp(&a.sub.qos))
         });
-        targets.dedup_by(|later, first| Arc::ptr_eq(&later.0, &first.0));
     }
     let runtime = s.runtime.load();
-    if runtime.security.has_authorizers() {
-        targets.retain(|(entry, granted)| {
+    let mut count = 0;
+    let mut i = 0;
+    while i < targets.len() {
+        let first = &targets[i];
+        let group_len = targets[i..]
+            .iter()
+            .take_while(|t| Arc::ptr_eq(&t.session, &first.session) && t.shared == first.shared)
+            .count();
+        let group = &targets[i..i + group_len];
+        i += group_len;
+        let entry = &first.session;
+        let granted = first.sub.qos;
+        if runtime.security.has_authorizers() {
             let client = entry.client();
             let request = AclRequest {
                 action: AclAction::Deliver,
                 topic: &msg.topic,
-                qos: msg.qos.min(*granted),
+                qos: msg.qos.min(granted),
                 retain: false,
             };
             let allowed = runtime.security.authorize_cached(
@@ -236,36 +398,80 @@ pub(crate) fn deliver(
             );
             if !allowed {
                 Counters::inc(&s.counters.acl_denied_deliver);
-            }
-            allowed
-        });
-    }
-    let count = targets.len();
-    for (entry, granted) in targets {
-        // Delivery QoS is the minimum of publish and subscription QoS; RETAIN is cleared on
-        // ordinary forwarding [MQTT-3.3.1-9].
-        let delivered = Message {
-            qos: msg.qos.min(granted),
-            retain: false,
-            ..msg.clone()
-        };
-        let mut state = entry.state();
-        match state.enqueue(delivered) {
-            Ok(()) => {
-                let online = state.is_online();
-                receipt = receipt.and(Receipt::from_ticket(s.persist(&mut state)));
-                drop(state);
-                if online {
-                    entry.wake.notify_one();
-                }
-            }
-            Err(reason) => {
-                drop(state);
-                s.count_drop(&entry, msg, reason);
+                continue;
             }
         }
+        count += 1;
+        // Several matching subscriptions with different identifiers: one copy each, with its
+        // own identifier [MQTT-3.3.4-5] (one copy with all of them, [MQTT-3.3.4-4], is legal
+        // too, but libmosquitto and so mosquitto_sub refuse a PUBLISH carrying several).
+        let mut ids: Vec<u32> = group.iter().filter_map(|t| t.sub.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() > 1 {
+            for t in group {
+                let copy = delivery(
+                    msg,
+                    t.sub.qos,
+                    t.sub.options.retain_as_published,
+                    t.sub.id.into_iter().collect(),
+                    &t.shared,
+                );
+                receipt = receipt.and(enqueue(s, entry, msg, copy));
+            }
+            continue;
+        }
+        let keep_retain = group.iter().any(|t| t.sub.options.retain_as_published);
+        let delivered = delivery(msg, granted, keep_retain, ids, &first.shared);
+        receipt = receipt.and(enqueue(s, entry, msg, delivered));
     }
     (count, receipt)
+}
+
+/// The copy of `msg` queued for one subscriber: delivery QoS is the minimum of publish and
+/// subscription QoS; RETAIN is cleared on ordinary forwarding [MQTT-3.3.1-9] unless Retain
+/// As Published [MQTT-3.3.1-12]; the subscription identifiers and the shared subscription
+/// it came through go with it.
+fn delivery(
+    msg: &Message,
+    granted: QoS,
+    keep_retain: bool,
+    ids: Vec<u32>,
+    shared: &Option<Arc<str>>,
+) -> Message {
+    let mut delivered = Message {
+        qos: msg.qos.min(granted),
+        retain: msg.retain && keep_retain,
+        ..msg.clone()
+    };
+    if !ids.is_empty() || shared.is_some() {
+        let mut props = delivered.props.as_deref().cloned().unwrap_or_default();
+        props.properties.subscription_identifiers = ids;
+        props.shared = shared.clone();
+        delivered.props = Some(Arc::new(props));
+    }
+    delivered
+}
+
+/// Queues one copy for a session, waking its connection; a refused copy is counted.
+fn enqueue(s: &Services, entry: &Arc<SessionEntry>, msg: &Message, delivered: Message) -> Receipt {
+    let mut receipt = Receipt::Accepted;
+    let mut state = entry.state();
+    match state.enqueue(delivered) {
+        Ok(()) => {
+            let online = state.is_online();
+            receipt = Receipt::from_ticket(s.persist(&mut state));
+            drop(state);
+            if online {
+                entry.wake.notify_one();
+            }
+        }
+        Err(reason) => {
+            drop(state);
+            s.count_drop(entry, msg, reason);
+        }
+    }
+    receipt
 }
 
 impl Services {

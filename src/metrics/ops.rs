@@ -102,6 +102,31 @@ impl LatencyHistogram {
     }
 }
 
+/// One counter per MQTT 5 reason code (index = code).
+#[derive(Debug)]
+pub struct ReasonCodeCounts(Box<[AtomicU64; 256]>);
+
+impl Default for ReasonCodeCounts {
+    fn default() -> Self {
+        ReasonCodeCounts(Box::new(std::array::from_fn(|_| AtomicU64::new(0))))
+    }
+}
+
+impl ReasonCodeCounts {
+    /// Counts one `code` sent.
+    pub fn inc(&self, code: u8) {
+        self.0[usize::from(code)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every code sent at least once, with its count.
+    pub fn nonzero(&self) -> impl Iterator<Item = (u8, u64)> + '_ {
+        (0..=255u8).filter_map(|c| {
+            let n = self.0[usize::from(c)].load(Ordering::Relaxed);
+            (n > 0).then_some((c, n))
+        })
+    }
+}
+
 /// Per-QoS counters (index = QoS level).
 pub type PerQos = [AtomicU64; 3];
 
@@ -114,6 +139,16 @@ pub struct OpsCounters {
     pub connects_accepted: AtomicU64,
     /// CONNECTs refused for an empty client id without clean session (CONNACK 0x02).
     pub connects_identifier_rejected: AtomicU64,
+    /// MQTT 5 CONNECTs refused for an authentication method the broker does not offer
+    /// (CONNACK 0x8C).
+    pub connects_bad_auth_method: AtomicU64,
+    /// MQTT 5 reason codes other than success sent to clients (CONNACK, acknowledgements,
+    /// SUBACK and UNSUBACK entries, DISCONNECT), by code.
+    pub reason_codes_sent: ReasonCodeCounts,
+    /// Messages not sent because they expired first (MQTT 5 Message Expiry Interval).
+    pub expired_messages: AtomicU64,
+    /// Messages not sent because they exceed the client's Maximum Packet Size.
+    pub dropped_too_large_for_client: AtomicU64,
     /// Connections closed because CONNECT (or a handshake) did not complete in time.
     pub connect_timeouts: AtomicU64,
     /// Connections closed because a packet exceeded `max_packet_size`.

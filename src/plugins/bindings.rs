@@ -39,7 +39,9 @@ pub fn client_info(c: &ClientInfo) -> wit::ClientInfo {
         tls_identity: c.tls_identity.clone(),
         protocol_level: match c.protocol {
             ProtocolLevel::V31 => wit::ProtocolLevel::Mqtt31,
-            ProtocolLevel::V311 => wit::ProtocolLevel::Mqtt311,
+            // WIT 0.1 knows no MQTT 5: plugins see such clients as 3.1.1 (a WIT with
+            // protocol level 5 and the v5 properties is the next plugin API version).
+            ProtocolLevel::V311 | ProtocolLevel::V5 => wit::ProtocolLevel::Mqtt311,
         },
         clean_session: c.clean_session,
     }

@@ -1,4 +1,7 @@
-//! Bytes in, packets out, and back: the MQTT 3.1.1 wire format (sections 1.5, 2 and 3).
+//! Bytes in, packets out, and back: the MQTT 3.1, 3.1.1 and 5.0 wire format (sections 1.5, 2
+//! and 3). Packets after CONNECT depend on the connection's version, so the decoder and the
+//! encoder take it ([`decode_with`], [`encode_with`]); the plain [`decode`] and [`encode`]
+//! speak 3.1.1.
 //!
 //! The decoder works on a growing buffer of received bytes. It only ever looks at bytes
 //! that have arrived, refuses a packet whose declared size exceeds the configured maximum
@@ -66,11 +69,21 @@ pub fn check_first_byte(buf: &[u8]) -> Result<(), ProtocolError> {
     }
 }
 
-/// Decodes one packet from the front of `buf`, removing its bytes.
+/// Decodes one MQTT 3.1 / 3.1.1 packet from the front of `buf`, removing its bytes (a
+/// CONNECT of any version decodes too: it names its own version).
 ///
 /// Returns `Ok(None)` when more bytes are needed. A packet larger than `max_packet_size`
 /// (fixed header included) is an error as soon as its header is seen.
 pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packet>, ProtocolError> {
+    decode_with(buf, max_packet_size, ProtocolLevel::V311)
+}
+
+/// Decodes one packet of a connection speaking `level` from the front of `buf`.
+pub fn decode_with(
+    buf: &mut BytesMut,
+    max_packet_size: usize,
+    level: ProtocolLevel,
+) -> Result<Option<Packet>, ProtocolError> {
     let Some(header) = peek_header(buf)? else {
         return Ok(None);
     };
@@ -85,13 +98,23 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
     }
     buf.advance(header.header_len);
     let body = buf.split_to(header.remaining_len).freeze();
-    decode_body(header.first_byte, body).map(Some)
+    decode_body_with(header.first_byte, body, level).map(Some)
 }
 
-/// Decodes a packet body given the first byte of its fixed header.
+/// Decodes an MQTT 3.1 / 3.1.1 packet body given the first byte of its fixed header.
 pub fn decode_body(first_byte: u8, body: Bytes) -> Result<Packet, ProtocolError> {
+    decode_body_with(first_byte, body, ProtocolLevel::V311)
+}
+
+/// Decodes a packet body of a connection speaking `level`.
+pub fn decode_body_with(
+    first_byte: u8,
+    body: Bytes,
+    level: ProtocolLevel,
+) -> Result<Packet, ProtocolError> {
     let packet_type = first_byte >> 4;
     let flags = first_byte & 0x0f;
+    let v5 = level.is_v5();
     let mut r = Reader { buf: body };
     // Reserved flag bits are fixed per packet type [MQTT-2.2.2-1], [MQTT-2.2.2-2].
     let expect_flags = |expected: u8, name: &'static str| {
@@ -115,73 +138,130 @@ pub fn decode_body(first_byte: u8, body: Bytes) -> Result<Packet, ProtocolError>
             if ack_flags & 0xfe != 0 {
                 return Err(ProtocolError::Malformed("CONNACK reserved flags set"));
             }
-            let code = ConnectReturnCode::from_u8(r.u8()?)
-                .ok_or(ProtocolError::Malformed("unknown CONNACK return code"))?;
-            Packet::ConnAck(ConnAck {
-                session_present: ack_flags & 1 == 1,
-                code,
-            })
+            let raw = r.u8()?;
+            if v5 {
+                let properties = r.properties(CONNACK_PROPS, "CONNACK")?;
+                Packet::ConnAck(ConnAck {
+                    session_present: ack_flags & 1 == 1,
+                    code: ConnectReturnCode::from_v5_reason(raw),
+                    reason_code: Some(raw),
+                    properties,
+                })
+            } else {
+                let code = ConnectReturnCode::from_u8(raw)
+                    .ok_or(ProtocolError::Malformed("unknown CONNACK return code"))?;
+                Packet::ConnAck(ConnAck::new(ack_flags & 1 == 1, code))
+            }
         }
-        3 => Packet::Publish(decode_publish(flags, &mut r)?),
+        3 => Packet::Publish(decode_publish(flags, &mut r, v5)?),
         4 => {
             expect_flags(0, "PUBACK")?;
-            Packet::PubAck(r.packet_id()?)
+            decode_ack(&mut r, AckKind::PubAck, v5)?
         }
         5 => {
             expect_flags(0, "PUBREC")?;
-            Packet::PubRec(r.packet_id()?)
+            decode_ack(&mut r, AckKind::PubRec, v5)?
         }
         6 => {
             // [MQTT-3.6.1-1]
             expect_flags(0b0010, "PUBREL")?;
-            Packet::PubRel(r.packet_id()?)
+            decode_ack(&mut r, AckKind::PubRel, v5)?
         }
         7 => {
             expect_flags(0, "PUBCOMP")?;
-            Packet::PubComp(r.packet_id()?)
+            decode_ack(&mut r, AckKind::PubComp, v5)?
         }
         8 => {
             // [MQTT-3.8.1-1]
             expect_flags(0b0010, "SUBSCRIBE")?;
             let pid = r.packet_id()?;
+            let properties = if v5 {
+                r.properties(SUBSCRIBE_PROPS, "SUBSCRIBE")?
+            } else {
+                None
+            };
+            if let Some(p) = &properties {
+                if p.subscription_identifiers.len() > 1 {
+                    return Err(ProtocolError::DuplicateProperty(0x0b));
+                }
+            }
             let mut filters = Vec::new();
+            let mut options = Vec::new();
             while r.has_remaining() {
                 let filter = r.string()?;
                 validate_topic_filter(&filter)?;
-                let options = r.u8()?;
-                // Upper six bits are reserved [MQTT-3.8.3-4].
-                if options & 0xfc != 0 {
+                let byte = r.u8()?;
+                let qos = QoS::from_u8(byte & 0x03).ok_or(ProtocolError::InvalidQoS)?;
+                if v5 {
+                    // Bits 6 and 7 are reserved, retain handling 3 is malformed
+                    // [MQTT-3.8.3-5].
+                    if byte & 0xc0 != 0 {
+                        return Err(ProtocolError::Malformed(
+                            "SUBSCRIBE options reserved bits set [MQTT-3.8.3-5]",
+                        ));
+                    }
+                    let retain_handling = match (byte >> 4) & 0x03 {
+                        0 => RetainHandling::SendAtSubscribe,
+                        1 => RetainHandling::SendIfNew,
+                        2 => RetainHandling::DoNotSend,
+                        _ => return Err(ProtocolError::Malformed("retain handling 3")),
+                    };
+                    options.push(SubscriptionOptions {
+                        no_local: byte & 0x04 != 0,
+                        retain_as_published: byte & 0x08 != 0,
+                        retain_handling,
+                    });
+                } else if byte & 0xfc != 0 {
+                    // Upper six bits are reserved [MQTT-3.8.3-4].
                     return Err(ProtocolError::Malformed(
                         "SUBSCRIBE options reserved bits set",
                     ));
                 }
-                let qos = QoS::from_u8(options).ok_or(ProtocolError::InvalidQoS)?;
                 filters.push((filter, qos));
             }
             if filters.is_empty() {
                 // [MQTT-3.8.3-3]
                 return Err(ProtocolError::Malformed("SUBSCRIBE without topic filters"));
             }
-            Packet::Subscribe(Subscribe { pid, filters })
+            Packet::Subscribe(Subscribe {
+                pid,
+                filters,
+                options,
+                properties,
+            })
         }
         9 => {
             expect_flags(0, "SUBACK")?;
             let pid = r.packet_id()?;
+            let properties = if v5 {
+                r.properties(ACK_PROPS, "SUBACK")?
+            } else {
+                None
+            };
             let mut codes = Vec::new();
             while r.has_remaining() {
                 codes.push(match r.u8()? {
                     0x80 => SubAckCode::Failure,
-                    v => SubAckCode::Granted(
-                        QoS::from_u8(v).ok_or(ProtocolError::Malformed("bad SUBACK code"))?,
-                    ),
+                    v @ 0..=2 => SubAckCode::Granted(QoS::from_u8(v).unwrap_or_default()),
+                    v if v5 && v > 0x80 => SubAckCode::Refused(v),
+                    _ => return Err(ProtocolError::Malformed("bad SUBACK code")),
                 });
             }
-            Packet::SubAck(SubAck { pid, codes })
+            Packet::SubAck(SubAck {
+                pid,
+                codes,
+                properties,
+            })
         }
         10 => {
             // [MQTT-3.10.1-1]
             expect_flags(0b0010, "UNSUBSCRIBE")?;
             let pid = r.packet_id()?;
+            let properties = if v5 {
+                r.properties(USER_PROPS, "UNSUBSCRIBE")?
+            } else {
+                None
+            };
             let mut filters = Vec::new();
             while r.has_remaining() {
                 let filter = r.string()?;
@@ -194,11 +274,23 @@ pub fn decode_body(first_byte: u8, body: Bytes) -> Result<Packet, ProtocolError>
                     "UNSUBSCRIBE without topic filters",
                 ));
             }
-            Packet::Unsubscribe(Unsubscribe { pid, filters })
+            Packet::Unsubscribe(Unsubscribe {
+                pid,
+                filters,
+                properties,
+            })
         }
         11 => {
             expect_flags(0, "UNSUBACK")?;
-            Packet::UnsubAck(r.packet_id()?)
+            let pid = r.packet_id()?;
+            let mut ack = UnsubAck::new(pid);
+            if v5 {
+                ack.properties = r.properties(ACK_PROPS, "UNSUBACK")?;
+                while r.has_remaining() {
+                    ack.codes.push(r.u8()?);
+                }
+            }
+            Packet::UnsubAck(ack)
         }
         12 => {
             expect_flags(0, "PINGREQ")?;
@@ -210,7 +302,36 @@ pub fn decode_body(first_byte: u8, body: Bytes) -> Result<Packet, ProtocolError>
         }
         14 => {
             expect_flags(0, "DISCONNECT")?;
-            Packet::Disconnect
+            if v5 && r.has_remaining() {
+                let reason = r.u8()?;
+                let properties = if r.has_remaining() {
+                    r.properties(DISCONNECT_PROPS, "DISCONNECT")?
+                } else {
+                    None
+                };
+                if reason == reason::SUCCESS && properties.is_none() {
+                    Packet::Disconnect
+                } else {
+                    Packet::DisconnectWithReason(Disconnect { reason, properties })
+                }
+            } else {
+                Packet::Disconnect
+            }
+        }
+        15 if v5 => {
+            expect_flags(0, "AUTH")?;
+            let (reason, properties) = if r.has_remaining() {
+                let reason = r.u8()?;
+                let properties = if r.has_remaining() {
+                    r.properties(AUTH_PROPS, "AUTH")?
+                } else {
+                    None
+                };
+                (reason, properties)
+            } else {
+                (reason::SUCCESS, None)
+            };
+            Packet::Auth(Auth { reason, properties })
         }
         other => return Err(ProtocolError::InvalidPacketType(other)),
     };
@@ -220,12 +341,44 @@ pub fn decode_body(first_byte: u8, body: Bytes) -> Result<Packet, ProtocolError>
     Ok(packet)
 }
 
+/// PUBACK, PUBREC, PUBREL or PUBCOMP: a packet id and, in MQTT 5, an optional reason code
+/// and properties (a remaining length of 2 means success without properties, 3.4.2.1).
+fn decode_ack(r: &mut Reader, kind: AckKind, v5: bool) -> Result<Packet, ProtocolError> {
+    let pid = r.packet_id()?;
+    let (reason, properties) = if v5 && r.has_remaining() {
+        let reason = r.u8()?;
+        let properties = if r.has_remaining() {
+            r.properties(ACK_PROPS, "acknowledgement")?
+        } else {
+            None
+        };
+        (reason, properties)
+    } else {
+        (reason::SUCCESS, None)
+    };
+    if reason == reason::SUCCESS && properties.is_none() {
+        return Ok(match kind {
+            AckKind::PubAck => Packet::PubAck(pid),
+            AckKind::PubRec => Packet::PubRec(pid),
+            AckKind::PubRel => Packet::PubRel(pid),
+            AckKind::PubComp => Packet::PubComp(pid),
+        });
+    }
+    Ok(Packet::Ack(Ack {
+        kind,
+        pid,
+        reason,
+        properties,
+    }))
+}
+
 fn decode_connect(r: &mut Reader) -> Result<Connect, ProtocolError> {
     let name = r.string()?;
     let level = r.u8()?;
     // [MQTT-3.1.2-1]: a wrong protocol name is closed without CONNACK.
     let protocol = match (name.as_str(), level) {
         ("MQTT", 4) => ProtocolLevel::V311,
+        ("MQTT", 5) => ProtocolLevel::V5,
         ("MQIsdp", 3) => ProtocolLevel::V31,
         ("MQTT", _) | ("MQIsdp", _) => {
             // [MQTT-3.1.2-2]: answered with CONNACK 0x01.
@@ -233,6 +386,7 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, ProtocolError> {
         }
         _ => return Err(ProtocolError::InvalidProtocolName(name)),
     };
+    let v5 = protocol.is_v5();
     let flags = r.u8()?;
     // [MQTT-3.1.2-3]
     if flags & 0x01 != 0 {
@@ -252,16 +406,40 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, ProtocolError> {
     }
     // [MQTT-3.1.2-14]
     let will_qos = QoS::from_u8(will_qos_bits).ok_or(ProtocolError::InvalidQoS)?;
-    if password_flag && !username_flag {
-        // [MQTT-3.1.2-22]
+    if password_flag && !username_flag && !v5 {
+        // [MQTT-3.1.2-22]; MQTT 5 allows a password without a user name.
         return Err(ProtocolError::Malformed(
             "password flag set without user name flag",
         ));
     }
     let keep_alive = r.u16()?;
+    let properties = if v5 {
+        r.properties(CONNECT_PROPS, "CONNECT")?
+    } else {
+        None
+    };
+    if let Some(p) = &properties {
+        // [MQTT-3.1.2-?]: 0 is a protocol error for both (3.1.2.11.3, 3.1.2.11.4).
+        if p.receive_maximum == Some(0) {
+            return Err(ProtocolError::ProtocolViolation("receive maximum 0"));
+        }
+        if p.maximum_packet_size == Some(0) {
+            return Err(ProtocolError::ProtocolViolation("maximum packet size 0"));
+        }
+        if p.authentication_data.is_some() && p.authentication_method.is_none() {
+            return Err(ProtocolError::ProtocolViolation(
+                "authentication data without authentication method",
+            ));
+        }
+    }
     // [MQTT-3.1.3-4]: the client id is a UTF-8 string.
     let client_id = r.string()?;
     let will = if will_flag {
+        let properties = if v5 {
+            r.properties(WILL_PROPS, "will properties")?
+        } else {
+            None
+        };
         let topic = r.string()?;
         validate_topic_name(&topic)?;
         let payload = r.binary()?;
@@ -270,6 +448,7 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, ProtocolError> {
             payload,
             qos: will_qos,
             retain: will_retain,
+            properties,
         })
     } else {
         None
@@ -292,10 +471,11 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, ProtocolError> {
         will,
         username,
         password,
+        properties,
     })
 }
 
-fn decode_publish(flags: u8, r: &mut Reader) -> Result<Publish, ProtocolError> {
+fn decode_publish(flags: u8, r: &mut Reader, v5: bool) -> Result<Publish, ProtocolError> {
     let dup = flags & 0x08 != 0;
     // [MQTT-3.3.1-4]
     let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(ProtocolError::InvalidQoS)?;
@@ -305,13 +485,23 @@ fn decode_publish(flags: u8, r: &mut Reader) -> Result<Publish, ProtocolError> {
         return Err(ProtocolError::Malformed("DUP set on a QoS 0 PUBLISH"));
     }
     let topic = r.string()?;
-    // [MQTT-3.3.2-2]
-    validate_topic_name(&topic)?;
     let pid = if qos == QoS::AtMostOnce {
         None
     } else {
         Some(r.packet_id()?)
     };
+    let properties = if v5 {
+        r.properties(PUBLISH_PROPS, "PUBLISH")?
+            .map(|p| Arc::<Properties>::from(*p))
+    } else {
+        None
+    };
+    let alias = properties.as_ref().and_then(|p| p.topic_alias);
+    // MQTT 5: an empty topic name is allowed when a topic alias stands for it (3.3.2.3.4);
+    // the engine resolves it. Otherwise [MQTT-3.3.2-2].
+    if !(topic.is_empty() && alias.is_some()) {
+        validate_topic_name(&topic)?;
+    }
     let payload = r.rest();
     Ok(Publish {
         dup,
@@ -320,8 +510,32 @@ fn decode_publish(flags: u8, r: &mut Reader) -> Result<Publish, ProtocolError> {
         topic: Arc::from(topic),
         pid,
         payload,
+        properties,
     })
 }
+
+/// Property sets allowed per packet (section 2.2.2.2), as bit masks over identifiers.
+const fn mask(ids: &[u8]) -> u64 {
+    let mut m = 0u64;
+    let mut i = 0;
+    while i < ids.len() {
+        m |= 1 << ids[i];
+        i += 1;
+    }
+    m
+}
+const PUBLISH_PROPS: u64 = mask(&[0x01, 0x02, 0x03, 0x08, 0x09, 0x0b, 0x23, 0x26]);
+const WILL_PROPS: u64 = mask(&[0x01, 0x02, 0x03, 0x08, 0x09, 0x18, 0x26]);
+const CONNECT_PROPS: u64 = mask(&[0x11, 0x15, 0x16, 0x17, 0x19, 0x21, 0x22, 0x26, 0x27]);
+const CONNACK_PROPS: u64 = mask(&[
+    0x11, 0x12, 0x13, 0x15, 0x16, 0x1a, 0x1c, 0x1f, 0x21, 0x22, 0x24, 0x25, 0x26, 0x27, 0x28, 0x29,
+    0x2a,
+]);
+const ACK_PROPS: u64 = mask(&[0x1f, 0x26]);
+const SUBSCRIBE_PROPS: u64 = mask(&[0x0b, 0x26]);
+const USER_PROPS: u64 = mask(&[0x26]);
+const DISCONNECT_PROPS: u64 = mask(&[0x11, 0x1c, 0x1f, 0x26]);
+const AUTH_PROPS: u64 = mask(&[0x15, 0x16, 0x1f, 0x26]);
 
 /// Cursor over a packet body that reports truncation instead of panicking.
 struct Reader {
@@ -345,6 +559,28 @@ impl Reader {
             return Err(ProtocolError::Truncated);
         }
         Ok(self.buf.get_u16())
+    }
+
+    fn u32(&mut self) -> Result<u32, ProtocolError> {
+        if self.buf.remaining() < 4 {
+            return Err(ProtocolError::Truncated);
+        }
+        Ok(self.buf.get_u32())
+    }
+
+    /// A variable byte integer (section 1.5.5): at most four bytes.
+    fn varint(&mut self) -> Result<u32, ProtocolError> {
+        let mut value = 0u32;
+        for i in 0..4 {
+            let byte = self.u8()?;
+            value |= u32::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(ProtocolError::Malformed(
+            "variable byte integer longer than 4 bytes",
+        ))
     }
 
     /// A non-zero packet identifier [MQTT-2.3.1-1].
@@ -373,6 +609,100 @@ impl Reader {
         Ok(s.to_owned())
     }
 
+    fn flag(&mut self) -> Result<u8, ProtocolError> {
+        match self.u8()? {
+            v @ (0 | 1) => Ok(v),
+            _ => Err(ProtocolError::ProtocolViolation(
+                "a 0-or-1 property has another value",
+            )),
+        }
+    }
+
+    /// An MQTT 5 property list (section 2.2.2): its length, then properties, each allowed
+    /// in `allowed` and, except user properties and subscription identifiers, at most once.
+    /// `None` when the list is empty.
+    fn properties(
+        &mut self,
+        allowed: u64,
+        packet: &'static str,
+    ) -> Result<Option<Box<Properties>>, ProtocolError> {
+        let len = self.varint()? as usize;
+        if len == 0 {
+            return Ok(None);
+        }
+        if self.buf.remaining() < len {
+            return Err(ProtocolError::Malformed(
+                "property length beyond the end of the packet",
+            ));
+        }
+        let mut r = Reader {
+            buf: self.buf.split_to(len),
+        };
+        let mut p = Properties::default();
+        let mut seen = 0u64;
+        while r.has_remaining() {
+            let id = r.varint()?;
+            let bit = if id < 64 { 1u64 << id } else { 0 };
+            let id = u8::try_from(id).unwrap_or(0xff);
+            if allowed & bit == 0 {
+                return Err(ProtocolError::PropertyNotAllowed { id, packet });
+            }
+            if seen & bit != 0 && id != 0x26 && id != 0x0b {
+                return Err(ProtocolError::DuplicateProperty(id));
+            }
+            seen |= bit;
+            match id {
+                0x01 => p.payload_format_indicator = Some(r.flag()?),
+                0x02 => p.message_expiry_interval = Some(r.u32()?),
+                0x03 => p.content_type = Some(r.string()?),
+                0x08 => {
+                    let topic = r.string()?;
+                    // [MQTT-3.3.2-14]: a topic name, without wildcards.
+                    validate_topic_name(&topic)?;
+                    p.response_topic = Some(topic);
+                }
+                0x09 => p.correlation_data = Some(r.binary()?),
+                0x0b => {
+                    let v = r.varint()?;
+                    if v == 0 {
+                        // 3.3.2.3.8 / 3.8.2.1.2
+                        return Err(ProtocolError::ProtocolViolation(
+                            "subscription identifier 0",
+                        ));
+                    }
+                    p.subscription_identifiers.push(v);
+                }
+                0x11 => p.session_expiry_interval = Some(r.u32()?),
+                0x12 => p.assigned_client_identifier = Some(r.string()?),
+                0x13 => p.server_keep_alive = Some(r.u16()?),
+                0x15 => p.authentication_method = Some(r.string()?),
+                0x16 => p.authentication_data = Some(r.binary()?),
+                0x17 => p.request_problem_information = Some(r.flag()?),
+                0x18 => p.will_delay_interval = Some(r.u32()?),
+                0x19 => p.request_response_information = Some(r.flag()?),
+                0x1a => p.response_information = Some(r.string()?),
+                0x1c => p.server_reference = Some(r.string()?),
+                0x1f => p.reason_string = Some(r.string()?),
+                0x21 => p.receive_maximum = Some(r.u16()?),
+                0x22 => p.topic_alias_maximum = Some(r.u16()?),
+                0x23 => p.topic_alias = Some(r.u16()?),
+                0x24 => p.maximum_qos = Some(r.flag()?),
+                0x25 => p.retain_available = Some(r.flag()?),
+                0x26 => {
+                    let k = r.string()?;
+                    let v = r.string()?;
+                    p.user_properties.push((k, v));
+                }
+                0x27 => p.maximum_packet_size = Some(r.u32()?),
+                0x28 => p.wildcard_subscription_available = Some(r.flag()?),
+                0x29 => p.subscription_identifier_available = Some(r.flag()?),
+                0x2a => p.shared_subscription_available = Some(r.flag()?),
+                _ => return Err(ProtocolError::PropertyNotAllowed { id, packet }),
+            }
+        }
+        Ok(Some(Box::new(p)))
+    }
+
     fn rest(&mut self) -> Bytes {
         self.buf.split_off(0)
     }
@@ -394,6 +724,16 @@ pub fn put_remaining_length(out: &mut BytesMut, mut len: usize) {
     }
 }
 
+/// Bytes the variable byte integer encoding of `len` takes.
+fn varint_len(len: usize) -> usize {
+    match len {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
 fn put_string(out: &mut BytesMut, s: &str) {
     put_binary(out, s.as_bytes());
 }
@@ -409,14 +749,170 @@ fn put_ack(out: &mut BytesMut, first: u8, pid: u16) {
     out.put_u16(pid);
 }
 
-/// Size in bytes of the body (variable header + payload) of a PUBLISH.
+/// Size of the encoded property list (without its length prefix).
+fn properties_len(p: &Properties) -> usize {
+    let s = |v: &Option<String>| v.as_ref().map_or(0, |v| 3 + v.len());
+    let b = |v: &Option<Bytes>| v.as_ref().map_or(0, |v| 3 + v.len());
+    let n8 = |v: Option<u8>| v.map_or(0, |_| 2);
+    let n16 = |v: Option<u16>| v.map_or(0, |_| 3);
+    let n32 = |v: Option<u32>| v.map_or(0, |_| 5);
+    n8(p.payload_format_indicator)
+        + n32(p.message_expiry_interval)
+        + s(&p.content_type)
+        + s(&p.response_topic)
+        + b(&p.correlation_data)
+        + p.subscription_identifiers
+            .iter()
+            .map(|&v| 1 + varint_len(v as usize))
+            .sum::<usize>()
+        + n32(p.session_expiry_interval)
+        + s(&p.assigned_client_identifier)
+        + n16(p.server_keep_alive)
+        + s(&p.authentication_method)
+        + b(&p.authentication_data)
+        + n8(p.request_problem_information)
+        + n32(p.will_delay_interval)
+        + n8(p.request_response_information)
+        + s(&p.response_information)
+        + s(&p.server_reference)
+        + s(&p.reason_string)
+        + n16(p.receive_maximum)
+        + n16(p.topic_alias_maximum)
+        + n16(p.topic_alias)
+        + n8(p.maximum_qos)
+        + n8(p.retain_available)
+        + p.user_properties
+            .iter()
+            .map(|(k, v)| 5 + k.len() + v.len())
+            .sum::<usize>()
+        + n32(p.maximum_packet_size)
+        + n8(p.wildcard_subscription_available)
+        + n8(p.subscription_identifier_available)
+        + n8(p.shared_subscription_available)
+}
+
+/// Size of a property list with its length prefix (1 byte when there is none).
+fn properties_field_len(p: Option<&Properties>) -> usize {
+    let len = p.map_or(0, properties_len);
+    varint_len(len) + len
+}
+
+/// Appends a property list with its length prefix.
+fn put_properties(out: &mut BytesMut, p: Option<&Properties>) {
+    let Some(p) = p else {
+        out.put_u8(0);
+        return;
+    };
+    put_remaining_length(out, properties_len(p));
+    let s = |out: &mut BytesMut, id: u8, v: &Option<String>| {
+        if let Some(v) = v {
+            out.put_u8(id);
+            put_string(out, v);
+        }
+    };
+    let b = |out: &mut BytesMut, id: u8, v: &Option<Bytes>| {
+        if let Some(v) = v {
+            out.put_u8(id);
+            put_binary(out, v);
+        }
+    };
+    let n8 = |out: &mut BytesMut, id: u8, v: Option<u8>| {
+        if let Some(v) = v {
+            out.put_u8(id);
+            out.put_u8(v);
+        }
+    };
+    let n16 = |out: &mut BytesMut, id: u8, v: Option<u16>| {
+        if let Some(v) = v {
+            out.put_u8(id);
+            out.put_u16(v);
+        }
+    };
+    let n32 = |out: &mut BytesMut, id: u8, v: Option<u32>| {
+        if let Some(v) = v {
+            out.put_u8(id);
+            out.put_u32(v);
+        }
+    };
+    n8(out, 0x01, p.payload_format_indicator);
+    n32(out, 0x02, p.message_expiry_interval);
+    s(out, 0x03, &p.content_type);
+    s(out, 0x08, &p.response_topic);
+    b(out, 0x09, &p.correlation_data);
+    for &v in &p.subscription_identifiers {
+        out.put_u8(0x0b);
+        put_remaining_length(out, v as usize);
+    }
+    n32(out, 0x11, p.session_expiry_interval);
+    s(out, 0x12, &p.assigned_client_identifier);
+    n16(out, 0x13, p.server_keep_alive);
+    s(out, 0x15, &p.authentication_method);
+    b(out, 0x16, &p.authentication_data);
+    n8(out, 0x17, p.request_problem_information);
+    n32(out, 0x18, p.will_delay_interval);
+    n8(out, 0x19, p.request_response_information);
+    s(out, 0x1a, &p.response_information);
+    s(out, 0x1c, &p.server_reference);
+    s(out, 0x1f, &p.reason_string);
+    n16(out, 0x21, p.receive_maximum);
+    n16(out, 0x22, p.topic_alias_maximum);
+    n16(out, 0x23, p.topic_alias);
+    n8(out, 0x24, p.maximum_qos);
+    n8(out, 0x25, p.retain_available);
+    for (k, v) in &p.user_properties {
+        out.put_u8(0x26);
+        put_string(out, k);
+        put_string(out, v);
+    }
+    n32(out, 0x27, p.maximum_packet_size);
+    n8(out, 0x28, p.wildcard_subscription_available);
+    n8(out, 0x29, p.subscription_identifier_available);
+    n8(out, 0x2a, p.shared_subscription_available);
+}
+
+/// Appends an MQTT 5 property list with its length prefix (for storage, which keeps a
+/// message's properties as they travel on the wire).
+pub fn encode_properties(p: &Properties, out: &mut BytesMut) {
+    put_properties(out, Some(p));
+}
+
+/// Decodes what [`encode_properties`] wrote (any property allowed).
+pub fn decode_properties(b: Bytes) -> Result<Properties, ProtocolError> {
+    let mut r = Reader { buf: b };
+    let p = r.properties(u64::MAX, "stored properties")?;
+    if r.has_remaining() {
+        return Err(ProtocolError::TrailingBytes("properties"));
+    }
+    Ok(p.map(|b| *b).unwrap_or_default())
+}
+
+/// Size in bytes of the body (variable header + payload) of a 3.1.1 PUBLISH.
 pub fn publish_body_len(topic: &str, qos: QoS, payload_len: usize) -> usize {
     2 + topic.len() + if qos == QoS::AtMostOnce { 0 } else { 2 } + payload_len
 }
 
-/// Appends one PUBLISH packet to `out`.
+/// Size in bytes of a whole PUBLISH (fixed header included) as sent to a client of `level`:
+/// what is compared with the client's maximum packet size [MQTT-3.1.2-24].
+pub fn publish_packet_len(p: &Publish, level: ProtocolLevel) -> usize {
+    let mut body = publish_body_len(&p.topic, p.qos, p.payload.len());
+    if level.is_v5() {
+        body += properties_field_len(p.properties.as_deref());
+    }
+    1 + varint_len(body) + body
+}
+
+/// Appends one 3.1.1 PUBLISH packet to `out`.
 pub fn encode_publish(p: &Publish, out: &mut BytesMut) {
-    let body = publish_body_len(&p.topic, p.qos, p.payload.len());
+    encode_publish_with(p, ProtocolLevel::V311, out)
+}
+
+/// Appends one PUBLISH packet for a client of `level` (properties only for MQTT 5).
+pub fn encode_publish_with(p: &Publish, level: ProtocolLevel, out: &mut BytesMut) {
+    let v5 = level.is_v5();
+    let mut body = publish_body_len(&p.topic, p.qos, p.payload.len());
+    if v5 {
+        body += properties_field_len(p.properties.as_deref());
+    }
     out.reserve(body + 5);
     let mut first = 0x30 | ((p.qos as u8) << 1);
     if p.dup {
@@ -431,20 +927,62 @@ pub fn encode_publish(p: &Publish, out: &mut BytesMut) {
     if let Some(pid) = p.pid {
         out.put_u16(pid);
     }
+    if v5 {
+        put_properties(out, p.properties.as_deref());
+    }
     out.put_slice(&p.payload);
 }
 
-/// Appends the encoding of `packet` to `out`.
+/// Appends the 3.1.1 encoding of `packet` to `out` (a CONNECT in its own version).
 ///
 /// The caller is responsible for only encoding well-formed packets (strings shorter
 /// than 64 KiB, packet ids present where required); the broker builds every packet it
 /// sends from values that already passed validation.
 pub fn encode(packet: &Packet, out: &mut BytesMut) {
+    encode_with(packet, ProtocolLevel::V311, out)
+}
+
+/// Appends an MQTT 5 "reason code + properties" tail of an acknowledgement, DISCONNECT or
+/// AUTH packet: omitted entirely when the reason is success and there are no properties.
+fn put_reason_tail(
+    out: &mut BytesMut,
+    first: u8,
+    head: &[u8],
+    reason: u8,
+    props: Option<&Properties>,
+) {
+    let short = reason == reason::SUCCESS && props.is_none();
+    let len = head.len()
+        + if short {
+            0
+        } else {
+            1 + if props.is_some() {
+                properties_field_len(props)
+            } else {
+                0
+            }
+        };
+    out.put_u8(first);
+    put_remaining_length(out, len);
+    out.put_slice(head);
+    if !short {
+        out.put_u8(reason);
+        if props.is_some() {
+            put_properties(out, props);
+        }
+    }
+}
+
+/// Appends the encoding of `packet` for a connection speaking `level` to `out`; MQTT 5
+/// fields are left out for 3.1 / 3.1.1 (an MQTT 5 acknowledgement becomes the plain one).
+pub fn encode_with(packet: &Packet, level: ProtocolLevel, out: &mut BytesMut) {
+    let v5 = level.is_v5();
     match packet {
         Packet::Connect(c) => {
+            let cv5 = c.protocol.is_v5();
             let mut body = BytesMut::new();
             match c.protocol {
-                ProtocolLevel::V311 => put_string(&mut body, "MQTT"),
+                ProtocolLevel::V311 | ProtocolLevel::V5 => put_string(&mut body, "MQTT"),
                 ProtocolLevel::V31 => put_string(&mut body, "MQIsdp"),
             }
             body.put_u8(c.protocol.level());
@@ -466,8 +1004,14 @@ pub fn encode(packet: &Packet, out: &mut BytesMut) {
             }
             body.put_u8(flags);
             body.put_u16(c.keep_alive);
+            if cv5 {
+                put_properties(&mut body, c.properties.as_deref());
+            }
             put_string(&mut body, &c.client_id);
             if let Some(w) = &c.will {
+                if cv5 {
+                    put_properties(&mut body, w.properties.as_deref());
+                }
                 put_string(&mut body, &w.topic);
                 put_binary(&mut body, &w.payload);
             }
@@ -483,49 +1027,127 @@ pub fn encode(packet: &Packet, out: &mut BytesMut) {
         }
         Packet::ConnAck(a) => {
             out.put_u8(0x20);
-            out.put_u8(2);
-            out.put_u8(a.session_present as u8);
-            out.put_u8(a.code as u8);
+            if v5 {
+                let props = a.properties.as_deref();
+                put_remaining_length(out, 2 + properties_field_len(props));
+                out.put_u8(a.session_present as u8);
+                out.put_u8(a.v5_reason());
+                put_properties(out, props);
+            } else {
+                out.put_u8(2);
+                out.put_u8(a.session_present as u8);
+                out.put_u8(a.code as u8);
+            }
         }
-        Packet::Publish(p) => encode_publish(p, out),
+        Packet::Publish(p) => encode_publish_with(p, level, out),
         Packet::PubAck(pid) => put_ack(out, 0x40, *pid),
         Packet::PubRec(pid) => put_ack(out, 0x50, *pid),
         Packet::PubRel(pid) => put_ack(out, 0x62, *pid),
         Packet::PubComp(pid) => put_ack(out, 0x70, *pid),
+        Packet::Ack(a) => {
+            let first = match a.kind {
+                AckKind::PubAck => 0x40,
+                AckKind::PubRec => 0x50,
+                AckKind::PubRel => 0x62,
+                AckKind::PubComp => 0x70,
+            };
+            if v5 {
+                put_reason_tail(
+                    out,
+                    first,
+                    &a.pid.to_be_bytes(),
+                    a.reason,
+                    a.properties.as_deref(),
+                );
+            } else {
+                put_ack(out, first, a.pid);
+            }
+        }
         Packet::Subscribe(s) => {
-            let len = 2 + s.filters.iter().map(|(f, _)| 3 + f.len()).sum::<usize>();
+            let props = if v5 {
+                properties_field_len(s.properties.as_deref())
+            } else {
+                0
+            };
+            let len = 2 + props + s.filters.iter().map(|(f, _)| 3 + f.len()).sum::<usize>();
             out.put_u8(0x82);
             put_remaining_length(out, len);
             out.put_u16(s.pid);
-            for (f, q) in &s.filters {
+            if v5 {
+                put_properties(out, s.properties.as_deref());
+            }
+            for (i, (f, q)) in s.filters.iter().enumerate() {
                 put_string(out, f);
-                out.put_u8(*q as u8);
+                let mut byte = *q as u8;
+                if v5 {
+                    let o = s.options_of(i);
+                    byte |= (o.no_local as u8) << 2
+                        | (o.retain_as_published as u8) << 3
+                        | (o.retain_handling as u8) << 4;
+                }
+                out.put_u8(byte);
             }
         }
         Packet::SubAck(s) => {
+            let props = if v5 {
+                properties_field_len(s.properties.as_deref())
+            } else {
+                0
+            };
             out.put_u8(0x90);
-            put_remaining_length(out, 2 + s.codes.len());
+            put_remaining_length(out, 2 + props + s.codes.len());
             out.put_u16(s.pid);
+            if v5 {
+                put_properties(out, s.properties.as_deref());
+            }
             for c in &s.codes {
-                out.put_u8(match c {
-                    SubAckCode::Granted(q) => *q as u8,
-                    SubAckCode::Failure => 0x80,
-                });
+                out.put_u8(c.byte(level));
             }
         }
         Packet::Unsubscribe(u) => {
-            let len = 2 + u.filters.iter().map(|f| 2 + f.len()).sum::<usize>();
+            let props = if v5 {
+                properties_field_len(u.properties.as_deref())
+            } else {
+                0
+            };
+            let len = 2 + props + u.filters.iter().map(|f| 2 + f.len()).sum::<usize>();
             out.put_u8(0xa2);
             put_remaining_length(out, len);
             out.put_u16(u.pid);
+            if v5 {
+                put_properties(out, u.properties.as_deref());
+            }
             for f in &u.filters {
                 put_string(out, f);
             }
         }
-        Packet::UnsubAck(pid) => put_ack(out, 0xb0, *pid),
+        Packet::UnsubAck(u) => {
+            if v5 {
+                let props = u.properties.as_deref();
+                out.put_u8(0xb0);
+                put_remaining_length(out, 2 + properties_field_len(props) + u.codes.len());
+                out.put_u16(u.pid);
+                put_properties(out, props);
+                out.put_slice(&u.codes);
+            } else {
+                put_ack(out, 0xb0, u.pid);
+            }
+        }
         Packet::PingReq => out.put_slice(&[0xc0, 0]),
         Packet::PingResp => out.put_slice(&[0xd0, 0]),
         Packet::Disconnect => out.put_slice(&[0xe0, 0]),
+        Packet::DisconnectWithReason(d) => {
+            if v5 {
+                put_reason_tail(out, 0xe0, &[], d.reason, d.properties.as_deref());
+            } else {
+                // 3.1.1 has no server DISCONNECT: nothing is sent, the socket just closes.
+            }
+        }
+        Packet::Auth(a) => {
+            if v5 {
+                put_reason_tail(out, 0xf0, &[], a.reason, a.properties.as_deref());
+            }
+        }
     }
 }
 
@@ -561,6 +1183,7 @@ mod tests {
         roundtrip(Packet::PingReq);
         roundtrip(Packet::PubRel(7));
         roundtrip(Packet::Publish(Publish {
+            properties: None,
             dup: true,
             qos: QoS::ExactlyOnce,
             retain: true,
@@ -607,12 +1230,12 @@ mod tests {
     }
 
     #[test]
-    fn protocol_level_5_is_unsupported_mqtt_3_1_2_2() {
+    fn protocol_level_6_is_unsupported_mqtt_3_1_2_2() {
         let mut buf =
-            BytesMut::from(&[0x10u8, 12, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0][..]);
+            BytesMut::from(&[0x10u8, 12, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 60, 0, 0][..]);
         assert_eq!(
             decode(&mut buf, 1024),
-            Err(ProtocolError::UnsupportedProtocolLevel(5))
+            Err(ProtocolError::UnsupportedProtocolLevel(6))
         );
     }
 }
@@ -670,6 +1293,7 @@ mod proptests {
                     None => (None, None),
                 };
                 Packet::Connect(Box::new(Connect {
+                    properties: None,
                     protocol: if v31 {
                         ProtocolLevel::V31
                     } else {
@@ -679,6 +1303,7 @@ mod proptests {
                     keep_alive,
                     client_id,
                     will: will.map(|(t, p, qos, retain)| LastWill {
+                        properties: None,
                         topic: t.into(),
                         payload: p,
                         qos,
@@ -699,6 +1324,7 @@ mod proptests {
             .prop_map(|(dup, qos, retain, topic, pid, payload)| {
                 let qos0 = qos == QoS::AtMostOnce;
                 Packet::Publish(Publish {
+                    properties: None,
                     dup: dup && !qos0,
                     qos,
                     retain,
@@ -714,6 +1340,8 @@ mod proptests {
         prop_oneof![
             connect,
             (any::<bool>(), 0u8..6).prop_map(|(sp, c)| Packet::ConnAck(ConnAck {
+                properties: None,
+                reason_code: None,
                 session_present: sp,
                 code: ConnectReturnCode::from_u8(c).unwrap()
             })),
@@ -722,13 +1350,29 @@ mod proptests {
             pid().prop_map(Packet::PubRec),
             pid().prop_map(Packet::PubRel),
             pid().prop_map(Packet::PubComp),
-            (pid(), prop::collection::vec((topic_filter(), qos()), 1..5))
-                .prop_map(|(pid, filters)| Packet::Subscribe(Subscribe { pid, filters })),
-            (pid(), prop::collection::vec(code, 0..5))
-                .prop_map(|(pid, codes)| Packet::SubAck(SubAck { pid, codes })),
-            (pid(), prop::collection::vec(topic_filter(), 1..5))
-                .prop_map(|(pid, filters)| Packet::Unsubscribe(Unsubscribe { pid, filters })),
-            pid().prop_map(Packet::UnsubAck),
+            (pid(), prop::collection::vec((topic_filter(), qos()), 1..5)).prop_map(
+                |(pid, filters)| Packet::Subscribe(Subscribe {
+                    options: Vec::new(),
+                    properties: None,
+                    pid,
+                    filters
+                })
+            ),
+            (pid(), prop::collection::vec(code, 0..5)).prop_map(|(pid, codes)| Packet::SubAck(
+                SubAck {
+                    properties: None,
+                    pid,
+                    codes
+                }
+            )),
+            (pid(), prop::collection::vec(topic_filter(), 1..5)).prop_map(|(pid, filters)| {
+                Packet::Unsubscribe(Unsubscribe {
+                    properties: None,
+                    pid,
+                    filters,
+                })
+            }),
+            pid().prop_map(|p| Packet::UnsubAck(UnsubAck::new(p))),
             Just(Packet::PingReq),
             Just(Packet::PingResp),
             Just(Packet::Disconnect),

@@ -1,4 +1,4 @@
-//! Why a sequence of bytes is not a valid MQTT 3.1.1 packet.
+//! Why a sequence of bytes is not a valid MQTT packet.
 
 use super::topic::TopicError;
 use thiserror::Error;
@@ -62,4 +62,30 @@ pub enum ProtocolError {
     /// Any other specific violation.
     #[error("{0}")]
     Malformed(&'static str),
+    /// A property identifier that this packet may not carry (MQTT 5, section 2.2.2.2).
+    #[error("property {id:#04x} is not allowed in {packet}")]
+    PropertyNotAllowed {
+        /// Property identifier.
+        id: u8,
+        /// Packet type name.
+        packet: &'static str,
+    },
+    /// A property that may appear once appeared twice (MQTT 5, section 2.2.2.2).
+    #[error("property {0:#04x} included more than once")]
+    DuplicateProperty(u8),
+    /// A well-formed packet that breaks a rule of the protocol (MQTT 5 reason code 0x82).
+    #[error("{0}")]
+    ProtocolViolation(&'static str),
+}
+
+impl ProtocolError {
+    /// The MQTT 5 reason code a server sends in DISCONNECT (or CONNACK) for this error.
+    pub fn reason_code(&self) -> u8 {
+        match self {
+            ProtocolError::DuplicateProperty(_) | ProtocolError::ProtocolViolation(_) => 0x82,
+            ProtocolError::PacketTooLarge { .. } => 0x95,
+            ProtocolError::UnsupportedProtocolLevel(_) => 0x84,
+            _ => 0x81,
+        }
+    }
 }

@@ -9,6 +9,9 @@ pub mod error;
 pub mod packet;
 pub mod topic;
 
+#[cfg(test)]
+mod codec_v5_tests;
+
 pub use codec::{decode, encode};
 pub use error::ProtocolError;
 pub use packet::*;

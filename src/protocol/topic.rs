@@ -31,6 +31,37 @@ pub enum TopicError {
     TooLong(usize),
 }
 
+/// A shared subscription's filter split into its group and the filter it applies
+/// (`$share/{group}/{filter}`, MQTT 5 section 4.8.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedFilter<'a> {
+    /// Share name: the group whose members take turns.
+    pub group: &'a str,
+    /// The topic filter the group subscribes to.
+    pub filter: &'a str,
+}
+
+/// Splits `$share/{group}/{filter}`; `None` for an ordinary filter, `Err` for a shared one
+/// that is malformed: an empty group or one with a wildcard [MQTT-4.8.2-2], or no filter
+/// after it [MQTT-4.8.2-1].
+pub fn parse_shared(filter: &str) -> Option<Result<SharedFilter<'_>, &'static str>> {
+    let rest = filter.strip_prefix("$share/")?;
+    let Some((group, filter)) = rest.split_once('/') else {
+        return Some(Err(
+            "shared subscription without a topic filter [MQTT-4.8.2-1]",
+        ));
+    };
+    if group.is_empty() || group.contains(['+', '#']) {
+        return Some(Err("share name empty or with a wildcard [MQTT-4.8.2-2]"));
+    }
+    if filter.is_empty() {
+        return Some(Err(
+            "shared subscription without a topic filter [MQTT-4.8.2-1]",
+        ));
+    }
+    Some(Ok(SharedFilter { group, filter }))
+}
+
 /// Checks a topic name as used in PUBLISH and will messages.
 pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
     if name.is_empty() {

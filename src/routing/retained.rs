@@ -74,13 +74,21 @@ impl RetainedStore {
     }
 
     /// Every retained message whose topic matches `filter`.
+    /// An expired message is never sent [MQTT-3.3.2-5].
     pub fn matching(&self, filter: &str) -> Vec<Message> {
+        let now = std::time::SystemTime::now();
         if !has_wildcard(filter) {
-            return self.messages.get(filter).cloned().into_iter().collect();
+            return self
+                .messages
+                .get(filter)
+                .filter(|m| !m.is_expired(now))
+                .cloned()
+                .into_iter()
+                .collect();
         }
         self.messages
             .values()
-            .filter(|m| filter_matches(filter, &m.topic))
+            .filter(|m| filter_matches(filter, &m.topic) && !m.is_expired(now))
             .cloned()
             .collect()
     }

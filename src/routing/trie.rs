@@ -106,6 +106,27 @@ impl<K: Hash + Eq + Clone, V> SubscriptionTrie<K, V> {
         old
     }
 
+    /// The value of `key`'s subscription to `filter`, for changing it in place.
+    pub fn get_mut(&mut self, filter: &str, key: &K) -> Option<&mut V> {
+        let mut node = &mut self.root;
+        let mut levels = filter.split('/').peekable();
+        loop {
+            let level = levels.next().unwrap_or("");
+            let last = levels.peek().is_none();
+            if level == "#" {
+                return node.hash.get_mut(key);
+            }
+            node = if level == "+" {
+                node.plus.as_deref_mut()?
+            } else {
+                node.children.get_mut(level)?
+            };
+            if last {
+                return node.exact.get_mut(key);
+            }
+        }
+    }
+
     /// Removes the subscription of `key` to `filter`; returns its value if it existed.
     pub fn remove(&mut self, filter: &str, key: &K) -> Option<V> {
         let levels: Vec<&str> = filter.split('/').collect();

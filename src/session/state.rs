@@ -5,8 +5,9 @@
 //! outbound inflight window and the inbound QoS 2 packet ids awaiting PUBREL. It never
 //! touches a socket, a clock or another session, so it can be property-tested and stored.
 
-use crate::model::Message;
-use crate::protocol::{Packet, QoS};
+use crate::model::{Message, Subscription};
+use crate::protocol::codec::publish_packet_len;
+use crate::protocol::{reason, Ack, AckKind, Packet, ProtocolLevel, QoS};
 use crate::storage::{StorageOp, StoredMessage};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -36,6 +37,37 @@ impl Default for SessionLimits {
 }
 
 pub use crate::model::OutboundState;
+
+/// What the connected client said it can take (MQTT 5 CONNECT properties); a 3.1.1 client
+/// gets the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Protocol revision of the attached connection.
+    pub level: ProtocolLevel,
+    /// Receive Maximum: unacknowledged QoS 1/2 PUBLISHes it accepts [MQTT-3.3.4-9].
+    pub receive_maximum: u16,
+    /// Maximum Packet Size: larger PUBLISHes are dropped for it [MQTT-3.1.2-25].
+    pub max_packet_size: u32,
+}
+
+impl Default for Peer {
+    fn default() -> Self {
+        Peer {
+            level: ProtocolLevel::V311,
+            receive_maximum: u16::MAX,
+            max_packet_size: u32::MAX,
+        }
+    }
+}
+
+/// Messages [`Session::drain`] discarded instead of sending, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Discarded {
+    /// Expired before they could be sent [MQTT-3.3.2-5].
+    pub expired: u64,
+    /// Larger than the client's Maximum Packet Size [MQTT-3.1.2-25].
+    pub too_large: u64,
+}
 
 /// One outbound message in the inflight window.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,9 +137,14 @@ pub struct Session {
     pub client_id: Arc<str>,
     /// Whether the session ends when the connection does.
     pub clean_session: bool,
-    /// Topic filters and their granted QoS.
-    pub subscriptions: BTreeMap<String, QoS>,
+    /// Topic filters and their subscriptions (granted QoS, MQTT 5 options, identifier).
+    pub subscriptions: BTreeMap<String, Subscription>,
+    /// MQTT 5 Session Expiry Interval in seconds; `None`: a 3.1.1 session, whose expiry is
+    /// `persistence.session_expiry`.
+    pub expiry_interval: Option<u32>,
     limits: SessionLimits,
+    peer: Peer,
+    discarded: Discarded,
     online: bool,
     next_pid: u16,
     next_seq: u64,
@@ -130,7 +167,10 @@ impl Session {
             client_id,
             clean_session,
             subscriptions: BTreeMap::new(),
+            expiry_interval: None,
             limits,
+            peer: Peer::default(),
+            discarded: Discarded::default(),
             online: false,
             next_pid: 1,
             next_seq: 1,
@@ -149,7 +189,7 @@ impl Session {
     pub fn restore(
         client_id: Arc<str>,
         limits: SessionLimits,
-        subscriptions: BTreeMap<String, QoS>,
+        subscriptions: BTreeMap<String, Subscription>,
         mut messages: Vec<StoredMessage>,
         inbound: Vec<u16>,
     ) -> Self {
@@ -179,6 +219,37 @@ impl Session {
     /// Journals every later state change for storage (a persistent session on a file store).
     pub fn enable_persistence(&mut self) {
         self.persist = !self.clean_session;
+    }
+
+    /// Whether state changes are journaled (the session is stored).
+    pub fn persistence_enabled(&self) -> bool {
+        self.persist
+    }
+
+    /// Takes every QoS 1/2 message, inflight or queued, that reached this session through
+    /// a shared subscription, with that `$share/...` filter (the session is ending).
+    pub fn take_shared_messages(&mut self) -> Vec<(Arc<str>, Message)> {
+        let shared_of = |m: &Message| {
+            m.props
+                .as_ref()
+                .and_then(|p| p.shared.clone())
+                .filter(|_| m.qos != QoS::AtMostOnce)
+        };
+        let mut out = Vec::new();
+        for f in &self.inflight {
+            // A QoS 2 message past PUBREC has reached its client.
+            if f.state != OutboundState::AwaitPubComp {
+                if let Some(filter) = shared_of(&f.message) {
+                    out.push((filter, f.message.clone()));
+                }
+            }
+        }
+        for (_, m) in &self.queue {
+            if let Some(filter) = shared_of(m) {
+                out.push((filter, m.clone()));
+            }
+        }
+        out
     }
 
     /// Takes the storage operations journaled since the last call.
@@ -218,6 +289,29 @@ impl Session {
         self.limits = limits;
     }
 
+    /// What the attaching client can take (its MQTT 5 CONNECT properties).
+    pub fn set_peer(&mut self, peer: Peer) {
+        self.peer = peer;
+    }
+
+    /// What the attached client can take.
+    pub fn peer(&self) -> Peer {
+        self.peer
+    }
+
+    /// Takes the counts of messages discarded instead of sent since the last call.
+    pub fn take_discarded(&mut self) -> Discarded {
+        std::mem::take(&mut self.discarded)
+    }
+
+    /// Inflight QoS 1/2 messages allowed: the configured window, within the client's
+    /// Receive Maximum [MQTT-3.3.4-7].
+    fn window(&self) -> usize {
+        self.limits
+            .inflight_window
+            .min(usize::from(self.peer.receive_maximum))
+    }
+
     /// Whether a connection is attached.
     pub fn is_online(&self) -> bool {
         self.online
@@ -241,6 +335,11 @@ impl Session {
     /// The inflight window, oldest first.
     pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
         self.inflight.iter()
+    }
+
+    /// Whether an inbound QoS 2 packet id awaits PUBREL.
+    pub fn has_inbound(&self, pid: u16) -> bool {
+        self.inbound_qos2.contains(&pid)
     }
 
     /// Number of inbound QoS 2 messages awaiting PUBREL.
@@ -315,14 +414,20 @@ impl Session {
         if !self.online {
             return;
         }
+        let window = self.window();
+        let now = std::time::SystemTime::now();
         while let Some((_, front)) = self.queue.front() {
-            if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.limits.inflight_window {
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
                 break;
             }
             let Some((seq, message)) = self.queue.pop_front() else {
                 break;
             };
             self.queued_bytes = self.queued_bytes.saturating_sub(message.payload.len());
+            let may_discard = message.props.is_some() || self.peer.max_packet_size != u32::MAX;
+            if may_discard && self.discard_unsendable(seq, &message, now) {
+                continue;
+            }
             // Bounded: the connection takes them after every drain.
             if let Some(at) = message.enqueued_at {
                 if self.delivered_stamps.len() < 4096 {
@@ -353,13 +458,38 @@ impl Session {
         }
     }
 
+    /// Drops a queued message that expired or that the client cannot take; returns
+    /// whether it did. A dropped QoS 1/2 message counts as delivered [MQTT-3.1.2-25].
+    fn discard_unsendable(
+        &mut self,
+        seq: u64,
+        message: &Message,
+        now: std::time::SystemTime,
+    ) -> bool {
+        let expired = message.is_expired(now);
+        let too_large = !expired
+            && self.peer.max_packet_size != u32::MAX
+            && publish_packet_len(&message.to_publish(Some(1), false), self.peer.level)
+                > self.peer.max_packet_size as usize;
+        if !(expired || too_large) {
+            return false;
+        }
+        if expired {
+            self.discarded.expired += 1;
+        } else {
+            self.discarded.too_large += 1;
+        }
+        if message.qos != QoS::AtMostOnce {
+            self.journal(|client_id| StorageOp::DeleteMessage { client_id, seq });
+        }
+        true
+    }
+
     /// Whether there is anything to hand to [`Session::drain`] right now.
     pub fn has_sendable(&self) -> bool {
         match self.queue.front() {
             None => false,
-            Some((_, m)) => {
-                m.qos == QoS::AtMostOnce || self.inflight.len() < self.limits.inflight_window
-            }
+            Some((_, m)) => m.qos == QoS::AtMostOnce || self.inflight.len() < self.window(),
         }
     }
 
@@ -433,9 +563,40 @@ impl Session {
             }
             None => false,
         };
-        // Answer even an unknown id so that the client can finish its flow.
-        out.push(Packet::PubRel(pid));
+        // Answer even an unknown id so that the client can finish its flow; an MQTT 5
+        // client is told it was unknown (0x92).
+        out.push(self.ack(AckKind::PubRel, pid, known));
         Ok(known)
+    }
+
+    /// An MQTT 5 PUBREC with a failure reason (0x80 and above): the QoS 2 flow ends there,
+    /// no PUBREL is sent (section 4.3.3). Returns whether the id was known.
+    pub fn pubrec_failed(&mut self, pid: u16, out: &mut Vec<Packet>) -> bool {
+        let known = match self.position(pid, OutboundState::AwaitPubRec) {
+            Some(i) => self.complete(i),
+            None => false,
+        };
+        self.drain(out);
+        known
+    }
+
+    /// A plain acknowledgement, or for an MQTT 5 client one saying the packet id was not
+    /// found (0x92).
+    fn ack(&self, kind: AckKind, pid: u16, known: bool) -> Packet {
+        if known || !self.peer.level.is_v5() {
+            return match kind {
+                AckKind::PubAck => Packet::PubAck(pid),
+                AckKind::PubRec => Packet::PubRec(pid),
+                AckKind::PubRel => Packet::PubRel(pid),
+                AckKind::PubComp => Packet::PubComp(pid),
+            };
+        }
+        Packet::Ack(Ack {
+            kind,
+            pid,
+            reason: reason::PACKET_IDENTIFIER_NOT_FOUND,
+            properties: None,
+        })
     }
 
     /// PUBCOMP from the client: the QoS 2 flow is complete. Returns whether it was known;
@@ -472,9 +633,8 @@ impl Session {
         }
     }
 
-    /// An inbound QoS 2 PUBLISH: records its id until PUBREL and answers PUBREC.
-    pub fn inbound_qos2(&mut self, pid: u16, out: &mut Vec<Packet>) -> InboundQos2 {
-        out.push(Packet::PubRec(pid));
+    /// An inbound QoS 2 PUBLISH: records its id until PUBREL (the caller answers PUBREC).
+    pub fn inbound_qos2(&mut self, pid: u16) -> InboundQos2 {
         if self.inbound_qos2.insert(pid) {
             self.journal(|client_id| StorageOp::PutInbound { client_id, pid });
             InboundQos2::New
@@ -483,12 +643,21 @@ impl Session {
         }
     }
 
-    /// PUBREL from the client: forget the id and answer PUBCOMP [MQTT-4.3.3-2].
-    pub fn pubrel(&mut self, pid: u16, out: &mut Vec<Packet>) {
+    /// Forgets an inbound QoS 2 id whose PUBREC refused the message (MQTT 5: the flow
+    /// ends with a failure PUBREC, no PUBREL follows).
+    pub fn forget_inbound(&mut self, pid: u16) {
         if self.inbound_qos2.remove(&pid) {
             self.journal(|client_id| StorageOp::DeleteInbound { client_id, pid });
         }
-        out.push(Packet::PubComp(pid));
+    }
+
+    /// PUBREL from the client: forget the id and answer PUBCOMP [MQTT-4.3.3-2].
+    pub fn pubrel(&mut self, pid: u16, out: &mut Vec<Packet>) {
+        let known = self.inbound_qos2.remove(&pid);
+        if known {
+            self.journal(|client_id| StorageOp::DeleteInbound { client_id, pid });
+        }
+        out.push(self.ack(AckKind::PubComp, pid, known));
     }
 }
 
@@ -577,10 +746,11 @@ mod tests {
     fn inbound_qos2_exactly_once() {
         let mut s = Session::new("c".into(), false, SessionLimits::default());
         let mut out = Vec::new();
-        assert_eq!(s.inbound_qos2(9, &mut out), InboundQos2::New);
-        assert_eq!(s.inbound_qos2(9, &mut out), InboundQos2::Duplicate);
+        assert_eq!(s.inbound_qos2(9), InboundQos2::New);
+        assert_eq!(s.inbound_qos2(9), InboundQos2::Duplicate);
         s.pubrel(9, &mut out);
-        assert_eq!(s.inbound_qos2(9, &mut out), InboundQos2::New);
+        assert_eq!(out, vec![Packet::PubComp(9)]);
+        assert_eq!(s.inbound_qos2(9), InboundQos2::New);
     }
 
     #[derive(Debug, Clone)]

@@ -2,12 +2,18 @@
 //! format is explicit and a corrupt record is reported, never trusted.
 
 use super::{SessionRecord, StorageError, StoredMessage};
-use crate::model::Message;
-use crate::model::OutboundState;
-use crate::protocol::QoS;
-use bytes::{Buf, BufMut, Bytes};
+use crate::model::{Message, MessageProps, OutboundState, Subscription};
+use crate::protocol::codec::{decode_properties, encode_properties};
+use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
+/// Records of 3.1.1 messages and sessions.
 const VERSION: u8 = 1;
+/// Records with MQTT 5 extras: message properties, expiry and shared-subscription origin;
+/// subscription options and identifiers, session expiry interval.
+const VERSION_5: u8 = 2;
 
 fn corrupt(table: &'static str, reason: &str) -> StorageError {
     StorageError::Corrupt {
@@ -28,15 +34,67 @@ fn state_byte(s: Option<OutboundState>) -> u8 {
 /// Encodes a message with its optional packet id and state.
 pub fn encode_message(m: &Message, pid: Option<u16>, state: Option<OutboundState>) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + m.topic.len() + m.payload.len());
-    out.put_u8(VERSION);
+    out.put_u8(if m.props.is_some() {
+        VERSION_5
+    } else {
+        VERSION
+    });
     out.put_u8(m.qos as u8);
     out.put_u8(m.retain as u8);
     out.put_u16(pid.unwrap_or(0));
     out.put_u8(state_byte(state));
     out.put_u16(m.topic.len() as u16);
     out.put_slice(m.topic.as_bytes());
+    if let Some(p) = &m.props {
+        let extras = encode_props(p);
+        out.put_u32(extras.len() as u32);
+        out.put_slice(&extras);
+    }
     out.put_slice(&m.payload);
     out
+}
+
+fn put_opt_str(out: &mut BytesMut, s: Option<&str>) {
+    let s = s.unwrap_or("");
+    out.put_u16(s.len() as u16);
+    out.put_slice(s.as_bytes());
+}
+
+/// Expiry as wall-clock milliseconds (0: none), the shared filter, the origin, then the
+/// properties in their wire encoding.
+fn encode_props(p: &MessageProps) -> BytesMut {
+    let mut out = BytesMut::new();
+    let expires_ms = p
+        .expires_at
+        .map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64)
+        .map_or(0, |ms| ms.max(1));
+    out.put_u64(expires_ms);
+    put_opt_str(&mut out, p.shared.as_deref());
+    put_opt_str(&mut out, p.origin.as_deref());
+    encode_properties(&p.properties, &mut out);
+    out
+}
+
+fn take_opt_str(table: &'static str, b: &mut &[u8]) -> Result<Option<Arc<str>>, StorageError> {
+    let s = take_str(table, b)?;
+    Ok((!s.is_empty()).then(|| Arc::from(s)))
+}
+
+fn decode_props(table: &'static str, mut b: &[u8]) -> Result<MessageProps, StorageError> {
+    if b.remaining() < 8 {
+        return Err(corrupt(table, "truncated message extras"));
+    }
+    let expires_ms = b.get_u64();
+    let shared = take_opt_str(table, &mut b)?;
+    let origin = take_opt_str(table, &mut b)?;
+    let properties = decode_properties(Bytes::copy_from_slice(b))
+        .map_err(|e| corrupt(table, &format!("message properties: {e}")))?;
+    Ok(MessageProps {
+        properties,
+        expires_at: (expires_ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(expires_ms)),
+        origin,
+        shared,
+    })
 }
 
 /// Decodes what [`encode_message`] wrote.
@@ -44,7 +102,11 @@ pub fn decode_message(
     table: &'static str,
     mut b: &[u8],
 ) -> Result<(Message, Option<u16>, Option<OutboundState>), StorageError> {
-    if b.remaining() < 8 || b.get_u8() != VERSION {
+    if b.remaining() < 8 {
+        return Err(corrupt(table, "bad header"));
+    }
+    let version = b.get_u8();
+    if version != VERSION && version != VERSION_5 {
         return Err(corrupt(table, "bad header"));
     }
     let qos = QoS::from_u8(b.get_u8()).ok_or_else(|| corrupt(table, "bad QoS"))?;
@@ -65,7 +127,21 @@ pub fn decode_message(
         return Err(corrupt(table, "truncated topic"));
     }
     let topic = std::str::from_utf8(&b[..len]).map_err(|_| corrupt(table, "topic is not UTF-8"))?;
-    let message = Message::new(topic, Bytes::copy_from_slice(&b[len..]), qos, retain);
+    let mut rest = &b[len..];
+    let mut props = None;
+    if version == VERSION_5 {
+        if rest.remaining() < 4 {
+            return Err(corrupt(table, "truncated message extras"));
+        }
+        let n = rest.get_u32() as usize;
+        if rest.remaining() < n {
+            return Err(corrupt(table, "truncated message extras"));
+        }
+        props = Some(Arc::new(decode_props(table, &rest[..n])?));
+        rest = &rest[n..];
+    }
+    let mut message = Message::new(topic, Bytes::copy_from_slice(rest), qos, retain);
+    message.props = props;
     Ok((message, pid, state))
 }
 
@@ -83,7 +159,7 @@ pub fn decode_stored(seq: u64, b: &[u8]) -> Result<StoredMessage, StorageError> 
 /// Encodes a session record.
 pub fn encode_session(r: &SessionRecord) -> Vec<u8> {
     let mut out = Vec::new();
-    out.put_u8(VERSION);
+    out.put_u8(VERSION_5);
     out.put_u64(r.last_seen_ms);
     match &r.username {
         Some(u) => {
@@ -94,10 +170,22 @@ pub fn encode_session(r: &SessionRecord) -> Vec<u8> {
         None => out.put_u8(0),
     }
     out.put_u32(r.subscriptions.len() as u32);
-    for (f, q) in &r.subscriptions {
-        out.put_u8(*q as u8);
+    for (f, sub) in &r.subscriptions {
+        out.put_u8(sub.qos as u8);
+        let o = sub.options;
+        out.put_u8(
+            o.no_local as u8 | (o.retain_as_published as u8) << 1 | (o.retain_handling as u8) << 2,
+        );
+        out.put_u32(sub.id.unwrap_or(0));
         out.put_u16(f.len() as u16);
         out.put_slice(f.as_bytes());
+    }
+    match r.expiry_interval {
+        Some(s) => {
+            out.put_u8(1);
+            out.put_u32(s);
+        }
+        None => out.put_u8(0),
     }
     out
 }
@@ -120,7 +208,11 @@ fn take_str(table: &'static str, b: &mut &[u8]) -> Result<String, StorageError> 
 /// Decodes a session record.
 pub fn decode_session(mut b: &[u8]) -> Result<SessionRecord, StorageError> {
     const T: &str = "sessions";
-    if b.remaining() < 14 || b.get_u8() != VERSION {
+    if b.remaining() < 14 {
+        return Err(corrupt(T, "bad header"));
+    }
+    let version = b.get_u8();
+    if version != VERSION && version != VERSION_5 {
         return Err(corrupt(T, "bad header"));
     }
     let last_seen_ms = b.get_u64();
@@ -137,12 +229,38 @@ pub fn decode_session(mut b: &[u8]) -> Result<SessionRecord, StorageError> {
         if b.remaining() < 1 {
             return Err(corrupt(T, "truncated subscription"));
         }
-        let q = QoS::from_u8(b.get_u8()).ok_or_else(|| corrupt(T, "bad QoS"))?;
-        subscriptions.push((take_str(T, &mut b)?, q));
+        let qos = QoS::from_u8(b.get_u8()).ok_or_else(|| corrupt(T, "bad QoS"))?;
+        let mut sub = Subscription::qos(qos);
+        if version == VERSION_5 {
+            if b.remaining() < 5 {
+                return Err(corrupt(T, "truncated subscription"));
+            }
+            let o = b.get_u8();
+            sub.options = SubscriptionOptions {
+                no_local: o & 1 != 0,
+                retain_as_published: o & 2 != 0,
+                retain_handling: match (o >> 2) & 3 {
+                    0 => RetainHandling::SendAtSubscribe,
+                    1 => RetainHandling::SendIfNew,
+                    _ => RetainHandling::DoNotSend,
+                },
+            };
+            sub.id = Some(b.get_u32()).filter(|&id| id != 0);
+        }
+        subscriptions.push((take_str(T, &mut b)?, sub));
     }
+    let expiry_interval = if version == VERSION_5 && b.remaining() >= 1 && b.get_u8() == 1 {
+        if b.remaining() < 4 {
+            return Err(corrupt(T, "truncated expiry"));
+        }
+        Some(b.get_u32())
+    } else {
+        None
+    };
     Ok(SessionRecord {
         username,
         subscriptions,
         last_seen_ms,
+        expiry_interval,
     })
 }

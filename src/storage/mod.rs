@@ -20,9 +20,11 @@ pub use file::FileStorage;
 pub use memory::MemoryStorage;
 pub use writer::StorageHandle;
 
-use crate::model::Message;
 use crate::model::OutboundState;
+use crate::model::{Message, Subscription};
+#[cfg(test)]
 use crate::protocol::QoS;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use thiserror::Error;
@@ -69,8 +71,10 @@ pub struct StoredMessage {
 pub struct SessionRecord {
     /// User name the client last connected with (for delivery ACL checks while offline).
     pub username: Option<String>,
-    /// Subscriptions with granted QoS.
-    pub subscriptions: Vec<(String, QoS)>,
+    /// Subscriptions with granted QoS, MQTT 5 options and identifiers.
+    pub subscriptions: Vec<(String, Subscription)>,
+    /// MQTT 5 Session Expiry Interval (seconds); `None` for a 3.1.1 session.
+    pub expiry_interval: Option<u32>,
     /// Wall-clock milliseconds of the last disconnect (0 = online or unknown), for expiry.
     pub last_seen_ms: u64,
 }
@@ -179,10 +183,23 @@ mod tests {
                     StorageOp::PutSession {
                         client_id: a.clone(),
                         record: SessionRecord {
+                            expiry_interval: None,
                             username: Some("alice".into()),
                             subscriptions: vec![
-                                ("s/#".into(), QoS::ExactlyOnce),
-                                ("t".into(), QoS::AtLeastOnce),
+                                ("s/#".into(), Subscription::qos(QoS::ExactlyOnce)),
+                                (
+                                    "t".into(),
+                                    Subscription {
+                                        qos: QoS::AtLeastOnce,
+                                        options: crate::protocol::SubscriptionOptions {
+                                            no_local: true,
+                                            retain_as_published: true,
+                                            retain_handling:
+                                                crate::protocol::RetainHandling::DoNotSend,
+                                        },
+                                        id: Some(7),
+                                    },
+                                ),
                             ],
                             last_seen_ms: 42,
                         },

@@ -37,6 +37,7 @@ pub async fn start_broker(adjust: impl FnOnce(&mut Config)) -> BrokerHandle {
 /// A CONNECT packet with the given id and clean-session flag, keep-alive 30 s.
 pub fn connect_packet(client_id: &str, clean_session: bool) -> Connect {
     Connect {
+        properties: None,
         protocol: ProtocolLevel::V311,
         clean_session,
         keep_alive: 30,
@@ -50,6 +51,7 @@ pub fn connect_packet(client_id: &str, clean_session: bool) -> Connect {
 /// A PUBLISH packet.
 pub fn publish(topic: &str, payload: &[u8], qos: QoS, pid: Option<u16>, retain: bool) -> Packet {
     Packet::Publish(Publish {
+        properties: None,
         dup: false,
         qos,
         retain,
@@ -67,6 +69,8 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ByteStream 
 pub struct RawClient {
     pub stream: Box<dyn ByteStream>,
     buf: BytesMut,
+    /// Protocol revision: set by the CONNECT it sends (packets after it depend on it).
+    pub level: mqtt_broker::protocol::ProtocolLevel,
 }
 
 impl RawClient {
@@ -82,6 +86,7 @@ impl RawClient {
         RawClient {
             stream,
             buf: BytesMut::new(),
+            level: mqtt_broker::protocol::ProtocolLevel::V311,
         }
     }
 
@@ -117,8 +122,11 @@ impl RawClient {
 
     /// Sends one packet.
     pub async fn send(&mut self, p: &Packet) {
+        if let Packet::Connect(c) = p {
+            self.level = c.protocol;
+        }
         let mut out = BytesMut::new();
-        encode(p, &mut out);
+        mqtt_broker::protocol::codec::encode_with(p, self.level, &mut out);
         self.stream.write_all(&out).await.expect("write");
     }
 
@@ -139,7 +147,9 @@ impl RawClient {
     pub async fn recv_within(&mut self, d: Duration) -> Result<Option<Packet>, ()> {
         let deadline = tokio::time::Instant::now() + d;
         loop {
-            if let Some(p) = decode(&mut self.buf, usize::MAX).expect("broker sent a valid packet")
+            if let Some(p) =
+                mqtt_broker::protocol::codec::decode_with(&mut self.buf, usize::MAX, self.level)
+                    .expect("broker sent a valid packet")
             {
                 return Ok(Some(p));
             }
@@ -173,6 +183,8 @@ impl RawClient {
     /// Subscribes and returns the SUBACK codes.
     pub async fn subscribe(&mut self, pid: u16, filters: &[(&str, QoS)]) -> Vec<SubAckCode> {
         self.send(&Packet::Subscribe(Subscribe {
+            options: Vec::new(),
+            properties: None,
             pid,
             filters: filters.iter().map(|(f, q)| (f.to_string(), *q)).collect(),
         }))
