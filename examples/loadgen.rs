@@ -287,7 +287,12 @@ fn main() -> ExitCode {
     let props = (v5 && cli.user_properties > 0).then(|| {
         Arc::new(Properties {
             user_properties: (0..cli.user_properties)
-                .map(|i| (format!("name-{i:011}"), format!("value-{i:010}")))
+                .map(|i| {
+                    (
+                        format!("name-{i:011}").into(),
+                        format!("value-{i:010}").into(),
+                    )
+                })
                 .collect(),
             ..Default::default()
         })

@@ -43,9 +43,10 @@ pub struct Message {
 pub struct MessageProps {
     /// PUBLISH properties forwarded to MQTT 5 subscribers (payload format, content type,
     /// response topic, correlation data, user properties in order); on a copy queued for
-    /// one subscriber, also its subscription identifiers. Never a topic alias, and the
-    /// expiry interval is recomputed from `expires_at` when sent [MQTT-3.3.2-6].
-    pub properties: Properties,
+    /// one subscriber, also its subscription identifiers. Never a topic alias; the expiry
+    /// interval is recomputed from `expires_at` when sent [MQTT-3.3.2-6]. Shared by every
+    /// copy of a fanned-out message (`None`: no property).
+    pub properties: Option<Arc<Properties>>,
     /// When the message expires; an expired message is never delivered [MQTT-3.3.2-5].
     pub expires_at: Option<SystemTime>,
     /// Client id of the publisher, kept only when it holds a No Local subscription
@@ -58,9 +59,23 @@ pub struct MessageProps {
 }
 
 impl MessageProps {
+    /// Replaces the subscription identifiers of a copy queued for one subscriber (the other
+    /// properties stay shared unless there are identifiers to write).
+    pub fn set_subscription_identifiers(&mut self, ids: Vec<u32>) {
+        let has = self
+            .properties
+            .as_ref()
+            .is_some_and(|p| !p.subscription_identifiers.is_empty());
+        if ids.is_empty() && !has {
+            return;
+        }
+        let p = Arc::make_mut(self.properties.get_or_insert_with(Default::default));
+        p.subscription_identifiers = ids;
+    }
+
     /// Whether nothing is set (a message with such props needs none).
     pub fn is_empty(&self) -> bool {
-        self.properties.is_empty()
+        self.properties.is_none()
             && self.expires_at.is_none()
             && self.origin.is_none()
             && self.shared.is_none()
@@ -104,15 +119,18 @@ impl Message {
     /// Takes the message out of a received PUBLISH; its properties, but the topic alias
     /// and subscription identifiers, travel with it, the expiry interval as a deadline.
     pub fn from_publish(p: Publish) -> Self {
-        let props = p.properties.map(|arc| {
-            let mut properties = Arc::try_unwrap(arc).unwrap_or_else(|a| (*a).clone());
-            properties.topic_alias = None;
-            properties.subscription_identifiers.clear();
-            let expires_at = properties
+        let props = p.properties.map(|mut arc| {
+            if arc.topic_alias.is_some() || !arc.subscription_identifiers.is_empty() {
+                // Only copied when shared, which a freshly decoded PUBLISH's are not.
+                let p = Arc::make_mut(&mut arc);
+                p.topic_alias = None;
+                p.subscription_identifiers.clear();
+            }
+            let expires_at = arc
                 .message_expiry_interval
                 .map(|s| SystemTime::now() + std::time::Duration::from_secs(u64::from(s)));
             MessageProps {
-                properties,
+                properties: (!arc.is_empty()).then_some(arc),
                 expires_at,
                 ..Default::default()
             }
@@ -146,18 +164,18 @@ impl Message {
             pid,
             payload: self.payload.clone(),
             properties: self.props.as_ref().and_then(|m| {
-                if m.properties.is_empty() {
-                    return None;
-                }
-                let mut properties = m.properties.clone();
-                if let Some(at) = m.expires_at {
-                    let left = at
-                        .duration_since(SystemTime::now())
-                        .unwrap_or_default()
-                        .as_secs();
-                    properties.message_expiry_interval =
-                        Some(u32::try_from(left).unwrap_or(u32::MAX).max(1));
-                }
+                let shared = m.properties.as_ref()?;
+                let Some(at) = m.expires_at else {
+                    // The common case: every copy shares the publisher's properties.
+                    return Some(shared.clone());
+                };
+                let left = at
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default()
+                    .as_secs();
+                let mut properties = (**shared).clone();
+                properties.message_expiry_interval =
+                    Some(u32::try_from(left).unwrap_or(u32::MAX).max(1));
                 Some(Arc::new(properties))
             }),
         }

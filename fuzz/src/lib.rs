@@ -938,7 +938,7 @@ fn valid_packets() -> Vec<Packet> {
 fn valid_v5_packets() -> Vec<Packet> {
     use mqtt_broker::protocol::*;
     use std::sync::Arc;
-    let user = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let user = |k: &str, v: &str| (k.into(), v.into());
     let publish = |qos: QoS, pid: Option<u16>, topic: &str, properties: Properties| {
         Packet::Publish(Publish {
             dup: false,

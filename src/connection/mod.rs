@@ -356,6 +356,7 @@ where
     // is connected: an idle connection's task holds only what it needs.
     drop(connect);
     drop(runtime);
+    drop(client);
     let mut reason = conn.run(&mut engine, &close, credentials).await;
     if reason.finishes_inbound() {
         // Closed by the broker (takeover, admin, listener removal, shutdown): what the
@@ -374,10 +375,10 @@ where
     Box::pin(conn.flush_best_effort()).await;
     drop(registration);
     let deferred = engine.closed(&core, &reason);
-    let entry = engine.entry().clone();
     // Detaches only after the will is published, so a takeover sees it first.
     drop(attachment);
     if let Some(will) = deferred {
+        let (entry, client) = (engine.entry().clone(), engine.client().clone());
         core.publish_will_later(entry, conn_id, client, will);
     }
 }

@@ -125,7 +125,8 @@ pub(crate) struct Engine {
     /// MQTT 5 state; `None` for 3.1 / 3.1.1 (which keeps an idle connection small).
     v5: Option<Box<Negotiated>>,
     entry: Arc<SessionEntry>,
-    will: Option<LastWill>,
+    /// Boxed: most clients have none, and an idle connection keeps its engine.
+    will: Option<Box<LastWill>>,
     /// Longest silence allowed (1.5 × keep-alive [MQTT-3.1.2-24]), if any.
     idle_limit: Option<Duration>,
     /// When the keep-alive expires unless a whole packet arrives first.
@@ -181,7 +182,7 @@ impl Engine {
             client,
             v5: v5.map(Box::new),
             entry,
-            will,
+            will: will.map(Box::new),
             idle_limit,
             idle_deadline: idle_limit.map(|d| now + d),
             throttle: None,
@@ -352,12 +353,15 @@ impl Engine {
         let ticket = core.persist(&mut state);
         drop(state);
         if discarded.expired > 0 {
-            Counters::add(&core.counters.ops.expired_messages, discarded.expired);
+            Counters::add(
+                &core.counters.ops.expired_messages,
+                u64::from(discarded.expired),
+            );
         }
         if discarded.too_large > 0 {
             Counters::add(
                 &core.counters.ops.dropped_too_large_for_client,
-                discarded.too_large,
+                u64::from(discarded.too_large),
             );
         }
         self.note(Receipt::from_ticket(ticket));
@@ -702,7 +706,7 @@ impl Engine {
             if let Some(id) = sub.id {
                 // The subscription identifier goes with retained messages too [MQTT-3.3.4-3].
                 let mut props = m.props.as_deref().cloned().unwrap_or_default();
-                props.properties.subscription_identifiers = vec![id];
+                props.set_subscription_identifiers(vec![id]);
                 m.props = Some(Arc::new(props));
             }
             state.enqueue_retained(m);
@@ -1021,7 +1025,7 @@ impl Engine {
             let delay = delay.min(session_expiry);
             if delay > 0 {
                 return Some(DeferredWill {
-                    will,
+                    will: *will,
                     delay: Duration::from_secs(u64::from(delay)),
                 });
             }

@@ -28,7 +28,14 @@ pub(crate) struct Negotiation {
 
 /// Negotiates an MQTT 5 CONNECT against `config`; `assigned` is the client id the server
 /// assigned when the client sent an empty one [MQTT-3.2.2-16].
-pub(crate) fn negotiate(config: &Config, connect: &Connect, assigned: Option<&str>) -> Negotiation {
+///
+/// Boxed: the connection task keeps its locals in its future, for as long as the
+/// connection lives; an idle connection should not pay for CONNACK properties.
+pub(crate) fn negotiate(
+    config: &Config,
+    connect: &Connect,
+    assigned: Option<&str>,
+) -> Box<Negotiation> {
     let mqtt5 = &config.mqtt5;
     let empty = Properties::default();
     let requested = connect.properties.as_deref().unwrap_or(&empty);
@@ -103,13 +110,13 @@ pub(crate) fn negotiate(config: &Config, connect: &Connect, assigned: Option<&st
         // The client's Topic Alias Maximum bounds the aliases we send [MQTT-3.3.2-10].
         negotiated.outbound_alias_maximum = requested.topic_alias_maximum.unwrap_or(0);
     }
-    Negotiation {
+    Box::new(Negotiation {
         session_expiry,
         keep_alive,
         peer,
         negotiated,
         connack,
-    }
+    })
 }
 
 #[cfg(test)]

@@ -491,8 +491,7 @@ fn decode_publish(flags: u8, r: &mut Reader, v5: bool) -> Result<Publish, Protoc
         Some(r.packet_id()?)
     };
     let properties = if v5 {
-        r.properties(PUBLISH_PROPS, "PUBLISH")?
-            .map(|p| Arc::<Properties>::from(*p))
+        r.properties_value(PUBLISH_PROPS, "PUBLISH")?.map(Arc::new)
     } else {
         None
     };
@@ -609,6 +608,15 @@ impl Reader {
         Ok(s.to_owned())
     }
 
+    /// Like [`Reader::string`], but sharing the packet's buffer instead of copying.
+    fn shared_string(&mut self) -> Result<ByteString, ProtocolError> {
+        let raw = self.binary()?;
+        if raw.contains(&0) {
+            return Err(ProtocolError::NullCharacter);
+        }
+        ByteString::try_from(raw).map_err(|_| ProtocolError::InvalidUtf8)
+    }
+
     fn flag(&mut self) -> Result<u8, ProtocolError> {
         match self.u8()? {
             v @ (0 | 1) => Ok(v),
@@ -626,6 +634,15 @@ impl Reader {
         allowed: u64,
         packet: &'static str,
     ) -> Result<Option<Box<Properties>>, ProtocolError> {
+        Ok(self.properties_value(allowed, packet)?.map(Box::new))
+    }
+
+    /// [`Reader::properties`] without the box (a PUBLISH puts them in an `Arc` at once).
+    fn properties_value(
+        &mut self,
+        allowed: u64,
+        packet: &'static str,
+    ) -> Result<Option<Properties>, ProtocolError> {
         let len = self.varint()? as usize;
         if len == 0 {
             return Ok(None);
@@ -689,8 +706,8 @@ impl Reader {
                 0x24 => p.maximum_qos = Some(r.flag()?),
                 0x25 => p.retain_available = Some(r.flag()?),
                 0x26 => {
-                    let k = r.string()?;
-                    let v = r.string()?;
+                    let k = r.shared_string()?;
+                    let v = r.shared_string()?;
                     p.user_properties.push((k, v));
                 }
                 0x27 => p.maximum_packet_size = Some(r.u32()?),
@@ -700,7 +717,7 @@ impl Reader {
                 _ => return Err(ProtocolError::PropertyNotAllowed { id, packet }),
             }
         }
-        Ok(Some(Box::new(p)))
+        Ok(Some(p))
     }
 
     fn rest(&mut self) -> Bytes {
@@ -879,11 +896,11 @@ pub fn encode_properties(p: &Properties, out: &mut BytesMut) {
 /// Decodes what [`encode_properties`] wrote (any property allowed).
 pub fn decode_properties(b: Bytes) -> Result<Properties, ProtocolError> {
     let mut r = Reader { buf: b };
-    let p = r.properties(u64::MAX, "stored properties")?;
+    let p = r.properties_value(u64::MAX, "stored properties")?;
     if r.has_remaining() {
         return Err(ProtocolError::TrailingBytes("properties"));
     }
-    Ok(p.map(|b| *b).unwrap_or_default())
+    Ok(p.unwrap_or_default())
 }
 
 /// Size in bytes of the body (variable header + payload) of a 3.1.1 PUBLISH.

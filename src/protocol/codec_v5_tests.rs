@@ -210,7 +210,7 @@ fn any_properties() -> BoxedStrategy<Properties> {
                 topic_alias: ta,
                 maximum_qos: mq,
                 retain_available: ra,
-                user_properties: up,
+                user_properties: up.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
                 maximum_packet_size: mps,
                 wildcard_subscription_available: wsa,
                 subscription_identifier_available: sia,
@@ -958,7 +958,7 @@ fn user_properties_repeat_and_keep_their_order_mqtt_3_3_2_18() {
     let pairs: Vec<(&str, &str)> = props
         .user_properties
         .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .map(|(k, v)| (&**k, &**v))
         .collect();
     assert_eq!(pairs, [("k", "1"), ("j", "2"), ("k", "3")]);
     assert_eq!(props.content_type.as_deref(), Some("t"));

@@ -6,6 +6,7 @@
 //! values into bytes and back.
 
 use bytes::Bytes;
+pub use bytestring::ByteString;
 use std::sync::Arc;
 
 /// Quality of service level of a message or subscription.
@@ -118,8 +119,9 @@ pub struct Properties {
     pub maximum_qos: Option<u8>,
     /// 0x25: whether the server supports retained messages.
     pub retain_available: Option<u8>,
-    /// 0x26: name/value pairs, order kept [MQTT-3.3.2-18].
-    pub user_properties: Vec<(String, String)>,
+    /// 0x26: name/value pairs, order kept [MQTT-3.3.2-18]. Decoded without a copy: the
+    /// strings share the received packet's buffer, like the payload.
+    pub user_properties: Vec<(ByteString, ByteString)>,
     /// 0x27: largest packet the sender accepts.
     pub maximum_packet_size: Option<u32>,
     /// 0x28: whether wildcard subscriptions are supported.

@@ -64,9 +64,9 @@ impl Default for Peer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Discarded {
     /// Expired before they could be sent [MQTT-3.3.2-5].
-    pub expired: u64,
+    pub expired: u32,
     /// Larger than the client's Maximum Packet Size [MQTT-3.1.2-25].
-    pub too_large: u64,
+    pub too_large: u32,
 }
 
 /// One outbound message in the inflight window.

@@ -71,7 +71,10 @@ fn encode_props(p: &MessageProps) -> BytesMut {
     out.put_u64(expires_ms);
     put_opt_str(&mut out, p.shared.as_deref());
     put_opt_str(&mut out, p.origin.as_deref());
-    encode_properties(&p.properties, &mut out);
+    encode_properties(
+        p.properties.as_deref().unwrap_or(&Default::default()),
+        &mut out,
+    );
     out
 }
 
@@ -90,7 +93,7 @@ fn decode_props(table: &'static str, mut b: &[u8]) -> Result<MessageProps, Stora
     let properties = decode_properties(Bytes::copy_from_slice(b))
         .map_err(|e| corrupt(table, &format!("message properties: {e}")))?;
     Ok(MessageProps {
-        properties,
+        properties: (!properties.is_empty()).then(|| Arc::new(properties)),
         expires_at: (expires_ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(expires_ms)),
         origin,
         shared,
