@@ -360,8 +360,9 @@ impl Import {
                 }
             }
             "max_keepalive" => {
-                number_of(value)?;
-                self.note(at, format!("max_keepalive {value}: in Mosquitto 2.0 it only tells MQTT 5 clients a server keep alive; 3.1.1 clients are not affected, so it has no equivalent here yet"));
+                let n = number_of(value)?.min(u64::from(u16::MAX));
+                set(&mut self.root, "mqtt5.max_keep_alive", number(n));
+                self.note(at, format!("max_keepalive {value} -> mqtt5.max_keep_alive: MQTT 5 clients get it as Server Keep Alive; Mosquitto also refuses 3.1.1 clients asking for more (CONNACK 0x02), this broker accepts them"));
             }
             "retain_available" => {
                 let on = bool_of(value)?;
@@ -603,6 +604,7 @@ mod tests {
         assert!(c.performance.queue_qos0_offline);
         assert_eq!(c.server.max_packet_size, 4096);
         assert!(i.notes.iter().any(|n| n.contains("max_keepalive 120")));
+        assert_eq!(c.mqtt5.max_keep_alive, 120);
         assert!(!c.limits.retain_available);
         assert_eq!(c.server.sys_interval.get().as_secs(), 30);
         assert_eq!(c.persistence.session_expiry.get().as_secs(), 2 * 86_400);
