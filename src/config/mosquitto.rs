@@ -360,7 +360,7 @@ impl Import {
                 }
             }
             "max_keepalive" => {
-                let n = number_of(value)?.min(u64::from(u16::MAX));
+                let n = number_of(value)?.clamp(0, i64::from(u16::MAX)) as u64;
                 set(&mut self.root, "mqtt5.max_keep_alive", number(n));
                 self.note(at, format!("max_keepalive {value} -> mqtt5.max_keep_alive: MQTT 5 clients get it as Server Keep Alive; Mosquitto also refuses 3.1.1 clients asking for more (CONNACK 0x02), this broker accepts them"));
             }
