@@ -415,7 +415,6 @@ impl Session {
             return;
         }
         let window = self.window();
-        let now = std::time::SystemTime::now();
         while let Some((_, front)) = self.queue.front() {
             if front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
                 break;
@@ -425,7 +424,7 @@ impl Session {
             };
             self.queued_bytes = self.queued_bytes.saturating_sub(message.payload.len());
             let may_discard = message.props.is_some() || self.peer.max_packet_size != u32::MAX;
-            if may_discard && self.discard_unsendable(seq, &message, now) {
+            if may_discard && self.discard_unsendable(seq, &message) {
                 continue;
             }
             // Bounded: the connection takes them after every drain.
@@ -460,13 +459,13 @@ impl Session {
 
     /// Drops a queued message that expired or that the client cannot take; returns
     /// whether it did. A dropped QoS 1/2 message counts as delivered [MQTT-3.1.2-25].
-    fn discard_unsendable(
-        &mut self,
-        seq: u64,
-        message: &Message,
-        now: std::time::SystemTime,
-    ) -> bool {
-        let expired = message.is_expired(now);
+    fn discard_unsendable(&mut self, seq: u64, message: &Message) -> bool {
+        // The clock is read only for a message that can expire.
+        let expired = message
+            .props
+            .as_ref()
+            .is_some_and(|p| p.expires_at.is_some())
+            && message.is_expired(std::time::SystemTime::now());
         let too_large = !expired
             && self.peer.max_packet_size != u32::MAX
             && publish_packet_len(&message.to_publish(Some(1), false), self.peer.level)
