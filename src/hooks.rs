@@ -195,6 +195,41 @@ pub trait Transformer: Send + Sync {
     fn transform(&self, client: &ClientInfo, message: &Message) -> TransformResult;
 }
 
+/// One step of an MQTT 5 enhanced authentication exchange (section 4.12).
+pub enum AuthStep {
+    /// Send this data to the client in AUTH 0x18 (continue authentication) and hand its
+    /// answer to the exchange.
+    Continue(Vec<u8>, Box<dyn AuthExchange>),
+    /// Authenticated as `username`; `data` (if any) goes to the client in CONNACK, or in
+    /// AUTH 0x00 after a re-authentication.
+    Success {
+        /// The authenticated user (the client's user name from now on).
+        username: String,
+        /// Final server data.
+        data: Option<Vec<u8>>,
+    },
+    /// Refused; the text is for the broker's log.
+    Failure(String),
+}
+
+/// An enhanced authentication exchange in progress: takes the client's next data.
+pub trait AuthExchange: Send {
+    /// The client's next AUTH data.
+    fn next(self: Box<Self>, data: &[u8]) -> AuthStep;
+}
+
+/// An MQTT 5 enhanced authentication method (Authentication Method in CONNECT or AUTH):
+/// a challenge/response exchange of AUTH packets, also used to re-authenticate.
+pub trait EnhancedAuthenticator: Send + Sync {
+    /// The method name clients put in Authentication Method (e.g. `SCRAM-SHA-512`).
+    fn method(&self) -> &str;
+    /// Starts an exchange with the client's first Authentication Data.
+    fn start(&self, data: &[u8]) -> AuthStep;
+    /// Whether `username` could still authenticate (checked for connected clients after a
+    /// reload with `reauthorize_on_reload`).
+    fn knows(&self, username: &str) -> bool;
+}
+
 /// The configured hooks in call order, and how to combine their answers.
 #[derive(Clone, Default)]
 pub struct SecurityChain {
@@ -204,6 +239,8 @@ pub struct SecurityChain {
     pub authorizers: Vec<Arc<dyn Authorizer>>,
     /// Transformers in call order.
     pub transformers: Vec<Arc<dyn Transformer>>,
+    /// MQTT 5 enhanced authentication methods offered, by method name.
+    pub enhanced: Vec<Arc<dyn EnhancedAuthenticator>>,
     /// Every client must be allowed by some authenticator.
     pub require_auth: bool,
     /// Clients without a user name may connect (when `require_auth` is off).
@@ -238,6 +275,11 @@ impl std::fmt::Debug for SecurityChain {
 }
 
 impl SecurityChain {
+    /// The enhanced authentication method called `method`, if offered.
+    pub fn enhanced(&self, method: &str) -> Option<&Arc<dyn EnhancedAuthenticator>> {
+        self.enhanced.iter().find(|e| e.method() == method)
+    }
+
     /// An open broker: everybody may connect and do anything.
     pub fn open() -> Self {
         SecurityChain {

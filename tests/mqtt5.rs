@@ -1396,3 +1396,180 @@ async fn v5_state_survives_kill_9() {
     assert_eq!(p.subscription_identifiers, vec![5]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A SCRAM-SHA-512 client written here from RFC 5802 (independently of the broker's
+/// `auth::scram`): the client-final-message for `server_first` and the server signature to
+/// expect.
+fn scram_client_final(
+    user: &str,
+    password: &str,
+    cnonce: &str,
+    server_first: &str,
+) -> (String, String) {
+    use base64::Engine as _;
+    use hmac::Mac;
+    use sha2::Digest;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let field = |k: &str| {
+        server_first
+            .split(',')
+            .find_map(|a| a.strip_prefix(k))
+            .unwrap_or_else(|| panic!("{k} in {server_first}"))
+            .to_string()
+    };
+    let (nonce, salt, iterations) = (field("r="), field("s="), field("i="));
+    assert!(nonce.starts_with(cnonce), "server nonce extends ours");
+    let salt = b64.decode(salt).unwrap();
+    let mut salted = [0u8; 64];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(
+        password.as_bytes(),
+        &salt,
+        iterations.parse().unwrap(),
+        &mut salted,
+    );
+    let hmac = |key: &[u8], data: &[u8]| {
+        let mut m = hmac::Hmac::<sha2::Sha512>::new_from_slice(key).unwrap();
+        m.update(data);
+        m.finalize().into_bytes().to_vec()
+    };
+    let without_proof = format!("c=biws,r={nonce}");
+    let auth_message = format!("n={user},r={cnonce},{server_first},{without_proof}");
+    let client_key = hmac(&salted, b"Client Key");
+    let stored_key = sha2::Sha512::digest(&client_key);
+    let signature = hmac(&stored_key, auth_message.as_bytes());
+    let proof: Vec<u8> = client_key
+        .iter()
+        .zip(&signature)
+        .map(|(a, b)| a ^ b)
+        .collect();
+    let server_signature = hmac(&hmac(&salted, b"Server Key"), auth_message.as_bytes());
+    (
+        format!("{without_proof},p={}", b64.encode(proof)),
+        format!("v={}", b64.encode(server_signature)),
+    )
+}
+
+fn auth_props(data: &str) -> Option<Box<Properties>> {
+    Some(Box::new(Properties {
+        authentication_method: Some("SCRAM-SHA-512".into()),
+        authentication_data: Some(Bytes::copy_from_slice(data.as_bytes())),
+        ..Default::default()
+    }))
+}
+
+/// The server's data of an AUTH packet with `reason`.
+async fn expect_auth(c: &mut RawClient, reason: u8) -> String {
+    match c.recv().await {
+        Some(Packet::Auth(a)) => {
+            assert_eq!(a.reason, reason);
+            let p = a.properties.expect("AUTH properties");
+            assert_eq!(p.authentication_method.as_deref(), Some("SCRAM-SHA-512"));
+            String::from_utf8(p.authentication_data.expect("data").to_vec()).unwrap()
+        }
+        other => panic!("expected AUTH {reason:#04x}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn scram_sha_512_enhanced_authentication_and_reauthentication_section_4_12() {
+    let hash = mqtt_broker::auth::hash_password_with_salt(b"s3cret", b"fixed-salt-1", 101);
+    let broker = start_broker(|c| {
+        c.security.users = vec![mqtt_broker::config::UserConfig {
+            username: "alice".into(),
+            password_hash: hash,
+        }];
+        c.security.auth_methods = vec!["SCRAM-SHA-512".into()];
+        c.security.auth_failure_delay = mqtt_broker::config::ConfigDuration::millis(0);
+    })
+    .await;
+    let addr = broker.local_addr();
+    // CONNECT carries client-first; no user name or password in CONNECT at all.
+    let connect = |cnonce: &str| {
+        let mut c = connect5("scram-dev", true, Properties::default());
+        c.properties = auth_props(&format!("n,,n=alice,r={cnonce}"));
+        c
+    };
+    let mut c = RawClient::open(addr).await;
+    c.send(&Packet::Connect(Box::new(connect("rOprNGfwEbeRWgbNEkqO"))))
+        .await;
+    let server_first = expect_auth(&mut c, reason::CONTINUE_AUTHENTICATION).await;
+    let (last, server_signature) =
+        scram_client_final("alice", "s3cret", "rOprNGfwEbeRWgbNEkqO", &server_first);
+    c.send(&Packet::Auth(Auth {
+        reason: reason::CONTINUE_AUTHENTICATION,
+        properties: auth_props(&last),
+    }))
+    .await;
+    let ack = match c.recv().await {
+        Some(Packet::ConnAck(a)) => a,
+        other => panic!("expected CONNACK, got {other:?}"),
+    };
+    assert_eq!(ack.v5_reason(), reason::SUCCESS);
+    let p = ack.properties.expect("CONNACK properties");
+    assert_eq!(p.authentication_method.as_deref(), Some("SCRAM-SHA-512"));
+    assert_eq!(
+        p.authentication_data.as_deref(),
+        Some(server_signature.as_bytes()),
+        "the server proves it knows the password too"
+    );
+    // Re-authentication while connected: AUTH 0x19 ... AUTH 0x00.
+    c.send(&Packet::Auth(Auth {
+        reason: reason::REAUTHENTICATE,
+        properties: auth_props("n,,n=alice,r=again"),
+    }))
+    .await;
+    let server_first = expect_auth(&mut c, reason::CONTINUE_AUTHENTICATION).await;
+    let (last, server_signature) = scram_client_final("alice", "s3cret", "again", &server_first);
+    c.send(&Packet::Auth(Auth {
+        reason: reason::CONTINUE_AUTHENTICATION,
+        properties: auth_props(&last),
+    }))
+    .await;
+    assert_eq!(expect_auth(&mut c, reason::SUCCESS).await, server_signature);
+    c.send(&Packet::PingReq).await;
+    assert_eq!(c.recv().await, Some(Packet::PingResp));
+    // A failed re-authentication ends the connection with 0x87.
+    c.send(&Packet::Auth(Auth {
+        reason: reason::REAUTHENTICATE,
+        properties: auth_props("n,,n=alice,r=third"),
+    }))
+    .await;
+    let server_first = expect_auth(&mut c, reason::CONTINUE_AUTHENTICATION).await;
+    let (last, _) = scram_client_final("alice", "wrong", "third", &server_first);
+    c.send(&Packet::Auth(Auth {
+        reason: reason::CONTINUE_AUTHENTICATION,
+        properties: auth_props(&last),
+    }))
+    .await;
+    expect_disconnect(&mut c, reason::NOT_AUTHORIZED).await;
+
+    // A wrong password at CONNECT: CONNACK 0x86.
+    let mut c = RawClient::open(addr).await;
+    c.send(&Packet::Connect(Box::new(connect("n2")))).await;
+    let server_first = expect_auth(&mut c, reason::CONTINUE_AUTHENTICATION).await;
+    let (last, _) = scram_client_final("alice", "guess", "n2", &server_first);
+    c.send(&Packet::Auth(Auth {
+        reason: reason::CONTINUE_AUTHENTICATION,
+        properties: auth_props(&last),
+    }))
+    .await;
+    match c.recv().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.v5_reason(), reason::BAD_USERNAME_OR_PASSWORD),
+        other => panic!("expected CONNACK 0x86, got {other:?}"),
+    }
+    c.expect_closed().await;
+    // Another method: 0x8C; AUTH from a client that connected without a method: 0x82.
+    let mut other = connect("n3");
+    other.properties.as_mut().unwrap().authentication_method = Some("SCRAM-SHA-1".into());
+    let (_c, ack) = RawClient::connect_with(addr, other).await;
+    assert_eq!(ack.v5_reason(), reason::BAD_AUTHENTICATION_METHOD);
+    let (mut plain, _) = open5(addr, "plain", true, Properties::default()).await;
+    plain
+        .send(&Packet::Auth(Auth {
+            reason: reason::REAUTHENTICATE,
+            properties: auth_props("n,,n=alice,r=x"),
+        }))
+        .await;
+    expect_disconnect(&mut plain, reason::PROTOCOL_ERROR).await;
+    broker.shutdown().await;
+}

@@ -813,3 +813,38 @@ async fn mqtt_js_v5_scenario() {
     }
     assert!(stdout.contains(&format!("mqtt5 passed {url}")), "{stdout}");
 }
+
+/// SCRAM-SHA-512 enhanced authentication with MQTT.js, the SCRAM client computed with
+/// Node's crypto (`tests/js/mqtt5_scram.mjs`): the right password connects and the broker's
+/// server signature checks out; a wrong one gets CONNACK 0x86.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_js_v5_scram_sha_512() {
+    require("node", "apt-get install nodejs");
+    let hash = mqtt_broker::auth::hash_password_with_salt(b"pa55word", b"salt-for-js!", 4096);
+    let broker = start_broker(|c| {
+        c.security.users = vec![mqtt_broker::config::UserConfig {
+            username: "sensor-7".into(),
+            password_hash: hash,
+        }];
+        c.security.auth_methods = vec!["SCRAM-SHA-512".into()];
+        c.security.auth_failure_delay = mqtt_broker::config::ConfigDuration::millis(0);
+    })
+    .await;
+    let url = format!("mqtt://{}", broker.local_addr());
+    for (password, want) in [
+        ("pa55word", "scram ok sensor-7"),
+        ("nope", "scram refused 134"),
+    ] {
+        let mut node = Command::new("node");
+        node.arg(format!("{JS_DIR}/mqtt5_scram.mjs"))
+            .args([&url, "sensor-7", password]);
+        let out = run_bounded(node, PROCESS_LIMIT, "node mqtt5_scram.mjs").await;
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(want),
+            "expected `{want}` ({}):\n{stdout}\n{}",
+            out.status,
+            text(&out.stderr)
+        );
+    }
+}

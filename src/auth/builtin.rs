@@ -32,7 +32,7 @@ pub enum SecurityConfigError {
 
 /// Checks user names and passwords against the password file and inline users.
 pub struct PasswordAuthenticator {
-    sources: Vec<PasswordFile>,
+    sources: Arc<Vec<PasswordFile>>,
 }
 
 impl Authenticator for PasswordAuthenticator {
@@ -49,7 +49,7 @@ impl Authenticator for PasswordAuthenticator {
             return AuthOutcome::Abstain;
         }
         let password = credentials.password.unwrap_or(&[]);
-        for source in &self.sources {
+        for source in self.sources.iter() {
             match source.verify(username, password) {
                 PasswordCheck::Ok => return AuthOutcome::Allow,
                 PasswordCheck::BadPassword => {
@@ -159,7 +159,17 @@ pub fn build_security_chain(
         })?);
     }
     if !sources.is_empty() {
+        let sources = Arc::new(sources);
         chain.refuse_unknown_users = true;
+        if security
+            .auth_methods
+            .iter()
+            .any(|m| m == super::scram::SCRAM_SHA_512)
+        {
+            chain
+                .enhanced
+                .push(Arc::new(super::scram::ScramSha512::new(sources.clone())));
+        }
         chain
             .authenticators
             .push(Arc::new(PasswordAuthenticator { sources }));

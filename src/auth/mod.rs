@@ -10,6 +10,7 @@
 pub mod acl;
 pub mod builtin;
 pub mod password;
+pub mod scram;
 
 pub use acl::{
     filter_is_subset, filters_overlap, Access, AclDefault, AclError, AclFile, AclRule, Action,

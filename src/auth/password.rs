@@ -121,6 +121,17 @@ enum Scheme {
     Pbkdf2Sha512 { iterations: u32 },
 }
 
+/// What SCRAM-SHA-512 needs of a `$7$` entry: its PBKDF2-HMAC-SHA512 output is SCRAM's
+/// SaltedPassword (see `super::scram`).
+pub struct ScramSecret {
+    /// The salt.
+    pub salt: Vec<u8>,
+    /// PBKDF2 iterations.
+    pub iterations: u32,
+    /// PBKDF2-HMAC-SHA512(password, salt, iterations).
+    pub salted_password: [u8; HASH_LEN],
+}
+
 /// A parsed Mosquitto password hash (`$7$...` or `$6$...`).
 #[derive(Clone)]
 pub struct PasswordHash {
@@ -353,6 +364,19 @@ impl PasswordFile {
                 let _ = dummy_hash().verify(password);
                 PasswordCheck::UnknownUser
             }
+        }
+    }
+
+    /// The SCRAM-SHA-512 secret of a `$7$` user (`None` for unknown and `$6$` users).
+    pub fn scram_secret(&self, username: &str) -> Option<ScramSecret> {
+        let hash = self.users.get(username)?;
+        match hash.scheme {
+            Scheme::Pbkdf2Sha512 { iterations } => Some(ScramSecret {
+                salt: hash.salt.clone(),
+                iterations,
+                salted_password: hash.hash,
+            }),
+            Scheme::Sha512 => None,
         }
     }
 

@@ -199,24 +199,60 @@ where
     conn.level = connect.protocol;
     let v5 = connect.protocol.is_v5();
     let refuse = |code| Packet::ConnAck(ConnAck::new(false, code));
-    if v5
-        && connect
+    // MQTT 5 enhanced authentication (section 4.12): the AUTH exchange comes before CONNACK.
+    let mut enhanced: Option<(String, String, Option<Vec<u8>>)> = None;
+    let method = connect
+        .properties
+        .as_ref()
+        .and_then(|p| p.authentication_method.clone());
+    if let (true, Some(method)) = (v5, method) {
+        let Some(auth) = runtime.security.enhanced(&method).cloned() else {
+            // A method we do not offer: 0x8C.
+            Counters::inc(&core.counters.ops.connects_bad_auth_method);
+            warn!(client_id = %connect.client_id, %method, "refusing connection: enhanced authentication method not offered (security.auth_methods; CONNACK 0x8C)");
+            let mut ack = ConnAck::new(false, ConnectReturnCode::NotAuthorized);
+            ack.reason_code = Some(crate::protocol::reason::BAD_AUTHENTICATION_METHOD);
+            conn.send_and_close(Packet::ConnAck(ack)).await;
+            return;
+        };
+        let data = connect
             .properties
             .as_ref()
-            .is_some_and(|p| p.authentication_method.is_some())
-    {
-        // No enhanced authentication method is offered: 0x8C (section 4.12).
-        let method = connect
-            .properties
-            .as_ref()
-            .and_then(|p| p.authentication_method.clone())
+            .and_then(|p| p.authentication_data.clone())
             .unwrap_or_default();
-        Counters::inc(&core.counters.ops.connects_bad_auth_method);
-        warn!(client_id = %connect.client_id, %method, "refusing connection: enhanced authentication method not supported (CONNACK 0x8C)");
-        let mut ack = ConnAck::new(false, ConnectReturnCode::NotAuthorized);
-        ack.reason_code = Some(crate::protocol::reason::BAD_AUTHENTICATION_METHOD);
-        conn.send_and_close(Packet::ConnAck(ack)).await;
-        return;
+        let exchange = conn.auth_exchange(auth.start(&data), &method);
+        match tokio::time::timeout_at(info.deadline, exchange).await {
+            Ok(Ok((user, data))) => enhanced = Some((method, user, data)),
+            Ok(Err(why)) => {
+                Counters::inc(&core.counters.auth_failure);
+                core.ops.events.emit(|| BrokerEvent::AuthFailed {
+                    client_id: Arc::from(connect.client_id.as_str()),
+                    username: connect.username.clone(),
+                    peer: info.peer,
+                    reason: why.clone(),
+                });
+                let cfg = &runtime.config.security;
+                let delay = core.backoff.failed(
+                    info.peer.ip(),
+                    cfg.auth_failure_delay.get(),
+                    cfg.auth_failure_max_delay.get(),
+                );
+                warn!(client_id = %connect.client_id, %method, reason = %why, "refusing connection: enhanced authentication failed (CONNACK 0x86)");
+                tokio::time::sleep(delay).await;
+                let mut ack = ConnAck::new(false, ConnectReturnCode::BadUsernameOrPassword);
+                ack.properties = Some(Box::new(Properties {
+                    authentication_method: Some(method),
+                    ..Default::default()
+                }));
+                conn.send_and_close(Packet::ConnAck(ack)).await;
+                return;
+            }
+            Err(_) => {
+                Counters::inc(&core.counters.ops.connect_timeouts);
+                info!(%method, "closing: enhanced authentication not finished within connect_timeout");
+                return;
+            }
+        }
     }
     if over_global_limit || over_listener_limit {
         Counters::inc(&core.counters.connections_refused_limit);
@@ -247,7 +283,10 @@ where
     let identity_as_username = info.use_identity_as_username && info.tls_identity.is_some();
     let client = Arc::new(crate::hooks::ClientInfo {
         client_id: Arc::from(client_id.as_str()),
-        username: if identity_as_username {
+        username: if let Some((_, user, _)) = &enhanced {
+            // The user the enhanced authentication proved.
+            Some(user.clone())
+        } else if identity_as_username {
             info.tls_identity.clone()
         } else {
             connect.username.clone()
@@ -258,7 +297,11 @@ where
         protocol: connect.protocol,
         clean_session: connect.clean_session,
     });
-    if let Err(code) = Box::pin(connect::authenticate(
+    if enhanced.is_some() {
+        // Authenticated by the AUTH exchange; the password chain has nothing to check.
+        Counters::inc(&core.counters.auth_success);
+        core.backoff.succeeded(info.peer.ip());
+    } else if let Err(code) = Box::pin(connect::authenticate(
         &core,
         &runtime,
         &client,
@@ -305,8 +348,15 @@ where
     let (keep_alive, negotiated) = match negotiation {
         Some(n) => {
             attached.entry.state().set_peer(n.peer);
-            connack.properties = Some(Box::new(n.connack));
-            (n.keep_alive, Some(n.negotiated))
+            let mut props = n.connack;
+            let mut negotiated = n.negotiated;
+            if let Some((method, _, data)) = &enhanced {
+                props.authentication_method = Some(method.clone());
+                props.authentication_data = data.clone().map(bytes::Bytes::from);
+                negotiated.auth_method = Some(method.clone());
+            }
+            connack.properties = Some(Box::new(props));
+            (n.keep_alive, Some(negotiated))
         }
         None => {
             attached
@@ -351,6 +401,7 @@ where
         password: connect.password.clone(),
         certificate_verified: identity_as_username,
         fingerprint: runtime.auth_fingerprint,
+        enhanced: enhanced.map(|(method, _, _)| method),
     };
     // Neither the CONNECT nor the runtime it was checked against is kept while the client
     // is connected: an idle connection's task holds only what it needs.
@@ -381,6 +432,18 @@ where
         let (entry, client) = (engine.entry().clone(), engine.client().clone());
         core.publish_will_later(entry, conn_id, client, will);
     }
+}
+
+/// An AUTH packet with a method and, when given, data.
+fn auth_packet(reason: u8, method: &str, data: Option<Vec<u8>>) -> Packet {
+    Packet::Auth(crate::protocol::Auth {
+        reason,
+        properties: Some(Box::new(Properties {
+            authentication_method: Some(method.to_owned()),
+            authentication_data: data.map(bytes::Bytes::from),
+            ..Default::default()
+        })),
+    })
 }
 
 /// Counts the non-success MQTT 5 reason codes of a packet sent to a client.
@@ -435,6 +498,8 @@ struct Credentials {
     certificate_verified: bool,
     /// `Runtime::auth_fingerprint` this client was last authenticated against.
     fingerprint: Option<u64>,
+    /// The enhanced authentication method it proved itself with, if any.
+    enhanced: Option<String>,
 }
 
 struct Conn<S> {
@@ -622,6 +687,71 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         }
     }
 
+    /// Runs an enhanced authentication exchange before CONNACK: AUTH 0x18 packets both ways
+    /// until the method succeeds (the user and the final data for CONNACK) or fails.
+    async fn auth_exchange(
+        &mut self,
+        mut step: crate::hooks::AuthStep,
+        method: &str,
+    ) -> Result<(String, Option<Vec<u8>>), String> {
+        use crate::hooks::AuthStep;
+        loop {
+            let exchange = match step {
+                AuthStep::Success { username, data } => return Ok((username, data)),
+                AuthStep::Failure(why) => return Err(why),
+                AuthStep::Continue(data, exchange) => {
+                    self.out.push(auth_packet(
+                        crate::protocol::reason::CONTINUE_AUTHENTICATION,
+                        method,
+                        Some(data),
+                    ));
+                    self.encode_out();
+                    let wbuf = std::mem::take(&mut self.wbuf);
+                    self.wr
+                        .write_all(&wbuf)
+                        .await
+                        .map_err(|e| format!("writing AUTH: {e}"))?;
+                    self.wr
+                        .flush()
+                        .await
+                        .map_err(|e| format!("writing AUTH: {e}"))?;
+                    exchange
+                }
+            };
+            let packet = loop {
+                match self.decode_one() {
+                    Ok(Some(p)) => break p,
+                    Ok(None) => self
+                        .read_more()
+                        .await
+                        .map_err(|e| format!("reading AUTH: {e:?}"))?,
+                    Err(e) => return Err(format!("{e:?}")),
+                }
+            };
+            step = match packet {
+                Packet::Auth(a)
+                    if a.reason == crate::protocol::reason::CONTINUE_AUTHENTICATION
+                        && a.properties
+                            .as_ref()
+                            .and_then(|p| p.authentication_method.as_deref())
+                            == Some(method) =>
+                {
+                    let data = a
+                        .properties
+                        .and_then(|p| p.authentication_data)
+                        .unwrap_or_default();
+                    exchange.next(&data)
+                }
+                other => {
+                    return Err(format!(
+                        "expected AUTH 0x18 with method {method}, got {} (section 4.12)",
+                        other.name()
+                    ))
+                }
+            };
+        }
+    }
+
     /// Sends one packet (e.g. a refusing CONNACK) and closes.
     async fn send_and_close(&mut self, p: Packet) {
         self.out.push(p);
@@ -758,6 +888,15 @@ async fn recheck(
         return Ok(());
     }
     credentials.fingerprint = fingerprint;
+    if let Some(method) = &credentials.enhanced {
+        // No password to re-check: the method must still be offered and know the user.
+        let user = client.username.as_deref().unwrap_or("");
+        return match runtime.security.enhanced(method) {
+            Some(auth) if auth.knows(user) => Ok(()),
+            Some(_) => Err(format!("user `{user}` is no longer known to {method}")),
+            None => Err(format!("{method} is no longer offered")),
+        };
+    }
     connect::recheck(
         runtime,
         client,

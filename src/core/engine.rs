@@ -40,9 +40,9 @@ use tracing::{debug, info, warn};
 const SYS_LOGGED: u32 = 1 << 31;
 
 /// What an MQTT 5 connection negotiated in CONNECT and CONNACK.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Negotiated {
-    /// Topic aliases the client set, by alias number [MQTT-3.3.2-?] (index 0 unused).
+    /// Topic aliases the client set, by alias number (section 3.3.2.3.4; index 0 unused).
     aliases: Vec<Option<Arc<str>>>,
     /// Highest alias the client may use (our Topic Alias Maximum).
     pub topic_alias_maximum: u16,
@@ -63,6 +63,20 @@ pub(crate) struct Negotiated {
     pub outbound_alias_maximum: u16,
     /// Topics we assigned an alias to on this connection.
     outbound_aliases: std::collections::HashMap<Arc<str>, u16>,
+    /// The enhanced authentication method of CONNECT (re-authentication uses it).
+    pub auth_method: Option<String>,
+    /// A re-authentication in progress.
+    reauth: Option<Box<dyn crate::hooks::AuthExchange>>,
+}
+
+impl std::fmt::Debug for Negotiated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Negotiated")
+            .field("topic_alias_maximum", &self.topic_alias_maximum)
+            .field("receive_maximum", &self.receive_maximum)
+            .field("auth_method", &self.auth_method)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Negotiated {
@@ -84,6 +98,8 @@ impl Negotiated {
             no_local: false,
             outbound_alias_maximum: 0,
             outbound_aliases: std::collections::HashMap::new(),
+            auth_method: None,
+            reauth: None,
         }
     }
 
@@ -455,12 +471,7 @@ impl Engine {
             Packet::PingReq => self.out.push(Packet::PingResp),
             Packet::Disconnect => return Err(CloseReason::Disconnect),
             Packet::DisconnectWithReason(d) => return Err(self.client_disconnect(core, &d)),
-            Packet::Auth(_) => {
-                // No authentication method was negotiated in CONNECT (section 4.12).
-                return Err(CloseReason::Protocol(
-                    "AUTH without an authentication method in CONNECT [MQTT-4.12.0-?]".into(),
-                ));
-            }
+            Packet::Auth(a) => self.reauthenticate(core, a)?,
             Packet::Connect(_) => {
                 return Err(CloseReason::Protocol(
                     "second CONNECT [MQTT-3.1.0-2]".into(),
@@ -477,6 +488,83 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Re-authentication (section 4.12.1): AUTH 0x19 starts an exchange with the method of
+    /// CONNECT, AUTH 0x18 continues it; success is AUTH 0x00, failure DISCONNECT 0x87. AUTH
+    /// without a method in CONNECT, or with another method, is a protocol error.
+    fn reauthenticate(&mut self, core: &Core, a: crate::protocol::Auth) -> Result<(), CloseReason> {
+        use crate::hooks::AuthStep;
+        let Some(v5) = self.v5.as_mut() else {
+            return Err(CloseReason::Protocol(
+                "AUTH from an MQTT 3.1.1 client".into(),
+            ));
+        };
+        let Some(method) = v5.auth_method.clone() else {
+            return Err(CloseReason::Protocol(
+                "AUTH without an Authentication Method in CONNECT (section 4.12)".into(),
+            ));
+        };
+        let props = a.properties.unwrap_or_default();
+        if props.authentication_method.as_deref() != Some(method.as_str()) {
+            return Err(CloseReason::Protocol(
+                "AUTH with another Authentication Method than CONNECT's (section 4.12)".into(),
+            ));
+        }
+        let data = props.authentication_data.unwrap_or_default();
+        let step = match (a.reason, v5.reauth.take()) {
+            (reason::REAUTHENTICATE, None) => {
+                let runtime = core.runtime.load();
+                match runtime.security.enhanced(&method) {
+                    Some(auth) => auth.start(&data),
+                    None => AuthStep::Failure(format!("{method} is no longer offered")),
+                }
+            }
+            (reason::CONTINUE_AUTHENTICATION, Some(exchange)) => exchange.next(&data),
+            _ => {
+                return Err(CloseReason::Protocol(format!(
+                    "AUTH reason {:#04x} out of sequence (section 4.12.1)",
+                    a.reason
+                )))
+            }
+        };
+        let auth = |reason, data: Option<Vec<u8>>| {
+            Packet::Auth(crate::protocol::Auth {
+                reason,
+                properties: Some(Box::new(Properties {
+                    authentication_method: Some(method.clone()),
+                    authentication_data: data.map(bytes::Bytes::from),
+                    ..Default::default()
+                })),
+            })
+        };
+        match step {
+            AuthStep::Continue(data, exchange) => {
+                v5.reauth = Some(exchange);
+                self.out
+                    .push(auth(reason::CONTINUE_AUTHENTICATION, Some(data)));
+                Ok(())
+            }
+            AuthStep::Success { username, data } => {
+                if self.client.username.as_deref() != Some(username.as_str()) {
+                    return Err(CloseReason::Refused {
+                        code: reason::NOT_AUTHORIZED,
+                        reason: format!("re-authenticated as another user (`{username}`)"),
+                    });
+                }
+                Counters::inc(&core.counters.auth_success);
+                info!(%method, "client re-authenticated");
+                self.out.push(auth(reason::SUCCESS, data));
+                Ok(())
+            }
+            AuthStep::Failure(why) => {
+                Counters::inc(&core.counters.auth_failure);
+                Err(CloseReason::Refused {
+                    code: reason::NOT_AUTHORIZED,
+                    reason: format!("re-authentication failed: {why}"),
+                })
+            }
+        }
     }
 
     /// A client's DISCONNECT with a reason code or properties (MQTT 5, 3.14): 0x00 discards
@@ -771,7 +859,7 @@ impl Engine {
         if p.retain && !retain_available {
             return Err(CloseReason::Refused {
                 code: reason::RETAIN_NOT_SUPPORTED,
-                reason: "PUBLISH with RETAIN=1 while retained messages are off (limits.retain_available: false) [MQTT-3.3.1-?]".into(),
+                reason: "PUBLISH with RETAIN=1 while retained messages are off (limits.retain_available: false) (section 3.3.1.3)".into(),
             });
         }
         if let Some(over) = over {

@@ -42,7 +42,7 @@ pub(crate) fn negotiate(
     let mut connack = Properties::default();
 
     // Session expiry: absent means 0 (3.1.2.11.2); capped by the operator's expiry, which
-    // is then sent back [MQTT-3.2.2-?] (0 in config: sessions never expire, no cap).
+    // is then sent back (3.2.2.3.2) (0 in config: sessions never expire, no cap).
     let wanted = requested.session_expiry_interval.unwrap_or(0);
     let cap = config.persistence.session_expiry.get().as_secs();
     let session_expiry = if cap > 0 && u64::from(wanted) > cap {

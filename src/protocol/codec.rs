@@ -419,7 +419,7 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, ProtocolError> {
         None
     };
     if let Some(p) = &properties {
-        // [MQTT-3.1.2-?]: 0 is a protocol error for both (3.1.2.11.3, 3.1.2.11.4).
+        // 0 is a protocol error for both (3.1.2.11.3, 3.1.2.11.4).
         if p.receive_maximum == Some(0) {
             return Err(ProtocolError::ProtocolViolation("receive maximum 0"));
         }
