@@ -161,6 +161,7 @@ async fn recovery(retained: usize, queued: usize) {
                 client_id: id.clone(),
                 record: SessionRecord {
                     expiry_interval: None,
+                    pending_will: None,
                     username: None,
                     subscriptions: vec![(
                         "cmd/#".into(),

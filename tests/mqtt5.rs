@@ -1573,3 +1573,48 @@ async fn scram_sha_512_enhanced_authentication_and_reauthentication_section_4_12
     expect_disconnect(&mut plain, reason::PROTOCOL_ERROR).await;
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn delayed_will_survives_kill_9() {
+    let dir = std::env::temp_dir().join(format!("mqtt5-will9-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let cfg = dir.join("broker.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listeners:\n  - bind: 127.0.0.1:{port}\nadmin:\n  enabled: false\npersistence:\n  storage_type: file\n  path: {}\n  sync: always\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut broker = start_binary(&cfg, port);
+    let mut c = connect5("dying", false, expiry(60));
+    c.will = Some(will(2));
+    let (dying, _) = RawClient::connect_with(addr, c).await;
+    drop(dying);
+    // The will waits (2 s) in the stored session when the broker is killed.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    broker.0.kill().unwrap();
+    broker.0.wait().unwrap();
+    let _broker = start_binary(&cfg, port);
+    let (mut watcher, _) = open5(addr, "watcher", true, Properties::default()).await;
+    subscribe5(
+        &mut watcher,
+        1,
+        "wills/#",
+        QoS::AtLeastOnce,
+        Default::default(),
+        None,
+    )
+    .await;
+    let got = watcher.recv_publish().await;
+    assert_eq!(&got.payload[..], b"gone");
+    assert_eq!(
+        got.properties.map(|p| p.user_properties.clone()),
+        Some(vec![("why".into(), "test".into())])
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

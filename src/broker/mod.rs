@@ -204,6 +204,11 @@ impl Broker {
             // Sessions that expired while the broker was down go before any client can
             // reconnect to them.
             core.registry.expire_sessions();
+            // Delayed wills that were waiting when the broker stopped (published at once if
+            // already due).
+            for entry in core.registry.entries() {
+                core.schedule_will(entry);
+            }
         }
         let running = transport::listeners::start_all(&listeners, &core)
             .await

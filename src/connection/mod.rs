@@ -429,8 +429,7 @@ where
     // Detaches only after the will is published, so a takeover sees it first.
     drop(attachment);
     if let Some(will) = deferred {
-        let (entry, client) = (engine.entry().clone(), engine.client().clone());
-        core.publish_will_later(entry, conn_id, client, will);
+        core.publish_will_later(engine.entry().clone(), will);
     }
 }
 

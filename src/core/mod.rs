@@ -184,26 +184,63 @@ impl Core {
         )
     }
 
-    /// Publishes an MQTT 5 will once its delay has passed, unless a connection attached to
-    /// the session meanwhile [MQTT-3.1.3-9]. A delayed will pending when the broker stops
-    /// is not published (and not stored).
+    /// Publishes an MQTT 5 will once its delay has passed, unless a connection attaches to
+    /// the session meanwhile [MQTT-3.1.3-9]. The will is kept in the session (and stored with
+    /// a persistent one), so that it survives a restart of the broker.
     pub(crate) fn publish_will_later(
         self: &Arc<Self>,
         entry: Arc<registry::SessionEntry>,
-        conn_id: ConnId,
-        client: Arc<crate::model::ClientInfo>,
         deferred: engine::DeferredWill,
     ) {
+        let due = std::time::SystemTime::now() + deferred.delay;
+        let due_ms = due
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        entry.state().pending_will = Some(Box::new(crate::storage::StoredWill {
+            will: deferred.will,
+            due_ms,
+        }));
+        self.registry.persist_record(&entry);
+        self.schedule_will(entry);
+    }
+
+    /// Arms the timer of a session's pending will (after a disconnect, or for a session
+    /// recovered from storage); when it fires, the will is published if it is still pending
+    /// and due, and nobody is attached.
+    pub(crate) fn schedule_will(self: &Arc<Self>, entry: Arc<registry::SessionEntry>) {
+        let Some(due_ms) = entry.state().pending_will.as_ref().map(|w| w.due_ms) else {
+            return;
+        };
         let core = self.clone();
         tokio::spawn(async move {
+            let due = std::time::UNIX_EPOCH + std::time::Duration::from_millis(due_ms);
+            let wait = due
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
             tokio::select! {
-                _ = tokio::time::sleep(deferred.delay) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = core.shutdown.cancelled() => return,
             }
-            if entry.last_conn() == conn_id && !entry.is_attached() {
-                engine::publish_will(&core, &client, &deferred.will);
-            } else {
-                tracing::info!(client_id = %client.client_id, "delayed will discarded: the client reconnected first");
+            let will = {
+                let mut state = entry.state();
+                // Another disconnect may have replaced it with a later one (its own timer
+                // publishes that); a reconnect cleared it.
+                if entry.is_attached()
+                    || state.pending_will.as_ref().map(|w| w.due_ms) != Some(due_ms)
+                {
+                    None
+                } else {
+                    state.pending_will.take()
+                }
+            };
+            match will {
+                Some(w) => {
+                    core.registry.persist_record(&entry);
+                    engine::publish_will(&core, &entry.client(), &w.will);
+                }
+                None => {
+                    tracing::debug!(client_id = %entry.client_id, "delayed will not published: the client reconnected or disconnected again");
+                }
             }
         });
     }

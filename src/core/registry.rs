@@ -63,8 +63,6 @@ pub struct SessionEntry {
     /// When the last connection ended (for `persistence.session_expiry`); `None` while online.
     offline_since: Mutex<Option<SystemTime>>,
     owner: Mutex<Option<Owner>>,
-    /// The connection that attached last (a delayed will checks nobody came back).
-    last_conn: std::sync::atomic::AtomicU64,
 }
 
 impl SessionEntry {
@@ -77,13 +75,7 @@ impl SessionEntry {
             acl_cache: Mutex::new(AclCache::default()),
             offline_since: Mutex::new(offline_since),
             owner: Mutex::new(None),
-            last_conn: std::sync::atomic::AtomicU64::new(0),
         }
-    }
-
-    /// The connection that attached last.
-    pub(crate) fn last_conn(&self) -> ConnId {
-        self.last_conn.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether a connection is attached now.
@@ -194,6 +186,8 @@ impl SessionRegistry {
         {
             // A resumed session takes this connection's expiry (MQTT 5 may change it).
             let mut state = entry.state.lock();
+            // The client is back before its will's delay passed: no will [MQTT-3.1.3-9].
+            state.pending_will = None;
             state.clean_session = ends_with_connection;
             state.expiry_interval = expiry_interval;
             if !ends_with_connection && self.services.storage.is_some() {
@@ -202,9 +196,6 @@ impl SessionRegistry {
         }
         *entry.client.lock() = client.clone();
         *entry.offline_since.lock() = None;
-        entry
-            .last_conn
-            .store(conn_id, std::sync::atomic::Ordering::Relaxed);
         *entry.owner.lock() = Some(Owner {
             conn_id,
             close,
@@ -348,6 +339,7 @@ impl SessionRegistry {
                     .map(|(f, sub)| (f.clone(), *sub))
                     .collect(),
                 expiry_interval: state.expiry_interval,
+                pending_will: state.pending_will.as_deref().cloned(),
                 last_seen_ms: entry
                     .offline_since
                     .lock()
@@ -396,6 +388,7 @@ impl SessionRegistry {
                 r.inbound,
             );
             state.expiry_interval = r.record.expiry_interval;
+            state.pending_will = r.record.pending_will.clone().map(Box::new);
             let entry = Arc::new(SessionEntry::new(client, state, Some(last_seen)));
             for (f, sub) in &r.record.subscriptions {
                 self.router.subscribe(&entry, f, *sub);

@@ -142,6 +142,8 @@ pub struct Session {
     /// MQTT 5 Session Expiry Interval in seconds; `None`: a 3.1.1 session, whose expiry is
     /// `persistence.session_expiry`.
     pub expiry_interval: Option<u32>,
+    /// An MQTT 5 will waiting for its delay (cleared when a connection attaches).
+    pub pending_will: Option<Box<crate::storage::StoredWill>>,
     limits: SessionLimits,
     peer: Peer,
     discarded: Discarded,
@@ -168,6 +170,7 @@ impl Session {
             clean_session,
             subscriptions: BTreeMap::new(),
             expiry_interval: None,
+            pending_will: None,
             limits,
             peer: Peer::default(),
             discarded: Discarded::default(),

@@ -190,7 +190,63 @@ pub fn encode_session(r: &SessionRecord) -> Vec<u8> {
         }
         None => out.put_u8(0),
     }
+    match &r.pending_will {
+        Some(w) => {
+            out.put_u8(1);
+            out.put_u64(w.due_ms);
+            out.put_u8(w.will.qos as u8);
+            out.put_u8(w.will.retain as u8);
+            out.put_u16(w.will.topic.len() as u16);
+            out.put_slice(w.will.topic.as_bytes());
+            out.put_u32(w.will.payload.len() as u32);
+            out.put_slice(&w.will.payload);
+            let mut props = BytesMut::new();
+            encode_properties(
+                w.will.properties.as_deref().unwrap_or(&Default::default()),
+                &mut props,
+            );
+            out.put_slice(&props);
+        }
+        None => out.put_u8(0),
+    }
     out
+}
+
+/// The pending will at the end of a version 2 session record.
+fn decode_will(b: &mut &[u8]) -> Result<Option<super::StoredWill>, StorageError> {
+    const T: &str = "sessions";
+    if b.remaining() < 1 || b.get_u8() == 0 {
+        return Ok(None);
+    }
+    if b.remaining() < 10 {
+        return Err(corrupt(T, "truncated will"));
+    }
+    let due_ms = b.get_u64();
+    let qos = QoS::from_u8(b.get_u8()).ok_or_else(|| corrupt(T, "bad will QoS"))?;
+    let retain = b.get_u8() == 1;
+    let topic = take_str(T, b)?;
+    if b.remaining() < 4 {
+        return Err(corrupt(T, "truncated will payload"));
+    }
+    let n = b.get_u32() as usize;
+    if b.remaining() < n {
+        return Err(corrupt(T, "truncated will payload"));
+    }
+    let payload = Bytes::copy_from_slice(&b[..n]);
+    b.advance(n);
+    let properties = decode_properties(Bytes::copy_from_slice(b))
+        .map_err(|e| corrupt(T, &format!("will properties: {e}")))?;
+    b.advance(b.remaining());
+    Ok(Some(super::StoredWill {
+        will: crate::protocol::LastWill {
+            topic: Arc::from(topic),
+            payload,
+            qos,
+            retain,
+            properties: (!properties.is_empty()).then(|| Box::new(properties)),
+        },
+        due_ms,
+    }))
 }
 
 fn take_str(table: &'static str, b: &mut &[u8]) -> Result<String, StorageError> {
@@ -252,18 +308,22 @@ pub fn decode_session(mut b: &[u8]) -> Result<SessionRecord, StorageError> {
         }
         subscriptions.push((take_str(T, &mut b)?, sub));
     }
-    let expiry_interval = if version == VERSION_5 && b.remaining() >= 1 && b.get_u8() == 1 {
-        if b.remaining() < 4 {
-            return Err(corrupt(T, "truncated expiry"));
+    let mut expiry_interval = None;
+    let mut pending_will = None;
+    if version == VERSION_5 {
+        if b.remaining() >= 1 && b.get_u8() == 1 {
+            if b.remaining() < 4 {
+                return Err(corrupt(T, "truncated expiry"));
+            }
+            expiry_interval = Some(b.get_u32());
         }
-        Some(b.get_u32())
-    } else {
-        None
-    };
+        pending_will = decode_will(&mut b)?;
+    }
     Ok(SessionRecord {
         username,
         subscriptions,
         last_seen_ms,
         expiry_interval,
+        pending_will,
     })
 }

@@ -75,8 +75,20 @@ pub struct SessionRecord {
     pub subscriptions: Vec<(String, Subscription)>,
     /// MQTT 5 Session Expiry Interval (seconds); `None` for a 3.1.1 session.
     pub expiry_interval: Option<u32>,
+    /// A will waiting for its Will Delay Interval (MQTT 5).
+    pub pending_will: Option<StoredWill>,
     /// Wall-clock milliseconds of the last disconnect (0 = online or unknown), for expiry.
     pub last_seen_ms: u64,
+}
+
+/// A will whose publication waits for its delay: published at `due_ms` (wall clock) unless
+/// its client reconnects first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWill {
+    /// The will.
+    pub will: crate::protocol::LastWill,
+    /// When to publish it, milliseconds since the Unix epoch.
+    pub due_ms: u64,
 }
 
 /// One state change to persist.
@@ -183,6 +195,19 @@ mod tests {
                     StorageOp::PutSession {
                         client_id: a.clone(),
                         record: SessionRecord {
+                            pending_will: Some(StoredWill {
+                                will: crate::protocol::LastWill {
+                                    topic: "wills/a".into(),
+                                    payload: bytes::Bytes::from_static(b"gone"),
+                                    qos: QoS::AtLeastOnce,
+                                    retain: true,
+                                    properties: Some(Box::new(crate::protocol::Properties {
+                                        user_properties: vec![("k".into(), "v".into())],
+                                        ..Default::default()
+                                    })),
+                                },
+                                due_ms: 1_700_000_000_000,
+                            }),
                             expiry_interval: None,
                             username: Some("alice".into()),
                             subscriptions: vec![
