@@ -288,6 +288,9 @@ enum When {
     BeforeConnect,
     /// After a valid CONNECT was accepted.
     AfterConnect,
+    /// After a valid MQTT 5 CONNECT was accepted: the broker says why in a DISCONNECT with
+    /// this reason code before it closes.
+    AfterConnectV5(u8),
 }
 
 struct Case {
@@ -322,7 +325,91 @@ fn cases(max_packet_size: usize) -> Vec<Case> {
     };
     let user = |name: &[u8]| connect_raw(b"MQTT", 4, 0x82, &[s(b"hostile-user"), s(name)]);
     let valid_connect = connect_id(b"second");
+    // MQTT 5 PUBLISH (QoS 0) to `topic` with raw property bytes.
+    let publish5 = |topic: &[u8], props: &[u8]| {
+        let mut body = s(topic);
+        body.push(props.len() as u8);
+        body.extend_from_slice(props);
+        body.extend_from_slice(b"payload");
+        pkt(0x30, &body)
+    };
+    // Receive Maximum (1024 by default) + 1 QoS 2 PUBLISHes without PUBREL.
+    let over_receive_maximum: Vec<u8> = (1..=1025u16)
+        .flat_map(|pid| {
+            let mut body = s(b"q");
+            body.extend(pid.to_be_bytes());
+            body.push(0);
+            pkt(0x34, &body)
+        })
+        .collect();
     let mut v = vec![
+        // --- MQTT 5 ---------------------------------------------------------------------
+        case(
+            "MQTT 5: AUTH before CONNECT [MQTT-3.1.0-1]",
+            BeforeConnect,
+            vec![0xf0, 0],
+            "invalid packet type 15",
+        ),
+        case(
+            "MQTT 5: a second authentication method in CONNECT (2.2.2.2)",
+            BeforeConnect,
+            {
+                let mut body = s(b"MQTT");
+                body.extend([5, 0x02, 0, 60]);
+                body.extend([11, 0x15, 0, 3, b'a', b'b', b'c', 0x15, 0, 2, b'd', b'e']);
+                body.extend(s(b"two-methods"));
+                pkt(0x10, &body)
+            },
+            "included more than once",
+        ),
+        case(
+            "MQTT 5: topic alias 0 [MQTT-3.3.2-8]",
+            AfterConnectV5(0x94),
+            publish5(b"t", &[0x23, 0, 0]),
+            "topic alias 0 outside",
+        ),
+        case(
+            "MQTT 5: topic alias beyond the maximum [MQTT-3.3.2-9]",
+            AfterConnectV5(0x94),
+            publish5(b"t", &[0x23, 0xff, 0xff]),
+            "topic alias 65535 outside",
+        ),
+        case(
+            "MQTT 5: receive maximum exceeded [MQTT-3.3.4-9]",
+            AfterConnectV5(0x93),
+            over_receive_maximum,
+            "more than Receive Maximum",
+        ),
+        case(
+            "MQTT 5: packet over the maximum packet size (3.1.2.11.4)",
+            AfterConnectV5(0x95),
+            {
+                let mut head = vec![0x30];
+                let mut len = BytesMut::new();
+                mqtt_broker::protocol::codec::put_remaining_length(&mut len, max_packet_size + 1);
+                head.extend_from_slice(&len);
+                head
+            },
+            "packet too large",
+        ),
+        case(
+            "MQTT 5: a property twice in PUBLISH (3.3.2.3)",
+            AfterConnectV5(0x82),
+            publish5(b"t", &[0x03, 0, 1, b'a', 0x03, 0, 1, b'b']),
+            "included more than once",
+        ),
+        case(
+            "MQTT 5: a CONNECT property in PUBLISH (2.2.2.2)",
+            AfterConnectV5(0x81),
+            publish5(b"t", &[0x11, 0, 0, 0, 10]),
+            "is not allowed in PUBLISH",
+        ),
+        case(
+            "MQTT 5: AUTH without an authentication method in CONNECT (4.12)",
+            AfterConnectV5(0x82),
+            vec![0xf0, 0x01, 0x19],
+            "AUTH without an Authentication Method",
+        ),
         // --- Before CONNECT -------------------------------------------------------------
         case(
             "PINGREQ before CONNECT [MQTT-3.1.0-1]",
@@ -970,15 +1057,31 @@ async fn malformed_and_abusive_packets_close_only_the_offender() {
     for c in &cases {
         assert!(names.insert(c.name), "duplicate case name {}", c.name);
         let (mut bad, peer) = open_raw(addr).await;
-        if c.when == When::AfterConnect {
-            bad.send(&Packet::Connect(Box::new(connect_packet("offender", true))))
-                .await;
+        if c.when != When::BeforeConnect {
+            let mut connect = connect_packet("offender", true);
+            if matches!(c.when, When::AfterConnectV5(_)) {
+                connect.protocol = ProtocolLevel::V5;
+            }
+            bad.send(&Packet::Connect(Box::new(connect))).await;
             match bad.recv().await {
                 Some(Packet::ConnAck(a)) => assert_eq!(a.code, ConnectReturnCode::Accepted),
                 other => panic!("{}: no CONNACK: {other:?}", c.name),
             }
         }
         bad.send_raw(&c.bytes).await;
+        if let When::AfterConnectV5(code) = c.when {
+            // Acknowledgements of what was accepted before the violation may come first.
+            loop {
+                match bad.recv_within(WAIT).await {
+                    Ok(Some(Packet::DisconnectWithReason(d))) => {
+                        assert_eq!(d.reason, code, "{}", c.name);
+                        break;
+                    }
+                    Ok(Some(Packet::PubRec(_) | Packet::Ack(_))) => continue,
+                    other => panic!("{}: expected DISCONNECT {code:#04x}, got {other:?}", c.name),
+                }
+            }
+        }
         if let Some(code) = c.reply {
             match bad.recv_within(WAIT).await {
                 Ok(Some(Packet::ConnAck(a))) => assert_eq!(a.code, code, "{}", c.name),
