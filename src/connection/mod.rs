@@ -200,60 +200,24 @@ where
     let v5 = connect.protocol.is_v5();
     let refuse = |code| Packet::ConnAck(ConnAck::new(false, code));
     // MQTT 5 enhanced authentication (section 4.12): the AUTH exchange comes before CONNACK.
-    let mut enhanced: Option<(String, String, Option<Vec<u8>>)> = None;
-    let method = connect
-        .properties
-        .as_ref()
-        .and_then(|p| p.authentication_method.clone());
-    if let (true, Some(method)) = (v5, method) {
-        let Some(auth) = runtime.security.enhanced(&method).cloned() else {
-            // A method we do not offer: 0x8C.
-            Counters::inc(&core.counters.ops.connects_bad_auth_method);
-            warn!(client_id = %connect.client_id, %method, "refusing connection: enhanced authentication method not offered (security.auth_methods; CONNACK 0x8C)");
-            let mut ack = ConnAck::new(false, ConnectReturnCode::NotAuthorized);
-            ack.reason_code = Some(crate::protocol::reason::BAD_AUTHENTICATION_METHOD);
-            conn.send_and_close(Packet::ConnAck(ack)).await;
-            return;
-        };
-        let data = connect
+    // Boxed, as every rare path: its state must not enlarge every connection's future.
+    let wants_enhanced = v5
+        && connect
             .properties
             .as_ref()
-            .and_then(|p| p.authentication_data.clone())
-            .unwrap_or_default();
-        let exchange = conn.auth_exchange(auth.start(&data), &method);
-        match tokio::time::timeout_at(info.deadline, exchange).await {
-            Ok(Ok((user, data))) => enhanced = Some((method, user, data)),
-            Ok(Err(why)) => {
-                Counters::inc(&core.counters.auth_failure);
-                core.ops.events.emit(|| BrokerEvent::AuthFailed {
-                    client_id: Arc::from(connect.client_id.as_str()),
-                    username: connect.username.clone(),
-                    peer: info.peer,
-                    reason: why.clone(),
-                });
-                let cfg = &runtime.config.security;
-                let delay = core.backoff.failed(
-                    info.peer.ip(),
-                    cfg.auth_failure_delay.get(),
-                    cfg.auth_failure_max_delay.get(),
-                );
-                warn!(client_id = %connect.client_id, %method, reason = %why, "refusing connection: enhanced authentication failed (CONNACK 0x86)");
-                tokio::time::sleep(delay).await;
-                let mut ack = ConnAck::new(false, ConnectReturnCode::BadUsernameOrPassword);
-                ack.properties = Some(Box::new(Properties {
-                    authentication_method: Some(method),
-                    ..Default::default()
-                }));
-                conn.send_and_close(Packet::ConnAck(ack)).await;
-                return;
-            }
-            Err(_) => {
-                Counters::inc(&core.counters.ops.connect_timeouts);
-                info!(%method, "closing: enhanced authentication not finished within connect_timeout");
-                return;
-            }
+            .is_some_and(|p| p.authentication_method.is_some());
+    let enhanced = if wants_enhanced {
+        match Box::pin(enhanced_connect(
+            &core, &runtime, &mut conn, &connect, &info,
+        ))
+        .await
+        {
+            Some(e) => Some(e),
+            None => return,
         }
-    }
+    } else {
+        None
+    };
     if over_global_limit || over_listener_limit {
         Counters::inc(&core.counters.connections_refused_limit);
         warn!(client_id = %connect.client_id, listener = %info.listener, "refusing connection: max_connections reached");
@@ -283,9 +247,9 @@ where
     let identity_as_username = info.use_identity_as_username && info.tls_identity.is_some();
     let client = Arc::new(crate::hooks::ClientInfo {
         client_id: Arc::from(client_id.as_str()),
-        username: if let Some((_, user, _)) = &enhanced {
+        username: if let Some(e) = &enhanced {
             // The user the enhanced authentication proved.
-            Some(user.clone())
+            Some(e.user.clone())
         } else if identity_as_username {
             info.tls_identity.clone()
         } else {
@@ -350,10 +314,10 @@ where
             attached.entry.state().set_peer(n.peer);
             let mut props = n.connack;
             let mut negotiated = n.negotiated;
-            if let Some((method, _, data)) = &enhanced {
-                props.authentication_method = Some(method.clone());
-                props.authentication_data = data.clone().map(bytes::Bytes::from);
-                negotiated.auth_method = Some(method.clone());
+            if let Some(e) = &enhanced {
+                props.authentication_method = Some(e.method.clone());
+                props.authentication_data = e.data.clone().map(bytes::Bytes::from);
+                negotiated.auth_method = Some(e.method.clone());
             }
             connack.properties = Some(Box::new(props));
             (n.keep_alive, Some(negotiated))
@@ -401,7 +365,7 @@ where
         password: connect.password.clone(),
         certificate_verified: identity_as_username,
         fingerprint: runtime.auth_fingerprint,
-        enhanced: enhanced.map(|(method, _, _)| method),
+        enhanced: enhanced.map(|e| e.method.into_boxed_str()),
     };
     // Neither the CONNECT nor the runtime it was checked against is kept while the client
     // is connected: an idle connection's task holds only what it needs.
@@ -491,6 +455,70 @@ fn server_disconnect(core: &Core, code: u8, reason: &CloseReason) -> Packet {
     })
 }
 
+/// The user an enhanced authentication proved, its method and the final server data.
+struct Enhanced {
+    method: String,
+    user: String,
+    data: Option<Vec<u8>>,
+}
+
+/// Runs the enhanced authentication of an MQTT 5 CONNECT (section 4.12); `None` when the
+/// connection was refused (CONNACK 0x8C for a method not offered, 0x86 for a failed
+/// exchange, after the login back-off) or timed out.
+async fn enhanced_connect<S: AsyncRead + AsyncWrite>(
+    core: &Arc<Core>,
+    runtime: &Arc<crate::core::Runtime>,
+    conn: &mut Conn<S>,
+    connect: &crate::protocol::Connect,
+    info: &ConnectionInfo,
+) -> Option<Box<Enhanced>> {
+    let props = connect.properties.as_deref()?;
+    let method = props.authentication_method.clone()?;
+    let Some(auth) = runtime.security.enhanced(&method).cloned() else {
+        // A method we do not offer: 0x8C.
+        Counters::inc(&core.counters.ops.connects_bad_auth_method);
+        warn!(client_id = %connect.client_id, %method, "refusing connection: enhanced authentication method not offered (security.auth_methods; CONNACK 0x8C)");
+        let mut ack = ConnAck::new(false, ConnectReturnCode::NotAuthorized);
+        ack.reason_code = Some(crate::protocol::reason::BAD_AUTHENTICATION_METHOD);
+        conn.send_and_close(Packet::ConnAck(ack)).await;
+        return None;
+    };
+    let data = props.authentication_data.clone().unwrap_or_default();
+    let exchange = conn.auth_exchange(auth.start(&data), &method);
+    match tokio::time::timeout_at(info.deadline, exchange).await {
+        Ok(Ok((user, data))) => Some(Box::new(Enhanced { method, user, data })),
+        Ok(Err(why)) => {
+            Counters::inc(&core.counters.auth_failure);
+            core.ops.events.emit(|| BrokerEvent::AuthFailed {
+                client_id: Arc::from(connect.client_id.as_str()),
+                username: connect.username.clone(),
+                peer: info.peer,
+                reason: why.clone(),
+            });
+            let cfg = &runtime.config.security;
+            let delay = core.backoff.failed(
+                info.peer.ip(),
+                cfg.auth_failure_delay.get(),
+                cfg.auth_failure_max_delay.get(),
+            );
+            warn!(client_id = %connect.client_id, %method, reason = %why, "refusing connection: enhanced authentication failed (CONNACK 0x86)");
+            tokio::time::sleep(delay).await;
+            let mut ack = ConnAck::new(false, ConnectReturnCode::BadUsernameOrPassword);
+            ack.properties = Some(Box::new(Properties {
+                authentication_method: Some(method),
+                ..Default::default()
+            }));
+            conn.send_and_close(Packet::ConnAck(ack)).await;
+            None
+        }
+        Err(_) => {
+            Counters::inc(&core.counters.ops.connect_timeouts);
+            info!(%method, "closing: enhanced authentication not finished within connect_timeout");
+            None
+        }
+    }
+}
+
 /// What a reload re-check needs of the CONNECT (never logged).
 struct Credentials {
     password: Option<bytes::Bytes>,
@@ -498,7 +526,7 @@ struct Credentials {
     /// `Runtime::auth_fingerprint` this client was last authenticated against.
     fingerprint: Option<u64>,
     /// The enhanced authentication method it proved itself with, if any.
-    enhanced: Option<String>,
+    enhanced: Option<Box<str>>,
 }
 
 struct Conn<S> {
