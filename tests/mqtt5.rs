@@ -1618,3 +1618,47 @@ async fn delayed_will_survives_kill_9() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn mqtt5_settings_reload_live_for_new_connections() {
+    let broker = start_broker(|c| c.mqtt5.topic_alias_maximum = 5).await;
+    let addr = broker.local_addr();
+    let (mut before, ack) = open5(addr, "before", true, Properties::default()).await;
+    assert_eq!(ack.properties.and_then(|p| p.topic_alias_maximum), Some(5));
+    let mut config = broker.config();
+    config.mqtt5.topic_alias_maximum = 9;
+    config.mqtt5.shared_subscriptions = false;
+    broker.reload(config).await.expect("reload accepted");
+    let (_after, ack) = open5(addr, "after", true, Properties::default()).await;
+    let p = ack.properties.expect("CONNACK properties");
+    assert_eq!(
+        p.topic_alias_maximum,
+        Some(9),
+        "new connections get the new value"
+    );
+    assert_eq!(p.shared_subscription_available, Some(0));
+    // The connection made before keeps what its CONNACK announced: alias 5 is still fine,
+    // and it was never told anything about 9.
+    before
+        .send(&publish5(
+            "t",
+            b"x",
+            QoS::AtLeastOnce,
+            Some(1),
+            Properties {
+                topic_alias: Some(5),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert!(matches!(before.recv().await, Some(Packet::Ack(a)) if a.pid == 1));
+    // An invalid value is refused with the key and the running one stays.
+    let mut bad = broker.config();
+    bad.mqtt5.receive_maximum = 0;
+    let err = broker
+        .reload(bad)
+        .await
+        .expect_err("receive_maximum 0 refused");
+    assert!(err.to_string().contains("mqtt5.receive_maximum"), "{err}");
+    broker.shutdown().await;
+}
