@@ -1320,31 +1320,6 @@ async fn hostile_v5_openings_are_closed() {
     broker.shutdown().await;
 }
 
-/// The broker binary, killed with SIGKILL when dropped.
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_binary(cfg: &std::path::Path, port: u16) -> Child {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-broker"))
-        .arg("--config")
-        .arg(cfg)
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the broker binary");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Child(child)
-}
-
 #[tokio::test]
 async fn v5_state_survives_kill_9() {
     let dir = std::env::temp_dir().join(format!("mqtt5-kill9-{}", std::process::id()));
@@ -1383,8 +1358,7 @@ async fn v5_state_survives_kill_9() {
         .await;
     assert_eq!(p.recv().await, Some(Packet::PubAck(1)), "acknowledged");
     // SIGKILL right after the acknowledgement: with sync: always it is on disk.
-    broker.0.kill().unwrap();
-    broker.0.wait().unwrap();
+    broker.kill_9();
     let _broker = start_binary(&cfg, port);
     let (mut s, ack) = open5(addr, "dev", false, expiry(3600)).await;
     assert!(ack.session_present);
@@ -1597,8 +1571,7 @@ async fn delayed_will_survives_kill_9() {
     drop(dying);
     // The will waits (2 s) in the stored session when the broker is killed.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    broker.0.kill().unwrap();
-    broker.0.wait().unwrap();
+    broker.kill_9();
     let _broker = start_binary(&cfg, port);
     let (mut watcher, _) = open5(addr, "watcher", true, Properties::default()).await;
     subscribe5(

@@ -681,30 +681,6 @@ fn last_acked_retained(acked: &[(String, QoS)]) -> HashMap<String, String> {
 /// A subscriber's id, subscription QoS, receipts and whether it should be online.
 type SubSpec = (&'static str, QoS, Arc<Mutex<SubLog>>, Arc<AtomicBool>);
 
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_binary(cfg: &std::path::Path, port: u16) -> Child {
-    let child = std::process::Command::new(BIN)
-        .arg("--config")
-        .arg(cfg)
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Child(child)
-}
-
 /// SIGKILL the broker at random moments while publishers and partly offline persistent
 /// subscribers exchange QoS 1 and QoS 2 messages; after each restart every acknowledged
 /// message must arrive: at least once (QoS 1), exactly once (QoS 2), in order per publisher,

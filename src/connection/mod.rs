@@ -397,18 +397,6 @@ where
     }
 }
 
-/// An AUTH packet with a method and, when given, data.
-fn auth_packet(reason: u8, method: &str, data: Option<Vec<u8>>) -> Packet {
-    Packet::Auth(crate::protocol::Auth {
-        reason,
-        properties: Some(Box::new(Properties {
-            authentication_method: Some(method.to_owned()),
-            authentication_data: data.map(bytes::Bytes::from),
-            ..Default::default()
-        })),
-    })
-}
-
 /// Counts the non-success MQTT 5 reason codes of a packet sent to a client.
 fn count_reason_codes(core: &Core, p: &Packet) {
     let counts = &core.counters.ops.reason_codes_sent;
@@ -727,7 +715,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
                 AuthStep::Success { username, data } => return Ok((username, data)),
                 AuthStep::Failure(why) => return Err(why),
                 AuthStep::Continue(data, exchange) => {
-                    self.out.push(auth_packet(
+                    self.out.push(crate::protocol::Auth::packet(
                         crate::protocol::reason::CONTINUE_AUTHENTICATION,
                         method,
                         Some(data),

@@ -225,12 +225,7 @@ impl Engine {
     /// client, else an MQTT 5 one with the reason code (and string, when the client allows).
     fn ack(&self, kind: AckKind, pid: u16, code: u8, why: &str) -> Packet {
         if code == reason::SUCCESS || self.v5.is_none() {
-            return match kind {
-                AckKind::PubAck => Packet::PubAck(pid),
-                AckKind::PubRec => Packet::PubRec(pid),
-                AckKind::PubRel => Packet::PubRel(pid),
-                AckKind::PubComp => Packet::PubComp(pid),
-            };
+            return kind.plain(pid);
         }
         Packet::Ack(Ack {
             kind,
@@ -528,16 +523,7 @@ impl Engine {
                 )))
             }
         };
-        let auth = |reason, data: Option<Vec<u8>>| {
-            Packet::Auth(crate::protocol::Auth {
-                reason,
-                properties: Some(Box::new(Properties {
-                    authentication_method: Some(method.clone()),
-                    authentication_data: data.map(bytes::Bytes::from),
-                    ..Default::default()
-                })),
-            })
-        };
+        let auth = |reason, data| crate::protocol::Auth::packet(reason, &method, data);
         match step {
             AuthStep::Continue(data, exchange) => {
                 v5.reauth = Some(exchange);

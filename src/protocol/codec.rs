@@ -357,12 +357,7 @@ fn decode_ack(r: &mut Reader, kind: AckKind, v5: bool) -> Result<Packet, Protoco
         (reason::SUCCESS, None)
     };
     if reason == reason::SUCCESS && properties.is_none() {
-        return Ok(match kind {
-            AckKind::PubAck => Packet::PubAck(pid),
-            AckKind::PubRec => Packet::PubRec(pid),
-            AckKind::PubRel => Packet::PubRel(pid),
-            AckKind::PubComp => Packet::PubComp(pid),
-        });
+        return Ok(kind.plain(pid));
     }
     Ok(Packet::Ack(Ack {
         kind,

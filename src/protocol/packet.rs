@@ -497,6 +497,18 @@ pub enum AckKind {
     PubComp,
 }
 
+impl AckKind {
+    /// The plain (success, no properties) acknowledgement of this kind.
+    pub fn plain(self, pid: u16) -> Packet {
+        match self {
+            AckKind::PubAck => Packet::PubAck(pid),
+            AckKind::PubRec => Packet::PubRec(pid),
+            AckKind::PubRel => Packet::PubRel(pid),
+            AckKind::PubComp => Packet::PubComp(pid),
+        }
+    }
+}
+
 /// An MQTT 5 PUBACK, PUBREC, PUBREL or PUBCOMP with a reason code other than success or
 /// with properties (sections 3.4 to 3.7). The success forms without properties are the
 /// plain `Packet::PubAck(pid)` and friends, identical on the wire in every version.
@@ -530,6 +542,20 @@ pub struct Auth {
     pub reason: u8,
     /// Authentication method and data, reason string, user properties.
     pub properties: Option<Box<Properties>>,
+}
+
+impl Auth {
+    /// An AUTH packet of `method` with `reason` and, when given, data.
+    pub fn packet(reason: u8, method: &str, data: Option<Vec<u8>>) -> Packet {
+        Packet::Auth(Auth {
+            reason,
+            properties: Some(Box::new(Properties {
+                authentication_method: Some(method.to_owned()),
+                authentication_data: data.map(Bytes::from),
+                ..Default::default()
+            })),
+        })
+    }
 }
 
 /// Any MQTT control packet.

@@ -586,12 +586,7 @@ impl Session {
     /// found (0x92).
     fn ack(&self, kind: AckKind, pid: u16, known: bool) -> Packet {
         if known || !self.peer.level.is_v5() {
-            return match kind {
-                AckKind::PubAck => Packet::PubAck(pid),
-                AckKind::PubRec => Packet::PubRec(pid),
-                AckKind::PubRel => Packet::PubRel(pid),
-                AckKind::PubComp => Packet::PubComp(pid),
-            };
+            return kind.plain(pid);
         }
         Packet::Ack(Ack {
             kind,

@@ -393,3 +393,37 @@ pub async fn collect(
         }
     }
 }
+
+/// The broker binary started by [`start_binary`]; killed with SIGKILL when dropped.
+pub struct Child(pub std::process::Child);
+
+impl Child {
+    /// SIGKILL, and waits until the process is gone.
+    pub fn kill_9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// Starts the broker binary with `--config cfg` and waits until it accepts on `port`.
+pub fn start_binary(cfg: &std::path::Path, port: u16) -> Child {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-broker"))
+        .arg("--config")
+        .arg(cfg)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the broker binary");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Child(child)
+}
