@@ -410,7 +410,7 @@ async fn connect_once(addr: std::net::SocketAddr, id: &str) -> Option<RawClient>
         return None;
     };
     let mut c = RawClient::over(Box::new(stream));
-    c.send(&Packet::Connect(Box::new(connect_packet(id, false))))
+    c.send_lossy(&Packet::Connect(Box::new(connect_packet(id, false))))
         .await;
     match c.recv_within(Duration::from_secs(2)).await {
         Ok(Some(Packet::ConnAck(a))) if a.code == ConnectReturnCode::Accepted => Some(c),
@@ -494,7 +494,7 @@ async fn retained_values(addr: std::net::SocketAddr) -> HashMap<String, String> 
             panic!("two retained messages on {}: {before} and {p:?}", p.topic);
         }
     }
-    c.send(&Packet::Disconnect).await;
+    c.send_lossy(&Packet::Disconnect).await;
     found
 }
 
@@ -519,14 +519,14 @@ async fn subscriber(
             return;
         };
         if !subscribed {
-            c.send(&Packet::Subscribe(Subscribe {
+            // Sent again after a crash until a SUBACK says the session holds it.
+            c.send_lossy(&Packet::Subscribe(Subscribe {
                 options: Vec::new(),
                 properties: None,
                 pid: 1,
                 filters: vec![("crash/#".into(), qos)],
             }))
             .await;
-            subscribed = true;
         }
         loop {
             if !online.load(Ordering::Relaxed) {
@@ -543,19 +543,20 @@ async fn subscriber(
                                     l.received.push(text);
                                 }
                             }
-                            c.send(&Packet::PubRec(pid)).await;
+                            c.send_lossy(&Packet::PubRec(pid)).await;
                         }
                         (QoS::AtLeastOnce, Some(pid)) => {
                             log.lock().received.push(text);
-                            c.send(&Packet::PubAck(pid)).await;
+                            c.send_lossy(&Packet::PubAck(pid)).await;
                         }
                         _ => log.lock().received.push(text),
                     }
                 }
                 Ok(Some(Packet::PubRel(pid))) => {
                     log.lock().awaiting_rel.remove(&pid);
-                    c.send(&Packet::PubComp(pid)).await;
+                    c.send_lossy(&Packet::PubComp(pid)).await;
                 }
+                Ok(Some(Packet::SubAck(_))) => subscribed = true,
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(()) => {
@@ -613,7 +614,7 @@ async fn publisher(
                 is_retained(seq),
             ));
             let (p, q, pid, _, retain) = inflight.clone().unwrap();
-            c.send(&publish_of(&p, q, pid, retain)).await;
+            c.send_lossy(&publish_of(&p, q, pid, retain)).await;
         }
         match c.recv_within(Duration::from_secs(2)).await {
             Ok(Some(Packet::PubAck(pid))) | Ok(Some(Packet::PubComp(pid))) => {
@@ -637,7 +638,7 @@ async fn publisher(
                         *rec = true;
                     }
                 }
-                c.send(&Packet::PubRel(pid)).await;
+                c.send_lossy(&Packet::PubRel(pid)).await;
             }
             Ok(Some(_)) => {}
             Ok(None) | Err(()) => {
@@ -645,13 +646,13 @@ async fn publisher(
                 let mut c2 = publisher_connect(addr, id, &hold).await;
                 if let Some((p, q, pid, rec, retain)) = &inflight {
                     if *rec {
-                        c2.send(&Packet::PubRel(*pid)).await;
+                        c2.send_lossy(&Packet::PubRel(*pid)).await;
                     } else {
                         let mut again = publish_of(p, *q, *pid, *retain);
                         if let Packet::Publish(pp) = &mut again {
                             pp.dup = true;
                         }
-                        c2.send(&again).await;
+                        c2.send_lossy(&again).await;
                     }
                 }
                 c = c2;

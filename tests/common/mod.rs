@@ -130,6 +130,14 @@ impl RawClient {
         self.stream.write_all(&out).await.expect("write");
     }
 
+    /// Sends one packet, ignoring a write error: for clients that outlive broker crashes,
+    /// which learn of a dead connection from their next read and reconnect.
+    pub async fn send_lossy(&mut self, p: &Packet) {
+        let mut out = BytesMut::new();
+        mqtt_broker::protocol::codec::encode_with(p, self.level, &mut out);
+        let _ = self.stream.write_all(&out).await;
+    }
+
     /// Sends raw bytes; errors (the broker may already have closed) are ignored.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes).await;
