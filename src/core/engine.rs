@@ -886,7 +886,11 @@ impl Engine {
                     }
                 }
                 // Method B of 4.3.3: keep the packet id until PUBREL, route only the first
-                // copy; PUBREC waits for the routing receipt like PUBACK.
+                // copy; PUBREC waits for the routing receipt like PUBACK. The stored id and
+                // the routed copies are written in one transaction: an id stored without
+                // them would make the client's re-sent PUBLISH (after a crash) look like a
+                // duplicate, and the message would be lost.
+                let group = core.storage.as_ref().map(|s| s.group());
                 let first = self.with_session(core, |s, _| s.inbound_qos2(pid));
                 let (code, why) = if first == InboundQos2::New {
                     let (receipt, code, why) = self.route(core, p);
@@ -899,6 +903,7 @@ impl Engine {
                     // A failure PUBREC ends the flow: no PUBREL will come for this id.
                     self.with_session(core, |s, _| s.forget_inbound(pid));
                 }
+                drop(group);
                 let ack = self.ack(AckKind::PubRec, pid, code, why);
                 self.out.push(ack);
             }
