@@ -23,7 +23,7 @@ use sha2::{Digest, Sha512};
 use std::sync::Arc;
 
 /// The method name in Authentication Method.
-pub const SCRAM_SHA_512: &str = "SCRAM-SHA-512";
+pub use crate::config::security::SCRAM_SHA_512;
 
 type HmacSha512 = Hmac<Sha512>;
 

@@ -728,7 +728,7 @@ impl Config {
             }
         }
         for method in &self.security.auth_methods {
-            if method != crate::auth::scram::SCRAM_SHA_512 {
+            if method != security::SCRAM_SHA_512 {
                 return invalid(
                     "security.auth_methods",
                     &format!("unknown method {method:?} (offered: SCRAM-SHA-512)"),

@@ -199,3 +199,7 @@ impl<'de> Deserialize<'de> for UserConfig {
         deserializer.deserialize_struct("UserConfig", FIELDS, UserVisitor)
     }
 }
+
+/// The enhanced authentication method `security.auth_methods` may name (served by
+/// `crate::auth::scram`).
+pub const SCRAM_SHA_512: &str = "SCRAM-SHA-512";
