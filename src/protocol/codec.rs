@@ -1252,24 +1252,25 @@ mod tests {
     }
 }
 
+/// Strategies shared by the 3.1.1 and the MQTT 5 codec tests (`super::codec_v5_tests`).
 #[cfg(test)]
-mod proptests {
+pub(super) mod proptests {
     use super::*;
     use proptest::prelude::*;
 
-    fn qos() -> impl Strategy<Value = QoS> {
+    pub(crate) fn qos() -> impl Strategy<Value = QoS> {
         (0u8..3).prop_map(|q| QoS::from_u8(q).unwrap())
     }
 
-    fn string() -> impl Strategy<Value = String> {
+    pub(crate) fn string() -> impl Strategy<Value = String> {
         "[a-zA-Z0-9 é/_-]{0,20}"
     }
 
-    fn topic_name() -> impl Strategy<Value = String> {
+    pub(crate) fn topic_name() -> impl Strategy<Value = String> {
         "[a-z0-9$/é]{1,20}"
     }
 
-    fn topic_filter() -> impl Strategy<Value = String> {
+    pub(crate) fn topic_filter() -> impl Strategy<Value = String> {
         prop::collection::vec(prop_oneof!["[a-z0-9]{0,5}", Just("+".to_string())], 1..5)
             .prop_flat_map(|levels| {
                 let base = levels.join("/");
@@ -1282,11 +1283,11 @@ mod proptests {
             })
     }
 
-    fn bytes() -> impl Strategy<Value = Bytes> {
+    pub(crate) fn bytes() -> impl Strategy<Value = Bytes> {
         prop::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)
     }
 
-    fn pid() -> impl Strategy<Value = u16> {
+    pub(crate) fn pid() -> impl Strategy<Value = u16> {
         1u16..=u16::MAX
     }
 

@@ -8,6 +8,7 @@
 //! carry is restated here from Table 2-4 of the specification rather than taken from the
 //! codec, so that the two are checked against each other.
 
+use super::codec::proptests::{bytes, pid, qos, string, topic_filter, topic_name};
 use super::codec::{decode, decode_with, encode_with, put_remaining_length};
 use super::error::ProtocolError;
 use super::packet::*;
@@ -90,40 +91,6 @@ fn restrict(mut p: Properties, allowed: &[u8]) -> Option<Box<Properties>> {
 // ---------------------------------------------------------------------------------------
 // Strategies
 // ---------------------------------------------------------------------------------------
-
-fn qos() -> impl Strategy<Value = QoS> {
-    (0u8..3).prop_map(|q| QoS::from_u8(q).unwrap())
-}
-
-fn string() -> impl Strategy<Value = String> {
-    "[a-zA-Z0-9 é/_-]{0,12}"
-}
-
-fn topic_name() -> impl Strategy<Value = String> {
-    "[a-z0-9$/é]{1,16}"
-}
-
-fn topic_filter() -> impl Strategy<Value = String> {
-    prop::collection::vec(prop_oneof!["[a-z0-9]{0,5}", Just("+".to_string())], 1..5).prop_flat_map(
-        |levels| {
-            let base = levels.join("/");
-            let base = if base.is_empty() {
-                "e".to_string()
-            } else {
-                base
-            };
-            prop_oneof![Just(base.clone()), Just(format!("{base}/#"))]
-        },
-    )
-}
-
-fn bytes() -> impl Strategy<Value = Bytes> {
-    prop::collection::vec(any::<u8>(), 0..24).prop_map(Bytes::from)
-}
-
-fn pid() -> impl Strategy<Value = u16> {
-    1u16..=u16::MAX
-}
 
 fn flag() -> impl Strategy<Value = u8> {
     0u8..=1
