@@ -1635,3 +1635,35 @@ async fn mqtt5_settings_reload_live_for_new_connections() {
     assert!(err.to_string().contains("mqtt5.receive_maximum"), "{err}");
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn retained_will_without_retain_available_3_2_2_3_5() {
+    let broker = start_broker(|c| c.limits.retain_available = false).await;
+    let addr = broker.local_addr();
+    let retained_will = LastWill {
+        retain: true,
+        properties: None,
+        ..will(0)
+    };
+    // MQTT 5: refused with 0x9A.
+    let mut c = connect5("w5", true, Properties::default());
+    c.will = Some(retained_will.clone());
+    let (mut c, ack) = RawClient::connect_with(addr, c).await;
+    assert_eq!(ack.v5_reason(), reason::RETAIN_NOT_SUPPORTED);
+    c.expect_closed().await;
+    // 3.1.1 cannot be told: accepted, and the will goes out without RETAIN.
+    let (mut watcher, _) = RawClient::connect(addr, "watcher", true).await;
+    watcher.subscribe(1, &[("wills/#", QoS::AtLeastOnce)]).await;
+    let mut c3 = connect_packet("w3", true);
+    c3.will = Some(retained_will);
+    let (c3, ack) = RawClient::connect_with(addr, c3).await;
+    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    drop(c3);
+    let got = watcher.recv_publish().await;
+    assert_eq!(&got.payload[..], b"gone");
+    watcher.send(&Packet::PubAck(got.pid.unwrap())).await;
+    let (mut late, _) = RawClient::connect(addr, "late", true).await;
+    late.subscribe(1, &[("wills/#", QoS::AtLeastOnce)]).await;
+    late.expect_silence(Duration::from_millis(300)).await;
+    broker.shutdown().await;
+}

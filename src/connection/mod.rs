@@ -163,7 +163,7 @@ where
     // [MQTT-3.1.0-1]: the first packet must be CONNECT, within connect_timeout; a first
     // byte that cannot start one closes the connection at once.
     let first = tokio::time::timeout_at(info.deadline, conn.read_connect()).await;
-    let connect = match first {
+    let mut connect = match first {
         Err(_) => {
             Counters::inc(&core.counters.ops.connect_timeouts);
             info!(timeout = %cfg.connect_timeout, "closing: no CONNECT within connect_timeout");
@@ -218,6 +218,21 @@ where
     } else {
         None
     };
+    if connect.will.as_ref().is_some_and(|w| w.retain) && !runtime.config.limits.retain_available {
+        if v5 {
+            // Retain Available is 0 and the will asks to be retained: refused (3.2.2.3.5).
+            warn!(client_id = %connect.client_id, "refusing connection: retained will while limits.retain_available is false (CONNACK 0x9A)");
+            let mut ack = ConnAck::new(false, ConnectReturnCode::NotAuthorized);
+            ack.reason_code = Some(crate::protocol::reason::RETAIN_NOT_SUPPORTED);
+            conn.send_and_close(Packet::ConnAck(ack)).await;
+            return;
+        }
+        // 3.1.1 cannot be told: the will is published, but not retained.
+        info!(client_id = %connect.client_id, "retained will while limits.retain_available is false: it will be published without RETAIN");
+        if let Some(w) = connect.will.as_mut() {
+            w.retain = false;
+        }
+    }
     if over_global_limit || over_listener_limit {
         Counters::inc(&core.counters.connections_refused_limit);
         warn!(client_id = %connect.client_id, listener = %info.listener, "refusing connection: max_connections reached");
