@@ -1667,3 +1667,33 @@ async fn retained_will_without_retain_available_3_2_2_3_5() {
     late.expect_silence(Duration::from_millis(300)).await;
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_acl_sees_the_filter_a_shared_subscription_stands_for() {
+    let broker = start_broker(|c| {
+        c.security.acl = vec![AclRule {
+            effect: Effect::Allow,
+            scope: RuleScope::All,
+            topic: "jobs/#".into(),
+            user: None,
+            client_id: None,
+        }];
+    })
+    .await;
+    let (mut c, _) = RawClient::connect(broker.local_addr(), "worker", true).await;
+    let codes = c
+        .subscribe(
+            1,
+            &[
+                ("$share/g/jobs/#", QoS::AtLeastOnce),
+                ("$share/g/secret/#", QoS::AtLeastOnce),
+            ],
+        )
+        .await;
+    assert_eq!(
+        codes,
+        // 0x80 on the wire for this 3.1.1 client.
+        vec![SubAckCode::Granted(QoS::AtLeastOnce), SubAckCode::Failure]
+    );
+    broker.shutdown().await;
+}

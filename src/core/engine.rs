@@ -630,7 +630,9 @@ impl Engine {
                 return Ok(Err(reason::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED));
             }
         }
-        if let Some(over) = limits.check_topic(filter) {
+        // Limits and the ACL apply to the filter a shared subscription stands for:
+        // `sensors/#` in an ACL allows `$share/group/sensors/#`.
+        if let Some(over) = limits.check_topic(topic_filter) {
             self.refuse(
                 core,
                 topic_limit_kind(over),
@@ -640,7 +642,7 @@ impl Engine {
         }
         let request = AclRequest {
             action: AclAction::Subscribe,
-            topic: filter,
+            topic: topic_filter,
             qos: sub.qos,
             retain: false,
         };
