@@ -1258,6 +1258,34 @@ pub(super) mod proptests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Encodes `ps` for `level`, feeds the bytes to the decoder in pieces cut at `cuts`, and
+    /// returns what it decoded and how many bytes it left in its buffer.
+    pub(crate) fn decode_split_stream(
+        ps: &[Packet],
+        cuts: &[prop::sample::Index],
+        level: ProtocolLevel,
+    ) -> (Vec<Packet>, usize) {
+        let mut all = BytesMut::new();
+        for p in ps {
+            encode_with(p, level, &mut all);
+        }
+        let all = all.freeze();
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(all.len() + 1)).collect();
+        points.push(all.len());
+        points.sort();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for end in points {
+            buf.extend_from_slice(&all[start..end]);
+            start = end;
+            while let Some(p) = decode_with(&mut buf, usize::MAX, level).unwrap() {
+                out.push(p);
+            }
+        }
+        (out, buf.len())
+    }
+
     pub(crate) fn qos() -> impl Strategy<Value = QoS> {
         (0u8..3).prop_map(|q| QoS::from_u8(q).unwrap())
     }
@@ -1406,21 +1434,9 @@ pub(super) mod proptests {
         /// A stream of packets split at arbitrary points decodes to the same packets.
         #[test]
         fn split_stream_decodes(ps in prop::collection::vec(packet(), 1..8), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6)) {
-            let mut all = BytesMut::new();
-            for p in &ps { encode(p, &mut all); }
-            let all = all.freeze();
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(all.len() + 1)).collect();
-            points.push(all.len());
-            points.sort();
-            let mut buf = BytesMut::new();
-            let mut out = Vec::new();
-            let mut start = 0;
-            for end in points {
-                buf.extend_from_slice(&all[start..end]);
-                start = end;
-                while let Some(p) = decode(&mut buf, usize::MAX).unwrap() { out.push(p); }
-            }
+            let (out, left) = decode_split_stream(&ps, &cuts, ProtocolLevel::V311);
             prop_assert_eq!(out, ps);
+            prop_assert_eq!(left, 0);
         }
 
         /// Arbitrary bytes never panic, and the decoder consumes only what it was given.

@@ -8,7 +8,9 @@
 //! carry is restated here from Table 2-4 of the specification rather than taken from the
 //! codec, so that the two are checked against each other.
 
-use super::codec::proptests::{bytes, pid, qos, string, topic_filter, topic_name};
+use super::codec::proptests::{
+    bytes, decode_split_stream, pid, qos, string, topic_filter, topic_name,
+};
 use super::codec::{decode, decode_with, encode_with, put_remaining_length};
 use super::error::ProtocolError;
 use super::packet::*;
@@ -544,26 +546,9 @@ proptest! {
         ps in prop::collection::vec(packet(), 1..8),
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
     ) {
-        let mut all = BytesMut::new();
-        for p in &ps {
-            encode_with(p, V5, &mut all);
-        }
-        let all = all.freeze();
-        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(all.len() + 1)).collect();
-        points.push(all.len());
-        points.sort();
-        let mut buf = BytesMut::new();
-        let mut out = Vec::new();
-        let mut start = 0;
-        for end in points {
-            buf.extend_from_slice(&all[start..end]);
-            start = end;
-            while let Some(p) = decode_with(&mut buf, usize::MAX, V5).unwrap() {
-                out.push(p);
-            }
-        }
+        let (out, left) = decode_split_stream(&ps, &cuts, V5);
         prop_assert_eq!(out, ps);
-        prop_assert!(buf.is_empty());
+        prop_assert_eq!(left, 0);
     }
 
     /// Every strict prefix of a valid MQTT 5 packet asks for more bytes and consumes none.
