@@ -90,6 +90,17 @@ pub enum BrokerEvent {
         /// Why (never the password).
         reason: String,
     },
+    /// A bridge's link to its remote broker came up or went down.
+    BridgeState {
+        /// Bridge name.
+        name: Arc<str>,
+        /// Whether it is connected now.
+        connected: bool,
+        /// The remote address (connected) or the one last tried.
+        remote: Option<String>,
+        /// Why it went down or could not connect.
+        error: Option<String>,
+    },
     /// A configuration reload was attempted.
     ConfigReloaded {
         /// Generation in force afterwards.

@@ -10,13 +10,15 @@
 //!   [`plugins`] (the Wasm host);
 //! - [`core`]: the runtime, session registry, routing seam and the sans-IO protocol engine;
 //! - [`connection`]: the async shell between a socket and the engine; [`transport`]: TCP,
-//!   TLS and WebSocket listeners;
+//!   TLS and WebSocket listeners; [`bridge`]: connections to remote brokers, each an
+//!   in-process client of this broker relayed to a remote one;
 //! - [`admin`]: the operator surfaces (HTTP API, Prometheus, `$SYS`, the config watcher),
 //!   reaching the broker only through `core::control::Control`;
 //! - [`broker`]: the server that wires them, and the embedding API.
 
 pub mod admin;
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod config;
 pub(crate) mod connection;

@@ -12,6 +12,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// User property that lists the brokers a message was bridged through, so that a bridge
+/// never forwards a message back to a broker it has already been on (MQTT 5 links).
+pub const BRIDGE_PATH_PROPERTY: &str = "mqtt-broker-path";
+/// CONNECT / CONNACK user property with which our brokers tell each other their node name.
+pub const BRIDGE_NODE_PROPERTY: &str = "mqtt-broker-node";
+
 /// A process-unique number of one accepted connection (a client id can have several over
 /// time, and for a moment two during a takeover).
 pub type ConnId = u64;
@@ -214,6 +220,9 @@ pub enum TransportKind {
     Ws,
     /// MQTT over WebSocket over TLS.
     Wss,
+    /// A bridge's own connection to this broker, inside the process (never a listener's).
+    #[serde(skip)]
+    Bridge,
 }
 
 impl TransportKind {
@@ -224,6 +233,7 @@ impl TransportKind {
             TransportKind::Tls => "tls",
             TransportKind::Ws => "ws",
             TransportKind::Wss => "wss",
+            TransportKind::Bridge => "bridge",
         }
     }
 

@@ -71,6 +71,7 @@ async fn open(broker: &BrokerHandle, pki: &TestPki, t: TransportKind) -> Box<dyn
                 .await
                 .unwrap()
         }
+        TransportKind::Bridge => unreachable!("no listener is a bridge"),
     }
 }
 
@@ -595,6 +596,7 @@ async fn mqtt_js_scenario_on_every_transport() {
             TransportKind::Tls => format!("mqtts://{addr}"),
             TransportKind::Ws => format!("ws://{addr}/mqtt"),
             TransportKind::Wss => format!("wss://{addr}/mqtt"),
+            TransportKind::Bridge => unreachable!("no listener is a bridge"),
         };
         let mut node = tokio::process::Command::new("node");
         node.arg(format!("{JS_DIR}/scenario.mjs"))

@@ -65,6 +65,7 @@ pub(crate) fn render(control: &dyn Control) -> String {
         ("tls", stats.connections.tls),
         ("ws", stats.connections.websocket),
         ("wss", stats.connections.wss),
+        ("bridge", stats.connections.bridge),
     ] {
         o.sample("mqtt_connections", &[("transport", t)], v);
     }
@@ -385,6 +386,7 @@ pub(crate) fn render(control: &dyn Control) -> String {
         );
     }
     render_plugins(&mut o, &runtime.plugins.stats());
+    render_bridges(&mut o, &control.bridges());
     if let Some(fds) = process_open_fds() {
         o.single(
             "process_open_fds",
@@ -413,6 +415,77 @@ type PluginFamily = (
 );
 
 /// Per-plugin counters and state (`plugin` label: the configured name, escaped).
+/// Per-bridge state, traffic, drops, queue and reconnects.
+fn render_bridges(o: &mut Out, bridges: &[crate::core::control::BridgeSummary]) {
+    if bridges.is_empty() {
+        return;
+    }
+    let names: Vec<String> = bridges.iter().map(|b| escape_label(&b.name)).collect();
+    o.family(
+        "mqtt_bridge_connected",
+        "gauge",
+        "1 while the bridge is connected to its remote broker.",
+    );
+    for (b, n) in bridges.iter().zip(&names) {
+        o.sample(
+            "mqtt_bridge_connected",
+            &[("bridge", n)],
+            u8::from(b.state == "connected"),
+        );
+    }
+    o.family(
+        "mqtt_bridge_messages_total",
+        "counter",
+        "Messages forwarded by the bridge: out to the remote (acknowledged), in from it.",
+    );
+    for (b, n) in bridges.iter().zip(&names) {
+        o.sample(
+            "mqtt_bridge_messages_total",
+            &[("bridge", n), ("direction", "out")],
+            b.messages_out,
+        );
+        o.sample(
+            "mqtt_bridge_messages_total",
+            &[("bridge", n), ("direction", "in")],
+            b.messages_in,
+        );
+    }
+    o.family(
+        "mqtt_bridge_dropped_total",
+        "counter",
+        "Messages the bridge did not forward, by reason.",
+    );
+    for (b, n) in bridges.iter().zip(&names) {
+        for (reason, v) in &b.dropped {
+            o.sample(
+                "mqtt_bridge_dropped_total",
+                &[("bridge", n), ("reason", reason)],
+                v,
+            );
+        }
+    }
+    o.family(
+        "mqtt_bridge_queue_depth",
+        "gauge",
+        "QoS 1/2 messages waiting for the remote (held by the bridge and queued in its session).",
+    );
+    for (b, n) in bridges.iter().zip(&names) {
+        o.sample("mqtt_bridge_queue_depth", &[("bridge", n)], b.queue_depth);
+    }
+    o.family(
+        "mqtt_bridge_reconnects_total",
+        "counter",
+        "Connections to the remote lost or failed.",
+    );
+    for (b, n) in bridges.iter().zip(&names) {
+        o.sample(
+            "mqtt_bridge_reconnects_total",
+            &[("bridge", n)],
+            b.reconnects,
+        );
+    }
+}
+
 fn render_plugins(o: &mut Out, plugins: &[crate::plugins::PluginStats]) {
     if plugins.is_empty() {
         return;

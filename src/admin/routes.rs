@@ -61,6 +61,10 @@ pub(super) async fn handle<B>(control: &Arc<dyn Control>, req: Request<B>) -> Re
             r
         }
         (&Method::GET, "/api/v1/stats") => json(StatusCode::OK, &control.stats()),
+        (&Method::GET, "/api/v1/bridges") => json(
+            StatusCode::OK,
+            &serde_json::json!({"bridges": control.bridges()}),
+        ),
         (&Method::GET, "/api/v1/clients") => clients(control.as_ref(), &query),
         (&Method::DELETE, p) if p.starts_with("/api/v1/clients/") => {
             let raw = &p["/api/v1/clients/".len()..];
@@ -86,7 +90,10 @@ pub(super) async fn handle<B>(control: &Arc<dyn Control>, req: Request<B>) -> Re
         }
         (&Method::POST, "/api/v1/reload") => reload(control.as_ref()).await,
         (&Method::GET, "/api/v1/reload") => json(StatusCode::OK, &control.last_reload()),
-        (_, "/metrics" | "/api/v1/stats" | "/api/v1/clients" | "/api/v1/reload")
+        (
+            _,
+            "/metrics" | "/api/v1/stats" | "/api/v1/clients" | "/api/v1/reload" | "/api/v1/bridges",
+        )
         | (_, "/healthz" | "/readyz") => json(
             StatusCode::METHOD_NOT_ALLOWED,
             &serde_json::json!({"error": "method not allowed"}),

@@ -42,6 +42,13 @@ pub(crate) fn build_runtime(config: Config, generation: u64) -> Result<Runtime, 
     // Plugins come after the built-in checks, in list order.
     let plugins = crate::plugins::PluginSet::load_configured(&config.plugins)?;
     plugins.append_to(&mut security);
+    // A bridge's TLS files are checked now, so that a broken one refuses the config; the
+    // bridge reads them again at each connection attempt (renewed certificates apply).
+    for (i, b) in config.bridges.iter().enumerate() {
+        if let Some(tls) = &b.tls {
+            transport::tls::client_config(tls, &format!("bridges[{i}] ({}).tls", b.name))?;
+        }
+    }
     let effective = config.effective_listeners();
     let tls = transport::tls_configs(&effective, !config.listeners.is_empty())?;
     let listeners = effective

@@ -79,6 +79,8 @@ pub(crate) struct Server {
     pending_logged: Mutex<std::collections::HashSet<(&'static str, String)>>,
     /// Applied to every configuration read from the file (command-line options).
     overrides: Mutex<Option<ConfigOverrides>>,
+    /// The running bridges to remote brokers.
+    bridges: crate::bridge::Bridges,
 }
 
 /// Changes applied to every configuration the broker reads from its file, so that
@@ -171,6 +173,7 @@ impl Broker {
                 started,
                 pending_logged: Mutex::new(Default::default()),
                 overrides: Mutex::new(None),
+                bridges: Default::default(),
             }),
         };
         let control: Arc<dyn Control> = Arc::new(handle.clone());
@@ -225,6 +228,8 @@ impl Broker {
                 }
             }
         });
+        // Bridges start once their sessions are recovered and the listeners are up.
+        drop(server.bridges.apply(&core, &core.runtime.load().config));
         // Storage was recovered above, before any listener opened: now the broker is ready.
         core.ops.ready.store(true, Ordering::Relaxed);
         crate::admin::sys::spawn(control);
@@ -438,6 +443,10 @@ impl Control for BrokerHandle {
 
     fn started(&self) -> (std::time::Instant, std::time::SystemTime) {
         (self.core.ops.started, self.core.ops.started_at)
+    }
+
+    fn bridges(&self) -> Vec<crate::core::control::BridgeSummary> {
+        self.server.bridges.summaries(&self.core)
     }
 
     fn publish(&self, message: Message) {

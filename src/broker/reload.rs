@@ -179,6 +179,9 @@ async fn reload_locked(
     // Lowered limits apply to new work; nothing already queued is dropped.
     core.registry.set_limits(limits);
     crate::logging::apply(&core.runtime.load().config.log);
+    // Only bridges whose entry changed restart; the stopped ones say goodbye meanwhile.
+    let stopped = server.bridges.apply(core, &core.runtime.load().config);
+    tokio::spawn(crate::bridge::wait(stopped));
     let _ = core.reload_tx.send(generation);
     Ok(generation)
 }

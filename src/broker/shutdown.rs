@@ -29,6 +29,8 @@ pub(super) async fn shutdown(core: &Arc<Core>, server: &Server) -> bool {
     for l in std::mem::take(&mut *server.listeners.lock().await) {
         l.stop(false);
     }
+    // Bridges tell their remotes they are going (state 0) while this broker still routes.
+    server.bridges.stop_all().await;
     // Each connection acknowledges what it already received, flushes and closes.
     core.shutdown.cancel();
     while Counters::get(&core.counters.connections) > 0 && tokio::time::Instant::now() < deadline {

@@ -9,12 +9,14 @@
 //! configures (auth, plugins, storage, transport). Reading the files a config names and
 //! watching it for changes happen elsewhere (`crate::broker`, `crate::admin::watch`).
 
+pub mod bridges;
 mod duration;
 pub mod mosquitto;
 mod ops;
 pub mod plugins;
 pub mod security;
 
+pub use bridges::{BridgeConfig, BridgeProtocol, BridgeTls, Direction, TopicRule};
 pub use duration::{parse_duration, ConfigDuration};
 pub use plugins::{ByteSize, OnError, PluginConfig, PluginLimits};
 pub use security::{AclDefault, AclRule, Effect, RuleScope, UserConfig};
@@ -81,6 +83,14 @@ pub struct Config {
     /// Wasm plugins, in call order (after the built-in password/ACL checks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<PluginConfig>,
+    /// This broker's name towards other brokers (bridges' client ids and loop prevention;
+    /// default: the host name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Connections to remote brokers that forward topics (live: each bridge restarts
+    /// alone when its entry changes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bridges: Vec<BridgeConfig>,
 }
 
 /// `server:` section (the seed's `server`).
@@ -602,6 +612,14 @@ impl Config {
                 resolve(p);
             }
         }
+        for tls in self.bridges.iter_mut().filter_map(|b| b.tls.as_mut()) {
+            for p in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file]
+                .into_iter()
+                .flatten()
+            {
+                resolve(p);
+            }
+        }
     }
 
     /// Parses and validates YAML text; `path` only labels errors.
@@ -625,6 +643,18 @@ impl Config {
     }
 
     /// Checks ranges and consistency that types alone cannot express.
+    /// `node_name`, or the host name when unset.
+    pub fn node(&self) -> String {
+        if let Some(n) = &self.node_name {
+            return n.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().replace(['/', '+', '#', ','], "_"))
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "mqtt-broker".to_owned())
+    }
+
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: &str, reason: &str| {
             Err(ConfigError::Invalid {
@@ -746,6 +776,17 @@ impl Config {
                 "security.auth_failure_max_delay",
                 "must not be smaller than auth_failure_delay",
             );
+        }
+        if let Err((key, reason)) = bridges::validate_all(&self.bridges) {
+            return invalid(&key, &reason);
+        }
+        if let Some(n) = &self.node_name {
+            if n.is_empty() || n.contains(['/', '+', '#', ',']) {
+                return invalid(
+                    "node_name",
+                    "must be non-empty without `/`, `+`, `#` or `,`",
+                );
+            }
         }
         if let Err((key, reason)) = plugins::validate_all(&self.plugins) {
             return invalid(&key, &reason);

@@ -45,8 +45,10 @@ struct Import {
     default_listener: Option<Listener>,
     /// Index into `listeners` of the block being read, if any.
     current: Option<usize>,
-    /// Inside a bridge `connection` block.
-    in_bridge: Option<String>,
+    /// Inside a bridge `connection` block: its index in `bridges`.
+    in_bridge: Option<usize>,
+    /// The `bridges:` entries being built, one per `connection` block.
+    bridges: Vec<Mapping>,
     per_listener_settings: bool,
     allow_anonymous: Option<bool>,
     log_types: Vec<String>,
@@ -121,6 +123,32 @@ fn string(s: &str) -> Value {
 
 fn number(n: u64) -> Value {
     Value::Number(n.into())
+}
+
+/// Splits on whitespace, keeping `"..."` together (`""` is an empty word), as Mosquitto's
+/// `topic` lines are written.
+fn split_quoted(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+        } else if c == '"' {
+            chars.next();
+            out.push(chars.by_ref().take_while(|c| *c != '"').collect());
+        } else {
+            let mut w = String::new();
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                w.push(c);
+                chars.next();
+            }
+            out.push(w);
+        }
+    }
+    out
 }
 
 /// Options with no equivalent here, and why.
@@ -224,20 +252,18 @@ impl Import {
             parse_bool(v).ok_or_else(|| invalid(format!("`{v}` is not true or false")))
         };
         if option == "connection" {
-            self.in_bridge = Some(value.to_owned());
+            let mut m = Mapping::new();
+            set(&mut m, "name", string(value));
+            set(&mut m, "topics", Value::Sequence(Vec::new()));
+            self.bridges.push(m);
+            self.in_bridge = Some(self.bridges.len() - 1);
             self.current = None;
-            self.note(
-                at,
-                format!("bridge `connection {value}` and its options are not imported: bridges to other brokers are not supported yet"),
-            );
             return Ok(());
         }
         if option == "listener" {
             self.in_bridge = None;
-        } else if self.in_bridge.is_some() {
-            // Options of a bridge block (address, topic, remote_username, ...): covered by
-            // the block's note.
-            return Ok(());
+        } else if let Some(i) = self.in_bridge {
+            return self.bridge_option(i, option, value, at);
         }
         match option {
             "listener" => {
@@ -424,6 +450,145 @@ impl Import {
         Ok(())
     }
 
+    /// One option of a `connection` block, into `bridges[i]`.
+    fn bridge_option(
+        &mut self,
+        i: usize,
+        option: &str,
+        value: &str,
+        at: &str,
+    ) -> Result<(), ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: PathBuf::from(at),
+            key: option.to_owned(),
+            reason,
+        };
+        let bool_of = |v: &str| -> Result<bool, ConfigError> {
+            parse_bool(v).ok_or_else(|| invalid(format!("`{v}` is not true or false")))
+        };
+        let secs_of = |v: &str| -> Result<u64, ConfigError> {
+            v.parse::<u64>()
+                .map_err(|_| invalid(format!("`{v}` is not a number of seconds")))
+        };
+        let name = self.bridges[i]
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let mut note = None;
+        let b = &mut self.bridges[i];
+        match option {
+            "address" | "addresses" => {
+                // Mosquitto's default port; several addresses are tried in order.
+                let list = value
+                    .split_whitespace()
+                    .map(|a| {
+                        if crate::config::bridges::split_host_port(a).is_some() {
+                            string(a)
+                        } else {
+                            string(&format!("{a}:1883"))
+                        }
+                    })
+                    .collect();
+                set(b, "addresses", Value::Sequence(list));
+            }
+            "round_robin" => set(b, "round_robin", Value::Bool(bool_of(value)?)),
+            "bridge_protocol_version" => {
+                let v = match value {
+                    "mqttv50" => "5",
+                    "mqttv311" => "3.1.1",
+                    "mqttv31" => {
+                        note =
+                            Some("MQTT 3.1 bridges are not offered: imported as 3.1.1".to_owned());
+                        "3.1.1"
+                    }
+                    other => return Err(invalid(format!("unknown version `{other}`"))),
+                };
+                set(b, "protocol", string(v));
+            }
+            "remote_clientid" | "clientid" => set(b, "client_id", string(value)),
+            "remote_username" | "username" => set(b, "username", string(value)),
+            "remote_password" | "password" => set(b, "password", string(value)),
+            "local_clientid" => set(b, "local_client_id", string(value)),
+            "local_username" => set(b, "local_username", string(value)),
+            "local_password" => set(b, "local_password", string(value)),
+            "cleansession" => set(b, "clean_session", Value::Bool(bool_of(value)?)),
+            "keepalive_interval" => {
+                set(b, "keep_alive", string(&format!("{}s", secs_of(value)?)));
+            }
+            "try_private" => set(b, "try_private", Value::Bool(bool_of(value)?)),
+            "notifications" => set(b, "notifications", Value::Bool(bool_of(value)?)),
+            "notification_topic" => set(b, "notification_topic", string(value)),
+            "restart_timeout" => {
+                // `constant` or `base cap` (Mosquitto's backoff with jitter).
+                let mut parts = value.split_whitespace();
+                let base = secs_of(parts.next().unwrap_or(""))?.max(1);
+                let cap = match parts.next() {
+                    Some(c) => secs_of(c)?.max(base),
+                    None => base,
+                };
+                set(b, "reconnect_min", string(&format!("{base}s")));
+                set(b, "reconnect_max", string(&format!("{cap}s")));
+            }
+            "topic" => {
+                let words = split_quoted(value);
+                let pattern = words.first().cloned().unwrap_or_default();
+                let mut t = Mapping::new();
+                set(&mut t, "pattern", string(&pattern));
+                if let Some(d) = words.get(1) {
+                    if !matches!(d.as_str(), "in" | "out" | "both") {
+                        return Err(invalid(format!("direction `{d}` is not in, out or both")));
+                    }
+                    set(&mut t, "direction", string(d));
+                }
+                if let Some(q) = words.get(2) {
+                    let q = q
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|q| *q <= 2)
+                        .ok_or_else(|| invalid(format!("QoS `{q}` is not 0, 1 or 2")))?;
+                    set(&mut t, "qos", number(q));
+                }
+                for (key, w) in [
+                    ("local_prefix", words.get(3)),
+                    ("remote_prefix", words.get(4)),
+                ] {
+                    if let Some(w) = w.filter(|w| !w.is_empty()) {
+                        set(&mut t, key, string(w));
+                    }
+                }
+                if let Some(Value::Sequence(topics)) = b.get_mut("topics") {
+                    topics.push(Value::Mapping(t));
+                }
+            }
+            "bridge_cafile" => set(b, "tls.ca_file", string(value)),
+            "bridge_certfile" => set(b, "tls.cert_file", string(value)),
+            "bridge_keyfile" => set(b, "tls.key_file", string(value)),
+            "bridge_alpn" => set(b, "tls.alpn", Value::Sequence(vec![string(value)])),
+            "bridge_capath" => {
+                set(b, "tls.alpn", Value::Sequence(Vec::new()));
+                note = Some(
+                    "bridge_capath: the system's CA certificates are used (no tls.ca_file)".into(),
+                );
+            }
+            "start_type" if value == "automatic" => {}
+            "bridge_attempt_unsubscribe" | "bridge_outgoing_retain" | "local_cleansession" => {
+                note = Some(format!(
+                    "{option} is not imported: the bridge keeps Mosquitto's default behaviour"
+                ));
+            }
+            other => {
+                note = Some(format!(
+                    "{other} {value} is not imported: no equivalent for bridges here"
+                ));
+            }
+        }
+        if let Some(n) = note {
+            self.note(at, format!("bridge {name}: {n}"));
+        }
+        Ok(())
+    }
+
     fn path_note(&mut self, at: &str, path: &str) {
         if Path::new(path).is_relative() {
             self.note(at, format!("relative path `{path}`: Mosquitto reads it from its working directory, this broker from the directory of the YAML file; make it absolute if they differ"));
@@ -517,6 +682,13 @@ impl Import {
         }
         set(&mut self.root, "listeners", Value::Sequence(seq));
 
+        if !self.bridges.is_empty() {
+            let list = std::mem::take(&mut self.bridges)
+                .into_iter()
+                .map(Value::Mapping)
+                .collect();
+            set(&mut self.root, "bridges", Value::Sequence(list));
+        }
         if !self.log_types.is_empty() {
             // The most verbose type wins.
             let rank = |t: &str| match t {
@@ -624,7 +796,6 @@ mod tests {
             "capath",
             "auth_plugin",
             "frobnicate is not imported: unknown option",
-            "bridge `connection cloud`",
         ] {
             assert!(
                 i.notes.iter().any(|n| n.contains(needle)),
@@ -632,12 +803,45 @@ mod tests {
                 i.notes
             );
         }
-        // Bridge options are covered by the block's note, not reported one by one.
+        assert_eq!(i.config.bridges.len(), 1);
+    }
+
+    /// A `connection` block becomes a `bridges:` entry with Mosquitto's meanings.
+    #[test]
+    fn bridge_connection_blocks_are_imported() {
+        let i = import(
+            "listener 1883\nconnection cloud\naddress broker.example.com:8883 backup.example.com\nround_robin true\nbridge_protocol_version mqttv50\nremote_clientid edge-7\nremote_username edge\nremote_password s3cret\ncleansession false\nkeepalive_interval 30\nrestart_timeout 2 60\nbridge_cafile /etc/ssl/ca.pem\nbridge_certfile /etc/edge.pem\nbridge_keyfile /etc/edge.key\ntopic sensors/# out 1 \"\" site7/\ntopic \"\" in 2 cmd/local cmd/remote\ntopic # both\nbridge_outgoing_retain false\n",
+        );
+        let b = &i.config.bridges[0];
+        assert_eq!(b.name, "cloud");
+        assert_eq!(
+            b.addresses,
+            vec!["broker.example.com:8883", "backup.example.com:1883"]
+        );
+        assert!(b.round_robin);
+        assert_eq!(b.protocol, crate::config::BridgeProtocol::V5);
+        assert_eq!(b.client_id.as_deref(), Some("edge-7"));
+        assert_eq!(b.password.as_deref(), Some("s3cret"));
+        assert_eq!(b.keep_alive.get().as_secs(), 30);
+        assert_eq!(b.reconnect_min.get().as_secs(), 2);
+        assert_eq!(b.reconnect_max.get().as_secs(), 60);
+        let tls = b.tls.as_ref().expect("TLS from bridge_cafile");
+        assert_eq!(tls.cert_file.as_deref(), Some(Path::new("/etc/edge.pem")));
+        assert_eq!(b.topics.len(), 3);
+        assert_eq!(b.topics[0].remote_filter(), "site7/sensors/#");
+        assert_eq!(b.topics[0].local_filter(), "sensors/#");
+        assert_eq!(b.topics[1].pattern, "");
+        assert_eq!(b.topics[1].local_prefix, "cmd/local");
+        assert_eq!(b.topics[1].qos, 2);
+        assert_eq!(b.topics[2].direction, crate::config::Direction::Both);
         assert!(
-            !i.notes.iter().any(|n| n.contains("broker.example.com")),
+            i.notes
+                .iter()
+                .any(|n| n.contains("bridge cloud: bridge_outgoing_retain")),
             "{:#?}",
             i.notes
         );
+        assert!(i.yaml.contains("s3cret"), "the password is carried over");
     }
 
     #[test]

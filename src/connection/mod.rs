@@ -104,6 +104,7 @@ fn transport_counter(core: &Core, t: TransportKind) -> &std::sync::atomic::Atomi
         TransportKind::Tls => &core.counters.connections_tls,
         TransportKind::Ws => &core.counters.connections_ws,
         TransportKind::Wss => &core.counters.connections_wss,
+        TransportKind::Bridge => &core.counters.connections_bridge,
     }
 }
 

@@ -51,6 +51,35 @@ pub struct ClientSummary {
     pub inflight: usize,
 }
 
+/// One bridge as the admin API and metrics show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BridgeSummary {
+    /// Bridge name.
+    pub name: String,
+    /// `connected`, `connecting` (between attempts, or first attempt), or `stopped`.
+    pub state: &'static str,
+    /// The remote address in use, while connected.
+    pub remote: Option<String>,
+    /// MQTT version spoken to the remote.
+    pub protocol: &'static str,
+    /// Milliseconds since the Unix epoch of the current connection.
+    pub connected_since: Option<u64>,
+    /// Messages sent to the remote (QoS 1/2 once it acknowledged them).
+    pub messages_out: u64,
+    /// Messages received from the remote and published here.
+    pub messages_in: u64,
+    /// Messages not forwarded, by reason (`disconnected`, `loop`, `refused`, `no_rule`,
+    /// `remote_slow`).
+    pub dropped: std::collections::BTreeMap<&'static str, u64>,
+    /// QoS 1/2 messages waiting for the remote: held by the bridge plus queued in its
+    /// session here.
+    pub queue_depth: u64,
+    /// Connections to the remote lost (or failed) since the bridge started.
+    pub reconnects: u64,
+    /// Why the last connection attempt or link failed.
+    pub last_error: Option<String>,
+}
+
 /// See the module documentation.
 pub trait Control: Send + Sync + 'static {
     /// Counters and registry sizes right now.
@@ -87,4 +116,6 @@ pub trait Control: Send + Sync + 'static {
     fn stopped(&self) -> CancellationToken;
     /// Records where the admin listener is bound.
     fn set_admin_addr(&self, addr: SocketAddr);
+    /// The configured bridges and how they are doing.
+    fn bridges(&self) -> Vec<BridgeSummary>;
 }

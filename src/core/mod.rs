@@ -277,6 +277,7 @@ impl Core {
                 tls: Counters::get(&c.connections_tls),
                 websocket: Counters::get(&c.connections_ws),
                 wss: Counters::get(&c.connections_wss),
+                bridge: Counters::get(&c.connections_bridge),
             },
             sessions: SessionStats {
                 total: sessions.len() as u64,

@@ -84,6 +84,18 @@ pub(crate) fn negotiate(
     if requested.request_response_information == Some(1) && !mqtt5.response_information.is_empty() {
         connack.response_information = Some(mqtt5.response_information.clone());
     }
+    // Another of our brokers bridging in says its node name; ours tells it which broker it
+    // reached, so that it never forwards a message back to where it came from.
+    if requested
+        .user_properties
+        .iter()
+        .any(|(k, _)| &**k == crate::model::BRIDGE_NODE_PROPERTY)
+    {
+        connack.user_properties.push((
+            crate::model::BRIDGE_NODE_PROPERTY.into(),
+            config.node().into(),
+        ));
+    }
     if !mqtt5.server_reference.is_empty() {
         connack.server_reference = Some(mqtt5.server_reference.clone());
     }

@@ -133,6 +133,11 @@ impl SessionRegistry {
         self.sessions.lock().values().cloned().collect()
     }
 
+    /// The session of `client_id`, if there is one.
+    pub fn get(&self, client_id: &str) -> Option<Arc<SessionEntry>> {
+        self.sessions.lock().get(client_id).cloned()
+    }
+
     /// Attaches connection `conn_id` to the session of `client.client_id`, taking it over
     /// from any connection that holds it [MQTT-3.1.4-2] and discarding it first if
     /// `clean_session` [MQTT-3.1.2-6]. Sans-IO: the previous owner is told to close and

@@ -23,6 +23,8 @@ pub struct Counters {
     pub connections_ws: AtomicU64,
     /// Open WebSocket-over-TLS connections.
     pub connections_wss: AtomicU64,
+    /// Open connections of bridges to this broker.
+    pub connections_bridge: AtomicU64,
     /// Connections ever accepted.
     pub connections_accepted: AtomicU64,
     /// Connections refused because `max_connections` was reached.
@@ -108,6 +110,8 @@ pub struct ConnectionStats {
     pub websocket: u64,
     /// WebSocket over TLS.
     pub wss: u64,
+    /// Bridges' own connections.
+    pub bridge: u64,
 }
 
 /// Session counts.

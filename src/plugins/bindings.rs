@@ -35,6 +35,8 @@ pub fn client_info(c: &ClientInfo) -> wit::ClientInfo {
             TransportKind::Tls => wit::Transport::Tls,
             TransportKind::Ws => wit::Transport::Websocket,
             TransportKind::Wss => wit::Transport::WebsocketTls,
+            // WIT 0.1 knows four transports; a bridge's link is in-process, like TCP.
+            TransportKind::Bridge => wit::Transport::Tcp,
         },
         tls_identity: c.tls_identity.clone(),
         protocol_level: match c.protocol {

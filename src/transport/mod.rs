@@ -176,7 +176,7 @@ async fn handshake(
     let deadline = info.deadline;
     let result = tokio::time::timeout_at(deadline, async {
         match cfg.protocol {
-            TransportKind::Tcp => unreachable_tcp(),
+            TransportKind::Tcp | TransportKind::Bridge => unreachable_tcp(),
             TransportKind::Ws => {
                 let ws = ws::accept(stream, &cfg.path, max_packet).await?;
                 spawn_guarded(info.peer, connection::serve(core.clone(), ws, info));

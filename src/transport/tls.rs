@@ -2,7 +2,7 @@
 //! only, via rustls), optional client-certificate verification, and the client identity.
 
 use super::TransportError;
-use crate::config::ListenerConfig;
+use crate::config::{BridgeTls, ListenerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
@@ -26,8 +26,12 @@ fn read_certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, 
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TransportError> {
+    read_key_for(path, "key_file")
+}
+
+fn read_key_for(path: &Path, field: &str) -> Result<PrivateKeyDer<'static>, TransportError> {
     let bad = |reason: String| TransportError::Certificate {
-        key: "key_file".to_owned(),
+        key: field.to_owned(),
         path: path.to_owned(),
         reason,
     };
@@ -104,4 +108,60 @@ pub fn peer_identity(conn: &rustls::ServerConnection) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let cn = parsed.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_owned)
+}
+
+/// Builds the rustls client config of a bridge's remote connection: the remote's
+/// certificate checked against `ca_file` (the system's roots when absent), an optional
+/// client certificate, ALPN. `key` prefixes the config keys named in errors.
+pub fn client_config(
+    tls: &BridgeTls,
+    key: &str,
+) -> Result<Arc<rustls::ClientConfig>, TransportError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca_file {
+        Some(path) => {
+            for cert in read_certs(path, &format!("{key}.ca_file"))? {
+                roots.add(cert).map_err(|e| TransportError::Certificate {
+                    key: format!("{key}.ca_file"),
+                    path: path.clone(),
+                    reason: format!("unusable CA certificate: {e}"),
+                })?;
+            }
+        }
+        None => {
+            let certs = rustls_native_certs::load_native_certs().map_err(|e| {
+                TransportError::Config(format!(
+                    "{key}: cannot read the system's CA certificates ({e}); set {key}.ca_file"
+                ))
+            })?;
+            let (added, _ignored) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(TransportError::Config(format!(
+                    "{key}: the system has no CA certificates; set {key}.ca_file"
+                )));
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .map_err(|e| TransportError::Config(e.to_string()))?
+    .with_root_certificates(roots);
+    let mut config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(k)) => {
+            let chain = read_certs(cert, &format!("{key}.cert_file"))?;
+            let private = read_key_for(k, &format!("{key}.key_file"))?;
+            builder.with_client_auth_cert(chain, private).map_err(|e| {
+                TransportError::Certificate {
+                    key: format!("{key}.key_file"),
+                    path: k.clone(),
+                    reason: format!("does not match cert_file: {e}"),
+                }
+            })?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(Arc::new(config))
 }
