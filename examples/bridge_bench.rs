@@ -71,7 +71,7 @@ fn start_mosquitto() -> Res<Mosquitto> {
     let conf = std::env::temp_dir().join(format!("bridge-bench-{}.conf", std::process::id()));
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n"),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nset_tcp_nodelay true\n"),
     )?;
     let child = Command::new("mosquitto")
         .arg("-c")
@@ -230,12 +230,16 @@ async fn bench(cli: &Cli) -> Res<()> {
         local_prefix: String::new(),
         remote_prefix: String::new(),
     }];
-    let broker: BrokerHandle = Broker::start(Config {
+    let mut config = Config {
         listeners: vec![BrokerHandle::loopback_listener()],
         bridges: vec![bridge],
         ..Default::default()
-    })
-    .await?;
+    };
+    // Mosquitto has no per-client publish rate; ours (1000/s by default) would measure the
+    // publisher's budget, not the bridge.
+    config.limits.publish_rate = 0;
+    config.limits.publish_bytes_rate = 0;
+    let broker: BrokerHandle = Broker::start(config).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while broker.bridges().first().map(|b| b.state) != Some("connected") {
         if Instant::now() > deadline {

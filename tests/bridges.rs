@@ -970,3 +970,73 @@ async fn the_edge_to_cloud_example_forwards_the_sensor_bridges_json() {
     assert_eq!(&*got[0].topic, "cmd/aloys/led");
     handle.shutdown().await;
 }
+
+/// A bridge carries a whole fleet's messages: the per-client publish rate does not throttle
+/// what it brings in, and its session queues up to its own `queue_max` (not the per-client
+/// `performance.message_queue_limit`) while the remote is down.
+#[tokio::test]
+async fn a_bridge_is_not_limited_like_one_device() {
+    let dir = temp("limits");
+    let mut remote = Mosquitto::start(&dir, 0, "");
+    let mut b = bridge(
+        "cloud",
+        &remote.address(),
+        vec![
+            rule("cmd/#", Direction::In, 1, "", "edge/"),
+            rule("data/#", Direction::Out, 1, "", "edge/"),
+        ],
+    );
+    b.queue_max = 500;
+    let mut config = Config {
+        listeners: vec![BrokerHandle::loopback_listener()],
+        bridges: vec![b],
+        ..Default::default()
+    };
+    config.limits.publish_rate = 5;
+    let handle = mqtt_broker::Broker::start(config.clone()).await.unwrap();
+    wait_state(&handle, "cloud", "connected").await;
+    let (mut dev, _) = RawClient::connect(handle.local_addr(), "dev", true).await;
+    dev.subscribe(1, &[("cmd/#", QoS::AtLeastOnce)]).await;
+    let (mut cloud_pub, _) = RawClient::connect(remote.addr(), "cloud-pub", true).await;
+    let started = Instant::now();
+    for i in 0..100u16 {
+        publish_acked(
+            &mut cloud_pub,
+            "edge/cmd/x",
+            i.to_string().as_bytes(),
+            QoS::AtLeastOnce,
+            i + 1,
+        )
+        .await;
+    }
+    let got = receive(&mut dev, 100, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 100);
+    // At 5 messages/s the hundred would take 19 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Devices may publish freely now; each session but the bridge's queues at most 70.
+    config.limits.publish_rate = 0;
+    config.performance.message_queue_limit = 70;
+    handle.reload(config).await.expect("reload");
+    remote.stop();
+    wait_state(&handle, "cloud", "connecting").await;
+    let (mut meter, _) = RawClient::connect(handle.local_addr(), "meter", true).await;
+    for i in 0..100u16 {
+        publish_acked(
+            &mut meter,
+            "data/x",
+            i.to_string().as_bytes(),
+            QoS::AtLeastOnce,
+            i + 1,
+        )
+        .await;
+    }
+    // 20 held by the bridge (max_inflight) and 80 queued in its session: over 70.
+    let s = summary(&handle, "cloud");
+    assert_eq!(s.queue_depth, 100, "{s:?}");
+    handle.shutdown().await;
+}

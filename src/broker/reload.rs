@@ -171,13 +171,12 @@ async fn reload_locked(
             return Err(e.into());
         }
     };
-    let limits = runtime.session_limits();
     runtime.plugins.set_events(&core.ops.events);
     core.runtime.store(Arc::new(runtime));
     let now_running = transport::listeners::commit(plan, core).await;
     server.set_listeners(now_running, running);
     // Lowered limits apply to new work; nothing already queued is dropped.
-    core.registry.set_limits(limits);
+    core.registry.set_limits(&core.runtime.load());
     crate::logging::apply(&core.runtime.load().config.log);
     // Only bridges whose entry changed restart; the stopped ones say goodbye meanwhile.
     let stopped = server.bridges.apply(core, &core.runtime.load().config);

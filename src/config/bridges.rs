@@ -2,7 +2,7 @@
 //! ways (Mosquitto's `connection` blocks), and the checks that refuse an invalid one with
 //! its name and key.
 
-use super::ConfigDuration;
+use super::{ByteSize, ConfigDuration};
 use crate::protocol::{topic, QoS};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -77,6 +77,14 @@ pub struct BridgeConfig {
     /// QoS 2 messages beyond it from 3.1.1 clients.
     #[serde(default = "default_max_inflight")]
     pub max_inflight: u16,
+    /// QoS 1/2 messages the bridge's session on this broker queues while the remote is
+    /// unreachable (instead of `performance.message_queue_limit`); beyond it new ones are
+    /// dropped and counted (`mqtt_messages_dropped_total{reason="queue_full"}`).
+    #[serde(default = "default_queue_max")]
+    pub queue_max: usize,
+    /// Payload bytes it queues (instead of `limits.max_queued_bytes`).
+    #[serde(default = "default_queue_max_bytes")]
+    pub queue_max_bytes: ByteSize,
 }
 
 /// MQTT version of a bridge's remote connection.
@@ -185,6 +193,12 @@ fn default_reconnect_min() -> ConfigDuration {
 fn default_reconnect_max() -> ConfigDuration {
     ConfigDuration::secs(60)
 }
+fn default_queue_max() -> usize {
+    100_000
+}
+fn default_queue_max_bytes() -> ByteSize {
+    ByteSize(256 * 1024 * 1024)
+}
 fn default_max_inflight() -> u16 {
     20
 }
@@ -213,6 +227,8 @@ impl BridgeConfig {
             reconnect_min: default_reconnect_min(),
             reconnect_max: default_reconnect_max(),
             max_inflight: default_max_inflight(),
+            queue_max: default_queue_max(),
+            queue_max_bytes: default_queue_max_bytes(),
         }
     }
 
@@ -302,6 +318,9 @@ impl BridgeConfig {
         }
         if self.max_inflight == 0 {
             return err("max_inflight", "must be at least 1".into());
+        }
+        if self.queue_max == 0 {
+            return err("queue_max", "must be at least 1".into());
         }
         if let Some(tls) = &self.tls {
             if tls.cert_file.is_some() != tls.key_file.is_some() {

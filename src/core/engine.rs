@@ -1009,6 +1009,11 @@ impl Engine {
 
     /// Charges one PUBLISH to the client's rate budgets; pauses reading when over them.
     fn charge_publish(&mut self, core: &Core, payload_len: usize, now: Instant) {
+        if self.client.transport == crate::model::TransportKind::Bridge {
+            // A bridge carries a whole remote fleet's messages: a device's budget would
+            // throttle the link. It is bounded by the remote's flow control instead.
+            return;
+        }
         let (msgs, bytes) = {
             let runtime = core.runtime.load();
             let l = &runtime.config.limits;

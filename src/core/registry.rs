@@ -26,7 +26,7 @@ use super::router::Router;
 use super::Services;
 use crate::hooks::AclCache;
 use crate::model::{ClientInfo, CloseReason, CloseSignal, ConnId, TransportKind};
-use crate::session::{Session, SessionLimits};
+use crate::session::Session;
 use crate::storage::{Recovered, SessionRecord, StorageOp};
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
@@ -154,7 +154,11 @@ impl SessionRegistry {
         done: watch::Receiver<bool>,
         expiry_interval: Option<u32>,
     ) -> Attached {
-        let limits = self.services.runtime.load().session_limits();
+        let limits = self
+            .services
+            .runtime
+            .load()
+            .session_limits_for(&client.client_id);
         let client_id: &str = &client.client_id;
         let clean_session = client.clean_session;
         // Whether the session ends with this connection.
@@ -360,17 +364,20 @@ impl SessionRegistry {
 
     /// Applies new per-session limits to every session (after a reload); nothing already
     /// queued is dropped.
-    pub fn set_limits(&self, limits: SessionLimits) {
+    pub fn set_limits(&self, runtime: &crate::core::Runtime) {
         for s in self.entries() {
-            s.state.lock().set_limits(limits);
+            let mut state = s.state.lock();
+            let limits = runtime.session_limits_for(&state.client_id);
+            state.set_limits(limits);
         }
     }
 
     /// Rebuilds persistent sessions (with their subscriptions) from storage.
     pub fn recover(&self, recovered: Recovered) {
-        let limits = self.services.runtime.load().session_limits();
+        let runtime = self.services.runtime.load();
         let mut sessions = self.sessions.lock();
         for r in recovered.sessions {
+            let limits = runtime.session_limits_for(&r.client_id);
             let subscriptions = r.record.subscriptions.iter().cloned().collect();
             let client = Arc::new(ClientInfo {
                 client_id: r.client_id.clone(),

@@ -46,6 +46,22 @@ impl Runtime {
             queue_bytes_limit: self.config.limits.max_queued_bytes,
         }
     }
+
+    /// The limits of the session of `client_id`: a bridge's own session queues what waits
+    /// for its remote, up to the bridge's `queue_max` and `queue_max_bytes`.
+    pub fn session_limits_for(&self, client_id: &str) -> SessionLimits {
+        let mut limits = self.session_limits();
+        if let Some(b) = self
+            .config
+            .bridges
+            .iter()
+            .find(|b| b.local_id() == client_id)
+        {
+            limits.queue_limit = b.queue_max;
+            limits.queue_bytes_limit = usize::try_from(b.queue_max_bytes.0).unwrap_or(usize::MAX);
+        }
+        limits
+    }
 }
 
 /// The admin API's bearer token; its `Debug` output never shows it.
