@@ -538,7 +538,25 @@ async fn open_local(p: &Params, rules: &RuleSet) -> Result<Link, String> {
     let subs = rules.local_subscriptions();
     if !subs.is_empty() {
         link.send(&subscribe(subs), ProtocolLevel::V5);
+        // Subscribed once SUBACK is back: from then on nothing published here for the
+        // remote is missed. Messages of a resumed session that come first are kept.
+        let mut early = Vec::new();
+        loop {
+            let packet = tokio::time::timeout(CONNECT_TIMEOUT, link.reader.next_one())
+                .await
+                .map_err(|_| "no SUBACK from this broker".to_string())??;
+            match packet {
+                Packet::SubAck(ack) => {
+                    check_suback(p, "this broker", &ack.codes);
+                    break;
+                }
+                other => early.push(other),
+            }
+        }
+        early.append(&mut link.reader.pending);
+        link.reader.pending = early;
     }
+    p.status.local_ready.store(true, Ordering::Relaxed);
     Ok(link)
 }
 

@@ -39,6 +39,8 @@ const DROP_REASONS: [&str; 5] = ["disconnected", "loop", "refused", "no_rule", "
 #[derive(Debug, Default)]
 pub struct BridgeStatus {
     connected: AtomicBool,
+    /// Its session here exists and is subscribed.
+    local_ready: AtomicBool,
     remote: Mutex<Option<String>>,
     since: Mutex<Option<SystemTime>>,
     last_error: Mutex<Option<String>>,
@@ -119,6 +121,29 @@ impl Bridges {
         keep.sort_by_key(|r| config.bridges.iter().position(|b| b.name == r.config.name));
         *running = keep;
         stopped
+    }
+
+    /// Waits until every bridge's session here is subscribed (at most `limit`), so that
+    /// clients connecting afterwards cannot publish before a bridge listens.
+    pub async fn wait_local_ready(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let waiting = self
+                .running
+                .lock()
+                .iter()
+                .filter(|r| !r.status.local_ready.load(Ordering::Relaxed))
+                .map(|r| r.config.name.clone())
+                .collect::<Vec<_>>();
+            if waiting.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(bridges = ?waiting, "bridges not subscribed here yet; opening the listeners anyway");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Stops every bridge (each tells its remote it is going) and waits briefly for them.

@@ -181,6 +181,8 @@ impl Broker {
         // and `/readyz` says 503 ("starting") instead of refusing connections.
         crate::admin::start(control.clone()).await;
         let stop_on_error = |e: BrokerError| {
+            // Also stops bridges started before a listener failed to bind.
+            core.shutdown.cancel();
             core.ops.stop.cancel();
             if let Some(h) = &core.storage {
                 h.close();
@@ -213,6 +215,19 @@ impl Broker {
                 core.schedule_will(entry);
             }
         }
+        // Bridges start before the listeners: their sessions here subscribe first, so no
+        // client can publish a message for a remote before its bridge listens.
+        drop(
+            handle
+                .server
+                .bridges
+                .apply(&core, &core.runtime.load().config),
+        );
+        handle
+            .server
+            .bridges
+            .wait_local_ready(Duration::from_secs(5))
+            .await;
         let running = transport::listeners::start_all(&listeners, &core)
             .await
             .map_err(|e| stop_on_error(e.into()))?;
@@ -228,8 +243,6 @@ impl Broker {
                 }
             }
         });
-        // Bridges start once their sessions are recovered and the listeners are up.
-        drop(server.bridges.apply(&core, &core.runtime.load().config));
         // Storage was recovered above, before any listener opened: now the broker is ready.
         core.ops.ready.store(true, Ordering::Relaxed);
         crate::admin::sys::spawn(control);
