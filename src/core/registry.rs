@@ -78,6 +78,16 @@ impl SessionEntry {
         }
     }
 
+    /// A session of the broker's own that no client owns and the registry does not hold
+    /// (the dashboard's live tail): online from the start, so QoS 0 messages are queued
+    /// for it, and gone when its last holder drops it.
+    pub(crate) fn detached(client: Arc<ClientInfo>, limits: SessionLimits) -> Arc<Self> {
+        let mut state = Session::new(client.client_id.clone(), true, limits);
+        // Nothing is inflight or queued yet: connecting only marks it online.
+        state.connect(&mut Vec::new());
+        Arc::new(SessionEntry::new(client, state, None))
+    }
+
     /// Whether a connection is attached now.
     pub(crate) fn is_attached(&self) -> bool {
         self.owner.lock().is_some()
