@@ -17,9 +17,20 @@ const MAX_PAGE: usize = 1000;
 const DEFAULT_PAGE: usize = 100;
 
 /// Answers one request.
-pub(super) async fn handle<B>(control: &Arc<dyn Control>, req: Request<B>) -> Response<Body> {
+pub(super) async fn handle<B>(control: &Arc<dyn Control>, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    // The dashboard's page and scripts hold no data: served without the token, so that the
+    // login form can ask for it. Every data endpoint below still requires it.
+    if method == Method::GET {
+        if let Some(asset) = super::assets::serve(&path) {
+            return asset;
+        }
+    }
     // Probes are unauthenticated: orchestrators call them without credentials.
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
@@ -51,9 +62,7 @@ pub(super) async fn handle<B>(control: &Arc<dyn Control>, req: Request<B>) -> Re
     let query = req.uri().query().unwrap_or("").to_owned();
     match (&method, path.as_str()) {
         (&Method::GET, "/metrics") => {
-            let mut r = Response::new(Body::new(Bytes::from(super::prometheus::render(
-                control.as_ref(),
-            ))));
+            let mut r = Response::new(super::full(super::prometheus::render(control.as_ref())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -91,10 +100,7 @@ pub(super) async fn handle<B>(control: &Arc<dyn Control>, req: Request<B>) -> Re
             StatusCode::METHOD_NOT_ALLOWED,
             &serde_json::json!({"error": "method not allowed"}),
         ),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({"error": "not found"}),
-        ),
+        _ => super::api::handle(control.as_ref(), req, &query).await,
     }
 }
 
@@ -139,8 +145,13 @@ async fn reload(control: &dyn Control) -> Response<Body> {
 fn clients(control: &dyn Control, query: &str) -> Response<Body> {
     let mut offset = 0usize;
     let mut limit = DEFAULT_PAGE;
+    let mut search = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == "q" {
+            search = Some(query_value(v));
+            continue;
+        }
         let parsed = v.parse::<usize>();
         match (k, parsed) {
             ("offset", Ok(n)) => offset = n,
@@ -154,7 +165,10 @@ fn clients(control: &dyn Control, query: &str) -> Response<Body> {
             _ => {}
         }
     }
-    let (total, views) = control.clients(offset, limit);
+    let (total, views) = match search.as_deref() {
+        Some(q) if !q.trim().is_empty() => control.find_clients(q, offset, limit),
+        _ => control.clients(offset, limit),
+    };
     json(
         StatusCode::OK,
         &serde_json::json!({
@@ -167,8 +181,14 @@ fn clients(control: &dyn Control, query: &str) -> Response<Body> {
     )
 }
 
+/// Decodes a query-string value (`+` is a space); malformed escapes are kept as typed.
+pub(super) fn query_value(v: &str) -> String {
+    let spaced = v.replace('+', " ");
+    percent_decode(&spaced).unwrap_or(spaced)
+}
+
 /// Decodes `%XX` escapes of a path segment; `None` when malformed or not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub(super) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -185,8 +205,8 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn text(code: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
+pub(super) fn text(code: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(super::full(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = code;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -195,11 +215,11 @@ fn text(code: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
-fn json<T: Serialize>(code: StatusCode, value: &T) -> Response<Body> {
+pub(super) fn json<T: Serialize>(code: StatusCode, value: &T) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_else(|e| {
         format!("{{\"error\":\"cannot serialize the response: {e}\"}}").into_bytes()
     });
-    let mut r = Response::new(Body::new(Bytes::from(body)));
+    let mut r = Response::new(super::full(body));
     *r.status_mut() = code;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
