@@ -538,3 +538,31 @@ async fn the_dashboard_in_a_real_browser() {
     }
     drop(dev);
 }
+
+/// A broker started without a config file (`cargo run --release`): the editor's config is
+/// validated and applied live, and the answer says it was not saved anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_config_file_an_applied_config_is_live_only() {
+    let admin_port = free_port();
+    let broker = common::start_broker(|c| {
+        c.admin.bind = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    })
+    .await;
+    let admin = broker.admin_addr().expect("admin listener bound");
+    let c = request(admin, "GET", "/api/v1/config", None).await.json();
+    assert_eq!(c["path"], serde_json::Value::Null);
+    assert_eq!(c["file"], serde_json::Value::Null);
+    // The listener as configured (port 0): the running one is kept.
+    let text = format!(
+        "listeners:\n  - bind: 127.0.0.1:0\nadmin:\n  bind: {admin}\nsecurity:\n  acl:\n    - {{deny: subscribe, topic: \"secret/#\", user: dashboard}}\n    - {{allow: all, topic: \"#\"}}\n"
+    );
+    let (status, body) = request_body(admin, "PUT", "/api/v1/config", &text).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["saved_to"], serde_json::Value::Null);
+    assert_eq!(body["generation"], 2);
+    assert_eq!(broker.config().security.acl.len(), 2);
+    let refused = request(admin, "GET", "/api/v1/tail?filter=secret%2F%23", None).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    // The MQTT listener is still the same one.
+    let (_c, _) = RawClient::connect(broker.local_addr(), "still-here", true).await;
+}

@@ -233,6 +233,12 @@ impl BrokerHandle {
         let previous =
             std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         write_atomically(&path, text.as_bytes())?;
+        // The config watcher (when running) sees this write within its debounce: it is being
+        // applied here, so the watcher must not apply it a second time.
+        let applied = crate::admin::watch::files_fingerprint(&path, &config);
+        self.server
+            .applied_fingerprint
+            .store(applied, std::sync::atomic::Ordering::Release);
         match BrokerHandle::reload_from_file(self, &path).await {
             Ok(generation) => {
                 info!(generation, path = %path.display(), "configuration written and applied from the dashboard");

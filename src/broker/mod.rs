@@ -82,6 +82,9 @@ pub(crate) struct Server {
     pending_logged: Mutex<std::collections::HashSet<(&'static str, String)>>,
     /// Applied to every configuration read from the file (command-line options).
     overrides: Mutex<Option<ConfigOverrides>>,
+    /// Fingerprint of the config files the dashboard wrote and applied, so that the config
+    /// watcher does not reload the same content a second time.
+    applied_fingerprint: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Changes applied to every configuration the broker reads from its file, so that
@@ -174,6 +177,7 @@ impl Broker {
                 started,
                 pending_logged: Mutex::new(Default::default()),
                 overrides: Mutex::new(None),
+                applied_fingerprint: Default::default(),
             }),
         };
         let control: Arc<dyn Control> = Arc::new(handle.clone());
@@ -292,7 +296,11 @@ impl BrokerHandle {
         path: std::path::PathBuf,
     ) -> Result<(), crate::admin::watch::WatchError> {
         self.set_config_path(path.clone());
-        crate::admin::watch::spawn(Arc::new(self.clone()), path)
+        crate::admin::watch::spawn(
+            Arc::new(self.clone()),
+            path,
+            self.server.applied_fingerprint.clone(),
+        )
     }
 
     /// Counters and sizes right now.
