@@ -332,7 +332,7 @@ function clients(view) {
     await refresh();
   }
 
-  async function showDetail(id) {
+  async function showDetail(id, reveal) {
     selected = id;
     const r = await api(`/api/v1/clients/${encodeURIComponent(id)}`, { allowError: true });
     if (r.status !== 200) {
@@ -360,6 +360,13 @@ function clients(view) {
         h("button", { type: "button", class: "danger", onclick: () => disconnect(c.id) }, "Disconnect"),
         h("button", { type: "button", class: "secondary", onclick: () => { selected = null; detail.hidden = true; } }, "Close")),
     );
+    if (reveal) {
+      // Opened from the list: bring it into view and move the keyboard focus to it.
+      const title = detail.querySelector("h3");
+      title.tabIndex = -1;
+      title.focus();
+      detail.scrollIntoView({ block: "nearest" });
+    }
   }
 
   async function refresh() {
@@ -379,7 +386,7 @@ function clients(view) {
         ["Client id", "Address", "Transport", "User", "Protocol", "Connected since", "Subs", "Queue", "In flight", ""],
         r.clients.map((c) =>
           h("tr", { "data-client": c.id },
-            h("td", { class: "mono" }, h("button", { type: "button", class: "link", onclick: () => showDetail(c.id) }, c.id)),
+            h("td", { class: "mono" }, h("button", { type: "button", class: "link", onclick: () => showDetail(c.id, true) }, c.id)),
             h("td", { class: "mono" }, c.address),
             h("td", {}, c.transport),
             h("td", {}, c.username || "–"),
