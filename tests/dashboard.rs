@@ -31,8 +31,22 @@ const JS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js");
 const SCRIPT_LIMIT: Duration = Duration::from_secs(90);
 
 /// The config the broker starts from: the dashboard identity may not subscribe to
-/// `secret/#` until the browser edits that rule.
-fn config_text(mqtt_port: u16, admin_port: u16) -> String {
+/// `secret/#` until the browser edits that rule. With `plugin`, the test plugin that traps on
+/// topics starting with `bad` (tests/wasm/trap.wat), so that the plugin page has errors.
+fn config_text(mqtt_port: u16, admin_port: u16, plugin: bool) -> String {
+    let plugins = if plugin {
+        format!(
+            "plugins:
+  - name: acl-trap
+    path: {}/tests/wasm/trap.wat
+    cache_dir: plugin-cache
+    on_error: deny
+",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    } else {
+        String::new()
+    };
     format!(
         "listeners:
   - name: mqtt
@@ -50,7 +64,7 @@ limits:
   max_subscriptions: 1000
 server:
   sys_interval: 0
-"
+{plugins}"
     )
 }
 
@@ -117,11 +131,11 @@ mod tempdir {
     }
 }
 
-async fn start(tag: &str) -> Fixture {
+async fn start(tag: &str, plugin: bool) -> Fixture {
     let dir = tempdir::Dir::new(tag);
     let (mqtt_port, admin_port) = (free_port(), free_port());
     let cfg = dir.0.join("broker.yaml");
-    std::fs::write(&cfg, config_text(mqtt_port, admin_port)).expect("write the config");
+    std::fs::write(&cfg, config_text(mqtt_port, admin_port, plugin)).expect("write the config");
     std::fs::write(dir.0.join("admin-token"), format!("{TOKEN}\n")).expect("write the token");
     let config = Config::load(&cfg).expect("the test config is valid");
     let broker = Broker::start(config).await.expect("broker starts");
@@ -165,7 +179,7 @@ fn publisher(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_behind_the_dashboard() {
-    let f = start("api").await;
+    let f = start("api", false).await;
     // Static files need no token; data does.
     let page = request(f.admin, "GET", "/", None).await;
     assert_eq!(page.status, 200);
@@ -441,7 +455,7 @@ async fn request_body(
 async fn the_dashboard_in_a_real_browser() {
     let chromium = chromium();
     playwright_installed();
-    let f = start("browser").await;
+    let f = start("browser", true).await;
     let shots = match std::env::var_os("DASHBOARD_SCREENSHOTS") {
         Some(d) => PathBuf::from(d),
         None => f.dir.0.join("screenshots"),
@@ -475,6 +489,16 @@ async fn the_dashboard_in_a_real_browser() {
         .await;
     let (mut victim, _) = RawClient::connect(f.mqtt, "victim-client", true).await;
     victim.subscribe(1, &[("sensors/#", QoS::AtMostOnce)]).await;
+    // A client the plugin fails on: the plugin page lists the error.
+    let (mut bad, _) = RawClient::connect(f.mqtt, "bad-actor", true).await;
+    bad.send(&common::publish(
+        "bad/x",
+        b"boom",
+        QoS::AtMostOnce,
+        None,
+        false,
+    ))
+    .await;
     let readings = publisher(
         f.mqtt,
         "esp-garden-9c0d11",
@@ -536,7 +560,9 @@ async fn the_dashboard_in_a_real_browser() {
         let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         assert!(size > 5_000, "screenshot {} missing or empty", p.display());
     }
-    drop(dev);
+    // (The plugin's error was checked in the page: the ACL edit reloaded the plugins, which
+    // start their counters afresh.)
+    drop((dev, bad));
 }
 
 /// A broker started without a config file (`cargo run --release`): the editor's config is

@@ -144,9 +144,12 @@ try {
   await page.getByRole("button", { name: "Stop live tail" }).click();
   await page.locator("#tail-status", { hasText: "stopped" }).waitFor();
 
-  log("plugins");
+  log("plugins: counters and the recent error of the plugin that trapped");
   await page.getByRole("link", { name: "Plugins" }).click();
-  await page.locator("#plugin-list", { hasText: "No Wasm plugins" }).waitFor();
+  const plugin = page.locator('section[data-plugin="acl-trap"]');
+  await plugin.waitFor();
+  await plugin.locator("ul.errors li", { hasText: "bad-actor" }).first().waitFor();
+  check((await plugin.textContent()).includes("authorize"), "the plugin's hooks are listed");
   await shot("plugins");
 
   log("config: a broken edit is refused with its reason");
