@@ -425,6 +425,17 @@ async fn request_body(
     path: &str,
     body: &str,
 ) -> (u16, serde_json::Value) {
+    request_with(addr, method, path, &[], body).await
+}
+
+/// [`request_body`] with extra headers (a `host` among them replaces the real one).
+async fn request_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, serde_json::Value) {
     use http_body_util::{BodyExt, Full};
     let stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -434,12 +445,18 @@ async fn request_body(
             .await
             .expect("handshake");
     tokio::spawn(conn);
-    let req = hyper::Request::builder()
+    let mut req = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header("host", addr.to_string())
         .header("authorization", format!("Bearer {TOKEN}"))
-        .header("content-type", "application/yaml")
+        .header("content-type", "application/yaml");
+    if !headers.iter().any(|(k, _)| *k == "host") {
+        req = req.header("host", addr.to_string());
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
         .body(Full::new(bytes::Bytes::from(body.to_owned())))
         .expect("request");
     let resp = sender.send_request(req).await.expect("response");
@@ -575,6 +592,22 @@ async fn without_a_config_file_an_applied_config_is_live_only() {
     })
     .await;
     let admin = broker.admin_addr().expect("admin listener bound");
+    // Web pages in the operator's browser: another site may not change anything, and a
+    // DNS-rebinding host name does not reach the config without a token.
+    let origin = format!("http://evil.example:{}", admin.port());
+    let (status, body) =
+        request_with(admin, "PUT", "/api/v1/config", &[("origin", &origin)], "").await;
+    assert_eq!(status, 403, "{body}");
+    let rebound = format!("evil.example:{}", admin.port());
+    let (status, body) =
+        request_with(admin, "GET", "/api/v1/config", &[("host", &rebound)], "").await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = request_with(admin, "GET", "/api/v1/stats", &[("host", &rebound)], "").await;
+    assert_eq!(
+        status, 200,
+        "endpoints that were open stay open to host names"
+    );
+    assert_eq!(broker.generation(), 1);
     let c = request(admin, "GET", "/api/v1/config", None).await.json();
     assert_eq!(c["path"], serde_json::Value::Null);
     assert_eq!(c["file"], serde_json::Value::Null);

@@ -46,6 +46,9 @@ where
         _ => {}
     }
     let token = control.runtime().admin_token.clone();
+    if let Some(refusal) = browser_guard(&req, &method, &path, token.is_some()) {
+        return refusal;
+    }
     if let Some(token) = token {
         if !authorized(&req, token.secret()) {
             let mut r = json(
@@ -102,6 +105,63 @@ where
         ),
         _ => super::api::handle(control.as_ref(), req, &query).await,
     }
+}
+
+/// Defends the API against web pages in the operator's browser, now that a page of this
+/// listener can write the config: a request a browser sends on behalf of another site
+/// (`Origin` is not this listener) may not change anything, and without a token the
+/// dashboard's config and tail endpoints answer only to an address or `localhost` in
+/// `Host`, so that a DNS-rebinding page (its own host name, resolved to 127.0.0.1) cannot
+/// reach them. Tools that send no `Origin` (curl, Prometheus) are unaffected.
+fn browser_guard<B>(
+    req: &Request<B>,
+    method: &Method,
+    path: &str,
+    token_set: bool,
+) -> Option<Response<Body>> {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let host = header(hyper::header::HOST).unwrap_or("");
+    if *method != Method::GET && *method != Method::HEAD {
+        if let Some(origin) = header(hyper::header::ORIGIN) {
+            if !same_origin(origin, host) {
+                return Some(json(
+                    StatusCode::FORBIDDEN,
+                    &serde_json::json!({"error": format!("cross-origin request refused (Origin {origin} is not this listener)")}),
+                ));
+            }
+        }
+    }
+    let sensitive = path.starts_with("/api/v1/config") || path == "/api/v1/tail";
+    if sensitive && !token_set && !host.is_empty() && !host_is_local(host) {
+        return Some(json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({"error": format!("Host `{host}` refused: without admin.token_file the config and tail endpoints answer only to an IP address or localhost (set a token to use a host name)")}),
+        ));
+    }
+    None
+}
+
+/// Whether a `Host` header names an IP address or `localhost` (not a DNS name that could
+/// be made to point here).
+fn host_is_local(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+/// Whether `Origin` (`scheme://host[:port]`) is the listener named by `Host`.
+fn same_origin(origin: &str, host: &str) -> bool {
+    origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| !host.is_empty() && authority.eq_ignore_ascii_case(host))
 }
 
 /// Whether the request carries `Authorization: Bearer <token>` (compared in constant time).
@@ -229,6 +289,37 @@ pub(super) fn json<T: Serialize>(code: StatusCode, value: &T) -> Response<Body> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_addresses_and_localhost_are_local_hosts() {
+        for h in [
+            "127.0.0.1:9100",
+            "127.0.0.1",
+            "localhost:9100",
+            "LOCALHOST",
+            "[::1]:9100",
+            "10.0.0.5:9100",
+        ] {
+            assert!(host_is_local(h), "{h}");
+        }
+        for h in [
+            "evil.example:9100",
+            "localhost.evil.example",
+            "[not-an-ip]:1",
+            "broker",
+        ] {
+            assert!(!host_is_local(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn origins_must_name_this_listener() {
+        assert!(same_origin("http://127.0.0.1:9100", "127.0.0.1:9100"));
+        assert!(same_origin("http://Localhost:9100", "localhost:9100"));
+        assert!(!same_origin("http://evil.example", "127.0.0.1:9100"));
+        assert!(!same_origin("null", "127.0.0.1:9100"));
+        assert!(!same_origin("http://127.0.0.1:9100", ""));
+    }
 
     #[test]
     fn percent_decoding() {
