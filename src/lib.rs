@@ -24,6 +24,7 @@ pub mod config;
 pub(crate) mod connection;
 pub mod core;
 pub mod events;
+pub mod history;
 pub mod hooks;
 pub(crate) mod limits;
 pub mod logging;

@@ -12,6 +12,8 @@
 //! config watcher ([`watch`]). All of them hold an `Arc<dyn Control>`
 //! ([`crate::core::control`]) and never import the server module that wires them.
 
+mod api;
+mod assets;
 pub mod prometheus;
 mod routes;
 pub(crate) mod sys;
@@ -90,5 +92,11 @@ async fn accept_loop(listener: TcpListener, control: Arc<dyn Control>) {
     }
 }
 
-/// The response body type of every route.
-type Body = Full<Bytes>;
+/// The response body type of every route: a whole body, or a stream (the live tail).
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A response body that is all there at once.
+fn full(bytes: impl Into<Bytes>) -> Body {
+    use http_body_util::BodyExt;
+    Full::new(bytes.into()).boxed()
+}

@@ -5,6 +5,7 @@
 use crate::core::control::Control;
 use crate::events::DisconnectReason;
 use crate::metrics::ops::{LimitKind, LATENCY_BUCKETS};
+use crate::metrics::Counters;
 use std::fmt::{Display, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -45,6 +46,27 @@ fn get(c: &AtomicU64) -> u64 {
 }
 
 const QOS: [&str; 3] = ["0", "1", "2"];
+
+/// Messages (or deliveries) dropped so far, by reason: the `reason` label of
+/// `mqtt_messages_dropped_total`, and the dashboard's "drops by reason".
+pub(crate) fn drop_reasons(c: &Counters) -> [(&'static str, u64); 9] {
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let ops = &c.ops;
+    [
+        ("queue_full", get(&c.dropped_queue_full)),
+        (
+            "queue_bytes",
+            get(&ops.limits[LimitKind::MaxQueuedBytes as usize]),
+        ),
+        ("no_subscribers", get(&c.dropped_no_subscribers)),
+        ("offline_qos0", get(&c.dropped_offline_qos0)),
+        ("acl_denied_publish", get(&c.acl_denied_publish)),
+        ("acl_denied_deliver", get(&c.acl_denied_deliver)),
+        ("sys_topic", get(&ops.sys_publish_denied)),
+        ("oversized", get(&ops.oversized_packets)),
+        ("retained_limit", get(&c.retained_refused_limit)),
+    ]
+}
 
 /// Renders every metric.
 pub(crate) fn render(control: &dyn Control) -> String {
@@ -235,20 +257,7 @@ pub(crate) fn render(control: &dyn Control) -> String {
         "counter",
         "Messages (or deliveries) dropped, by reason.",
     );
-    for (r, v) in [
-        ("queue_full", get(&c.dropped_queue_full)),
-        (
-            "queue_bytes",
-            get(&ops.limits[LimitKind::MaxQueuedBytes as usize]),
-        ),
-        ("no_subscribers", get(&c.dropped_no_subscribers)),
-        ("offline_qos0", get(&c.dropped_offline_qos0)),
-        ("acl_denied_publish", get(&c.acl_denied_publish)),
-        ("acl_denied_deliver", get(&c.acl_denied_deliver)),
-        ("sys_topic", get(&ops.sys_publish_denied)),
-        ("oversized", get(&ops.oversized_packets)),
-        ("retained_limit", get(&c.retained_refused_limit)),
-    ] {
+    for (r, v) in drop_reasons(c) {
         o.sample("mqtt_messages_dropped_total", &[("reason", r)], v);
     }
     o.single(
@@ -612,6 +621,7 @@ mod tests {
             degraded: true,
             peak_memory_bytes: 65536,
             memory_limit_bytes: 1 << 20,
+            recent_errors: Vec::new(),
         };
         let mut o = Out(String::new());
         render_plugins(&mut o, &[stats]);

@@ -17,9 +17,20 @@ const MAX_PAGE: usize = 1000;
 const DEFAULT_PAGE: usize = 100;
 
 /// Answers one request.
-pub(super) async fn handle<B>(control: &Arc<dyn Control>, req: Request<B>) -> Response<Body> {
+pub(super) async fn handle<B>(control: &Arc<dyn Control>, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    // The dashboard's page and scripts hold no data: served without the token, so that the
+    // login form can ask for it. Every data endpoint below still requires it.
+    if method == Method::GET {
+        if let Some(asset) = super::assets::serve(&path) {
+            return asset;
+        }
+    }
     // Probes are unauthenticated: orchestrators call them without credentials.
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
@@ -35,6 +46,9 @@ pub(super) async fn handle<B>(control: &Arc<dyn Control>, req: Request<B>) -> Re
         _ => {}
     }
     let token = control.runtime().admin_token.clone();
+    if let Some(refusal) = browser_guard(&req, &method, &path, token.is_some()) {
+        return refusal;
+    }
     if let Some(token) = token {
         if !authorized(&req, token.secret()) {
             let mut r = json(
@@ -51,9 +65,7 @@ pub(super) async fn handle<B>(control: &Arc<dyn Control>, req: Request<B>) -> Re
     let query = req.uri().query().unwrap_or("").to_owned();
     match (&method, path.as_str()) {
         (&Method::GET, "/metrics") => {
-            let mut r = Response::new(Body::new(Bytes::from(super::prometheus::render(
-                control.as_ref(),
-            ))));
+            let mut r = Response::new(super::full(super::prometheus::render(control.as_ref())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -98,11 +110,65 @@ pub(super) async fn handle<B>(control: &Arc<dyn Control>, req: Request<B>) -> Re
             StatusCode::METHOD_NOT_ALLOWED,
             &serde_json::json!({"error": "method not allowed"}),
         ),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({"error": "not found"}),
-        ),
+        _ => super::api::handle(control.as_ref(), req, &query).await,
     }
+}
+
+/// Defends the API against web pages in the operator's browser, now that a page of this
+/// listener can write the config: a request a browser sends on behalf of another site
+/// (`Origin` is not this listener) may not change anything, and without a token the
+/// dashboard's config and tail endpoints answer only to an address or `localhost` in
+/// `Host`, so that a DNS-rebinding page (its own host name, resolved to 127.0.0.1) cannot
+/// reach them. Tools that send no `Origin` (curl, Prometheus) are unaffected.
+fn browser_guard<B>(
+    req: &Request<B>,
+    method: &Method,
+    path: &str,
+    token_set: bool,
+) -> Option<Response<Body>> {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let host = header(hyper::header::HOST).unwrap_or("");
+    if *method != Method::GET && *method != Method::HEAD {
+        if let Some(origin) = header(hyper::header::ORIGIN) {
+            if !same_origin(origin, host) {
+                return Some(json(
+                    StatusCode::FORBIDDEN,
+                    &serde_json::json!({"error": format!("cross-origin request refused (Origin {origin} is not this listener)")}),
+                ));
+            }
+        }
+    }
+    let sensitive = path.starts_with("/api/v1/config") || path == "/api/v1/tail";
+    if sensitive && !token_set && !host.is_empty() && !host_is_local(host) {
+        return Some(json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({"error": format!("Host `{host}` refused: without admin.token_file the config and tail endpoints answer only to an IP address or localhost (set a token to use a host name)")}),
+        ));
+    }
+    None
+}
+
+/// Whether a `Host` header names an IP address or `localhost` (not a DNS name that could
+/// be made to point here).
+fn host_is_local(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+/// Whether `Origin` (`scheme://host[:port]`) is the listener named by `Host`.
+fn same_origin(origin: &str, host: &str) -> bool {
+    origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| !host.is_empty() && authority.eq_ignore_ascii_case(host))
 }
 
 /// Whether the request carries `Authorization: Bearer <token>` (compared in constant time).
@@ -146,8 +212,13 @@ async fn reload(control: &dyn Control) -> Response<Body> {
 fn clients(control: &dyn Control, query: &str) -> Response<Body> {
     let mut offset = 0usize;
     let mut limit = DEFAULT_PAGE;
+    let mut search = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == "q" {
+            search = Some(query_value(v));
+            continue;
+        }
         let parsed = v.parse::<usize>();
         match (k, parsed) {
             ("offset", Ok(n)) => offset = n,
@@ -161,7 +232,10 @@ fn clients(control: &dyn Control, query: &str) -> Response<Body> {
             _ => {}
         }
     }
-    let (total, views) = control.clients(offset, limit);
+    let (total, views) = match search.as_deref() {
+        Some(q) if !q.trim().is_empty() => control.find_clients(q, offset, limit),
+        _ => control.clients(offset, limit),
+    };
     json(
         StatusCode::OK,
         &serde_json::json!({
@@ -174,8 +248,14 @@ fn clients(control: &dyn Control, query: &str) -> Response<Body> {
     )
 }
 
+/// Decodes a query-string value (`+` is a space); malformed escapes are kept as typed.
+pub(super) fn query_value(v: &str) -> String {
+    let spaced = v.replace('+', " ");
+    percent_decode(&spaced).unwrap_or(spaced)
+}
+
 /// Decodes `%XX` escapes of a path segment; `None` when malformed or not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub(super) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -192,8 +272,8 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn text(code: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
+pub(super) fn text(code: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(super::full(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = code;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -202,11 +282,11 @@ fn text(code: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
-fn json<T: Serialize>(code: StatusCode, value: &T) -> Response<Body> {
+pub(super) fn json<T: Serialize>(code: StatusCode, value: &T) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_else(|e| {
         format!("{{\"error\":\"cannot serialize the response: {e}\"}}").into_bytes()
     });
-    let mut r = Response::new(Body::new(Bytes::from(body)));
+    let mut r = Response::new(super::full(body));
     *r.status_mut() = code;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -216,6 +296,37 @@ fn json<T: Serialize>(code: StatusCode, value: &T) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_addresses_and_localhost_are_local_hosts() {
+        for h in [
+            "127.0.0.1:9100",
+            "127.0.0.1",
+            "localhost:9100",
+            "LOCALHOST",
+            "[::1]:9100",
+            "10.0.0.5:9100",
+        ] {
+            assert!(host_is_local(h), "{h}");
+        }
+        for h in [
+            "evil.example:9100",
+            "localhost.evil.example",
+            "[not-an-ip]:1",
+            "broker",
+        ] {
+            assert!(!host_is_local(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn origins_must_name_this_listener() {
+        assert!(same_origin("http://127.0.0.1:9100", "127.0.0.1:9100"));
+        assert!(same_origin("http://Localhost:9100", "localhost:9100"));
+        assert!(!same_origin("http://evil.example", "127.0.0.1:9100"));
+        assert!(!same_origin("null", "127.0.0.1:9100"));
+        assert!(!same_origin("http://127.0.0.1:9100", ""));
+    }
 
     #[test]
     fn percent_decoding() {

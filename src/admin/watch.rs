@@ -75,6 +75,15 @@ fn fingerprint(files: &BTreeSet<PathBuf>) -> u64 {
     h.finish()
 }
 
+/// The fingerprint the watcher will compute once `config` (read from `config_path`) is in
+/// force: what a writer that reloads by itself (the dashboard) hands to [`spawn`]'s
+/// `applied`, so that the watcher does not reload the same content again.
+pub(crate) fn files_fingerprint(config_path: &Path, config: &crate::config::Config) -> u64 {
+    let mut files: BTreeSet<PathBuf> = config.referenced_files().into_iter().collect();
+    files.insert(config_path.to_path_buf());
+    fingerprint(&files)
+}
+
 /// Whether an event can mean changed content: everything but opening, reading and closing a
 /// file without writing it.
 fn is_change(kind: &notify::EventKind) -> bool {
@@ -128,7 +137,15 @@ fn parent(p: &Path) -> PathBuf {
 }
 
 /// Starts watching; the task ends when the broker shuts down.
-pub(crate) fn spawn(handle: Arc<dyn Control>, config_path: PathBuf) -> Result<(), WatchError> {
+///
+/// `applied` holds the fingerprint of files already applied by someone else (the dashboard
+/// writes the file and reloads itself): a change to exactly that content is not reloaded
+/// twice.
+pub(crate) fn spawn(
+    handle: Arc<dyn Control>,
+    config_path: PathBuf,
+    applied: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<(), WatchError> {
     let (tx, mut rx) = mpsc::unbounded_channel::<notify::Event>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(event) = res {
@@ -187,6 +204,12 @@ pub(crate) fn spawn(handle: Arc<dyn Control>, config_path: PathBuf) -> Result<()
                 continue;
             }
             last = now;
+            if now == applied.load(std::sync::atomic::Ordering::Acquire) {
+                debug!("watched files changed to what was already applied; not reloading");
+                files = watched_files(&config_path, handle.as_ref());
+                watched_names = names(&files);
+                continue;
+            }
             debug!("watched files changed; reloading");
             if handle.reload_from_file(&config_path).await.is_ok() {
                 // The new config may name other files: follow them.

@@ -10,6 +10,7 @@
 //! it but the binary and embedders.
 
 mod build;
+mod dashboard;
 mod reload;
 mod shutdown;
 #[cfg(test)]
@@ -19,7 +20,9 @@ pub use crate::core::{ReloadStatus, Runtime};
 pub(crate) use build::build_runtime;
 
 use crate::config::{Config, ListenerConfig, StorageType};
-use crate::core::control::{BoxFuture, ClientSummary, Control};
+use crate::core::control::{
+    AppliedConfig, BoxFuture, ClientDetail, ClientSummary, Control, TailLimits, TailMessage,
+};
 use crate::core::Core;
 use crate::metrics::{Counters, StatsSnapshot};
 use crate::model::{Message, TransportKind};
@@ -81,6 +84,9 @@ pub(crate) struct Server {
     overrides: Mutex<Option<ConfigOverrides>>,
     /// The running bridges to remote brokers.
     bridges: crate::bridge::Bridges,
+    /// Fingerprint of the config files the dashboard wrote and applied, so that the config
+    /// watcher does not reload the same content a second time.
+    applied_fingerprint: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Changes applied to every configuration the broker reads from its file, so that
@@ -174,6 +180,7 @@ impl Broker {
                 pending_logged: Mutex::new(Default::default()),
                 overrides: Mutex::new(None),
                 bridges: Default::default(),
+                applied_fingerprint: Default::default(),
             }),
         };
         let control: Arc<dyn Control> = Arc::new(handle.clone());
@@ -307,7 +314,11 @@ impl BrokerHandle {
         path: std::path::PathBuf,
     ) -> Result<(), crate::admin::watch::WatchError> {
         self.set_config_path(path.clone());
-        crate::admin::watch::spawn(Arc::new(self.clone()), path)
+        crate::admin::watch::spawn(
+            Arc::new(self.clone()),
+            path,
+            self.server.applied_fingerprint.clone(),
+        )
     }
 
     /// Counters and sizes right now.
@@ -421,6 +432,57 @@ impl Control for BrokerHandle {
             })
             .collect();
         (total, views)
+    }
+
+    fn find_clients(
+        &self,
+        query: &str,
+        offset: usize,
+        limit: usize,
+    ) -> (usize, Vec<ClientSummary>) {
+        self.find_clients_impl(query, offset, limit)
+    }
+
+    fn client_detail(&self, client_id: &str) -> Option<ClientDetail> {
+        self.client_detail_impl(client_id)
+    }
+
+    fn subscription_filters(&self) -> Vec<(String, usize)> {
+        self.subscription_filters_impl()
+    }
+
+    fn retained_page(&self, prefix: &str, offset: usize, limit: usize) -> (usize, Vec<Message>) {
+        self.core.router.retained_page(prefix, offset, limit)
+    }
+
+    fn tail(
+        &self,
+        filter: &str,
+        limits: TailLimits,
+    ) -> Result<tokio::sync::mpsc::Receiver<TailMessage>, String> {
+        self.tail_impl(filter, limits)
+    }
+
+    fn reload_history(&self) -> Vec<ReloadStatus> {
+        self.core
+            .reload_history
+            .lock()
+            .newest_first()
+            .cloned()
+            .collect()
+    }
+
+    fn validate_config<'a>(&'a self, text: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.validate_config_impl(text)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn apply_config<'a>(&'a self, text: &'a str) -> BoxFuture<'a, Result<AppliedConfig, String>> {
+        Box::pin(self.apply_config_impl(text))
     }
 
     fn disconnect(&self, client_id: &str) -> usize {

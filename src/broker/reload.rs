@@ -132,6 +132,7 @@ pub(super) fn record(
         pending_restart,
     };
     *core.last_reload.lock() = status.clone();
+    core.reload_history.lock().push(status.clone());
     core.ops
         .events
         .emit(|| crate::events::BrokerEvent::ConfigReloaded {

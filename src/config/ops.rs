@@ -18,6 +18,9 @@ pub struct AdminConfig {
     /// `/readyz` requires. Without it the API is open to whoever can reach `bind`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// The user name the dashboard's live tail subscribes as: the ACL (rules, ACL file,
+    /// plugins) decides what it may read, as for a device with that name.
+    pub dashboard_user: String,
 }
 
 impl Default for AdminConfig {
@@ -26,6 +29,7 @@ impl Default for AdminConfig {
             enabled: true,
             bind: SocketAddr::from(([127, 0, 0, 1], 9100)),
             token_file: None,
+            dashboard_user: "dashboard".into(),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -80,6 +80,58 @@ pub struct BridgeSummary {
     pub last_error: Option<String>,
 }
 
+/// One connected client in full, for the dashboard's client detail.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientDetail {
+    /// What the list shows.
+    #[serde(flatten)]
+    pub summary: ClientSummary,
+    /// Its subscriptions: topic filter and granted QoS, in filter order.
+    pub subscription_filters: Vec<SubscriptionView>,
+    /// Connections under this client id right now (more than one only during a takeover).
+    pub connections: usize,
+}
+
+/// One subscription of a session.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SubscriptionView {
+    /// Topic filter (a `$share/...` filter as subscribed).
+    pub filter: String,
+    /// Granted QoS (0, 1 or 2).
+    pub qos: u8,
+}
+
+/// One message of the dashboard's live tail.
+#[derive(Debug, Clone)]
+pub struct TailMessage {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Payload bytes.
+    pub payload: bytes::Bytes,
+    /// Milliseconds since the Unix epoch when the tail received it.
+    pub at: u64,
+}
+
+/// Bounds of one live tail: it ends after this many messages or this long, whichever
+/// comes first, so that a forgotten browser tab never holds a subscription for ever.
+#[derive(Debug, Clone, Copy)]
+pub struct TailLimits {
+    /// Messages delivered before the tail ends.
+    pub max_messages: usize,
+    /// Time before the tail ends.
+    pub max_duration: Duration,
+}
+
+/// What a configuration applied from the dashboard did.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppliedConfig {
+    /// Generation in force afterwards.
+    pub generation: u64,
+    /// The file written, or `None` when the broker runs without one (the change then lasts
+    /// until the broker stops).
+    pub saved_to: Option<PathBuf>,
+}
+
 /// See the module documentation.
 pub trait Control: Send + Sync + 'static {
     /// Counters and registry sizes right now.
@@ -92,6 +144,33 @@ pub trait Control: Send + Sync + 'static {
     fn persistent_sessions(&self) -> usize;
     /// Connected clients in connection order: the total and the page asked for.
     fn clients(&self, offset: usize, limit: usize) -> (usize, Vec<ClientSummary>);
+    /// Connected clients whose id, user name or address contains `query` (case-insensitive),
+    /// in connection order: how many match and the page asked for.
+    fn find_clients(&self, query: &str, offset: usize, limit: usize)
+        -> (usize, Vec<ClientSummary>);
+    /// The connected client `client_id` in full, if connected.
+    fn client_detail(&self, client_id: &str) -> Option<ClientDetail>;
+    /// Every subscription filter held by a session (online or not) and how many hold it.
+    fn subscription_filters(&self) -> Vec<(String, usize)>;
+    /// Retained messages whose topic starts with `prefix`, in topic order: the total and the
+    /// page asked for.
+    fn retained_page(&self, prefix: &str, offset: usize, limit: usize) -> (usize, Vec<Message>);
+    /// Starts a read-only subscription to `filter` as the dashboard identity
+    /// (`admin.dashboard_user`), subject to its ACL; ends at `limits` or when the receiver
+    /// is dropped. The error says why it was refused.
+    fn tail(
+        &self,
+        filter: &str,
+        limits: TailLimits,
+    ) -> Result<tokio::sync::mpsc::Receiver<TailMessage>, String>;
+    /// The last reload attempts, newest first (the start is the oldest).
+    fn reload_history(&self) -> Vec<ReloadStatus>;
+    /// Checks YAML `text` as `--check-config` does (parse, validate, load every file and
+    /// plugin it names), relative paths taken from the config file's directory.
+    fn validate_config<'a>(&'a self, text: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// Validates `text`, writes it atomically over the config file and reloads; when
+    /// refused, the file keeps its previous content and the error says why.
+    fn apply_config<'a>(&'a self, text: &'a str) -> BoxFuture<'a, Result<AppliedConfig, String>>;
     /// Disconnects every connection of `client_id` (reason: admin); returns how many.
     fn disconnect(&self, client_id: &str) -> usize;
     /// Re-reads `path` and applies it live; the error says why nothing changed.

@@ -80,6 +80,9 @@ fn open_files_limit() -> u64 {
     lim.rlim_cur
 }
 
+/// Reload attempts the dashboard can look back on.
+pub const RELOAD_HISTORY: usize = 50;
+
 /// State shared by every task of one broker (see the module documentation).
 pub(crate) struct Core {
     services: Arc<Services>,
@@ -96,6 +99,8 @@ pub(crate) struct Core {
     pub reload_tx: watch::Sender<u64>,
     /// Outcome of the last reload attempt.
     pub last_reload: Mutex<ReloadStatus>,
+    /// The last reload attempts (the start counts as the first), for the dashboard.
+    pub reload_history: Mutex<crate::history::HistoryRing<ReloadStatus>>,
     next_conn_id: AtomicU64,
     started_nanos: u128,
     /// The process's open-files limit (soft), read at start.
@@ -123,6 +128,15 @@ impl Core {
             ops: ops::OpsState::default(),
         });
         let router: Arc<dyn Router> = Arc::new(LocalRouter::new(services.clone()));
+        let started = ReloadStatus {
+            generation,
+            ok: true,
+            error: None,
+            at: std::time::SystemTime::now(),
+            pending_restart: Vec::new(),
+        };
+        let mut reload_history = crate::history::HistoryRing::new(RELOAD_HISTORY);
+        reload_history.push(started.clone());
         Core {
             registry: SessionRegistry::new(services.clone(), router.clone()),
             router,
@@ -130,13 +144,8 @@ impl Core {
             backoff: backoff::AuthBackoff::default(),
             shutdown: CancellationToken::new(),
             reload_tx: watch::channel(generation).0,
-            last_reload: Mutex::new(ReloadStatus {
-                generation,
-                ok: true,
-                error: None,
-                at: std::time::SystemTime::now(),
-                pending_restart: Vec::new(),
-            }),
+            last_reload: Mutex::new(started),
+            reload_history: Mutex::new(reload_history),
             next_conn_id: AtomicU64::new(1),
             fd_limit: open_files_limit(),
             fd_warned: std::sync::atomic::AtomicBool::new(false),

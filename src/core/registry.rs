@@ -26,7 +26,7 @@ use super::router::Router;
 use super::Services;
 use crate::hooks::AclCache;
 use crate::model::{ClientInfo, CloseReason, CloseSignal, ConnId, TransportKind};
-use crate::session::Session;
+use crate::session::{Session, SessionLimits};
 use crate::storage::{Recovered, SessionRecord, StorageOp};
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
@@ -76,6 +76,16 @@ impl SessionEntry {
             offline_since: Mutex::new(offline_since),
             owner: Mutex::new(None),
         }
+    }
+
+    /// A session of the broker's own that no client owns and the registry does not hold
+    /// (the dashboard's live tail): online from the start, so QoS 0 messages are queued
+    /// for it, and gone when its last holder drops it.
+    pub(crate) fn detached(client: Arc<ClientInfo>, limits: SessionLimits) -> Arc<Self> {
+        let mut state = Session::new(client.client_id.clone(), true, limits);
+        // Nothing is inflight or queued yet: connecting only marks it online.
+        state.connect(&mut Vec::new());
+        Arc::new(SessionEntry::new(client, state, None))
     }
 
     /// Whether a connection is attached now.

@@ -82,6 +82,9 @@ pub(crate) trait Router: Send + Sync {
     fn redistribute(&self, filter: &str, message: Message);
     /// The retained messages matching `filter`, for a new subscription [MQTT-3.3.1-6].
     fn retained(&self, filter: &str) -> Vec<Message>;
+    /// The retained messages whose topic starts with `prefix`, in topic order: how many
+    /// there are and the page asked for (the dashboard's retained browser).
+    fn retained_page(&self, prefix: &str, offset: usize, limit: usize) -> (usize, Vec<Message>);
     /// Number of subscriptions.
     fn subscription_count(&self) -> usize;
     /// Number of retained messages.
@@ -337,6 +340,27 @@ impl Router for LocalRouter {
 
     fn retained(&self, filter: &str) -> Vec<Message> {
         self.retained.read().matching(filter)
+    }
+
+    fn retained_page(&self, prefix: &str, offset: usize, limit: usize) -> (usize, Vec<Message>) {
+        // Names only under the lock (reference counts), sorted outside it: a big store
+        // never holds up retained publishes for a sort.
+        let mut topics: Vec<Arc<str>> = self
+            .retained
+            .read()
+            .iter()
+            .filter(|m| m.topic.starts_with(prefix))
+            .map(|m| m.topic.clone())
+            .collect();
+        topics.sort_unstable();
+        let total = topics.len();
+        let page: Vec<Arc<str>> = topics.into_iter().skip(offset).take(limit).collect();
+        let store = self.retained.read();
+        let messages = page
+            .iter()
+            .filter_map(|t| store.matching(t).into_iter().next())
+            .collect();
+        (total, messages)
     }
 
     fn subscription_count(&self) -> usize {

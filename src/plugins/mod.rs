@@ -20,7 +20,7 @@ pub mod version;
 pub use crate::config::plugins as config;
 pub use crate::config::plugins::{ByteSize, OnError, PluginConfig, PluginLimits};
 pub use host::{ArtifactSource, EngineSettings, OptLevel, PluginHost};
-pub use plugin::{PluginStats, WasmPlugin};
+pub use plugin::{PluginFailure, PluginStats, WasmPlugin};
 
 use crate::hooks::SecurityChain;
 use std::path::PathBuf;

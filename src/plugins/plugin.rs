@@ -80,6 +80,8 @@ struct Health {
     degraded_since: Option<Instant>,
     last_probe: Option<Instant>,
     probing: bool,
+    /// The last failures, for the dashboard's plugin page.
+    errors: crate::history::HistoryRing<PluginFailure>,
 }
 
 /// Counters of one plugin.
@@ -129,6 +131,20 @@ pub struct PluginStats {
     pub peak_memory_bytes: u64,
     /// Configured memory limit in bytes.
     pub memory_limit_bytes: u64,
+    /// The last failures ([`RECENT_ERRORS`] at most), newest first.
+    pub recent_errors: Vec<PluginFailure>,
+}
+
+/// Failures a plugin remembers for the dashboard; older ones are counted only.
+pub const RECENT_ERRORS: usize = 20;
+
+/// One failed plugin call, as the dashboard lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginFailure {
+    /// Milliseconds since the Unix epoch.
+    pub at: u64,
+    /// Hook, client and what happened (never a payload or a password).
+    pub error: String,
 }
 
 /// One loaded Wasm plugin; implements whichever hook traits its component exports.
@@ -216,6 +232,7 @@ impl WasmPlugin {
                 degraded_since: None,
                 last_probe: None,
                 probing: false,
+                errors: crate::history::HistoryRing::new(RECENT_ERRORS),
             }),
             degraded: AtomicBool::new(false),
             counts: Counts::default(),
@@ -303,6 +320,7 @@ impl WasmPlugin {
             degraded: self.degraded(),
             peak_memory_bytes: self.peak_memory.load(Ordering::Relaxed),
             memory_limit_bytes: self.config.limits.memory.0,
+            recent_errors: self.health.lock().errors.newest_first().cloned().collect(),
         }
     }
 
@@ -525,20 +543,27 @@ impl WasmPlugin {
             "plugin call failed: {}; instance discarded",
             describe(&failure)
         );
+        let error = format!(
+            "{} for client {}: {}",
+            hook.as_str(),
+            client.client_id,
+            describe(&failure)
+        );
         if let Some(events) = self.events.get() {
             events.emit(|| crate::events::BrokerEvent::PluginError {
                 plugin: self.name.to_string(),
-                error: format!(
-                    "{} for client {}: {}",
-                    hook.as_str(),
-                    client.client_id,
-                    describe(&failure)
-                ),
+                error: error.clone(),
             });
         }
         let limits = &self.config.limits;
         let now = Instant::now();
         let mut h = self.health.lock();
+        h.errors.push(PluginFailure {
+            at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            error,
+        });
         if probe {
             h.probing = false;
             h.last_probe = Some(now);
