@@ -105,6 +105,7 @@ impl Client {
             buf: BytesMut::new(),
         };
         c.send(&Packet::Connect(Box::new(Connect {
+            bridge: false,
             protocol: ProtocolLevel::V311,
             clean_session: true,
             keep_alive: 0,

@@ -632,6 +632,7 @@ impl Conn {
             chunk: 4096,
         };
         c.send(&Packet::Connect(Box::new(Connect {
+            bridge: false,
             properties: None,
             protocol: level(),
             clean_session,

@@ -207,6 +207,7 @@ async fn connect(addr: std::net::SocketAddr, id: &str, user: Option<&str>) -> Tc
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).expect("nodelay");
     let c = Connect {
+        bridge: false,
         properties: None,
         protocol: ProtocolLevel::V311,
         clean_session: true,

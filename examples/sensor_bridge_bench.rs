@@ -255,6 +255,7 @@ async fn connect(
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     let c = Connect {
+        bridge: false,
         properties: None,
         protocol: ProtocolLevel::V311,
         clean_session: true,

@@ -1040,3 +1040,66 @@ async fn a_bridge_is_not_limited_like_one_device() {
     assert_eq!(s.queue_depth, 100, "{s:?}");
     handle.shutdown().await;
 }
+
+/// Mosquitto bridging *into* this broker (`connection` with `topic t/# both`, its default
+/// `try_private true`): the 0x84 bridge flag is accepted, so nothing Mosquitto's bridge
+/// publishes here is sent back to it, and each message arrives once on each broker.
+#[tokio::test]
+async fn mosquitto_bridging_into_this_broker_is_not_echoed() {
+    let handle = start_broker(|_| {}).await;
+    let dir = temp("mosq-into-us");
+    let remote = Mosquitto::start(
+        &dir,
+        0,
+        &format!(
+            "connection to-ours\naddress {}\ntopic t/# both 1\nrestart_timeout 1\n",
+            handle.local_addr()
+        ),
+    );
+    // Mosquitto's bridge is up once it holds its subscription here.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while handle.stats().subscriptions.total < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "Mosquitto's bridge never subscribed here"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (clients, _) = {
+        let (total, list) = mqtt_broker::core::control::Control::clients(&handle, 0, 10);
+        (list, total)
+    };
+    assert!(clients.iter().any(|c| c.protocol == "3.1.1"), "{clients:?}");
+
+    let (mut ours, _) = RawClient::connect(handle.local_addr(), "ours-sub", true).await;
+    ours.subscribe(1, &[("t/#", QoS::AtLeastOnce)]).await;
+    let (mut theirs, _) = RawClient::connect(remote.addr(), "theirs-sub", true).await;
+    theirs.subscribe(1, &[("t/#", QoS::AtLeastOnce)]).await;
+    let (mut pub_theirs, _) = RawClient::connect(remote.addr(), "theirs-pub", true).await;
+    let (mut pub_ours, _) = RawClient::connect(handle.local_addr(), "ours-pub", true).await;
+    publish_acked(
+        &mut pub_theirs,
+        "t/from-mosquitto",
+        b"1",
+        QoS::AtLeastOnce,
+        1,
+    )
+    .await;
+    publish_acked(&mut pub_ours, "t/from-ours", b"2", QoS::AtLeastOnce, 1).await;
+    let topics = |v: Vec<Publish>| {
+        let mut t: Vec<String> = v.iter().map(|p| p.topic.to_string()).collect();
+        t.sort();
+        t
+    };
+    assert_eq!(
+        topics(receive(&mut ours, 10, Duration::from_secs(2)).await),
+        vec!["t/from-mosquitto", "t/from-ours"],
+        "each once here"
+    );
+    assert_eq!(
+        topics(receive(&mut theirs, 10, Duration::from_secs(2)).await),
+        vec!["t/from-mosquitto", "t/from-ours"],
+        "each once on Mosquitto"
+    );
+    handle.shutdown().await;
+}

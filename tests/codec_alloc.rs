@@ -192,6 +192,7 @@ fn packet() -> impl Strategy<Value = Packet> {
                 None => (None, None),
             };
             Packet::Connect(Box::new(Connect {
+                bridge: false,
                 properties: None,
                 protocol: ProtocolLevel::V311,
                 clean_session,

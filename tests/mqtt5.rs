@@ -19,6 +19,7 @@ use std::time::Duration;
 /// An MQTT 5 CONNECT (Clean Start as `clean`) with the given properties.
 fn connect5(client_id: &str, clean: bool, props: Properties) -> Connect {
     Connect {
+        bridge: false,
         protocol: ProtocolLevel::V5,
         clean_session: clean,
         keep_alive: 30,

@@ -993,6 +993,7 @@ async fn a_will_to_sys_is_refused() {
 async fn mqtt5_clients_show_their_protocol_and_reason_codes_are_counted() {
     let (broker, admin) = start(|_| {}).await;
     let connect = Connect {
+        bridge: false,
         protocol: ProtocolLevel::V5,
         clean_session: false,
         keep_alive: 30,

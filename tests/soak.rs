@@ -128,6 +128,7 @@ impl Client {
 
 fn connect(id: &str, clean: bool) -> Connect {
     Connect {
+        bridge: false,
         properties: None,
         protocol: ProtocolLevel::V311,
         clean_session: clean,

@@ -34,6 +34,7 @@ impl Client {
             buf: BytesMut::with_capacity(64 * 1024),
         };
         c.send(&Packet::Connect(Box::new(Connect {
+            bridge: false,
             properties: None,
             protocol: ProtocolLevel::V311,
             clean_session: clean,

@@ -865,6 +865,7 @@ fn valid_packets() -> Vec<Packet> {
     use mqtt_broker::protocol::*;
     let connect = |will: bool, user: bool| {
         Packet::Connect(Box::new(Connect {
+            bridge: false,
             properties: None,
             protocol: ProtocolLevel::V311,
             clean_session: true,
@@ -959,6 +960,7 @@ fn valid_v5_packets() -> Vec<Packet> {
     };
     vec![
         Packet::Connect(Box::new(Connect {
+            bridge: false,
             protocol: ProtocolLevel::V5,
             clean_session: true,
             keep_alive: 60,

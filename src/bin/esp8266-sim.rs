@@ -506,6 +506,7 @@ async fn connect(fleet: &Fleet, name: &str, client_id: &str) -> Result<Conn, Str
         let mut out = BytesMut::new();
         encode(
             &Packet::Connect(Box::new(Connect {
+                bridge: false,
                 properties: None,
                 protocol: ProtocolLevel::V311,
                 clean_session: true,

@@ -506,6 +506,7 @@ async fn open_local(p: &Params, rules: &RuleSet) -> Result<Link, String> {
         ..Properties::default()
     };
     let connect = Connect {
+        bridge: false,
         protocol: ProtocolLevel::V5,
         clean_session: false,
         keep_alive: LOCAL_KEEP_ALIVE,
@@ -617,19 +618,9 @@ async fn connect_one(
             BridgeProtocol::V5 => ProtocolLevel::V5,
         };
         let mut link = Link::new(stream, level, address.to_owned(), BytesMut::new());
-        let mut buf = BytesMut::new();
-        encode_with(
-            &Packet::Connect(Box::new(remote_connect(cfg, node))),
-            level,
-            &mut buf,
-        );
-        if private {
-            mark_bridge(&mut buf);
-        }
-        link.queued.fetch_add(buf.len(), Ordering::Relaxed);
-        link.tx
-            .send(buf.freeze())
-            .map_err(|_| "cannot write".to_string())?;
+        let mut connect = remote_connect(cfg, node);
+        connect.bridge = private;
+        link.send(&Packet::Connect(Box::new(connect)), level);
         let Packet::ConnAck(connack) = link.reader.next_one().await? else {
             return Err("the remote did not answer CONNECT with CONNACK".into());
         };
@@ -698,6 +689,7 @@ fn remote_connect(cfg: &BridgeConfig, node: &str) -> Connect {
         })
     });
     Connect {
+        bridge: false,
         protocol: if v5 {
             ProtocolLevel::V5
         } else {
@@ -710,20 +702,6 @@ fn remote_connect(cfg: &BridgeConfig, node: &str) -> Connect {
         username: cfg.username.clone(),
         password: cfg.password.clone().map(Bytes::from),
         properties,
-    }
-}
-
-/// Sets bit 7 of an encoded 3.1.1 CONNECT's protocol level (0x84): Mosquitto's bridge flag,
-/// after which the remote does not send the bridge its own messages back.
-fn mark_bridge(connect: &mut BytesMut) {
-    // Fixed header: type byte, then 1-4 bytes of remaining length; then "\0\x04MQTT", level.
-    let mut i = 1;
-    while i < connect.len() && connect[i] & 0x80 != 0 {
-        i += 1;
-    }
-    let level_at = i + 1 + 6;
-    if let Some(level) = connect.get_mut(level_at) {
-        *level |= 0x80;
     }
 }
 
@@ -764,23 +742,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bridge_flag_is_set_on_the_protocol_level() {
-        let cfg = BridgeConfig::new("b", "127.0.0.1:1883");
-        let mut buf = BytesMut::new();
-        encode_with(
-            &Packet::Connect(Box::new(remote_connect(&cfg, "n"))),
-            ProtocolLevel::V311,
-            &mut buf,
-        );
-        mark_bridge(&mut buf);
-        let at = buf
-            .windows(4)
-            .position(|w| w == b"MQTT")
-            .expect("protocol name");
-        assert_eq!(buf[at + 4], 0x84);
-    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_caps() {

@@ -75,6 +75,7 @@ fn connect_bytes(client_id: &str, clean_session: bool) -> BytesMut {
     let mut out = BytesMut::new();
     encode(
         &Packet::Connect(Box::new(Connect {
+            bridge: false,
             properties: None,
             protocol: ProtocolLevel::V311,
             clean_session,

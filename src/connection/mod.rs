@@ -355,6 +355,7 @@ where
         std::time::Instant::now(),
         negotiated,
     );
+    engine.set_bridge(connect.bridge && !v5);
     engine.connected(&core, Packet::ConnAck(connack));
     let registration = core
         .ops

@@ -155,6 +155,9 @@ pub(crate) struct Engine {
     rate_bytes: TokenBucket,
     /// `LimitKind::bit`s of the refusals already logged for this connection.
     logged: u32,
+    /// Another broker's 3.1/3.1.1 bridge (protocol level bit 7): every subscription is No
+    /// Local and Retain As Published, as Mosquitto treats bridges.
+    bridge: bool,
     /// Packets to send, in order.
     out: Vec<Packet>,
     /// What must be accepted before `out` may be written.
@@ -206,9 +209,15 @@ impl Engine {
             rate_msgs: TokenBucket::new(now),
             rate_bytes: TokenBucket::new(now),
             logged: 0,
+            bridge: false,
             out: Vec::new(),
             receipt: Receipt::Accepted,
         }
+    }
+
+    /// Marks the client as another broker's bridge (its CONNECT had protocol level bit 7).
+    pub fn set_bridge(&mut self, bridge: bool) {
+        self.bridge = bridge;
     }
 
     /// The client this engine serves.
@@ -684,9 +693,16 @@ impl Engine {
             .as_ref()
             .and_then(|p| p.subscription_identifiers.first().copied());
         for (i, (filter, requested)) in s.filters.iter().enumerate() {
+            let mut options = s.options_of(i);
+            if self.bridge && parse_shared(filter).is_none() {
+                // What the bridge itself published is never sent back to it, and retained
+                // messages keep their flag on the other broker.
+                options.no_local = true;
+                options.retain_as_published = true;
+            }
             let sub = Subscription {
                 qos: *requested,
-                options: s.options_of(i),
+                options,
                 id,
             };
             match self.admit_filter(core, &runtime, filter, sub)? {
@@ -966,7 +982,7 @@ impl Engine {
             );
         }
         let mut message = Message::from_publish(p);
-        if self.v5.as_ref().is_some_and(|v| v.no_local) {
+        if self.bridge || self.v5.as_ref().is_some_and(|v| v.no_local) {
             let mut props = message.props.as_deref().cloned().unwrap_or_default();
             props.origin = Some(self.client.client_id.clone());
             message.props = Some(Arc::new(props));

@@ -387,6 +387,7 @@ fn the_reason_of_every_close() {
         (Packet::Disconnect, CloseReason::Disconnect),
         (
             Packet::Connect(Box::new(crate::protocol::Connect {
+                bridge: false,
                 properties: None,
                 protocol: ProtocolLevel::V311,
                 clean_session: true,

@@ -138,6 +138,7 @@ mod tests {
 
     fn connect(props: Properties, keep_alive: u16) -> Connect {
         Connect {
+            bridge: false,
             protocol: ProtocolLevel::V5,
             clean_session: true,
             keep_alive,

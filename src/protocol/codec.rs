@@ -371,7 +371,11 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, ProtocolError> {
     let name = r.string()?;
     let level = r.u8()?;
     // [MQTT-3.1.2-1]: a wrong protocol name is closed without CONNACK.
-    let protocol = match (name.as_str(), level) {
+    // Bit 7 on 3.1 / 3.1.1 marks a bridge (a Mosquitto extension that Mosquitto, EMQX and
+    // others send with `try_private`); MQTT 5 bridges use No Local instead.
+    let bridge =
+        level & 0x80 != 0 && matches!((name.as_str(), level & 0x7f), ("MQTT", 4) | ("MQIsdp", 3));
+    let protocol = match (name.as_str(), level & if bridge { 0x7f } else { 0xff }) {
         ("MQTT", 4) => ProtocolLevel::V311,
         ("MQTT", 5) => ProtocolLevel::V5,
         ("MQIsdp", 3) => ProtocolLevel::V31,
@@ -467,6 +471,7 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, ProtocolError> {
         username,
         password,
         properties,
+        bridge,
     })
 }
 
@@ -997,7 +1002,7 @@ pub fn encode_with(packet: &Packet, level: ProtocolLevel, out: &mut BytesMut) {
                 ProtocolLevel::V311 | ProtocolLevel::V5 => put_string(&mut body, "MQTT"),
                 ProtocolLevel::V31 => put_string(&mut body, "MQIsdp"),
             }
-            body.put_u8(c.protocol.level());
+            body.put_u8(c.protocol.level() | if c.bridge && !cv5 { 0x80 } else { 0 });
             let mut flags = 0u8;
             if c.clean_session {
                 flags |= 0x02;
@@ -1242,6 +1247,42 @@ mod tests {
     }
 
     #[test]
+    fn bridge_bit_on_3_1_and_3_1_1_marks_a_bridge() {
+        for (name, level, protocol) in [
+            (&b"MQTT"[..], 0x84u8, ProtocolLevel::V311),
+            (&b"MQIsdp"[..], 0x83, ProtocolLevel::V31),
+        ] {
+            let mut body = vec![0u8, name.len() as u8];
+            body.extend_from_slice(name);
+            body.extend_from_slice(&[level, 2, 0, 60, 0, 1, b'b']);
+            let mut buf = BytesMut::from(&[0x10u8, body.len() as u8][..]);
+            buf.extend_from_slice(&body);
+            let Ok(Some(Packet::Connect(c))) = decode(&mut buf, 1024) else {
+                panic!("level {level:#x} decodes");
+            };
+            assert!(c.bridge);
+            assert_eq!(c.protocol, protocol);
+            let mut out = BytesMut::new();
+            encode(&Packet::Connect(c.clone()), &mut out);
+            assert_eq!(
+                decode(&mut out, 1024),
+                Ok(Some(Packet::Connect(c))),
+                "round trip"
+            );
+        }
+        // Bit 7 does not make an unknown level known.
+        let mut buf = BytesMut::from(
+            &[
+                0x10u8, 13, 0, 4, b'M', b'Q', b'T', b'T', 0x86, 2, 0, 60, 0, 1, b'b',
+            ][..],
+        );
+        assert_eq!(
+            decode(&mut buf, 1024),
+            Err(ProtocolError::UnsupportedProtocolLevel(0x86))
+        );
+    }
+
+    #[test]
     fn protocol_level_6_is_unsupported_mqtt_3_1_2_2() {
         let mut buf =
             BytesMut::from(&[0x10u8, 12, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 60, 0, 0][..]);
@@ -1334,6 +1375,7 @@ pub(super) mod proptests {
                     None => (None, None),
                 };
                 Packet::Connect(Box::new(Connect {
+                    bridge: false,
                     properties: None,
                     protocol: if v31 {
                         ProtocolLevel::V31

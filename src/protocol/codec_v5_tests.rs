@@ -217,6 +217,7 @@ fn connect() -> BoxedStrategy<Packet> {
                     }
                 }
                 Packet::Connect(Box::new(Connect {
+                    bridge: false,
                     protocol: V5,
                     clean_session,
                     keep_alive,

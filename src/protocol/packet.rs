@@ -255,6 +255,10 @@ pub struct Connect {
     pub password: Option<Bytes>,
     /// MQTT 5 CONNECT properties.
     pub properties: Option<Box<Properties>>,
+    /// Bit 7 of a 3.1/3.1.1 protocol level (0x83, 0x84): the client is another broker's
+    /// bridge (Mosquitto's `try_private`), to be sent neither its own messages back nor
+    /// retained flags rewritten.
+    pub bridge: bool,
 }
 
 /// CONNACK return codes (section 3.2.2.3).

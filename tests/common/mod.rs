@@ -37,6 +37,7 @@ pub async fn start_broker(adjust: impl FnOnce(&mut Config)) -> BrokerHandle {
 /// A CONNECT packet with the given id and clean-session flag, keep-alive 30 s.
 pub fn connect_packet(client_id: &str, clean_session: bool) -> Connect {
     Connect {
+        bridge: false,
         properties: None,
         protocol: ProtocolLevel::V311,
         clean_session,
