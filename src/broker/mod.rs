@@ -410,26 +410,7 @@ impl Control for BrokerHandle {
         };
         let views = page
             .into_iter()
-            .map(|(client, since, entry)| {
-                let state = entry.state();
-                ClientSummary {
-                    id: client.client_id.to_string(),
-                    address: client.peer.to_string(),
-                    transport: client.transport.as_str(),
-                    username: client.username.clone(),
-                    protocol: client.protocol.as_str(),
-                    clean_session: client.clean_session,
-                    session_expiry_interval: state.expiry_interval,
-                    connected_since: since
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0),
-                    subscriptions: state.subscriptions.len(),
-                    queue_depth: state.queued(),
-                    queued_bytes: state.queued_bytes(),
-                    inflight: state.inflight().count(),
-                }
-            })
+            .map(|(client, since, entry)| dashboard::summary(&client, since, &entry))
             .collect();
         (total, views)
     }
