@@ -1103,3 +1103,81 @@ async fn mosquitto_bridging_into_this_broker_is_not_echoed() {
     );
     handle.shutdown().await;
 }
+
+/// An MQTT 5 bridge to Mosquitto: both directions, and a message's MQTT 5 properties (user
+/// properties, content type) arrive at the remote's MQTT 5 subscriber, with the path this
+/// broker adds.
+#[tokio::test]
+async fn mqtt5_bridge_to_mosquitto_carries_properties() {
+    let dir = temp("v5");
+    let remote = Mosquitto::start(&dir, 0, "");
+    let mut b = bridge(
+        "cloud",
+        &remote.address(),
+        vec![
+            rule("up/#", Direction::Out, 1, "", "edge/"),
+            rule("down/#", Direction::In, 1, "", "edge/"),
+        ],
+    );
+    b.protocol = BridgeProtocol::V5;
+    let handle = start_broker(|c| {
+        c.bridges = vec![b];
+        c.node_name = Some("edge-9".into());
+    })
+    .await;
+    wait_state(&handle, "cloud", "connected").await;
+
+    let v5 = |id: &str| {
+        let mut c = connect_packet(id, true);
+        c.protocol = ProtocolLevel::V5;
+        c
+    };
+    let (mut cloud, ack) = RawClient::connect_with(remote.addr(), v5("cloud-app")).await;
+    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    cloud.subscribe(1, &[("edge/#", QoS::AtLeastOnce)]).await;
+    let (mut dev, _) = RawClient::connect_with(handle.local_addr(), v5("dev")).await;
+    dev.subscribe(1, &[("down/#", QoS::AtLeastOnce)]).await;
+
+    let props = Properties {
+        content_type: Some("application/json".into()),
+        user_properties: vec![("trace".into(), "abc".into())],
+        ..Properties::default()
+    };
+    dev.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "up/t".into(),
+        pid: Some(1),
+        payload: bytes::Bytes::from_static(b"{}"),
+        properties: Some(std::sync::Arc::new(props)),
+    }))
+    .await;
+    let got = receive(&mut cloud, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(&*got[0].topic, "edge/up/t");
+    let p = got[0]
+        .properties
+        .as_deref()
+        .expect("MQTT 5 properties at the remote");
+    assert_eq!(p.content_type.as_deref(), Some("application/json"));
+    let users: Vec<(String, String)> = p
+        .user_properties
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(
+        users,
+        vec![
+            ("trace".to_string(), "abc".to_string()),
+            ("mqtt-broker-path".to_string(), "edge-9".to_string())
+        ]
+    );
+
+    let (mut cloud_pub, _) = RawClient::connect(remote.addr(), "cloud-pub", true).await;
+    publish_acked(&mut cloud_pub, "edge/down/led", b"on", QoS::AtLeastOnce, 2).await;
+    let got = receive(&mut dev, 2, Duration::from_secs(3)).await;
+    let topics: Vec<&str> = got.iter().map(|p| &*p.topic).collect();
+    assert_eq!(topics, vec!["down/led"]);
+    handle.shutdown().await;
+}
