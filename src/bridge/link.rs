@@ -293,7 +293,8 @@ fn on_connected(
         let level = link.level;
         link.send(&subscribe(subs), level);
     }
-    relay.remote_connected(connack.session_present, window, remote_node);
+    let max_packet = props.and_then(|p| p.maximum_packet_size);
+    relay.remote_connected(connack.session_present, window, max_packet, remote_node);
     let address = link.address.clone();
     set_connected(p, true, Some(address), None);
     link

@@ -33,7 +33,14 @@ use tracing::info;
 const STOP_WAIT: Duration = Duration::from_secs(3);
 
 /// Drop reasons in the order metrics list them.
-const DROP_REASONS: [&str; 5] = ["disconnected", "loop", "refused", "no_rule", "remote_slow"];
+const DROP_REASONS: [&str; 6] = [
+    "disconnected",
+    "loop",
+    "refused",
+    "no_rule",
+    "remote_slow",
+    "too_large",
+];
 
 /// Live state and counters of one bridge, shared by its task and the operator surfaces.
 #[derive(Debug, Default)]
@@ -46,7 +53,7 @@ pub struct BridgeStatus {
     last_error: Mutex<Option<String>>,
     messages_out: AtomicU64,
     messages_in: AtomicU64,
-    dropped: [AtomicU64; 5],
+    dropped: [AtomicU64; 6],
     reconnects: AtomicU64,
     pending: AtomicU64,
 }

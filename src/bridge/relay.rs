@@ -10,7 +10,8 @@
 //! counted.
 
 use super::rules::RuleSet;
-use crate::protocol::{Ack, AckKind, ByteString, Packet, Properties, Publish, QoS};
+use crate::protocol::codec::publish_packet_len;
+use crate::protocol::{Ack, AckKind, ByteString, Packet, Properties, ProtocolLevel, Publish, QoS};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -32,6 +33,8 @@ pub enum DropReason {
     Refused,
     /// No rule maps its topic.
     NoRule,
+    /// Larger than the remote's Maximum Packet Size (it would close the link at every try).
+    TooLarge,
 }
 
 impl DropReason {
@@ -42,6 +45,7 @@ impl DropReason {
             DropReason::Loop => "loop",
             DropReason::Refused => "refused",
             DropReason::NoRule => "no_rule",
+            DropReason::TooLarge => "too_large",
         }
     }
 }
@@ -111,6 +115,8 @@ pub struct Relay {
     link: u64,
     /// How many messages the remote takes unacknowledged.
     remote_window: usize,
+    /// The largest packet the remote accepts (its MQTT 5 Maximum Packet Size).
+    remote_max_packet: usize,
     out: BTreeMap<u64, OutMsg>,
     next_seq: u64,
     out_by_remote: HashMap<u16, u64>,
@@ -133,6 +139,7 @@ impl Relay {
             remote_up: false,
             link: 0,
             remote_window: usize::from(u16::MAX),
+            remote_max_packet: usize::MAX,
             out: BTreeMap::new(),
             next_seq: 0,
             out_by_remote: HashMap::new(),
@@ -160,17 +167,19 @@ impl Relay {
         self.remote_up
     }
 
-    /// The remote accepted the connection. `window` is its receive maximum;
-    /// `remote_node` its node name when it is one of ours.
+    /// The remote accepted the connection. `window` is its receive maximum, `max_packet`
+    /// its Maximum Packet Size; `remote_node` its node name when it is one of ours.
     pub fn remote_connected(
         &mut self,
         session_present: bool,
         window: u16,
+        max_packet: Option<u32>,
         remote_node: Option<Arc<str>>,
     ) {
         self.remote_up = true;
         self.link += 1;
         self.remote_window = usize::from(window.max(1));
+        self.remote_max_packet = max_packet.map_or(usize::MAX, |m| m as usize);
         self.remote_node = remote_node;
         if !session_present {
             // The remote forgot the bridge's session: its packet ids mean nothing now.
@@ -294,6 +303,16 @@ impl Relay {
                 p.properties.as_deref(),
                 &self.node,
             )));
+        }
+        let level = if self.remote_v5 {
+            ProtocolLevel::V5
+        } else {
+            ProtocolLevel::V311
+        };
+        if publish_packet_len(&out, level) > self.remote_max_packet {
+            self.actions.push(Action::Dropped(DropReason::TooLarge));
+            ack_local(self);
+            return;
         }
         if p.qos == QoS::AtMostOnce {
             if self.remote_up {

@@ -58,7 +58,7 @@ fn sent_pid(p: &Packet) -> (u16, bool, &str) {
 #[test]
 fn qos1_out_is_acknowledged_locally_after_the_remote() {
     let mut r = relay(false);
-    r.remote_connected(false, 100, None);
+    r.remote_connected(false, 100, None, None);
     r.from_local(publish("edge/t", QoS::AtLeastOnce, Some(7)));
     let a = r.take_actions();
     assert!(to_local(&a).is_empty(), "no local ack before the remote's");
@@ -82,7 +82,7 @@ fn store_and_forward_while_the_remote_is_down() {
     let a = r.take_actions();
     assert_eq!(a, vec![Action::Dropped(DropReason::Disconnected)]);
     assert_eq!(r.pending(), 1);
-    r.remote_connected(false, 100, None);
+    r.remote_connected(false, 100, None, None);
     let sent = to_remote(&r.take_actions());
     assert_eq!(sent.len(), 1);
     assert_eq!(sent_pid(&sent[0]).2, "site/b");
@@ -93,16 +93,16 @@ fn store_and_forward_while_the_remote_is_down() {
 #[test]
 fn resend_on_reconnect() {
     let mut r = relay(false);
-    r.remote_connected(false, 100, None);
+    r.remote_connected(false, 100, None, None);
     r.from_local(publish("edge/a", QoS::AtLeastOnce, Some(1)));
     let first = sent_pid(&to_remote(&r.take_actions())[0]).0;
     r.remote_lost();
-    r.remote_connected(true, 100, None);
+    r.remote_connected(true, 100, None, None);
     let again = to_remote(&r.take_actions());
     assert_eq!(sent_pid(&again[0]).0, first);
     assert!(sent_pid(&again[0]).1, "DUP set on the resend");
     r.remote_lost();
-    r.remote_connected(false, 100, None);
+    r.remote_connected(false, 100, None, None);
     let fresh = to_remote(&r.take_actions());
     assert!(!sent_pid(&fresh[0]).1, "a new session gets a new message");
     r.from_remote(Packet::PubAck(sent_pid(&fresh[0]).0));
@@ -113,7 +113,7 @@ fn resend_on_reconnect() {
 #[test]
 fn qos2_out_flow() {
     let mut r = relay(false);
-    r.remote_connected(false, 100, None);
+    r.remote_connected(false, 100, None, None);
     r.from_local(publish("edge/a", QoS::ExactlyOnce, Some(9)));
     let pid = sent_pid(&to_remote(&r.take_actions())[0]).0;
     r.from_remote(Packet::PubRec(pid));
@@ -124,7 +124,7 @@ fn qos2_out_flow() {
     assert_eq!(to_local(&r.take_actions()), vec![Packet::PubComp(9)]);
     assert_eq!(r.pending(), 1, "waiting for the remote's PUBCOMP");
     r.remote_lost();
-    r.remote_connected(true, 100, None);
+    r.remote_connected(true, 100, None, None);
     assert_eq!(to_remote(&r.take_actions()), vec![Packet::PubRel(pid)]);
     r.from_remote(Packet::PubComp(pid));
     assert_eq!(r.pending(), 0);
@@ -134,7 +134,7 @@ fn qos2_out_flow() {
 #[test]
 fn qos1_in_is_acknowledged_to_the_remote_after_routing() {
     let mut r = relay(false);
-    r.remote_connected(false, 100, None);
+    r.remote_connected(false, 100, None, None);
     r.from_remote(publish("site/cmd", QoS::AtLeastOnce, Some(3)));
     let a = r.take_actions();
     assert!(to_remote(&a).is_empty());
@@ -149,7 +149,7 @@ fn qos1_in_is_acknowledged_to_the_remote_after_routing() {
 #[test]
 fn qos2_in_is_published_once() {
     let mut r = relay(false);
-    r.remote_connected(false, 100, None);
+    r.remote_connected(false, 100, None, None);
     r.from_remote(publish("site/cmd", QoS::ExactlyOnce, Some(4)));
     let local = to_local(&r.take_actions());
     let lpid = sent_pid(&local[0]).0;
@@ -181,7 +181,7 @@ fn qos2_in_is_published_once() {
 #[test]
 fn remote_window_is_honoured() {
     let mut r = relay(true);
-    r.remote_connected(false, 2, None);
+    r.remote_connected(false, 2, None, None);
     for pid in 1..=3 {
         r.from_local(publish("edge/a", QoS::AtLeastOnce, Some(pid)));
     }
@@ -198,7 +198,7 @@ fn remote_window_is_honoured() {
 #[test]
 fn loop_prevention_by_path() {
     let mut r = relay(true);
-    r.remote_connected(false, 100, Some("cloud".into()));
+    r.remote_connected(false, 100, None, Some("cloud".into()));
     let mut props = Properties::default();
     props
         .user_properties
@@ -227,4 +227,27 @@ fn loop_prevention_by_path() {
         props.user_properties,
         vec![(PATH_PROPERTY.into(), "edge-node".into())]
     );
+}
+
+/// A message larger than the remote's Maximum Packet Size is dropped and counted, and
+/// acknowledged here: sent, it would close the link at every attempt.
+#[test]
+fn larger_than_the_remote_takes_is_dropped() {
+    let mut r = relay(true);
+    r.remote_connected(false, 100, Some(64), None);
+    r.from_local(Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "edge/big".into(),
+        pid: Some(3),
+        payload: Bytes::from(vec![0u8; 100]),
+        properties: None,
+    }));
+    let a = r.take_actions();
+    assert!(a.contains(&Action::Dropped(DropReason::TooLarge)));
+    assert_eq!(to_local(&a), vec![Packet::PubAck(3)]);
+    assert!(to_remote(&a).is_empty());
+    r.from_local(publish("edge/small", QoS::AtLeastOnce, Some(4)));
+    assert_eq!(to_remote(&r.take_actions()).len(), 1);
 }

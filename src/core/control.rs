@@ -69,7 +69,7 @@ pub struct BridgeSummary {
     /// Messages received from the remote and published here.
     pub messages_in: u64,
     /// Messages not forwarded, by reason (`disconnected`, `loop`, `refused`, `no_rule`,
-    /// `remote_slow`).
+    /// `remote_slow`, `too_large`).
     pub dropped: std::collections::BTreeMap<&'static str, u64>,
     /// QoS 1/2 messages waiting for the remote: held by the bridge plus queued in its
     /// session here.
