@@ -1181,3 +1181,32 @@ async fn mqtt5_bridge_to_mosquitto_carries_properties() {
     assert_eq!(topics, vec!["down/led"]);
     handle.shutdown().await;
 }
+
+/// Mosquitto with `max_packet_size 200` announces it to MQTT 5 clients: the bridge drops a
+/// larger message (counted as `too_large`) instead of being disconnected for it, and what
+/// follows goes through on the same link.
+#[tokio::test]
+async fn a_message_too_large_for_the_remote_is_dropped_not_retried() {
+    let dir = temp("too-large");
+    let remote = Mosquitto::start(&dir, 0, "max_packet_size 200\n");
+    let mut b = bridge(
+        "cloud",
+        &remote.address(),
+        vec![rule("up/#", Direction::Out, 1, "", "edge/")],
+    );
+    b.protocol = BridgeProtocol::V5;
+    let handle = start_broker(|c| c.bridges = vec![b]).await;
+    wait_state(&handle, "cloud", "connected").await;
+    let (mut cloud, _) = RawClient::connect(remote.addr(), "cloud-app", true).await;
+    cloud.subscribe(1, &[("edge/#", QoS::AtLeastOnce)]).await;
+    let (mut dev, _) = RawClient::connect(handle.local_addr(), "dev", true).await;
+    publish_acked(&mut dev, "up/big", &[b'x'; 500], QoS::AtLeastOnce, 1).await;
+    publish_acked(&mut dev, "up/small", b"ok", QoS::AtLeastOnce, 2).await;
+    let got = receive(&mut cloud, 2, Duration::from_secs(2)).await;
+    let topics: Vec<&str> = got.iter().map(|p| &*p.topic).collect();
+    assert_eq!(topics, vec!["edge/up/small"]);
+    let s = summary(&handle, "cloud");
+    assert_eq!(s.dropped["too_large"], 1, "{s:?}");
+    assert_eq!(s.reconnects, 0, "the link was never dropped: {s:?}");
+    handle.shutdown().await;
+}
