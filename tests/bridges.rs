@@ -187,6 +187,24 @@ async fn publish_acked(client: &mut RawClient, topic: &str, payload: &[u8], qos:
     }
 }
 
+/// Publishes `topics.0` at `qos` through `publisher` and checks that `subscriber` gets it
+/// once, as `topics.1`, with its payload and QoS.
+async fn crosses(
+    publisher: &mut RawClient,
+    subscriber: &mut RawClient,
+    topics: (&str, &str),
+    qos: QoS,
+    pid: u16,
+) {
+    let payload = format!("{} at {qos:?}", topics.0);
+    publish_acked(publisher, topics.0, payload.as_bytes(), qos, pid).await;
+    let got = receive(subscriber, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1, "{} at {qos:?}", topics.0);
+    assert_eq!(&*got[0].topic, topics.1);
+    assert_eq!(got[0].payload, payload.as_bytes());
+    assert_eq!(got[0].qos, qos);
+}
+
 /// Both directions at QoS 0, 1 and 2, with Mosquitto's prefix semantics, and the state
 /// topic on both brokers.
 #[tokio::test]
@@ -222,35 +240,11 @@ async fn both_directions_at_every_qos_through_mosquitto() {
         .into_iter()
         .enumerate()
     {
-        let payload = format!("reading {i}");
-        publish_acked(
-            &mut local_pub,
-            "sensors/dht",
-            payload.as_bytes(),
-            qos,
-            10 + i as u16,
-        )
-        .await;
-        let got = receive(&mut cloud_sub, 1, Duration::from_secs(5)).await;
-        assert_eq!(got.len(), 1, "QoS {qos:?} out");
-        assert_eq!(&*got[0].topic, "edge1/sensors/dht");
-        assert_eq!(got[0].payload, payload.as_bytes());
-        assert_eq!(got[0].qos, qos);
-
-        let command = format!("command {i}");
-        publish_acked(
-            &mut cloud_pub,
-            "edge1/cmd/relay",
-            command.as_bytes(),
-            qos,
-            20 + i as u16,
-        )
-        .await;
-        let got = receive(&mut local_sub, 1, Duration::from_secs(5)).await;
-        assert_eq!(got.len(), 1, "QoS {qos:?} in");
-        assert_eq!(&*got[0].topic, "cmd/relay");
-        assert_eq!(got[0].payload, command.as_bytes());
-        assert_eq!(got[0].qos, qos);
+        let pid = 10 + i as u16;
+        let out = ("sensors/dht", "edge1/sensors/dht");
+        let inbound = ("edge1/cmd/relay", "cmd/relay");
+        crosses(&mut local_pub, &mut cloud_sub, out, qos, pid).await;
+        crosses(&mut cloud_pub, &mut local_sub, inbound, qos, pid).await;
     }
     // A topic no rule names stays local.
     publish_acked(&mut local_pub, "private/x", b"x", QoS::AtLeastOnce, 30).await;
