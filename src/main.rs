@@ -394,6 +394,9 @@ async fn run(
         .as_ref()
         .map_or("built-in defaults".to_string(), |p| p.display().to_string());
     info!(version = env!("CARGO_PKG_VERSION"), config = %source, "starting mqtt-broker");
+    // Caught from now on: a SIGTERM while the broker starts (its listeners may already
+    // accept) is a graceful stop once it has started, not the default immediate kill.
+    let signals = Signals::install();
     let handle = match Broker::start(config).await {
         Ok(h) => h,
         Err(e) => {
@@ -415,7 +418,7 @@ async fn run(
             error!("cannot watch the configuration for changes: {e}; SIGHUP still reloads it");
         }
     }
-    wait_for_signal(&handle, path.as_deref()).await;
+    wait_for_signal(&handle, path.as_deref(), signals).await;
     info!("shutting down gracefully; a second SIGTERM or Ctrl-C exits at once (code 130)");
     tokio::spawn(async {
         second_signal().await;
@@ -446,15 +449,40 @@ async fn second_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// SIGTERM and SIGHUP handlers, installed before the broker starts.
+struct Signals {
+    #[cfg(unix)]
+    term_hup: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term_hup = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) {
+                (Ok(term), Ok(hup)) => Some((term, hup)),
+                _ => None,
+            };
+            Signals { term_hup }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+}
+
 /// Waits for SIGTERM or Ctrl-C; SIGHUP re-reads the config file meanwhile.
-async fn wait_for_signal(handle: &mqtt_broker::BrokerHandle, path: Option<&Path>) {
+async fn wait_for_signal(
+    handle: &mqtt_broker::BrokerHandle,
+    path: Option<&Path>,
+    signals: Signals,
+) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
+        let Some((mut term, mut hup)) = signals.term_hup else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };
@@ -478,7 +506,7 @@ async fn wait_for_signal(handle: &mqtt_broker::BrokerHandle, path: Option<&Path>
     }
     #[cfg(not(unix))]
     {
-        let _ = (handle, path);
+        let _ = (handle, path, signals);
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -803,6 +803,41 @@ async fn persistent_session_and_inflight_gauges() {
     broker.shutdown().await;
 }
 
+/// A SIGTERM sent the moment the listener accepts (the binary may still be finishing its
+/// start-up) is a graceful stop: it was caught, the broker says so and exits 0, instead of
+/// the default action killing it with nothing flushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_start_up_is_a_graceful_stop() {
+    const BIN: &str = env!("CARGO_BIN_EXE_mqtt-broker");
+    let dir = temp_dir("early-term");
+    let port = free_port();
+    let cfg = dir.join("broker.yaml");
+    std::fs::write(
+        &cfg,
+        format!("server:\n  host: 127.0.0.1\n  port: {port}\n  sys_interval: 0\nadmin:\n  bind: '127.0.0.1:0'\n"),
+    )
+    .unwrap();
+    let err = dir.join("stderr.log");
+    let mut child = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(&err).unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}\n{log}");
+    assert!(log.contains("shutting down gracefully"), "{log}");
+}
+
 /// `log.format: json`: the broker binary writes one JSON object per line, each with a
 /// message, and a line about a client carries its client id, address and transport.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
