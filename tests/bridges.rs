@@ -284,6 +284,13 @@ async fn both_directions_at_every_qos_through_mosquitto() {
     handle.shutdown().await;
 }
 
+/// The topics of `v`, sorted.
+fn sorted_topics(v: Vec<Publish>) -> Vec<String> {
+    let mut t: Vec<String> = v.iter().map(|p| p.topic.to_string()).collect();
+    t.sort();
+    t
+}
+
 /// Sequence numbers in payloads `n`, counted.
 fn tally(got: &[Publish]) -> BTreeMap<u32, usize> {
     let mut seen = BTreeMap::new();
@@ -615,14 +622,9 @@ async fn exchange(a: &BrokerHandle, b: &BrokerHandle) -> (Vec<String>, Vec<Strin
     }
     publish_acked(&mut pub_a, "t/from-a", b"1", QoS::AtLeastOnce, 2).await;
     publish_acked(&mut pub_b, "t/from-b", b"2", QoS::AtLeastOnce, 3).await;
-    let topics = |v: Vec<Publish>| {
-        let mut t: Vec<String> = v.iter().map(|p| p.topic.to_string()).collect();
-        t.sort();
-        t
-    };
     (
-        topics(receive(&mut sub_a, 10, Duration::from_secs(2)).await),
-        topics(receive(&mut sub_b, 10, Duration::from_secs(2)).await),
+        sorted_topics(receive(&mut sub_a, 10, Duration::from_secs(2)).await),
+        sorted_topics(receive(&mut sub_b, 10, Duration::from_secs(2)).await),
     )
 }
 
@@ -1080,18 +1082,13 @@ async fn mosquitto_bridging_into_this_broker_is_not_echoed() {
     )
     .await;
     publish_acked(&mut pub_ours, "t/from-ours", b"2", QoS::AtLeastOnce, 1).await;
-    let topics = |v: Vec<Publish>| {
-        let mut t: Vec<String> = v.iter().map(|p| p.topic.to_string()).collect();
-        t.sort();
-        t
-    };
     assert_eq!(
-        topics(receive(&mut ours, 10, Duration::from_secs(2)).await),
+        sorted_topics(receive(&mut ours, 10, Duration::from_secs(2)).await),
         vec!["t/from-mosquitto", "t/from-ours"],
         "each once here"
     );
     assert_eq!(
-        topics(receive(&mut theirs, 10, Duration::from_secs(2)).await),
+        sorted_topics(receive(&mut theirs, 10, Duration::from_secs(2)).await),
         vec!["t/from-mosquitto", "t/from-ours"],
         "each once on Mosquitto"
     );
