@@ -10,14 +10,16 @@
 #   bash .ci/plugins.sh sensor-bridge    # only that plugin, with only the toolchain it needs
 #   FORCE=1 bash .ci/plugins.sh          # rebuild every plugin
 #
-# Toolchains per plugin: device-auth (Python) needs componentize-py from PyPI; device-acl (C)
-# needs clang 19 + wasi-libc from Debian and wit-bindgen / wasm-tools from crates.io;
+# Toolchains per plugin: device-auth, jwt-auth, http-auth (Python) need componentize-py from
+# PyPI; zig-auth needs Zig from PyPI (ziglang) and wasm-tools; device-acl and noop (C) need
+# clang 19 + wasi-libc from Debian and wit-bindgen /
+# wasm-tools from crates.io;
 # topic-rewrite and sensor-bridge (JavaScript) need only Node 20+ and npm (jco is pinned in
 # their package-lock.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PLUGINS=(device-auth device-acl topic-rewrite sensor-bridge)
+PLUGINS=(device-auth device-acl topic-rewrite sensor-bridge noop jwt-auth http-auth zig-auth)
 only="${1:-}"
 if [ -n "$only" ] && [[ ! " ${PLUGINS[*]} " =~ " $only " ]]; then
     echo "unknown plugin '$only' (one of: ${PLUGINS[*]})" >&2
@@ -25,17 +27,22 @@ if [ -n "$only" ] && [[ ! " ${PLUGINS[*]} " =~ " $only " ]]; then
 fi
 # Whether plugin $1 is to be built in this run.
 want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
+# Whether any of the plugins named is to be built (they share a toolchain).
+want_any() { local p; for p in "$@"; do want "$p" && return 0; done; return 1; }
+C_PLUGINS=(device-acl noop zig-auth)
+PY_PLUGINS=(device-auth jwt-auth http-auth)
 
 WIT_BINDGEN_VERSION=0.60.0      # wit-component 0.254, as wasmtime 48 (the broker's host)
 WASM_TOOLS_VERSION=1.254.2
 COMPONENTIZE_PY_VERSION=0.25.1
+ZIGLANG_VERSION=0.17.1          # Zig from PyPI (plugins/zig-auth), run as `python3 -m ziglang`
 APT_PACKAGES=(clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32)
 
 log() { echo "== plugins: $*"; }
 
 # --- Debian packages: clang 19 for wasm32-wasi, its linker and runtime, and wasi-libc.
 missing=()
-want device-acl || APT_PACKAGES=()
+want_any "${C_PLUGINS[@]}" || APT_PACKAGES=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
@@ -57,17 +64,26 @@ cargo_tool() { # binary crate version
         cargo install --locked "$2@$3"
     fi
 }
-if want device-acl; then
+if want_any "${C_PLUGINS[@]}"; then
     cargo_tool wit-bindgen wit-bindgen-cli "$WIT_BINDGEN_VERSION"
     cargo_tool wasm-tools wasm-tools "$WASM_TOOLS_VERSION"
 fi
 
 # --- componentize-py from PyPI.
 have_py=$(python3 -m pip show componentize-py 2>/dev/null | awk '/^Version:/ {print $2}') || true
-if want device-auth && [ "$have_py" != "$COMPONENTIZE_PY_VERSION" ]; then
+if want_any "${PY_PLUGINS[@]}" && [ "$have_py" != "$COMPONENTIZE_PY_VERSION" ]; then
     log "pip install componentize-py==$COMPONENTIZE_PY_VERSION (have: ${have_py:-none})"
     python3 -m pip install --quiet "componentize-py==$COMPONENTIZE_PY_VERSION"
 fi
+# --- Zig from PyPI's ziglang wheel (plugins/zig-auth). Debian's own Python refuses user
+# installs (externally managed) unless told otherwise.
+have_zig=$(python3 -m pip show ziglang 2>/dev/null | awk '/^Version:/ {print $2}') || true
+if want zig-auth && [ "$have_zig" != "$ZIGLANG_VERSION" ]; then
+    log "pip install ziglang==$ZIGLANG_VERSION (have: ${have_zig:-none})"
+    python3 -m pip install --user --quiet "ziglang==$ZIGLANG_VERSION" 2>/dev/null \
+        || python3 -m pip install --user --quiet --break-system-packages "ziglang==$ZIGLANG_VERSION"
+fi
+
 # pip may put console scripts in a directory that is not on PATH (user installs).
 PY_SCRIPTS=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 export PATH="$PATH:$PY_SCRIPTS:$HOME/.local/bin"
@@ -86,7 +102,7 @@ stale() { # output inputs...
 build() { # name output inputs...
     local name=$1 out=$2
     shift 2
-    if stale "$out" "$@" wit/plugin.wit "plugins/$name/build.sh"; then
+    if stale "$out" "$@" wit/plugin.wit wit/v0.2/plugin.wit "plugins/$name/build.sh"; then
         log "building $name"
         local started=$SECONDS
         bash "plugins/$name/build.sh"
@@ -107,6 +123,23 @@ fi
 if want sensor-bridge; then
     build sensor-bridge plugins/sensor-bridge/sensor-bridge.wasm plugins/sensor-bridge/sensor-bridge.js \
         plugins/sensor-bridge/lib/bridge.js plugins/sensor-bridge/bundle.config.js plugins/sensor-bridge/package-lock.json
+fi
+if want noop; then
+    build noop plugins/noop/noop-transform-0.2.wasm plugins/noop/noop.c
+fi
+# zig-auth's build.sh runs its `zig test` unit tests first.
+if want zig-auth; then
+    build zig-auth plugins/zig-auth/zig-auth.wasm plugins/zig-auth/zig_auth.zig plugins/zig-auth/token.zig \
+        plugins/zig-auth/test.sh
+fi
+# The Python plugins' build.sh runs their unit tests first.
+if want jwt-auth; then
+    build jwt-auth plugins/jwt-auth/jwt-auth.wasm plugins/jwt-auth/app.py plugins/jwt-auth/jwtcore.py \
+        plugins/jwt-auth/test_jwtcore.py
+fi
+if want http-auth; then
+    build http-auth plugins/http-auth/http-auth.wasm plugins/http-auth/app.py plugins/http-auth/httpauth.py \
+        plugins/http-auth/test_httpauth.py
 fi
 
 # --- Plugin logic unit-tested natively (no wasm target needed).

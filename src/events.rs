@@ -38,6 +38,22 @@ pub enum BrokerEvent {
         clean_session: bool,
         /// Whether a stored session was resumed.
         session_present: bool,
+        /// Protocol revision.
+        protocol: crate::protocol::ProtocolLevel,
+    },
+    /// A persistent session ended without its client coming back (expiry).
+    SessionExpired {
+        /// Client identifier.
+        client_id: Arc<str>,
+    },
+    /// A message was dropped instead of delivered to a client.
+    MessageDropped {
+        /// The client it was for.
+        client_id: Arc<str>,
+        /// Topic name.
+        topic: Arc<str>,
+        /// Why (`queue full`, `offline QoS 0`, `too large for the client`).
+        reason: &'static str,
     },
     /// A connected client's connection ended.
     ClientDisconnected {

@@ -235,7 +235,7 @@ async fn wrong_interface_version_is_refused_naming_both_versions() {
         Ok(_) => panic!("a component built for another interface version was loaded"),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains("mqtt-broker:plugin@0.2.0"), "{err}");
+    assert!(err.contains("mqtt-broker:plugin@0.3.0"), "{err}");
     assert!(err.contains("mqtt-broker:plugin@0.1.0"), "{err}");
     assert!(err.contains("wrong-version"), "names the plugin: {err}");
 }

@@ -500,7 +500,7 @@ fn render_plugins(o: &mut Out, plugins: &[crate::plugins::PluginStats]) {
         return;
     }
     let names: Vec<String> = plugins.iter().map(|p| escape_label(&p.name)).collect();
-    let families: [PluginFamily; 8] = [
+    let families: [PluginFamily; 15] = [
         (
             "mqtt_plugin_calls_total",
             "counter",
@@ -548,6 +548,48 @@ fn render_plugins(o: &mut Out, plugins: &[crate::plugins::PluginStats]) {
             "gauge",
             "Largest linear memory one instance of the plugin reached.",
             |p| p.peak_memory_bytes,
+        ),
+        (
+            "mqtt_plugin_events_delivered_total",
+            "counter",
+            "Event hook calls made (plugin API 0.2).",
+            |p| p.events_delivered,
+        ),
+        (
+            "mqtt_plugin_events_dropped_total",
+            "counter",
+            "Events dropped because the plugin's event queue (events.queue) was full.",
+            |p| p.events_dropped,
+        ),
+        (
+            "mqtt_plugin_ticks_total",
+            "counter",
+            "timer.tick calls made (capability tick).",
+            |p| p.ticks,
+        ),
+        (
+            "mqtt_plugin_http_requests_total",
+            "counter",
+            "HTTP requests made by the plugin (capability http).",
+            |p| p.http_requests,
+        ),
+        (
+            "mqtt_plugin_published_total",
+            "counter",
+            "Messages the plugin published (capability publish).",
+            |p| p.published,
+        ),
+        (
+            "mqtt_plugin_capability_denied_total",
+            "counter",
+            "Capability calls refused: not granted, host or topic not allowed, over a limit.",
+            |p| p.capability_denied,
+        ),
+        (
+            "mqtt_plugin_kv_bytes",
+            "gauge",
+            "Bytes in the plugin's key-value store (capability kv).",
+            |p| p.kv_bytes,
         ),
     ];
     for (name, kind, help, value) in families {
@@ -622,6 +664,14 @@ mod tests {
             peak_memory_bytes: 65536,
             memory_limit_bytes: 1 << 20,
             recent_errors: Vec::new(),
+            api: "0.2.0",
+            events_delivered: 4,
+            events_dropped: 1,
+            ticks: 0,
+            http_requests: 0,
+            published: 3,
+            capability_denied: 0,
+            kv_bytes: 10,
         };
         let mut o = Out(String::new());
         render_plugins(&mut o, &[stats]);
@@ -631,6 +681,9 @@ mod tests {
             "mqtt_plugin_timeouts_total{plugin=\"acl \\\"v2\\\"\"} 1",
             "mqtt_plugin_degraded{plugin=\"acl \\\"v2\\\"\"} 1",
             "mqtt_plugin_peak_memory_bytes{plugin=\"acl \\\"v2\\\"\"} 65536",
+            "mqtt_plugin_events_dropped_total{plugin=\"acl \\\"v2\\\"\"} 1",
+            "mqtt_plugin_published_total{plugin=\"acl \\\"v2\\\"\"} 3",
+            "mqtt_plugin_kv_bytes{plugin=\"acl \\\"v2\\\"\"} 10",
         ] {
             assert!(o.0.lines().any(|l| l == line), "missing {line} in\n{}", o.0);
         }

@@ -36,11 +36,27 @@ fn auth_fingerprint(config: &Config, plugins: &crate::plugins::PluginSet) -> Opt
 /// Builds the complete runtime state from a config: reads password and ACL files and loads
 /// plugins. Pure with respect to the running broker, so a failure changes nothing.
 pub(crate) fn build_runtime(config: Config, generation: u64) -> Result<Runtime, BrokerError> {
+    build_runtime_with(config, generation, None)
+}
+
+/// [`build_runtime`] keeping the plugins' key-value stores of the running generation.
+pub(crate) fn build_runtime_with(
+    config: Config,
+    generation: u64,
+    plugin_kv: Option<Arc<crate::plugins::KvStores>>,
+) -> Result<Runtime, BrokerError> {
     config.validate(std::path::Path::new("<config>"))?;
+    // With file persistence a plugin's store is written beside the broker's own.
+    let plugin_kv = plugin_kv.unwrap_or_else(|| {
+        let p = &config.persistence;
+        let dir =
+            (p.storage_type == crate::config::StorageType::File).then(|| p.path.join("plugin-kv"));
+        Arc::new(crate::plugins::KvStores::new(dir))
+    });
     let admin_token = load_token(&config.admin)?;
     let mut security = crate::auth::build_security_chain(&config.security)?;
     // Plugins come after the built-in checks, in list order.
-    let plugins = crate::plugins::PluginSet::load_configured(&config.plugins)?;
+    let plugins = crate::plugins::PluginSet::load_configured(&config.plugins, &plugin_kv)?;
     plugins.append_to(&mut security);
     // A bridge's TLS files are checked now, so that a broken one refuses the config; the
     // bridge reads them again at each connection attempt (renewed certificates apply).
@@ -65,6 +81,7 @@ pub(crate) fn build_runtime(config: Config, generation: u64) -> Result<Runtime, 
         listeners,
         admin_token,
         plugins,
+        plugin_kv,
     })
 }
 

@@ -17,7 +17,7 @@ mod shutdown;
 mod tests;
 
 pub use crate::core::{ReloadStatus, Runtime};
-pub(crate) use build::build_runtime;
+pub(crate) use build::{build_runtime, build_runtime_with};
 
 use crate::config::{Config, ListenerConfig, StorageType};
 use crate::core::control::{
@@ -170,7 +170,10 @@ impl Broker {
             .as_ref()
             .map(|s| Arc::new(StorageHandle::start(s.clone(), mode)));
         let core = Arc::new(Core::new(runtime, writer));
-        core.runtime.load().plugins.set_events(&core.ops.events);
+        core.runtime
+            .load()
+            .plugins
+            .attach(&core.ops.events, &Core::plugin_publisher(&core));
         let handle = BrokerHandle {
             core: core.clone(),
             server: Arc::new(Server {

@@ -8,7 +8,7 @@
 //! recorded as pending ([`PendingRestart`]), logged once with their running and configured
 //! values, shown by `GET /api/v1/reload` and counted by `mqtt_config_pending_restart`.
 
-use super::{build_runtime, BrokerError, Server};
+use super::{build_runtime_with, BrokerError, Server};
 use crate::config::Config;
 use crate::config::StorageType;
 use crate::core::{Core, PendingRestart, ReloadStatus, Runtime};
@@ -161,9 +161,11 @@ async fn reload_locked(
 ) -> Result<u64, BrokerError> {
     let generation = current.generation + 1;
     // Reading files and compiling plugins is slow: keep it off the async workers.
-    let runtime = tokio::task::spawn_blocking(move || build_runtime(config, generation))
-        .await
-        .map_err(|e| BrokerError::Reload(e.to_string()))??;
+    let kv = current.plugin_kv.clone();
+    let runtime =
+        tokio::task::spawn_blocking(move || build_runtime_with(config, generation, Some(kv)))
+            .await
+            .map_err(|e| BrokerError::Reload(e.to_string()))??;
     let desired = runtime.config.effective_listeners();
     let plan = match transport::listeners::prepare(std::mem::take(running), &desired).await {
         Ok(plan) => plan,
@@ -172,7 +174,9 @@ async fn reload_locked(
             return Err(e.into());
         }
     };
-    runtime.plugins.set_events(&core.ops.events);
+    runtime
+        .plugins
+        .attach(&core.ops.events, &crate::core::Core::plugin_publisher(core));
     core.runtime.store(Arc::new(runtime));
     let now_running = transport::listeners::commit(plan, core).await;
     server.set_listeners(now_running, running);

@@ -47,6 +47,131 @@ pub struct PluginConfig {
     /// Empty (the default): every topic. SUBSCRIBE requests always reach the plugin.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<String>,
+    /// Host capabilities granted to the plugin (plugin API 0.2); each is denied unless
+    /// listed here.
+    #[serde(default, skip_serializing_if = "Capabilities::is_empty")]
+    pub capabilities: Capabilities,
+    /// Event hooks delivery (plugin API 0.2).
+    #[serde(default, skip_serializing_if = "EventsConfig::is_default")]
+    pub events: EventsConfig,
+}
+
+/// Host capabilities a plugin may use; `None` = not granted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Outbound HTTP(S) to the listed hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpGrant>,
+    /// A key-value store of the plugin's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv: Option<KvGrant>,
+    /// Publishing messages to the listed topic filters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishGrant>,
+    /// A call of the plugin's `timer.tick` at this interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tick: Option<ConfigDuration>,
+}
+
+impl Capabilities {
+    /// Whether nothing is granted.
+    pub fn is_empty(&self) -> bool {
+        self == &Capabilities::default()
+    }
+}
+
+/// The `http` grant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpGrant {
+    /// Hosts requests may go to: `name` (any port) or `name:port`; names compare without
+    /// case, IPv6 addresses in brackets (`[::1]:8080`).
+    pub allow: Vec<String>,
+    /// Longest a request may take (the hook's own time limit may cut it shorter).
+    #[serde(default = "default_http_timeout")]
+    pub timeout: ConfigDuration,
+    /// Response bodies are cut at this size.
+    #[serde(default = "default_http_max_response")]
+    pub max_response_bytes: ByteSize,
+}
+
+fn default_http_timeout() -> ConfigDuration {
+    ConfigDuration::secs(5)
+}
+
+fn default_http_max_response() -> ByteSize {
+    ByteSize(1 << 20)
+}
+
+impl HttpGrant {
+    /// Whether `host` (lowercase, IPv6 in brackets) on `port` is allowed.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        self.allow.iter().any(|entry| {
+            let entry = entry.trim().to_ascii_lowercase();
+            match split_port(&entry) {
+                Some((h, p)) => h == host && p == port,
+                None => entry == host,
+            }
+        })
+    }
+}
+
+/// `host:port` → (host, port); `None` for a bare host (also a bare or bracketed IPv6).
+fn split_port(entry: &str) -> Option<(&str, u16)> {
+    let (h, p) = entry.rsplit_once(':')?;
+    if h.contains(':') && !(h.starts_with('[') && h.ends_with(']')) {
+        return None;
+    }
+    Some((h, p.parse().ok()?))
+}
+
+/// The `kv` grant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvGrant {
+    /// Most bytes (keys plus values) the store may hold.
+    #[serde(default = "default_kv_max")]
+    pub max_bytes: ByteSize,
+}
+
+fn default_kv_max() -> ByteSize {
+    ByteSize(1 << 20)
+}
+
+/// The `publish` grant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishGrant {
+    /// Topic filters the plugin may publish to.
+    pub topics: Vec<String>,
+    /// Most messages one hook call may publish.
+    #[serde(default = "default_publish_per_call")]
+    pub max_per_call: usize,
+}
+
+fn default_publish_per_call() -> usize {
+    64
+}
+
+/// How event hooks are delivered to one plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events waiting for the plugin; beyond it the oldest are dropped and counted.
+    pub queue: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { queue: 4096 }
+    }
+}
+
+impl EventsConfig {
+    fn is_default(&self) -> bool {
+        self == &EventsConfig::default()
+    }
 }
 
 fn yes() -> bool {
@@ -65,6 +190,8 @@ impl PluginConfig {
             cache_dir: None,
             cache_decisions: true,
             topics: Vec::new(),
+            capabilities: Capabilities::default(),
+            events: EventsConfig::default(),
         }
     }
 
@@ -136,6 +263,59 @@ impl PluginConfig {
                     format!("{filter:?} is not a valid topic filter: {e}"),
                 ));
             }
+        }
+        let caps = &self.capabilities;
+        if let Some(http) = &caps.http {
+            if http.allow.is_empty() {
+                return err("capabilities.http.allow", "must list at least one host");
+            }
+            for (i, h) in http.allow.iter().enumerate() {
+                let h = h.trim();
+                if h.is_empty() || h.contains('/') || h.contains('*') {
+                    return Err((
+                        format!("capabilities.http.allow[{i}]"),
+                        format!("{h:?} is not a host name or host:port"),
+                    ));
+                }
+            }
+            if http.timeout.is_zero() || http.timeout.get() > Duration::from_secs(60) {
+                return err("capabilities.http.timeout", "must be between 1ms and 60s");
+            }
+        }
+        if let Some(kv) = &caps.kv {
+            if kv.max_bytes.0 == 0 || kv.max_bytes.0 > 1 << 30 {
+                return err("capabilities.kv.max_bytes", "must be between 1 and 1GiB");
+            }
+        }
+        if let Some(p) = &caps.publish {
+            if p.topics.is_empty() {
+                return err(
+                    "capabilities.publish.topics",
+                    "must list at least one topic filter",
+                );
+            }
+            for (i, filter) in p.topics.iter().enumerate() {
+                if let Err(e) = crate::protocol::topic::validate_topic_filter(filter) {
+                    return Err((
+                        format!("capabilities.publish.topics[{i}]"),
+                        format!("{filter:?} is not a valid topic filter: {e}"),
+                    ));
+                }
+            }
+            if p.max_per_call == 0 || p.max_per_call > 10_000 {
+                return err(
+                    "capabilities.publish.max_per_call",
+                    "must be between 1 and 10000",
+                );
+            }
+        }
+        if let Some(t) = caps.tick {
+            if t.get() < Duration::from_millis(10) {
+                return err("capabilities.tick", "must be at least 10ms");
+            }
+        }
+        if self.events.queue == 0 || self.events.queue > 1_000_000 {
+            return err("events.queue", "must be between 1 and 1000000");
         }
         Ok(())
     }

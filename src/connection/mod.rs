@@ -368,6 +368,7 @@ where
         username: client.username.clone(),
         clean_session: client.clean_session,
         session_present: attached.session_present,
+        protocol: client.protocol,
     });
     info!(
         protocol = connect.protocol.as_str(),

@@ -29,6 +29,7 @@ fn core_with(config: Config) -> Core {
         listeners: HashMap::new(),
         admin_token: None,
         plugins: Default::default(),
+        plugin_kv: Default::default(),
         auth_fingerprint: None,
     };
     Core::new(runtime, None)

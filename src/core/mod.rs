@@ -259,6 +259,17 @@ impl Core {
         self.router.publish(msg)
     }
 
+    /// Where plugins' published messages go: routed as the broker's own (no ACL, no
+    /// transform); nowhere once the broker is gone.
+    pub fn plugin_publisher(core: &Arc<Core>) -> crate::plugins::Publisher {
+        let weak = Arc::downgrade(core);
+        Arc::new(move |msg| {
+            if let Some(core) = weak.upgrade() {
+                core.publish(msg);
+            }
+        })
+    }
+
     /// A snapshot of the counters and registry sizes.
     pub fn stats(&self) -> StatsSnapshot {
         let c = &self.counters;

@@ -188,6 +188,12 @@ impl SessionRegistry {
                     client_id,
                     "persistent session expired (persistence.session_expiry)"
                 );
+                self.services
+                    .ops
+                    .events
+                    .emit(|| crate::events::BrokerEvent::SessionExpired {
+                        client_id: old.client_id.clone(),
+                    });
             }
             if clean_session || expired || old.state.lock().clean_session {
                 self.remove_locked(&mut sessions, &old);
@@ -307,6 +313,12 @@ impl SessionRegistry {
             .collect();
         for e in &expired {
             info!(client_id = %e.client_id, "persistent session expired (persistence.session_expiry)");
+            self.services
+                .ops
+                .events
+                .emit(|| crate::events::BrokerEvent::SessionExpired {
+                    client_id: e.client_id.clone(),
+                });
             self.remove_locked(&mut sessions, e);
         }
         expired.len()

@@ -515,6 +515,17 @@ fn enqueue(s: &Services, entry: &Arc<SessionEntry>, msg: &Message, delivered: Me
 impl Services {
     /// Counts (and logs once per connection) a message a subscriber's session refused.
     fn count_drop(&self, entry: &SessionEntry, msg: &Message, reason: DropReason) {
+        self.ops
+            .events
+            .emit(|| crate::events::BrokerEvent::MessageDropped {
+                client_id: entry.client_id.clone(),
+                topic: msg.topic.clone(),
+                reason: match reason {
+                    DropReason::Qos0Offline => "offline QoS 0",
+                    DropReason::QueueFull => "queue full",
+                    DropReason::QueueBytesFull => "queue bytes full",
+                },
+            });
         let kind = match reason {
             DropReason::Qos0Offline => {
                 Counters::inc(&self.counters.dropped_offline_qos0);

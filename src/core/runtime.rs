@@ -29,6 +29,9 @@ pub struct Runtime {
     pub admin_token: Option<Token>,
     /// The Wasm plugins of this generation (also in `security`), for stats.
     pub plugins: crate::plugins::PluginSet,
+    /// The plugins' key-value stores (capability `kv`), handed on from generation to
+    /// generation.
+    pub plugin_kv: Arc<crate::plugins::KvStores>,
     /// What a client's authentication depends on (settings, password file content), so
     /// that a reload that changes none of it does not re-authenticate every client; `None`
     /// when a plugin authenticates (its answer may change with its file): always re-check.

@@ -6,9 +6,12 @@
 //! `PluginHost`, so a reload can build a new set off the hot path while the old one serves.
 
 use super::bindings::{self, host::LogLevel};
+use super::capabilities::{KvStores, PluginCaps, PublishQueue};
 use super::config::PluginConfig;
 use super::plugin::WasmPlugin;
 use super::{PluginError, PluginSet};
+use crate::hooks::ClientInfo;
+use crate::model::Message;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -109,6 +112,11 @@ impl PluginHost {
             .map_err(|e| PluginError::Engine(format!("linking WASI: {e}")))?;
         bindings::Full::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("linking host functions: {e}")))?;
+        super::bindings_v02::Full::add_to_linker::<StoreState, HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| PluginError::Engine(format!("linking host functions (0.2): {e}")))?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -177,14 +185,24 @@ impl PluginHost {
         self.inner.compiles.load(Ordering::Relaxed)
     }
 
-    /// Loads every configured plugin, in order; any failure refuses the whole set.
+    /// Loads every configured plugin, in order; any failure refuses the whole set. Their
+    /// key-value stores are new and kept in memory.
     pub fn load(&self, configs: &[PluginConfig]) -> Result<PluginSet, PluginError> {
+        self.load_with(configs, &Arc::new(KvStores::default()))
+    }
+
+    /// [`PluginHost::load`] with the key-value stores of a broker (kept across its reloads).
+    pub fn load_with(
+        &self,
+        configs: &[PluginConfig],
+        kv: &Arc<KvStores>,
+    ) -> Result<PluginSet, PluginError> {
         let mut plugins = Vec::with_capacity(configs.len());
         for c in configs {
             if plugins.iter().any(|p: &Arc<WasmPlugin>| p.name() == c.name) {
                 return Err(PluginError::DuplicateName(c.name.clone()));
             }
-            plugins.push(Arc::new(WasmPlugin::load(self, c)?));
+            plugins.push(Arc::new(WasmPlugin::load(self, c, kv)?));
         }
         Ok(PluginSet::new(plugins))
     }
@@ -312,13 +330,78 @@ pub(crate) struct StoreState {
     pub client_id: Option<Arc<str>>,
     /// Memory accounting.
     pub limiter: Limiter,
+    /// The client and message of the call in progress (API 0.2 resources read them).
+    pub call: CallContext,
+    /// Capabilities of the plugin (API 0.2).
+    pub caps: Arc<PluginCaps>,
+    /// Messages published during the call in progress.
+    pub published: PublishQueue,
     wasi: WasiCtx,
     table: ResourceTable,
 }
 
+/// What the call in progress is about: the client and message the API 0.2 resources read.
+///
+/// Borrowed, not copied: copying a client (two strings) and a message on every call cost
+/// more than the call itself. The pointers are set by `WasmPlugin::call` from references
+/// that outlive the guest call, and reset before it returns; a store is used by one thread
+/// at a time (it is taken out of the pool for the call), and the guest can run only inside
+/// that call, so a host function never sees a dangling pointer.
+pub(crate) struct CallContext {
+    client: *const ClientInfo,
+    message: *const Message,
+    /// When the call began and how long it may take (bounds HTTP requests).
+    pub started: Option<(Instant, Duration)>,
+}
+
+// SAFETY: see the type's documentation; the pointees are `Sync` and only read.
+unsafe impl Send for CallContext {}
+
+impl Default for CallContext {
+    fn default() -> Self {
+        CallContext {
+            client: std::ptr::null(),
+            message: std::ptr::null(),
+            started: None,
+        }
+    }
+}
+
+impl CallContext {
+    /// Lends the call's client and message to the host functions, until [`Self::end`].
+    pub fn begin(&mut self, client: Option<&ClientInfo>, message: Option<&Message>) {
+        self.client = client.map_or(std::ptr::null(), |c| c as *const ClientInfo);
+        self.message = message.map_or(std::ptr::null(), |m| m as *const Message);
+    }
+
+    /// Ends the loan of [`Self::begin`].
+    pub fn end(&mut self) {
+        self.client = std::ptr::null();
+        self.message = std::ptr::null();
+        self.started = None;
+    }
+
+    /// The call's client.
+    pub fn client(&self) -> Option<&ClientInfo> {
+        // SAFETY: non-null only between `begin` and `end`, while the referent lives.
+        unsafe { self.client.as_ref() }
+    }
+
+    /// The call's message (`transform` only).
+    pub fn message(&self) -> Option<&Message> {
+        // SAFETY: as for `client`.
+        unsafe { self.message.as_ref() }
+    }
+
+    /// When the call's time limit ends.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.started.map(|(at, limit)| at + limit)
+    }
+}
+
 impl StoreState {
     /// Fresh state with an empty WASI context.
-    pub fn new(plugin: Arc<str>, limiter: Limiter) -> Self {
+    pub fn new(plugin: Arc<str>, limiter: Limiter, caps: Arc<PluginCaps>) -> Self {
         // Nothing preopened, no env, no args, stdio to the void, sockets refused.
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
             .allow_tcp(false)
@@ -330,6 +413,9 @@ impl StoreState {
             plugin,
             client_id: None,
             limiter,
+            call: CallContext::default(),
+            caps,
+            published: Vec::new(),
             wasi,
             table: ResourceTable::new(),
         }

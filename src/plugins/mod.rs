@@ -12,13 +12,18 @@
 //! plugin sees the broker only through the hook traits and the event bus).
 
 pub mod bindings;
+pub mod bindings_v02;
+pub(crate) mod capabilities;
 pub mod host;
+mod host_v02;
 pub mod plugin;
+mod pool;
 pub mod version;
 
 /// The `plugins:` config schema lives with the rest of the config.
 pub use crate::config::plugins as config;
 pub use crate::config::plugins::{ByteSize, OnError, PluginConfig, PluginLimits};
+pub use capabilities::{KvStores, Publisher};
 pub use host::{ArtifactSource, EngineSettings, OptLevel, PluginHost};
 pub use plugin::{PluginFailure, PluginStats, WasmPlugin};
 
@@ -97,12 +102,22 @@ pub enum PluginError {
         message: String,
     },
     /// The component exports none of the hooks.
-    #[error("plugin {plugin}: exports none of authenticate, authorize, transform (of mqtt-broker:plugin@{version})")]
+    #[error("plugin {plugin}: exports none of the hooks of mqtt-broker:plugin@{version} (authenticate, authorize, transform, or an event interface); it exports: {exports}")]
     NoHooks {
         /// Plugin name.
         plugin: String,
         /// Version the host looked for.
         version: &'static str,
+        /// What the component does export.
+        exports: String,
+    },
+    /// An exported hook interface does not have the functions and types of the WIT.
+    #[error("plugin {plugin}: {message}")]
+    Export {
+        /// Plugin name.
+        plugin: String,
+        /// Which export, what was expected, and what wasmtime found.
+        message: String,
     },
     /// Creating the first instance trapped, timed out or ran out of memory.
     #[error("plugin {plugin}: cannot instantiate: {message}")]
@@ -148,11 +163,14 @@ impl PluginSet {
 
     /// Loads `configs` with the process-wide [`PluginHost::shared`]; an empty list loads
     /// nothing and does not start the engine.
-    pub fn load_configured(configs: &[PluginConfig]) -> Result<PluginSet, PluginError> {
+    pub fn load_configured(
+        configs: &[PluginConfig],
+        kv: &Arc<KvStores>,
+    ) -> Result<PluginSet, PluginError> {
         if configs.is_empty() {
             return Ok(PluginSet::default());
         }
-        PluginHost::shared()?.load(configs)
+        PluginHost::shared()?.load_with(configs, kv)
     }
 
     /// Whether no plugin is loaded.
@@ -180,10 +198,11 @@ impl PluginSet {
         }
     }
 
-    /// Lets every plugin report its failures as [`crate::events::BrokerEvent::PluginError`].
-    pub(crate) fn set_events(&self, events: &crate::events::EventBus) {
+    /// Hands every plugin the broker's event bus (failures are reported on it, event hooks
+    /// read it) and where messages they publish go; starts event threads where needed.
+    pub(crate) fn attach(&self, events: &crate::events::EventBus, publisher: &Publisher) {
         for p in &self.plugins {
-            p.set_events(events.clone());
+            p.attach(events.clone(), publisher.clone());
         }
     }
 

@@ -3,8 +3,12 @@
 //! trait implementations the broker's `SecurityChain` calls.
 
 use super::bindings::{self, authenticate, authorize, lifecycle, transform};
+use super::bindings_v02 as v02;
+use super::capabilities::{PluginCaps, Publisher};
 use super::config::{OnError, PluginConfig};
 use super::host::{ArtifactSource, Limiter, PluginHost, StoreState, EPOCH_TICK};
+use super::host_v02::CALL_HANDLE;
+use super::version::Api;
 use super::PluginError;
 use crate::hooks::{
     AclRequest, AuthOutcome, Authenticator, Authorizer, ClientInfo, Credentials, Decision,
@@ -18,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
-use wasmtime::component::{Instance, InstancePre};
+use wasmtime::component::{Instance, InstancePre, Resource};
 use wasmtime::Store;
 
 /// Most messages one `transform` call may add (bounds amplification by a buggy plugin).
@@ -31,6 +35,10 @@ pub(crate) enum Hook {
     Authenticate,
     Authorize,
     Transform,
+    /// An event hook (API 0.2).
+    Event,
+    /// `timer.tick` (API 0.2).
+    Tick,
 }
 
 impl Hook {
@@ -40,6 +48,8 @@ impl Hook {
             Hook::Authenticate => "authenticate",
             Hook::Authorize => "authorize",
             Hook::Transform => "transform",
+            Hook::Event => "event",
+            Hook::Tick => "tick",
         }
     }
 }
@@ -57,21 +67,65 @@ enum CallFailure {
     Degraded,
 }
 
-/// Export indices found at load time; `None` for hooks the component does not export.
+/// Export indices found at load time (API 0.1); `None` for hooks the component does not
+/// export.
 #[derive(Clone)]
-struct Exports {
+struct Exports01 {
     lifecycle: Option<lifecycle::GuestIndices>,
     authenticate: Option<authenticate::GuestIndices>,
     authorize: Option<authorize::GuestIndices>,
     transform: Option<transform::GuestIndices>,
 }
 
-/// A ready instance: its store and the typed entry points.
-struct Slot {
-    store: Store<StoreState>,
+/// Export indices found at load time (API 0.2).
+#[derive(Clone)]
+struct Exports02 {
+    lifecycle: Option<v02::lifecycle::GuestIndices>,
+    authenticate: Option<v02::authenticate::GuestIndices>,
+    authorize: Option<v02::authorize::GuestIndices>,
+    transform: Option<v02::transform::GuestIndices>,
+    connection_events: Option<v02::connection_events::GuestIndices>,
+    subscription_events: Option<v02::subscription_events::GuestIndices>,
+    message_events: Option<v02::message_events::GuestIndices>,
+    broker_events: Option<v02::broker_events::GuestIndices>,
+    timer: Option<v02::timer::GuestIndices>,
+}
+
+/// The exports of a component, per the API version it was built for.
+#[derive(Clone)]
+enum Exports {
+    V01(Exports01),
+    V02(Box<Exports02>),
+}
+
+/// Typed entry points of one instance (API 0.1).
+struct Guests01 {
     authenticate: Option<authenticate::Guest>,
     authorize: Option<authorize::Guest>,
     transform: Option<transform::Guest>,
+}
+
+/// Typed entry points of one instance (API 0.2).
+struct Guests02 {
+    authenticate: Option<v02::authenticate::Guest>,
+    authorize: Option<v02::authorize::Guest>,
+    transform: Option<v02::transform::Guest>,
+    connection_events: Option<v02::connection_events::Guest>,
+    subscription_events: Option<v02::subscription_events::Guest>,
+    message_events: Option<v02::message_events::Guest>,
+    broker_events: Option<v02::broker_events::Guest>,
+    timer: Option<v02::timer::Guest>,
+}
+
+enum Guests {
+    V01(Guests01),
+    V02(Box<Guests02>),
+}
+
+/// A ready instance: its store and the typed entry points.
+struct Slot {
+    store: Store<StoreState>,
+    guests: Guests,
 }
 
 /// Failure bookkeeping; locked only briefly and never during a call.
@@ -133,6 +187,22 @@ pub struct PluginStats {
     pub memory_limit_bytes: u64,
     /// The last failures ([`RECENT_ERRORS`] at most), newest first.
     pub recent_errors: Vec<PluginFailure>,
+    /// Plugin API version the component was built for.
+    pub api: &'static str,
+    /// Event hook calls made.
+    pub events_delivered: u64,
+    /// Events dropped because the plugin's queue (`events.queue`) was full.
+    pub events_dropped: u64,
+    /// `timer.tick` calls made.
+    pub ticks: u64,
+    /// HTTP requests made (capability `http`).
+    pub http_requests: u64,
+    /// Messages published (capability `publish`).
+    pub published: u64,
+    /// Capability calls refused: not granted, host or topic not allowed, over a limit.
+    pub capability_denied: u64,
+    /// Bytes in the plugin's key-value store (capability `kv`).
+    pub kv_bytes: u64,
 }
 
 /// Failures a plugin remembers for the dashboard; older ones are counted only.
@@ -155,14 +225,31 @@ pub struct WasmPlugin {
     pre: InstancePre<StoreState>,
     exports: Exports,
     artifact: ArtifactSource,
-    pool: Mutex<Vec<Slot>>,
-    pool_size: usize,
+    pool: super::pool::InstancePool<Slot>,
     health: Mutex<Health>,
     degraded: AtomicBool,
     counts: Counts,
     peak_memory: Arc<AtomicU64>,
     /// Where failures are announced, once the broker has handed its event bus over.
     events: std::sync::OnceLock<crate::events::EventBus>,
+    /// Capabilities and their state (API 0.2).
+    caps: Arc<PluginCaps>,
+    /// The API version the component was built for.
+    api: Api,
+    /// Where messages the plugin publishes go, once the broker handed it over.
+    publisher: std::sync::OnceLock<Publisher>,
+    /// Event hook delivery counters.
+    event_counts: EventCounts,
+    /// Whether the event thread was started.
+    attached: AtomicBool,
+}
+
+/// Counters of event hook delivery.
+#[derive(Default)]
+struct EventCounts {
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+    ticks: AtomicU64,
 }
 
 impl std::fmt::Debug for WasmPlugin {
@@ -180,6 +267,7 @@ impl WasmPlugin {
     pub(crate) fn load(
         host: &PluginHost,
         config: &PluginConfig,
+        kv: &super::capabilities::KvStores,
     ) -> Result<WasmPlugin, PluginError> {
         config
             .validate()
@@ -189,7 +277,7 @@ impl WasmPlugin {
                 reason,
             })?;
         let (component, artifact) = host.component(config)?;
-        super::version::check(&config.name, host.engine(), &component)?;
+        let api = super::version::check(&config.name, host.engine(), &component)?;
         let pre = host
             .linker()
             .instantiate_pre(&component)
@@ -197,19 +285,36 @@ impl WasmPlugin {
                 plugin: config.name.clone(),
                 message: format!("{e:#}"),
             })?;
-        let exports = Exports {
-            lifecycle: lifecycle::GuestIndices::new(&pre).ok(),
-            authenticate: authenticate::GuestIndices::new(&pre).ok(),
-            authorize: authorize::GuestIndices::new(&pre).ok(),
-            transform: transform::GuestIndices::new(&pre).ok(),
-        };
-        if exports.authenticate.is_none()
-            && exports.authorize.is_none()
-            && exports.transform.is_none()
-        {
+        let exported: Vec<String> = component
+            .component_type()
+            .exports(host.engine())
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let exports = find_exports(&config.name, api, &pre, &exported)?;
+        if !exports.has_hooks() {
             return Err(PluginError::NoHooks {
                 plugin: config.name.clone(),
-                version: bindings::VERSION,
+                version: api.version(),
+                exports: if exported.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    exported.join(", ")
+                },
+            });
+        }
+        let caps = PluginCaps::new(config, kv).map_err(|message| PluginError::Config {
+            plugin: config.name.clone(),
+            key: "capabilities.kv".into(),
+            reason: message,
+        })?;
+        if api == Api::V01 && !config.capabilities.is_empty() {
+            return Err(PluginError::Config {
+                plugin: config.name.clone(),
+                key: "capabilities".into(),
+                reason: format!(
+                    "capabilities need plugin API 0.2 (wit/v0.2); this component is built for {}",
+                    api.version()
+                ),
             });
         }
         let pool_size = match config.limits.pool_size {
@@ -220,13 +325,17 @@ impl WasmPlugin {
         };
         let plugin = WasmPlugin {
             name: Arc::from(config.name.as_str()),
+            caps: Arc::new(caps),
+            api,
+            publisher: std::sync::OnceLock::new(),
+            event_counts: EventCounts::default(),
+            attached: AtomicBool::new(false),
             config: config.clone(),
             init_pairs: config.init_pairs(),
             pre,
             exports,
             artifact,
-            pool: Mutex::new(Vec::with_capacity(pool_size)),
-            pool_size,
+            pool: super::pool::InstancePool::new(pool_size),
             health: Mutex::new(Health {
                 recent: VecDeque::new(),
                 degraded_since: None,
@@ -249,7 +358,7 @@ impl WasmPlugin {
                 message: describe(&f),
             },
         })?;
-        plugin.pool.lock().push(first);
+        plugin.pool.put(first);
         info!(plugin = %plugin.name, hooks = ?plugin.hooks(), artifact = ?artifact, "plugin loaded");
         Ok(plugin)
     }
@@ -266,32 +375,27 @@ impl WasmPlugin {
 
     /// Hooks the component exports.
     pub fn hooks(&self) -> Vec<&'static str> {
-        let mut h = Vec::new();
-        if self.exports.authenticate.is_some() {
-            h.push("authenticate");
-        }
-        if self.exports.authorize.is_some() {
-            h.push("authorize");
-        }
-        if self.exports.transform.is_some() {
-            h.push("transform");
-        }
-        h
+        self.exports.hooks()
     }
 
     /// Whether the component exports `authenticate`.
     pub fn is_authenticator(&self) -> bool {
-        self.exports.authenticate.is_some()
+        self.hooks().contains(&"authenticate")
     }
 
     /// Whether the component exports `authorize`.
     pub fn is_authorizer(&self) -> bool {
-        self.exports.authorize.is_some()
+        self.hooks().contains(&"authorize")
     }
 
     /// Whether the component exports `transform`.
     pub fn is_transformer(&self) -> bool {
-        self.exports.transform.is_some()
+        self.hooks().contains(&"transform")
+    }
+
+    /// The plugin API version the component was built for (`0.1.0`, `0.2.0`).
+    pub fn api_version(&self) -> &'static str {
+        self.api.version()
     }
 
     /// Whether the plugin is degraded (failing closed without being called).
@@ -321,6 +425,14 @@ impl WasmPlugin {
             peak_memory_bytes: self.peak_memory.load(Ordering::Relaxed),
             memory_limit_bytes: self.config.limits.memory.0,
             recent_errors: self.health.lock().errors.newest_first().cloned().collect(),
+            api: self.api.version(),
+            events_delivered: get(&self.event_counts.delivered),
+            events_dropped: get(&self.event_counts.dropped),
+            ticks: get(&self.event_counts.ticks),
+            http_requests: get(&self.caps.counts.http_requests),
+            published: get(&self.caps.counts.published),
+            capability_denied: get(&self.caps.counts.denied),
+            kv_bytes: self.caps.kv.as_ref().map_or(0, |k| k.size()),
         }
     }
 
@@ -329,7 +441,7 @@ impl WasmPlugin {
         match hook {
             Hook::Init => l.init_timeout.get(),
             Hook::Authenticate => l.auth_timeout.get(),
-            Hook::Authorize | Hook::Transform => l.call_timeout.get(),
+            Hook::Authorize | Hook::Transform | Hook::Event | Hook::Tick => l.call_timeout.get(),
         }
     }
 
@@ -352,7 +464,7 @@ impl WasmPlugin {
         };
         let mut store = Store::new(
             self.pre.engine(),
-            StoreState::new(self.name.clone(), limiter),
+            StoreState::new(self.name.clone(), limiter, self.caps.clone()),
         );
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
@@ -364,44 +476,68 @@ impl WasmPlugin {
             .pre
             .instantiate(&mut store)
             .map_err(|e| fail(&store, e))?;
-        if let Some(idx) = &self.exports.lifecycle {
-            let guest = idx
-                .load(&mut store, &instance)
-                .map_err(|e| fail(&store, e))?;
-            let answer = guest
-                .call_init(&mut store, &self.init_pairs)
-                .map_err(|e| fail(&store, e))?;
-            if let Err(message) = answer {
-                return Err(InstantiateError::Init(
-                    bindings::truncate(&message, 1024).to_owned(),
-                ));
-            }
-        }
-        let load_err = |store: &Store<StoreState>, e| fail(store, e);
-        let slot = Slot {
-            authenticate: match &self.exports.authenticate {
-                Some(i) => Some(
-                    i.load(&mut store, &instance)
-                        .map_err(|e| load_err(&store, e))?,
-                ),
+        let init = match &self.exports {
+            Exports::V01(e) => match &e.lifecycle {
+                Some(idx) => {
+                    let guest = idx
+                        .load(&mut store, &instance)
+                        .map_err(|e| fail(&store, e))?;
+                    Some(
+                        guest
+                            .call_init(&mut store, &self.init_pairs)
+                            .map_err(|e| fail(&store, e))?,
+                    )
+                }
                 None => None,
             },
-            authorize: match &self.exports.authorize {
-                Some(i) => Some(
-                    i.load(&mut store, &instance)
-                        .map_err(|e| load_err(&store, e))?,
-                ),
+            Exports::V02(e) => match &e.lifecycle {
+                Some(idx) => {
+                    let guest = idx
+                        .load(&mut store, &instance)
+                        .map_err(|e| fail(&store, e))?;
+                    let answer = guest
+                        .call_init(&mut store, &self.init_pairs)
+                        .map_err(|e| fail(&store, e))?;
+                    Some(answer)
+                }
                 None => None,
             },
-            transform: match &self.exports.transform {
-                Some(i) => Some(
-                    i.load(&mut store, &instance)
-                        .map_err(|e| load_err(&store, e))?,
-                ),
-                None => None,
-            },
-            store,
         };
+        if let Some(Err(message)) = init {
+            return Err(InstantiateError::Init(
+                bindings::truncate(&message, 1024).to_owned(),
+            ));
+        }
+        // Loading checks each export's type: a mismatch names the function and the type
+        // this broker calls it with.
+        macro_rules! load {
+            ($idx:expr, $hook:literal) => {
+                match $idx {
+                    Some(i) => Some(i.load(&mut store, &instance).map_err(|e| {
+                        InstantiateError::Failed(CallFailure::Trap(wrong_type(self.api, $hook, &e)))
+                    })?),
+                    None => None,
+                }
+            };
+        }
+        let guests = match &self.exports {
+            Exports::V01(e) => Guests::V01(Guests01 {
+                authenticate: load!(&e.authenticate, "authenticate"),
+                authorize: load!(&e.authorize, "authorize"),
+                transform: load!(&e.transform, "transform"),
+            }),
+            Exports::V02(e) => Guests::V02(Box::new(Guests02 {
+                authenticate: load!(&e.authenticate, "authenticate"),
+                authorize: load!(&e.authorize, "authorize"),
+                transform: load!(&e.transform, "transform"),
+                connection_events: load!(&e.connection_events, "connection-events"),
+                subscription_events: load!(&e.subscription_events, "subscription-events"),
+                message_events: load!(&e.message_events, "message-events"),
+                broker_events: load!(&e.broker_events, "broker-events"),
+                timer: load!(&e.timer, "timer"),
+            })),
+        };
+        let slot = Slot { store, guests };
         self.counts
             .instances_created
             .fetch_add(1, Ordering::Relaxed);
@@ -417,7 +553,8 @@ impl WasmPlugin {
     /// the call. A failed instance is dropped; the next call creates a fresh one.
     fn call<R>(
         &self,
-        client: &ClientInfo,
+        client: Option<&ClientInfo>,
+        message: Option<&Message>,
         hook: Hook,
         f: impl FnOnce(&mut Slot) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, CallFailure> {
@@ -434,7 +571,7 @@ impl WasmPlugin {
         } else {
             false
         };
-        let pooled = self.pool.lock().pop();
+        let pooled = self.pool.take();
         let mut slot = match pooled {
             Some(s) => s,
             None => match self.instantiate() {
@@ -450,22 +587,37 @@ impl WasmPlugin {
                 }
             },
         };
-        slot.store.data_mut().client_id = Some(client.client_id.clone());
-        self.set_deadline(&mut slot.store, hook);
         let started = Instant::now();
+        {
+            let state = slot.store.data_mut();
+            state.client_id = client.map(|c| c.client_id.clone());
+            state.call.begin(client, message);
+            state.call.started = Some((started, self.timeout(hook)));
+        }
+        self.set_deadline(&mut slot.store, hook);
         let result = f(&mut slot);
-        self.counts
-            .slowest_call_nanos
-            .fetch_max(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let published = {
+            let state = slot.store.data_mut();
+            state.call.end();
+            if state.published.is_empty() {
+                Vec::new()
+            } else {
+                std::mem::take(&mut state.published)
+            }
+        };
+        let took = started.elapsed().as_nanos() as u64;
+        // Read first: a store to the shared line on every call would bounce it between
+        // the threads calling the plugin.
+        if took > self.counts.slowest_call_nanos.load(Ordering::Relaxed) {
+            self.counts
+                .slowest_call_nanos
+                .fetch_max(took, Ordering::Relaxed);
+        }
         match result {
             Ok(Ok(value)) => {
                 slot.store.data_mut().client_id = None;
-                {
-                    let mut pool = self.pool.lock();
-                    if pool.len() < self.pool_size {
-                        pool.push(slot);
-                    }
-                }
+                self.route(published);
+                self.pool.put(slot);
                 if probe {
                     self.recovered();
                 }
@@ -474,11 +626,7 @@ impl WasmPlugin {
             Ok(Err(invalid)) => {
                 // The instance is healthy but answered nonsense; keep it, count the failure.
                 slot.store.data_mut().client_id = None;
-                let mut pool = self.pool.lock();
-                if pool.len() < self.pool_size {
-                    pool.push(slot);
-                }
-                drop(pool);
+                self.pool.put(slot);
                 Err(self.failed(client, hook, CallFailure::Trap(invalid), probe))
             }
             Err(e) => {
@@ -520,7 +668,7 @@ impl WasmPlugin {
     /// Counts and logs a failure, marks the plugin degraded when failures pile up.
     fn failed(
         &self,
-        client: &ClientInfo,
+        client: Option<&ClientInfo>,
         hook: Hook,
         failure: CallFailure,
         probe: bool,
@@ -533,9 +681,10 @@ impl WasmPlugin {
             CallFailure::Trap(_) | CallFailure::Degraded => c.traps.fetch_add(1, Ordering::Relaxed),
         };
         let limit_ms = self.timeout(hook).as_secs_f64() * 1e3;
+        let client_id = client.map_or("-", |c| &*c.client_id);
         warn!(
             plugin = %self.name,
-            client_id = %client.client_id,
+            client_id,
             hook = hook.as_str(),
             on_error = ?self.config.on_error,
             limit_ms,
@@ -543,12 +692,15 @@ impl WasmPlugin {
             "plugin call failed: {}; instance discarded",
             describe(&failure)
         );
-        let error = format!(
-            "{} for client {}: {}",
-            hook.as_str(),
-            client.client_id,
-            describe(&failure)
-        );
+        let error = match client {
+            Some(c) => format!(
+                "{} for client {}: {}",
+                hook.as_str(),
+                c.client_id,
+                describe(&failure)
+            ),
+            None => format!("{}: {}", hook.as_str(), describe(&failure)),
+        };
         if let Some(events) = self.events.get() {
             events.emit(|| crate::events::BrokerEvent::PluginError {
                 plugin: self.name.to_string(),
@@ -637,16 +789,41 @@ impl Authenticator for WasmPlugin {
     }
 
     fn authenticate(&self, client: &ClientInfo, credentials: &Credentials<'_>) -> AuthOutcome {
-        let info = bindings::client_info(client);
-        let creds = bindings::credentials(credentials);
-        let r = self.call(client, Hook::Authenticate, |slot| {
-            let Some(g) = &slot.authenticate else {
-                return Ok(Err("authenticate is not exported".into()));
-            };
-            g.call_authenticate(&mut slot.store, &info, &creds).map(Ok)
-        });
+        let r = match self.api {
+            Api::V01 => {
+                let info = bindings::client_info(client);
+                let creds = bindings::credentials(credentials);
+                self.call(Some(client), None, Hook::Authenticate, |slot| {
+                    let Guests::V01(Guests01 {
+                        authenticate: Some(g),
+                        ..
+                    }) = &slot.guests
+                    else {
+                        return Ok(Err("authenticate is not exported".into()));
+                    };
+                    g.call_authenticate(&mut slot.store, &info, &creds)
+                        .map(|o| Ok(bindings::auth_outcome(o)))
+                })
+            }
+            Api::V02 => {
+                let creds = v02::wit::Credentials {
+                    username: credentials.username.map(str::to_owned),
+                    password: credentials.password.map(<[u8]>::to_vec),
+                };
+                self.call(Some(client), None, Hook::Authenticate, |slot| {
+                    let Guests::V02(g) = &slot.guests else {
+                        return Ok(Err("authenticate is not exported".into()));
+                    };
+                    let Some(g) = &g.authenticate else {
+                        return Ok(Err("authenticate is not exported".into()));
+                    };
+                    g.call_authenticate(&mut slot.store, Resource::new_borrow(CALL_HANDLE), &creds)
+                        .map(|o| Ok(v02::auth_outcome(o)))
+                })
+            }
+        };
         match r {
-            Ok(outcome) => bindings::auth_outcome(outcome),
+            Ok(outcome) => outcome,
             Err(f) if self.fail_closed() => AuthOutcome::Deny(
                 DenyReason::NotAuthorized,
                 format!("plugin failed ({})", describe(&f)),
@@ -677,16 +854,37 @@ impl Authorizer for WasmPlugin {
         if request.action != crate::hooks::AclAction::Subscribe && !self.wants(request.topic) {
             return (Decision::Abstain, true);
         }
-        let info = bindings::client_info(client);
-        let req = bindings::acl_request(request);
-        let r = self.call(client, Hook::Authorize, |slot| {
-            let Some(g) = &slot.authorize else {
-                return Ok(Err("authorize is not exported".into()));
-            };
-            g.call_authorize(&mut slot.store, &info, &req).map(Ok)
-        });
+        let r = match self.api {
+            Api::V01 => {
+                let info = bindings::client_info(client);
+                let req = bindings::acl_request(request);
+                self.call(Some(client), None, Hook::Authorize, |slot| {
+                    let Guests::V01(Guests01 {
+                        authorize: Some(g), ..
+                    }) = &slot.guests
+                    else {
+                        return Ok(Err("authorize is not exported".into()));
+                    };
+                    g.call_authorize(&mut slot.store, &info, &req)
+                        .map(|d| Ok(bindings::decision(d)))
+                })
+            }
+            Api::V02 => {
+                let req = v02::acl_request(request);
+                self.call(Some(client), None, Hook::Authorize, |slot| {
+                    let Guests::V02(g) = &slot.guests else {
+                        return Ok(Err("authorize is not exported".into()));
+                    };
+                    let Some(g) = &g.authorize else {
+                        return Ok(Err("authorize is not exported".into()));
+                    };
+                    g.call_authorize(&mut slot.store, Resource::new_borrow(CALL_HANDLE), &req)
+                        .map(|d| Ok(v02::decision(d)))
+                })
+            }
+        };
         match r {
-            Ok(d) => (bindings::decision(d), self.config.cache_decisions),
+            Ok(d) => (d, self.config.cache_decisions),
             // An answer made up for a failed call holds only until the next request.
             Err(_) if self.fail_closed() => (Decision::Deny, false),
             Err(_) => (Decision::Abstain, false),
@@ -703,15 +901,36 @@ impl Transformer for WasmPlugin {
         if !self.wants(&message.topic) {
             return TransformResult::keep();
         }
-        let info = bindings::client_info(client);
-        let msg = bindings::message_to_wit(message);
-        let r = self.call(client, Hook::Transform, |slot| {
-            let Some(g) = &slot.transform else {
-                return Ok(Err("transform is not exported".into()));
-            };
-            let out = g.call_transform(&mut slot.store, &info, &msg)?;
-            Ok(convert_transform(out))
-        });
+        let r = match self.api {
+            Api::V01 => {
+                let info = bindings::client_info(client);
+                let msg = bindings::message_to_wit(message);
+                self.call(Some(client), None, Hook::Transform, |slot| {
+                    let Guests::V01(Guests01 {
+                        transform: Some(g), ..
+                    }) = &slot.guests
+                    else {
+                        return Ok(Err("transform is not exported".into()));
+                    };
+                    let out = g.call_transform(&mut slot.store, &info, &msg)?;
+                    Ok(convert_transform(out))
+                })
+            }
+            Api::V02 => self.call(Some(client), Some(message), Hook::Transform, |slot| {
+                let Guests::V02(g) = &slot.guests else {
+                    return Ok(Err("transform is not exported".into()));
+                };
+                let Some(g) = &g.transform else {
+                    return Ok(Err("transform is not exported".into()));
+                };
+                let out = g.call_transform(
+                    &mut slot.store,
+                    Resource::new_borrow(CALL_HANDLE),
+                    Resource::new_borrow(CALL_HANDLE),
+                )?;
+                Ok(convert_transform_v02(out))
+            }),
+        };
         match r {
             Ok(t) => t,
             Err(_) if self.fail_closed() => TransformResult {
@@ -721,6 +940,29 @@ impl Transformer for WasmPlugin {
             Err(_) => TransformResult::keep(),
         }
     }
+}
+
+/// Validates and converts a plugin's transform answer (API 0.2).
+fn convert_transform_v02(out: v02::wit::TransformResult) -> Result<TransformResult, String> {
+    if out.additional.len() > MAX_ADDITIONAL_MESSAGES {
+        return Err(format!(
+            "transform returned {} additional messages; at most {MAX_ADDITIONAL_MESSAGES} are allowed",
+            out.additional.len()
+        ));
+    }
+    let action = match out.action {
+        v02::wit::TransformAction::Keep => TransformAction::Keep,
+        v02::wit::TransformAction::Drop => TransformAction::Drop,
+        v02::wit::TransformAction::Replace(m) => {
+            TransformAction::Replace(v02::message_from_wit(m)?)
+        }
+    };
+    let additional = out
+        .additional
+        .into_iter()
+        .map(v02::message_from_wit)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TransformResult { action, additional })
 }
 
 /// Validates and converts a plugin's transform answer; any invalid message fails the call.
@@ -744,4 +986,511 @@ fn convert_transform(out: bindings::wit::TransformResult) -> Result<TransformRes
         .map(bindings::message_from_wit)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(TransformResult { action, additional })
+}
+
+impl Exports {
+    /// The hooks exported, by name.
+    fn hooks(&self) -> Vec<&'static str> {
+        let mut h = Vec::new();
+        let mut add = |present: bool, name| {
+            if present {
+                h.push(name);
+            }
+        };
+        match self {
+            Exports::V01(e) => {
+                add(e.authenticate.is_some(), "authenticate");
+                add(e.authorize.is_some(), "authorize");
+                add(e.transform.is_some(), "transform");
+            }
+            Exports::V02(e) => {
+                add(e.authenticate.is_some(), "authenticate");
+                add(e.authorize.is_some(), "authorize");
+                add(e.transform.is_some(), "transform");
+                add(e.connection_events.is_some(), "connection-events");
+                add(e.subscription_events.is_some(), "subscription-events");
+                add(e.message_events.is_some(), "message-events");
+                add(e.broker_events.is_some(), "broker-events");
+                add(e.timer.is_some(), "timer");
+            }
+        }
+        h
+    }
+
+    fn has_hooks(&self) -> bool {
+        !self.hooks().is_empty()
+    }
+}
+
+/// Looks up each hook interface the component exports; an interface that is exported but
+/// does not have the expected functions is an error naming it (a hook that is silently
+/// ignored would be worse).
+fn find_exports(
+    plugin: &str,
+    api: Api,
+    pre: &InstancePre<StoreState>,
+    exported: &[String],
+) -> Result<Exports, PluginError> {
+    fn one<I>(
+        plugin: &str,
+        api: Api,
+        exported: &[String],
+        interface: &'static str,
+        found: wasmtime::Result<I>,
+    ) -> Result<Option<I>, PluginError> {
+        let prefix = format!("{}/{interface}@", bindings::PACKAGE);
+        match found {
+            Ok(i) => Ok(Some(i)),
+            Err(e) if exported.iter().any(|n| n.starts_with(&prefix)) => Err(PluginError::Export {
+                plugin: plugin.to_owned(),
+                message: wrong_type(api, interface, &e),
+            }),
+            Err(_) => Ok(None),
+        }
+    }
+    Ok(match api {
+        Api::V01 => Exports::V01(Exports01 {
+            lifecycle: one(
+                plugin,
+                api,
+                exported,
+                "lifecycle",
+                lifecycle::GuestIndices::new(pre),
+            )?,
+            authenticate: one(
+                plugin,
+                api,
+                exported,
+                "authenticate",
+                authenticate::GuestIndices::new(pre),
+            )?,
+            authorize: one(
+                plugin,
+                api,
+                exported,
+                "authorize",
+                authorize::GuestIndices::new(pre),
+            )?,
+            transform: one(
+                plugin,
+                api,
+                exported,
+                "transform",
+                transform::GuestIndices::new(pre),
+            )?,
+        }),
+        Api::V02 => Exports::V02(Box::new(Exports02 {
+            lifecycle: one(
+                plugin,
+                api,
+                exported,
+                "lifecycle",
+                v02::lifecycle::GuestIndices::new(pre),
+            )?,
+            authenticate: one(
+                plugin,
+                api,
+                exported,
+                "authenticate",
+                v02::authenticate::GuestIndices::new(pre),
+            )?,
+            authorize: one(
+                plugin,
+                api,
+                exported,
+                "authorize",
+                v02::authorize::GuestIndices::new(pre),
+            )?,
+            transform: one(
+                plugin,
+                api,
+                exported,
+                "transform",
+                v02::transform::GuestIndices::new(pre),
+            )?,
+            connection_events: one(
+                plugin,
+                api,
+                exported,
+                "connection-events",
+                v02::connection_events::GuestIndices::new(pre),
+            )?,
+            subscription_events: one(
+                plugin,
+                api,
+                exported,
+                "subscription-events",
+                v02::subscription_events::GuestIndices::new(pre),
+            )?,
+            message_events: one(
+                plugin,
+                api,
+                exported,
+                "message-events",
+                v02::message_events::GuestIndices::new(pre),
+            )?,
+            broker_events: one(
+                plugin,
+                api,
+                exported,
+                "broker-events",
+                v02::broker_events::GuestIndices::new(pre),
+            )?,
+            timer: one(
+                plugin,
+                api,
+                exported,
+                "timer",
+                v02::timer::GuestIndices::new(pre),
+            )?,
+        })),
+    })
+}
+
+/// The functions of a hook interface as the WIT declares them, for error messages.
+fn expected_signature(api: Api, interface: &str) -> &'static str {
+    match (api, interface) {
+        (_, "lifecycle") => "init: func(config: list<tuple<string, string>>) -> result<_, string>",
+        (Api::V01, "authenticate") => "authenticate: func(client: client-info, credentials: credentials) -> auth-outcome",
+        (Api::V01, "authorize") => "authorize: func(client: client-info, request: acl-request) -> decision",
+        (Api::V01, "transform") => "transform: func(client: client-info, message: message) -> transform-result",
+        (Api::V02, "authenticate") => "authenticate: func(client: borrow<client>, credentials: credentials) -> auth-outcome",
+        (Api::V02, "authorize") => "authorize: func(client: borrow<client>, request: acl-request) -> decision",
+        (Api::V02, "transform") => "transform: func(client: borrow<client>, message: borrow<message>) -> transform-result",
+        (Api::V02, "connection-events") => "connected: func(client: client-summary, session-present: bool); disconnected: func(client-id: string, reason: string); session-expired: func(client-id: string)",
+        (Api::V02, "subscription-events") => "subscribed: func(client-id: string, filter: string, qos: qos); unsubscribed: func(client-id: string, filter: string)",
+        (Api::V02, "message-events") => "published: func(client-id: string, topic: string, qos: qos, retain: bool, payload-size: u32, subscribers: u32); dropped: func(client-id: string, topic: string, reason: string)",
+        (Api::V02, "broker-events") => "config-reloaded: func(generation: u64, ok: bool, error: option<string>)",
+        (Api::V02, "timer") => "tick: func(now-millis: u64)",
+        _ => "(see the WIT)",
+    }
+}
+
+/// The error for an exported hook interface whose functions do not have the WIT's types.
+fn wrong_type(api: Api, interface: &str, e: &wasmtime::Error) -> String {
+    let wit = match api {
+        Api::V01 => "wit/plugin.wit",
+        Api::V02 => "wit/v0.2/plugin.wit",
+    };
+    format!(
+        "its export `{}/{interface}@{}` does not match what this broker calls: expected `{}` ({wit}); wasmtime says: {}",
+        bindings::PACKAGE,
+        api.version(),
+        expected_signature(api, interface),
+        bindings::truncate(&format!("{e:#}"), 300)
+    )
+}
+
+/// What the event thread hands a plugin.
+enum EventWork {
+    Event(crate::events::BrokerEvent),
+}
+
+impl WasmPlugin {
+    /// Hands over the broker's event bus and publisher, and starts the event thread when
+    /// the plugin exports event hooks or a granted tick (once per plugin).
+    pub(crate) fn attach(self: &Arc<Self>, events: crate::events::EventBus, publisher: Publisher) {
+        self.set_events(events.clone());
+        let _ = self.publisher.set(publisher);
+        if self.attached.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let hooks = self.hooks();
+        let wants_events = hooks.iter().any(|h| h.ends_with("-events"));
+        let tick = match (self.config.capabilities.tick, hooks.contains(&"timer")) {
+            (Some(t), true) => Some(t.get()),
+            (None, true) => {
+                info!(plugin = %self.name, "the plugin exports timer.tick but `capabilities.tick` is not granted: it is not called");
+                None
+            }
+            (Some(_), false) => {
+                warn!(plugin = %self.name, "`capabilities.tick` is granted but the plugin does not export timer.tick");
+                None
+            }
+            (None, false) => None,
+        };
+        if !wants_events && tick.is_none() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<EventWork>(self.config.events.queue);
+        if wants_events {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    let mut bus = events.subscribe();
+                    let weak = Arc::downgrade(self);
+                    handle.spawn(async move {
+                        use tokio::sync::broadcast::error::RecvError;
+                        loop {
+                            let received = bus.recv().await;
+                            let Some(plugin) = weak.upgrade() else { break };
+                            match received {
+                                Ok(ev) => {
+                                    if !plugin.handles(&ev) {
+                                        continue;
+                                    }
+                                    match tx.try_send(EventWork::Event(ev)) {
+                                        Ok(()) => {}
+                                        Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                                            plugin
+                                                .event_counts
+                                                .dropped
+                                                .fetch_add(1, Ordering::Relaxed);
+                                        }
+                                        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                                            break
+                                        }
+                                    }
+                                }
+                                Err(RecvError::Lagged(n)) => {
+                                    plugin.event_counts.dropped.fetch_add(n, Ordering::Relaxed);
+                                }
+                                Err(RecvError::Closed) => break,
+                            }
+                        }
+                    });
+                }
+                Err(_) => {
+                    warn!(plugin = %self.name, "no async runtime: event hooks are not delivered")
+                }
+            }
+        } else {
+            drop(tx);
+        }
+        let weak = Arc::downgrade(self);
+        let name = format!("plugin-{}", self.name);
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            event_loop(weak, rx, tick);
+        });
+        if let Err(e) = spawned {
+            error!(plugin = %self.name, "cannot start the plugin's event thread: {e}");
+        }
+    }
+
+    /// Whether the plugin exports the hook for `ev`.
+    fn handles(&self, ev: &crate::events::BrokerEvent) -> bool {
+        use crate::events::BrokerEvent as E;
+        let Exports::V02(e) = &self.exports else {
+            return false;
+        };
+        match ev {
+            E::ClientConnected { .. } | E::ClientDisconnected { .. } | E::SessionExpired { .. } => {
+                e.connection_events.is_some()
+            }
+            E::Subscribed { .. } | E::Unsubscribed { .. } => e.subscription_events.is_some(),
+            E::MessagePublished { .. } | E::MessageDropped { .. } => e.message_events.is_some(),
+            E::ConfigReloaded { .. } => e.broker_events.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Calls the event hook for `ev`.
+    fn deliver(&self, ev: &crate::events::BrokerEvent) {
+        use crate::events::BrokerEvent as E;
+        let r = self.call(None, None, Hook::Event, |slot| {
+            let Guests::V02(g) = &slot.guests else {
+                return Ok(Err("not an API 0.2 plugin".into()));
+            };
+            let store = &mut slot.store;
+            let done = match (ev, &**g) {
+                (
+                    E::ClientConnected {
+                        client_id,
+                        peer,
+                        transport,
+                        username,
+                        clean_session,
+                        session_present,
+                        protocol,
+                    },
+                    Guests02 {
+                        connection_events: Some(h),
+                        ..
+                    },
+                ) => {
+                    let summary = v02::wit::ClientSummary {
+                        client_id: client_id.to_string(),
+                        username: username.clone(),
+                        peer_address: peer.to_string(),
+                        transport: v02::transport(*transport),
+                        protocol_level: v02::protocol_level(*protocol),
+                        clean_start: *clean_session,
+                    };
+                    h.call_connected(store, &summary, *session_present)
+                }
+                (
+                    E::ClientDisconnected {
+                        client_id, reason, ..
+                    },
+                    Guests02 {
+                        connection_events: Some(h),
+                        ..
+                    },
+                ) => h.call_disconnected(store, client_id, reason.as_str()),
+                (
+                    E::SessionExpired { client_id },
+                    Guests02 {
+                        connection_events: Some(h),
+                        ..
+                    },
+                ) => h.call_session_expired(store, client_id),
+                (
+                    E::Subscribed {
+                        client_id,
+                        filter,
+                        qos,
+                    },
+                    Guests02 {
+                        subscription_events: Some(h),
+                        ..
+                    },
+                ) => h.call_subscribed(store, client_id, filter, v02::qos_to_wit(*qos)),
+                (
+                    E::Unsubscribed { client_id, filter },
+                    Guests02 {
+                        subscription_events: Some(h),
+                        ..
+                    },
+                ) => h.call_unsubscribed(store, client_id, filter),
+                (
+                    E::MessagePublished {
+                        client_id,
+                        topic,
+                        qos,
+                        retain,
+                        payload_len,
+                        subscribers,
+                    },
+                    Guests02 {
+                        message_events: Some(h),
+                        ..
+                    },
+                ) => h.call_published(
+                    store,
+                    client_id,
+                    topic,
+                    v02::qos_to_wit(*qos),
+                    *retain,
+                    u32::try_from(*payload_len).unwrap_or(u32::MAX),
+                    u32::try_from(*subscribers).unwrap_or(u32::MAX),
+                ),
+                (
+                    E::MessageDropped {
+                        client_id,
+                        topic,
+                        reason,
+                    },
+                    Guests02 {
+                        message_events: Some(h),
+                        ..
+                    },
+                ) => h.call_dropped(store, client_id, topic, reason),
+                (
+                    E::ConfigReloaded {
+                        generation,
+                        ok,
+                        error,
+                    },
+                    Guests02 {
+                        broker_events: Some(h),
+                        ..
+                    },
+                ) => h.call_config_reloaded(store, *generation, *ok, error.as_deref()),
+                _ => return Ok(Ok(())),
+            };
+            done.map(Ok)
+        });
+        if r.is_ok() {
+            self.event_counts.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Calls `timer.tick`.
+    fn tick(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let r = self.call(None, None, Hook::Tick, |slot| {
+            let Guests::V02(g) = &slot.guests else {
+                return Ok(Err("not an API 0.2 plugin".into()));
+            };
+            let Some(t) = &g.timer else {
+                return Ok(Err("timer is not exported".into()));
+            };
+            t.call_tick(&mut slot.store, now).map(Ok)
+        });
+        if r.is_ok() {
+            self.event_counts.ticks.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Routes messages the plugin published during a call.
+    fn route(&self, messages: Vec<Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        match self.publisher.get() {
+            Some(publish) => {
+                for m in messages {
+                    self.caps.counts.published.fetch_add(1, Ordering::Relaxed);
+                    publish(m);
+                }
+            }
+            None => warn!(
+                plugin = %self.name,
+                count = messages.len(),
+                "messages published before the broker started are dropped"
+            ),
+        }
+    }
+}
+
+/// The event thread of one plugin: delivers queued events in order and calls the tick; ends
+/// when the plugin is unloaded.
+fn event_loop(
+    plugin: std::sync::Weak<WasmPlugin>,
+    rx: std::sync::mpsc::Receiver<EventWork>,
+    tick: Option<Duration>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    // Checked at least this often, so that an unloaded plugin's thread ends.
+    const CHECK: Duration = Duration::from_millis(500);
+    let mut next_tick = tick.map(|t| Instant::now() + t);
+    let mut events_open = true;
+    loop {
+        let now = Instant::now();
+        if let (Some(at), Some(every)) = (next_tick, tick) {
+            if at <= now {
+                let Some(p) = plugin.upgrade() else { break };
+                p.tick();
+                // A tick that overran does not make the next ones come in a burst.
+                next_tick = Some((at + every).max(Instant::now()));
+                continue;
+            }
+        }
+        let wait = next_tick.map_or(CHECK, |t| t.saturating_duration_since(now).min(CHECK));
+        if !events_open {
+            std::thread::sleep(wait);
+            if plugin.strong_count() == 0 {
+                break;
+            }
+            continue;
+        }
+        match rx.recv_timeout(wait) {
+            Ok(EventWork::Event(ev)) => {
+                let Some(p) = plugin.upgrade() else { break };
+                p.deliver(&ev);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if plugin.strong_count() == 0 {
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                if tick.is_none() {
+                    break;
+                }
+                events_open = false;
+            }
+        }
+    }
 }

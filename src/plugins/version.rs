@@ -3,6 +3,7 @@
 //! of a linker error about some missing function.
 
 use super::bindings::{PACKAGE, VERSION};
+use super::bindings_v02::VERSION as VERSION_02;
 use super::PluginError;
 use wasmtime::component::Component;
 use wasmtime::Engine;
@@ -20,14 +21,36 @@ pub fn compatible(ours: &str, theirs: &str) -> bool {
     matches!((compat_key(ours), compat_key(theirs)), (Some(a), Some(b)) if a == b)
 }
 
-/// Checks every import and export of our package in `component`.
-pub fn check(plugin: &str, engine: &Engine, component: &Component) -> Result<(), PluginError> {
+/// The plugin API version a component was built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `mqtt-broker:plugin@0.1.x` (`wit/plugin.wit`).
+    V01,
+    /// `mqtt-broker:plugin@0.2.x` (`wit/v0.2/plugin.wit`).
+    V02,
+}
+
+impl Api {
+    /// The version this broker speaks for this API.
+    pub fn version(self) -> &'static str {
+        match self {
+            Api::V01 => VERSION,
+            Api::V02 => VERSION_02,
+        }
+    }
+}
+
+/// Checks every import and export of our package in `component` and says which API version
+/// it was built for; one component speaks one version.
+pub fn check(plugin: &str, engine: &Engine, component: &Component) -> Result<Api, PluginError> {
     let ty = component.component_type();
     let names = ty
         .imports(engine)
         .map(|(n, _)| n.to_owned())
         .chain(ty.exports(engine).map(|(n, _)| n.to_owned()));
     let prefix = format!("{PACKAGE}/");
+    let supported = format!("{PACKAGE}@{VERSION} or @{VERSION_02}");
+    let mut api = None;
     for name in names {
         let Some(rest) = name.strip_prefix(&prefix) else {
             continue;
@@ -36,16 +59,34 @@ pub fn check(plugin: &str, engine: &Engine, component: &Component) -> Result<(),
             .split_once('@')
             .map(|(_, v)| v)
             .unwrap_or("(unversioned)");
-        if !compatible(VERSION, found) {
+        let this = if compatible(VERSION, found) {
+            Api::V01
+        } else if compatible(VERSION_02, found) {
+            Api::V02
+        } else {
             return Err(PluginError::Version {
                 plugin: plugin.to_owned(),
                 interface: name.clone(),
                 found: format!("{PACKAGE}@{found}"),
-                supported: format!("{PACKAGE}@{VERSION}"),
+                supported,
             });
+        };
+        match api {
+            None => api = Some(this),
+            Some(a) if a != this => {
+                return Err(PluginError::Version {
+                    plugin: plugin.to_owned(),
+                    interface: name.clone(),
+                    found: format!("{PACKAGE}@{found} mixed with @{}", a.version()),
+                    supported: "one version per component".into(),
+                });
+            }
+            Some(_) => {}
         }
     }
-    Ok(())
+    // A component that uses none of our interfaces exports no hook; that error names what
+    // it does export.
+    Ok(api.unwrap_or(Api::V02))
 }
 
 #[cfg(test)]
@@ -60,5 +101,6 @@ mod tests {
         assert!(!compatible("0.1.0", "1.0.0"));
         assert!(compatible("1.2.0", "1.0.0"));
         assert!(!compatible("0.1.0", "(unversioned)"));
+        assert!(compatible("0.2.0", "0.2.1"));
     }
 }

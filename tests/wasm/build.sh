@@ -16,12 +16,26 @@ for src in src/*.core.wat; do
     world=${world:-authorizer}
     version=0.1.0
     # wrong-version.wat is built against the same WIT at a version the broker does not speak.
-    [ "$name" = wrong-version ] && version=0.2.0
+    [ "$name" = wrong-version ] && version=0.3.0
+    # `;; wit: v0.2` builds against wit/v0.2 (plugin API 0.2) instead of wit/plugin.wit.
+    wit_file="$root/wit/plugin.wit"
+    if [ "$(sed -n 's/^;; wit: //p' "$src")" = v0.2 ]; then
+        wit_file="$root/wit/v0.2/plugin.wit"
+        version=0.2.0
+    fi
+    # `;; edit: OLD => NEW` lines change the WIT first (to build a component that does not
+    # match it: a wrong signature, a world without hooks).
+    edits=$(sed -n 's/^;; edit: //p' "$src")
     # A copy of the WIT with only that world (jco 1.35's `embed` ignores its world option).
     mkdir -p "$tmp/$name/wit"
-    python3 - "$root/wit/plugin.wit" "$world" "$version" > "$tmp/$name/wit/plugin.wit" <<'PY'
+    python3 - "$wit_file" "$world" "$version" "$edits" > "$tmp/$name/wit/plugin.wit" <<'PY'
 import re, sys
-text = open(sys.argv[1]).read().replace("@0.1.0;", "@%s;" % sys.argv[3])
+text = open(sys.argv[1]).read()
+text = re.sub(r"@0\.[12]\.0;", "@%s;" % sys.argv[3], text, count=1)
+for line in filter(None, sys.argv[4].split("\n")):
+    old, new = line.split(" => ")
+    assert old in text, "edit does not apply: " + old
+    text = text.replace(old, new)
 keep = sys.argv[2]
 print(re.sub(r"(/// [^\n]*\n)*world ([\w-]+) \{[^}]*\}\n?",
              lambda m: m.group(0) if m.group(2) == keep else "", text), end="")

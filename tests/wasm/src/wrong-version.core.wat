@@ -1,4 +1,4 @@
-;; Built against mqtt-broker:plugin@0.2.0, a version the broker does not speak: must be refused.
+;; Built against mqtt-broker:plugin@0.3.0, a version the broker does not speak: must be refused.
 ;; Core module of a test plugin for the `authorizer` world; tests/wasm/build.sh wraps it into
 ;; the component tests/wasm/allow.wat.
 (module
@@ -18,14 +18,14 @@
         (br $grow)))
     (local.get $p))
   ;; init(config) -> result<_, string>: returns a pointer to a zeroed result (ok).
-  (func (export "mqtt-broker:plugin/lifecycle@0.2.0#init") (param i32 i32) (result i32)
+  (func (export "mqtt-broker:plugin/lifecycle@0.3.0#init") (param i32 i32) (result i32)
     (global.set $bump (i32.const 1024))
     (i64.store (i32.const 16) (i64.const 0))
     (i32.store (i32.const 24) (i32.const 0))
     (i32.const 16))
   ;; authorize(client, request) -> decision. The 18 flat parameters exceed the canonical ABI's
   ;; limit of 16, so they arrive in memory behind one pointer. Decision: 0 allow, 1 deny.
-  (func (export "mqtt-broker:plugin/authorize@0.2.0#authorize") (param $args i32) (result i32)
+  (func (export "mqtt-broker:plugin/authorize@0.3.0#authorize") (param $args i32) (result i32)
     (global.set $bump (i32.const 1024))
     (i32.const 0))
 )

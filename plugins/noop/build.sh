@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the do-nothing plugins examples/plugin_bench.rs measures call costs with:
+# noop-acl-0.1.wasm, noop-transform-0.1.wasm (API 0.1, records lowered on every call) and
+# noop-acl-0.2.wasm, noop-transform-0.2.wasm (API 0.2, handles).
+# Needs what plugins/device-acl needs (see ../../.ci/plugins.sh): clang-19 + wasi-libc,
+# wit-bindgen and wasm-tools.
+set -euo pipefail
+cd "$(dirname "$0")"
+rm -rf gen
+build() { # api(1|2) wit-dir world hook-macro output
+    local out="gen/$5"
+    wit-bindgen c "$2" --world "$3" --out-dir "$out" >/dev/null
+    clang-19 --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror \
+        -DAPI="$1" -D"$4" -DWORLD_HEADER="\"$out/$3.h\"" -DSTRING_T="$3_string_t" \
+        -Wl,--strip-all noop.c "$out/$3.c" "$out/$3_component_type.o" -o "$out/core.wasm"
+    wasm-tools component new "$out/core.wasm" -o "$5.wasm"
+    echo "built $(pwd)/$5.wasm"
+}
+build 1 ../../wit authorizer HOOK_AUTHORIZE noop-acl-0.1
+build 1 ../../wit transformer HOOK_TRANSFORM noop-transform-0.1
+build 2 ../../wit/v0.2 authorizer HOOK_AUTHORIZE noop-acl-0.2
+build 2 ../../wit/v0.2 transformer HOOK_TRANSFORM noop-transform-0.2

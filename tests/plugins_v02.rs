@@ -1,0 +1,221 @@
+//! Plugin API 0.2 on the host side, with no particular example plugin in mind: 0.1 and 0.2
+//! components in one broker serving real `mosquitto_pub` / `mosquitto_sub` clients, the
+//! errors for a component whose export has the wrong type or that exports no hook, the
+//! `capabilities:` config checks, and MQTT 5 message properties as a 0.2 transform sees
+//! them. Event hooks and each capability are tested end to end with the example plugins
+//! (tests/plugin_presence.rs, plugin_audit.rs, plugin_auth_examples.rs).
+
+mod common;
+
+use common::*;
+use mqtt_broker::config::Config;
+use mqtt_broker::plugins::PluginConfig;
+use mqtt_broker::{Broker, BrokerHandle};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A do-nothing plugin of plugins/noop; fails (never skips) when it was not built.
+fn noop(name: &str) -> PluginConfig {
+    let path = root().join("plugins/noop").join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the example plugins with `bash .ci/plugins.sh`",
+        path.display()
+    );
+    PluginConfig::new(name, path)
+}
+
+/// A test component of tests/wasm (committed as text).
+fn fixture(name: &str) -> PluginConfig {
+    PluginConfig::new(name, root().join("tests/wasm").join(format!("{name}.wat")))
+}
+
+async fn start_err(plugins: Vec<PluginConfig>) -> String {
+    let config = Config {
+        listeners: vec![BrokerHandle::loopback_listener()],
+        plugins,
+        ..Default::default()
+    };
+    match Broker::start(config).await {
+        Ok(_) => panic!("the broker started with a component it should refuse"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Runs a mosquitto client to completion (bounded by its own `-W` or by `timeout`).
+fn mosquitto(program: &str, broker: &BrokerHandle, args: &[&str]) -> std::process::Output {
+    let port = broker.local_addr().port().to_string();
+    Command::new("timeout")
+        .arg("20")
+        .arg(program)
+        .args(["-h", "127.0.0.1", "-p", &port])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} (apt install mosquitto-clients): {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_01_and_02_plugins_serve_real_clients_side_by_side() {
+    let broker = start_broker(|c| {
+        c.plugins = vec![noop("noop-acl-0.1"), noop("noop-transform-0.2")];
+    })
+    .await;
+    let b = broker.clone();
+    let sub = tokio::task::spawn_blocking(move || {
+        mosquitto(
+            "mosquitto_sub",
+            &b,
+            &[
+                "-V", "mqttv5", "-t", "both/#", "-C", "3", "-W", "10", "-v", "-F", "%t %p %P",
+            ],
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || {
+        // One MQTT 5 publisher with a user property, two 3.1.1 ones.
+        let out = mosquitto(
+            "mosquitto_pub",
+            &b,
+            &[
+                "-V",
+                "mqttv5",
+                "-t",
+                "both/v5",
+                "-m",
+                "five",
+                "-D",
+                "publish",
+                "user-property",
+                "k",
+                "v",
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+        for i in 0..2 {
+            let out = mosquitto(
+                "mosquitto_pub",
+                &b,
+                &["-t", "both/v311", "-m", &format!("m{i}")],
+            );
+            assert!(out.status.success(), "{out:?}");
+        }
+    })
+    .await
+    .expect("publishers");
+    let out = sub.await.expect("subscriber");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "subscriber: {out:?}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines.contains(&"both/v5 five k:v"),
+        "the 0.2 transform kept the message and its user property: {text}"
+    );
+    assert!(lines.contains(&"both/v311 m0 "), "{text}");
+    let stats = broker.plugin_stats();
+    let by_name = |n: &str| {
+        stats
+            .iter()
+            .find(|s| s.name == n)
+            .expect("plugin loaded")
+            .clone()
+    };
+    let acl = by_name("noop-acl-0.1");
+    let transform = by_name("noop-transform-0.2");
+    assert_eq!(acl.api, "0.1.0");
+    assert_eq!(transform.api, "0.2.0");
+    assert!(acl.calls >= 2, "{acl:?}");
+    assert_eq!(
+        transform.calls, 3,
+        "one transform call per message: {transform:?}"
+    );
+    assert_eq!(acl.failures + transform.failures, 0, "{stats:?}");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_export_of_the_wrong_type_is_named_with_the_type_the_broker_calls() {
+    let err = start_err(vec![fixture("v02-wrong-signature")]).await;
+    assert!(
+        err.contains("v02-wrong-signature"),
+        "names the plugin: {err}"
+    );
+    assert!(
+        err.contains("mqtt-broker:plugin/authorize@0.2.0"),
+        "names the export: {err}"
+    );
+    assert!(
+        err.contains("authorize: func(client: borrow<client>, request: acl-request) -> decision"),
+        "gives the expected type: {err}"
+    );
+    assert!(
+        err.contains("wit/v0.2/plugin.wit"),
+        "says where the type is defined: {err}"
+    );
+}
+
+#[tokio::test]
+async fn a_component_without_hooks_says_what_it_exports() {
+    let err = start_err(vec![fixture("v02-no-hooks")]).await;
+    assert!(err.contains("exports none of the hooks"), "{err}");
+    assert!(
+        err.contains("it exports: mqtt-broker:plugin/lifecycle@0.2.0"),
+        "lists what it does export: {err}"
+    );
+}
+
+#[tokio::test]
+async fn capabilities_are_refused_for_an_api_01_component() {
+    let mut p = noop("noop-acl-0.1");
+    p.capabilities.kv = Some(mqtt_broker::plugins::config::KvGrant {
+        max_bytes: mqtt_broker::plugins::ByteSize(1024),
+    });
+    let err = start_err(vec![p]).await;
+    assert!(err.contains("capabilities need plugin API 0.2"), "{err}");
+}
+
+#[test]
+fn invalid_capability_grants_are_refused_naming_the_key() {
+    let cases = [
+        ("http: {allow: []}", "plugins[0].capabilities.http.allow"),
+        (
+            "http: {allow: [\"http://x/y\"]}",
+            "plugins[0].capabilities.http.allow[0]",
+        ),
+        (
+            "publish: {topics: [\"a/#/b\"]}",
+            "plugins[0].capabilities.publish.topics[0]",
+        ),
+        ("tick: 1ms", "plugins[0].capabilities.tick"),
+        ("kv: {max_bytes: 0}", "plugins[0].capabilities.kv.max_bytes"),
+        ("shell: true", "shell"),
+    ];
+    for (grant, key) in cases {
+        let yaml = format!(
+            "plugins:\n  - name: p\n    path: plugins/noop/noop-acl-0.2.wasm\n    capabilities: {{{grant}}}\n"
+        );
+        let err = match Config::parse(&yaml, std::path::Path::new("test.yaml")) {
+            Ok(_) => panic!("accepted `{grant}`"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(key),
+            "`{grant}` must be refused naming {key}: {err}"
+        );
+    }
+    let ok = "plugins:\n  - name: p\n    path: x.wasm\n    capabilities: {kv: {}, tick: 5s, publish: {topics: [\"a/#\"]}, http: {allow: [\"127.0.0.1:80\"], timeout: 2s}}\n";
+    let config = Config::parse(ok, std::path::Path::new("test.yaml")).expect("valid grants");
+    let caps = &config.plugins[0].capabilities;
+    assert_eq!(
+        caps.kv.as_ref().map(|k| k.max_bytes.0),
+        Some(1 << 20),
+        "default kv size"
+    );
+    assert_eq!(caps.tick.map(|t| t.get()), Some(Duration::from_secs(5)));
+}
