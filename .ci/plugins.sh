@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PLUGINS=(device-auth device-acl topic-rewrite sensor-bridge noop jwt-auth http-auth zig-auth)
+PLUGINS=(device-auth device-acl topic-rewrite sensor-bridge noop jwt-auth http-auth zig-auth delivery-receipts presence)
 only="${1:-}"
 if [ -n "$only" ] && [[ ! " ${PLUGINS[*]} " =~ " $only " ]]; then
     echo "unknown plugin '$only' (one of: ${PLUGINS[*]})" >&2
@@ -29,7 +29,7 @@ fi
 want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 # Whether any of the plugins named is to be built (they share a toolchain).
 want_any() { local p; for p in "$@"; do want "$p" && return 0; done; return 1; }
-C_PLUGINS=(device-acl noop zig-auth)
+C_PLUGINS=(device-acl noop zig-auth delivery-receipts presence)
 PY_PLUGINS=(device-auth jwt-auth http-auth)
 
 WIT_BINDGEN_VERSION=0.60.0      # wit-component 0.254, as wasmtime 48 (the broker's host)
@@ -127,6 +127,13 @@ fi
 if want noop; then
     build noop plugins/noop/noop-transform-0.2.wasm plugins/noop/noop.c
 fi
+if want presence; then
+    build presence plugins/presence/presence.wasm plugins/presence/presence.c plugins/presence/presence_logic.c \
+        plugins/presence/presence_logic.h
+fi
+if want delivery-receipts; then
+    build delivery-receipts plugins/delivery-receipts/delivery-receipts.wasm plugins/delivery-receipts/receipts.c
+fi
 # zig-auth's build.sh runs its `zig test` unit tests first.
 if want zig-auth; then
     build zig-auth plugins/zig-auth/zig-auth.wasm plugins/zig-auth/zig_auth.zig plugins/zig-auth/token.zig \
@@ -149,6 +156,10 @@ if want device-acl; then
     log "native tests: device-acl policy (C)"
     gcc -Wall -Wextra -Werror -o "$tmp/test_policy" plugins/device-acl/test_policy.c
     "$tmp/test_policy"
+fi
+if want presence; then
+    log "native tests: presence logic (C)"
+    bash plugins/presence/test.sh
 fi
 if [ -z "$only" ]; then
     log "native tests: rust-template policy (Rust)"

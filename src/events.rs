@@ -46,6 +46,26 @@ pub enum BrokerEvent {
         /// Client identifier.
         client_id: Arc<str>,
     },
+    /// A PUBLISH was handed to a client's connection to write (only emitted while some
+    /// listener asked for deliveries: see [`EventBus::want_deliveries`]).
+    MessageDelivered {
+        /// The client it was sent to.
+        client_id: Arc<str>,
+        /// Topic name.
+        topic: Arc<str>,
+        /// QoS it was sent with.
+        qos: QoS,
+    },
+    /// A client acknowledged a QoS 1 (PUBACK) or QoS 2 (PUBCOMP) delivery (only while some
+    /// listener asked for deliveries).
+    MessageAcknowledged {
+        /// The client.
+        client_id: Arc<str>,
+        /// Topic name.
+        topic: Arc<str>,
+        /// QoS it was sent with.
+        qos: QoS,
+    },
     /// A message was dropped instead of delivered to a client.
     MessageDropped {
         /// The client it was for.
@@ -142,6 +162,9 @@ pub(crate) struct EventBus {
     /// Set once a receiver was ever handed out: until then emitting costs one atomic load
     /// (asking the channel for its receiver count would take its lock on every message).
     active: std::sync::Arc<AtomicBool>,
+    /// Set once a listener asked for per-delivery events (one per message and subscriber,
+    /// too many to build for listeners that ignore them).
+    deliveries: std::sync::Arc<AtomicBool>,
 }
 
 impl Default for EventBus {
@@ -149,6 +172,7 @@ impl Default for EventBus {
         EventBus {
             tx: broadcast::channel(EVENT_CAPACITY).0,
             active: std::sync::Arc::new(AtomicBool::new(false)),
+            deliveries: std::sync::Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -159,6 +183,18 @@ impl EventBus {
         let rx = self.tx.subscribe();
         self.active.store(true, Ordering::Release);
         rx
+    }
+
+    /// Asks for [`BrokerEvent::MessageDelivered`] and [`BrokerEvent::MessageAcknowledged`]
+    /// from now on.
+    pub fn want_deliveries(&self) {
+        self.deliveries.store(true, Ordering::Release);
+    }
+
+    /// Whether per-delivery events are wanted.
+    #[inline]
+    pub fn deliveries_wanted(&self) -> bool {
+        self.deliveries.load(Ordering::Relaxed)
     }
 
     /// Sends the event built by `make`, building it only once somebody has listened.

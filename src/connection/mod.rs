@@ -627,7 +627,7 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
 
     /// Takes the engine's output (and the receipt it must wait for).
     fn collect(&mut self, engine: &mut Engine) {
-        let receipt = engine.drain_output_into(&mut self.out);
+        let receipt = engine.drain_output_into(&mut self.out, &self.core.ops.events);
         self.receipt = self.receipt.and(receipt);
     }
 

@@ -31,6 +31,7 @@ use crate::protocol::{
     SubAckCode, Subscribe, UnsubAck,
 };
 use crate::routing::trie::MAX_FILTER_LEVELS;
+use crate::session::state::OutboundState;
 use crate::session::InboundQos2;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -283,7 +284,22 @@ impl Engine {
     }
 
     /// Appends pending packets to `buf`, keeping `buf`'s allocation (the shell's hot path).
-    pub fn drain_output_into(&mut self, buf: &mut Vec<Packet>) -> Receipt {
+    pub fn drain_output_into(
+        &mut self,
+        buf: &mut Vec<Packet>,
+        events: &crate::events::EventBus,
+    ) -> Receipt {
+        if events.deliveries_wanted() {
+            for p in &self.out {
+                if let Packet::Publish(p) = p {
+                    events.emit(|| crate::events::BrokerEvent::MessageDelivered {
+                        client_id: self.entry.client_id.clone(),
+                        topic: p.topic.clone(),
+                        qos: p.qos,
+                    });
+                }
+            }
+        }
         if let Some(v5) = self.v5.as_mut().filter(|v| v.outbound_alias_maximum > 0) {
             for p in &mut self.out {
                 if let Packet::Publish(p) = p {
@@ -298,6 +314,27 @@ impl Engine {
             buf.append(&mut self.out);
         }
         std::mem::take(&mut self.receipt)
+    }
+
+    /// Reports a PUBACK / PUBCOMP for an inflight delivery as an event, when wanted.
+    fn note_ack(&self, core: &Core, pid: u16, awaiting: OutboundState) {
+        let events = &core.ops.events;
+        if !events.deliveries_wanted() {
+            return;
+        }
+        let acked = self
+            .entry
+            .state()
+            .inflight()
+            .find(|f| f.pid == pid && f.state == awaiting)
+            .map(|f| (f.message.topic.clone(), f.message.qos));
+        if let Some((topic, qos)) = acked {
+            events.emit(|| crate::events::BrokerEvent::MessageAcknowledged {
+                client_id: self.entry.client_id.clone(),
+                topic,
+                qos,
+            });
+        }
     }
 
     /// Drops the output buffer's allocation (an idle connection keeps none).
@@ -407,6 +444,7 @@ impl Engine {
         match packet {
             Packet::Publish(p) => self.handle_publish(core, p, now)?,
             Packet::PubAck(pid) => {
+                self.note_ack(core, pid, OutboundState::AwaitPubAck);
                 self.with_session(core, |s, out| s.puback(pid, out))
                     .map_err(|e| CloseReason::Protocol(e.to_string()))?;
             }
@@ -415,12 +453,18 @@ impl Engine {
                     .map_err(|e| CloseReason::Protocol(e.to_string()))?;
             }
             Packet::PubComp(pid) => {
+                self.note_ack(core, pid, OutboundState::AwaitPubComp);
                 self.with_session(core, |s, out| s.pubcomp(pid, out))
                     .map_err(|e| CloseReason::Protocol(e.to_string()))?;
             }
             Packet::PubRel(pid) => self.with_session(core, |s, out| s.pubrel(pid, out)),
             Packet::Ack(a) => {
                 let pid = a.pid;
+                match a.kind {
+                    AckKind::PubAck => self.note_ack(core, pid, OutboundState::AwaitPubAck),
+                    AckKind::PubComp => self.note_ack(core, pid, OutboundState::AwaitPubComp),
+                    _ => {}
+                }
                 let r = match a.kind {
                     AckKind::PubAck => self.with_session(core, |s, out| s.puback(pid, out)),
                     // A failure PUBREC ends the QoS 2 flow: no PUBREL (section 4.3.3).

@@ -20,8 +20,8 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::mqtt_broker::plugin::{
-    authenticate, authorize, broker_events, connection_events, lifecycle, message_events,
-    subscription_events, timer, transform,
+    authenticate, authorize, broker_events, connection_events, delivery_events, lifecycle,
+    message_events, subscription_events, timer, transform,
 };
 pub use mqtt_broker::plugin::types as wit;
 pub use mqtt_broker::plugin::{host, http, kv, publish};

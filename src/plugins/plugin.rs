@@ -87,6 +87,7 @@ struct Exports02 {
     connection_events: Option<v02::connection_events::GuestIndices>,
     subscription_events: Option<v02::subscription_events::GuestIndices>,
     message_events: Option<v02::message_events::GuestIndices>,
+    delivery_events: Option<v02::delivery_events::GuestIndices>,
     broker_events: Option<v02::broker_events::GuestIndices>,
     timer: Option<v02::timer::GuestIndices>,
 }
@@ -113,6 +114,7 @@ struct Guests02 {
     connection_events: Option<v02::connection_events::Guest>,
     subscription_events: Option<v02::subscription_events::Guest>,
     message_events: Option<v02::message_events::Guest>,
+    delivery_events: Option<v02::delivery_events::Guest>,
     broker_events: Option<v02::broker_events::Guest>,
     timer: Option<v02::timer::Guest>,
 }
@@ -533,6 +535,7 @@ impl WasmPlugin {
                 connection_events: load!(&e.connection_events, "connection-events"),
                 subscription_events: load!(&e.subscription_events, "subscription-events"),
                 message_events: load!(&e.message_events, "message-events"),
+                delivery_events: load!(&e.delivery_events, "delivery-events"),
                 broker_events: load!(&e.broker_events, "broker-events"),
                 timer: load!(&e.timer, "timer"),
             })),
@@ -1010,6 +1013,7 @@ impl Exports {
                 add(e.connection_events.is_some(), "connection-events");
                 add(e.subscription_events.is_some(), "subscription-events");
                 add(e.message_events.is_some(), "message-events");
+                add(e.delivery_events.is_some(), "delivery-events");
                 add(e.broker_events.is_some(), "broker-events");
                 add(e.timer.is_some(), "timer");
             }
@@ -1129,6 +1133,13 @@ fn find_exports(
                 "message-events",
                 v02::message_events::GuestIndices::new(pre),
             )?,
+            delivery_events: one(
+                plugin,
+                api,
+                exported,
+                "delivery-events",
+                v02::delivery_events::GuestIndices::new(pre),
+            )?,
             broker_events: one(
                 plugin,
                 api,
@@ -1160,6 +1171,7 @@ fn expected_signature(api: Api, interface: &str) -> &'static str {
         (Api::V02, "connection-events") => "connected: func(client: client-summary, session-present: bool); disconnected: func(client-id: string, reason: string); session-expired: func(client-id: string)",
         (Api::V02, "subscription-events") => "subscribed: func(client-id: string, filter: string, qos: qos); unsubscribed: func(client-id: string, filter: string)",
         (Api::V02, "message-events") => "published: func(client-id: string, topic: string, qos: qos, retain: bool, payload-size: u32, subscribers: u32); dropped: func(client-id: string, topic: string, reason: string)",
+        (Api::V02, "delivery-events") => "delivered: func(client-id: string, topic: string, qos: qos); acknowledged: func(client-id: string, topic: string, qos: qos)",
         (Api::V02, "broker-events") => "config-reloaded: func(generation: u64, ok: bool, error: option<string>)",
         (Api::V02, "timer") => "tick: func(now-millis: u64)",
         _ => "(see the WIT)",
@@ -1213,6 +1225,9 @@ impl WasmPlugin {
             return;
         }
         let (tx, rx) = std::sync::mpsc::sync_channel::<EventWork>(self.config.events.queue);
+        if hooks.contains(&"delivery-events") {
+            events.want_deliveries();
+        }
         if wants_events {
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
@@ -1278,6 +1293,9 @@ impl WasmPlugin {
             }
             E::Subscribed { .. } | E::Unsubscribed { .. } => e.subscription_events.is_some(),
             E::MessagePublished { .. } | E::MessageDropped { .. } => e.message_events.is_some(),
+            E::MessageDelivered { .. } | E::MessageAcknowledged { .. } => {
+                e.delivery_events.is_some()
+            }
             E::ConfigReloaded { .. } => e.broker_events.is_some(),
             _ => false,
         }
@@ -1290,6 +1308,8 @@ impl WasmPlugin {
             let Guests::V02(g) = &slot.guests else {
                 return Ok(Err("not an API 0.2 plugin".into()));
             };
+            // The plugin's log lines name the client the event is about.
+            slot.store.data_mut().client_id = event_client_id(ev);
             let store = &mut slot.store;
             let done = match (ev, &**g) {
                 (
@@ -1385,6 +1405,28 @@ impl WasmPlugin {
                     },
                 ) => h.call_dropped(store, client_id, topic, reason),
                 (
+                    E::MessageDelivered {
+                        client_id,
+                        topic,
+                        qos,
+                    },
+                    Guests02 {
+                        delivery_events: Some(h),
+                        ..
+                    },
+                ) => h.call_delivered(store, client_id, topic, v02::qos_to_wit(*qos)),
+                (
+                    E::MessageAcknowledged {
+                        client_id,
+                        topic,
+                        qos,
+                    },
+                    Guests02 {
+                        delivery_events: Some(h),
+                        ..
+                    },
+                ) => h.call_acknowledged(store, client_id, topic, v02::qos_to_wit(*qos)),
+                (
                     E::ConfigReloaded {
                         generation,
                         ok,
@@ -1441,6 +1483,23 @@ impl WasmPlugin {
                 "messages published before the broker started are dropped"
             ),
         }
+    }
+}
+
+/// The client an event is about, if any.
+fn event_client_id(ev: &crate::events::BrokerEvent) -> Option<Arc<str>> {
+    use crate::events::BrokerEvent as E;
+    match ev {
+        E::ClientConnected { client_id, .. }
+        | E::ClientDisconnected { client_id, .. }
+        | E::SessionExpired { client_id }
+        | E::Subscribed { client_id, .. }
+        | E::Unsubscribed { client_id, .. }
+        | E::MessagePublished { client_id, .. }
+        | E::MessageDelivered { client_id, .. }
+        | E::MessageAcknowledged { client_id, .. }
+        | E::MessageDropped { client_id, .. } => Some(client_id.clone()),
+        _ => None,
     }
 }
 
