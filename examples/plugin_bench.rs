@@ -12,9 +12,12 @@
 
 use bytes::BytesMut;
 use mqtt_broker::config::{Config, TransportKind};
+use mqtt_broker::events::BrokerEvent;
 use mqtt_broker::hooks::{
-    AclAction, AclRequest, Authenticator, Authorizer, ClientInfo, Credentials, Transformer,
+    AclAction, AclRequest, AuthOutcome, Authenticator, Authorizer, ClientInfo, Credentials,
+    Transformer,
 };
+use mqtt_broker::model::DisconnectReason;
 use mqtt_broker::plugins::{ByteSize, PluginConfig, PluginHost, WasmPlugin};
 use mqtt_broker::protocol::{codec, Connect, Packet, ProtocolLevel, Publish, QoS, Subscribe};
 use mqtt_broker::routing::Message;
@@ -52,12 +55,63 @@ fn configs() -> Vec<(&'static str, PluginConfig)> {
     let mut auth = PluginConfig::new("device-auth", example("device-auth"))
         .with("secret", "benchmark-secret-0123456789");
     auth.limits.memory = ByteSize(128 << 20);
+    let mut jwt = PluginConfig::new("jwt-auth", example("jwt-auth"))
+        .with("hs256_secret", "benchmark-secret-0123456789-0123456789");
+    jwt.limits.memory = ByteSize(128 << 20);
+    jwt.capabilities.kv = Some(mqtt_broker::plugins::config::KvGrant {
+        max_bytes: ByteSize(1 << 20),
+    });
+    let mut http = PluginConfig::new("http-auth", example("http-auth"))
+        .with("url", format!("http://{}/mqtt/auth", http_service()));
+    http.limits.memory = ByteSize(128 << 20);
+    http.capabilities.http = Some(mqtt_broker::plugins::config::HttpGrant {
+        allow: vec!["127.0.0.1".into()],
+        timeout: mqtt_broker::config::ConfigDuration::secs(2),
+        max_response_bytes: ByteSize(1 << 16),
+    });
+    let publish = |topics: &str| {
+        Some(mqtt_broker::plugins::config::PublishGrant {
+            topics: vec![topics.into()],
+            max_per_call: 4,
+        })
+    };
+    let mut presence = PluginConfig::new("presence", example("presence"));
+    presence.capabilities.publish = publish("presence/#");
+    let mut receipts = PluginConfig::new("delivery-receipts", example("delivery-receipts"));
+    receipts.capabilities.publish = publish("receipts/#");
+    // The example config's rules (config/sensor-bridge.yaml), for both sensor bridges.
+    let bridge = mqtt_broker::config::Config::load(&root().join("config/sensor-bridge.yaml"))
+        .expect("config/sensor-bridge.yaml loads")
+        .plugins
+        .into_iter()
+        .next()
+        .expect("one plugin entry");
+    let bridge_js = PluginConfig {
+        path: example("sensor-bridge"),
+        ..bridge.clone()
+    };
+    let bridge_c = PluginConfig {
+        name: "sensor-bridge-c".into(),
+        path: example("sensor-bridge-c"),
+        ..bridge
+    };
     vec![
         ("Python", auth),
+        ("Python", jwt),
+        ("Python", http),
+        (
+            "Zig",
+            PluginConfig::new("zig-auth", example("zig-auth"))
+                .with("tokens", r#"{"dev-1":"token-1"}"#),
+        ),
         (
             "C",
             PluginConfig::new("device-acl", example("device-acl")).with("admin_users", "admin"),
         ),
+        ("C", presence),
+        ("C", receipts),
+        ("JavaScript", bridge_js),
+        ("C, API 0.2", bridge_c),
         (
             "JavaScript",
             PluginConfig::new("topic-rewrite", example("topic-rewrite"))
@@ -70,6 +124,78 @@ fn configs() -> Vec<(&'static str, PluginConfig)> {
         ("C, API 0.2", noop("noop-acl-0.2")),
         ("C, API 0.2", noop("noop-transform-0.2")),
     ]
+}
+
+/// A local HTTP service for http-auth that allows everybody (keep-alive, so that a call
+/// measures a request on an open connection, as in production).
+fn http_service() -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Read, Write};
+    static ADDR: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+    *ADDR.get_or_init(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                    let mut conn = conn;
+                    loop {
+                        let mut length = 0usize;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let answer = br#"{"result":"allow"}"#;
+                        // One write: a head and a body in two would meet Nagle's algorithm
+                        // and the client's delayed ACK (40 ms per request).
+                        let mut response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                            answer.len()
+                        )
+                        .into_bytes();
+                        response.extend_from_slice(answer);
+                        if conn.write_all(&response).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    })
+}
+
+/// An HS256 JWT for jwt-auth, valid for an hour, allowing `devices/<client id>/#`.
+fn jwt_token(secret: &str) -> String {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let header = b64(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = b64(format!(
+        r#"{{"sub":"dev-1","exp":{exp},"publish":["devices/%c/#"],"subscribe":["devices/%c/#"]}}"#
+    )
+    .as_bytes());
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(format!("{header}.{claims}").as_bytes());
+    format!("{header}.{claims}.{}", b64(&mac.finalize().into_bytes()))
 }
 
 /// A do-nothing plugin of plugins/noop (built by its build.sh, run by .ci/plugins.sh).
@@ -148,7 +274,7 @@ fn bench_calls() {
     let budget = Duration::from_secs(2);
     println!("\n== per-call cost (one thread, instance from the pool)");
     println!(
-        "{:<14} {:<11} {:<13} {:>11} {:>14} {:>16}",
+        "{:<19} {:<11} {:<13} {:>11} {:>14} {:>16}",
         "plugin", "language", "hook", "ns/call", "load (cache)", "instantiate+init"
     );
     for (language, config) in configs() {
@@ -168,6 +294,32 @@ fn bench_calls() {
         let instantiate_us = plugin.stats().mean_instantiate_us;
         let mut rows = Vec::new();
         if plugin.is_authenticator() {
+            // Each authenticator gets credentials it accepts: the benchmark measures the
+            // accepting path.
+            let jwt;
+            let creds = match plugin.name() {
+                "jwt-auth" => {
+                    jwt = jwt_token("benchmark-secret-0123456789-0123456789");
+                    Credentials {
+                        username: Some("dev-1"),
+                        password: Some(jwt.as_bytes()),
+                        certificate_verified: false,
+                    }
+                }
+                "zig-auth" => Credentials {
+                    username: Some("dev-1"),
+                    password: Some(b"token-1"),
+                    certificate_verified: false,
+                },
+                _ => creds,
+            };
+            let outcome = plugin.authenticate(&c, &creds);
+            assert_eq!(
+                outcome,
+                AuthOutcome::Allow,
+                "{} accepts the benchmark's client",
+                plugin.name()
+            );
             rows.push((
                 "authenticate",
                 per_call(budget, || {
@@ -184,16 +336,71 @@ fn bench_calls() {
             ));
         }
         if plugin.is_transformer() {
+            // The sensor bridges are measured on a reading their rules turn into JSON.
+            let reading = Message::new(
+                "sensors/aloys/temperature",
+                bytes::Bytes::from_static(b"25.5"),
+                QoS::AtMostOnce,
+                false,
+            );
+            let m = if plugin.name().starts_with("sensor-bridge") {
+                let out = plugin.transform(&c, &reading);
+                assert_eq!(
+                    out.additional.len(),
+                    1,
+                    "{} bridges the reading",
+                    plugin.name()
+                );
+                &reading
+            } else {
+                &message
+            };
             rows.push((
                 "transform",
                 per_call(budget, || {
-                    let _ = plugin.transform(&c, &message);
+                    let _ = plugin.transform(&c, m);
                 }),
             ));
         }
+        let hooks = plugin.hooks();
+        if hooks.contains(&"connection-events") {
+            let connected = BrokerEvent::ClientConnected {
+                client_id: c.client_id.clone(),
+                peer: c.peer,
+                transport: c.transport,
+                username: c.username.clone(),
+                clean_session: true,
+                session_present: false,
+                protocol: ProtocolLevel::V5,
+            };
+            let disconnected = BrokerEvent::ClientDisconnected {
+                client_id: c.client_id.clone(),
+                peer: c.peer,
+                reason: DisconnectReason::Disconnect,
+            };
+            rows.push(("connected", per_call(budget, || plugin.deliver(&connected))));
+            rows.push((
+                "disconnected",
+                per_call(budget, || plugin.deliver(&disconnected)),
+            ));
+        }
+        if hooks.contains(&"delivery-events") {
+            let delivered = BrokerEvent::MessageDelivered {
+                client_id: c.client_id.clone(),
+                topic: Arc::from("cmd/dev-1/reboot"),
+                qos: QoS::AtLeastOnce,
+            };
+            let acked = BrokerEvent::MessageAcknowledged {
+                client_id: c.client_id.clone(),
+                topic: Arc::from("cmd/dev-1/reboot"),
+                qos: QoS::AtLeastOnce,
+            };
+            rows.push(("delivered", per_call(budget, || plugin.deliver(&delivered))));
+            rows.push(("acknowledged", per_call(budget, || plugin.deliver(&acked))));
+        }
         for (hook, ns) in rows {
             println!(
-                "{:<14} {:<11} {:<13} {:>11.0} {:>11.2} ms {:>13} µs",
+                "{:<19} {:<11} {:<13} {:>11.0} {:>11.2} ms {:>13} µs",
                 plugin.name(),
                 language,
                 hook,

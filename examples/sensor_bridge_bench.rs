@@ -1,25 +1,27 @@
-//! Throughput of raw QoS 0 sensor readings through the broker with the sensor-bridge plugin
-//! (plugins/sensor-bridge, JavaScript) against the same load with no plugin, side by side.
+//! Throughput of raw QoS 0 sensor readings through the broker with the sensor-bridge plugin,
+//! in JavaScript (plugins/sensor-bridge) and in C (plugins/sensor-bridge-c, same rules and
+//! config), against the same load with no plugin, side by side in one run.
 //!
 //! N simulated devices (the firmware's topics and payloads: `sensors/{device}/temperature`,
 //! `sensors/{device}/humidity`, the legacy `sensors_{device}/dht`, bare one-decimal
 //! numbers, some garbage) publish as fast as the broker reads them for a fixed time; one
-//! subscriber on `#` receives everything. With the bridge (the plugin entry of
-//! config/sensor-bridge.yaml: split topics kept and bridged, legacy topic replaced), each
-//! reading cycle of 3 raw messages in gives 5 out (2 raw + 3 structured or error); without
-//! it, 3 out.
+//! subscriber on `#` receives everything. With a bridge (the plugin entry of
+//! config/sensor-bridge.yaml, for the C one with only `path` changed: split topics kept and
+//! bridged, legacy topic replaced), each reading cycle of 3 raw messages in gives 5 out (2 raw
+//! + 3 structured or error); without it, 3 out.
 //!
 //! The load is a closed loop: devices write as fast as they can while fewer than 20,000
 //! messages are on their way to the subscriber, so the run measures what the broker sustains
 //! end to end rather than how much fits in socket buffers and queues. "in" is raw readings the
 //! broker read per second (until it had read the last one); "out" is messages the subscriber
-//! received per second (until the last one). Loopback only, bounded in time: about `runs` × 2
+//! received per second (until the last one). Loopback only, bounded in time: about `runs` × 3
 //! × (`duration` + a second), plus a few seconds of per-call measurements.
 //!
 //! ```sh
-//! bash .ci/plugins.sh     # builds plugins/sensor-bridge/sensor-bridge.wasm
+//! bash .ci/plugins.sh     # builds plugins/sensor-bridge/sensor-bridge.wasm and plugins/sensor-bridge-c/sensor-bridge-c.wasm
 //! cargo run --release --example sensor_bridge_bench
 //! cargo run --release --example sensor_bridge_bench -- --devices 200 --duration 10s --runs 3
+//! cargo run --release --example sensor_bridge_bench -- --bridges c    # no plugin and C only
 //! ```
 
 use bytes::{Bytes, BytesMut};
@@ -44,7 +46,7 @@ use tokio::net::TcpStream;
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "sensor_bridge_bench",
-    about = "QoS 0 sensor readings through the broker with and without the sensor-bridge plugin"
+    about = "QoS 0 sensor readings through the broker with the JavaScript and C sensor bridges and without a plugin"
 )]
 struct Cli {
     /// Simulated devices (one TCP connection each).
@@ -53,7 +55,7 @@ struct Cli {
     /// How long the devices publish in each run.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     duration: Duration,
-    /// Runs of each setup (alternating: no plugin, bridge, no plugin, bridge, ...).
+    /// Runs of each setup (alternating: no plugin, JS bridge, C bridge, no plugin, ...).
     #[arg(long, default_value_t = 2)]
     runs: usize,
     /// Fraction of readings replaced by garbage (`nan`, empty, `999.9`, text).
@@ -65,9 +67,20 @@ struct Cli {
     /// Worker threads of the broker's runtime (the devices and the subscriber get one more).
     #[arg(long, default_value_t = 2)]
     worker_threads: usize,
-    /// The sensor-bridge component.
+    /// The JavaScript sensor-bridge component (default: the example config's path).
     #[arg(long)]
     plugin: Option<PathBuf>,
+    /// The C sensor-bridge component.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/plugins/sensor-bridge-c/sensor-bridge-c.wasm"))]
+    c_plugin: PathBuf,
+    /// Which bridges to measure beside no plugin: `js,c` (both), `js` or `c`.
+    #[arg(long, default_value = "js,c", value_parser = ["js,c", "c,js", "js", "c"])]
+    bridges: String,
+    /// Also measure this component as "shape only": the bridge's output shape without its work
+    /// (plugins/sensor-bridge-c/ceiling.c, built by its build.sh into gen/ceiling.wasm), the
+    /// most any transformer producing those messages can reach.
+    #[arg(long)]
+    ceiling: Option<PathBuf>,
     /// Only the per-call costs (`calls`) or only the throughput runs (`throughput`).
     #[arg(long, value_parser = ["calls", "throughput"])]
     only: Option<String>,
@@ -97,19 +110,47 @@ fn main() -> ExitCode {
     if let Some(path) = &cli.plugin {
         bridge.path = path.clone();
     }
-    if !bridge.path.is_file() {
-        eprintln!(
-            "{} is missing: run `bash .ci/plugins.sh` first",
-            bridge.path.display()
-        );
-        return ExitCode::from(2);
-    }
     // On a busy 2-core machine a descheduled thread can overrun the 10 ms default; the
     // benchmark reports failures rather than measure deadline misses.
     bridge.limits.call_timeout = mqtt_broker::config::ConfigDuration(Duration::from_millis(100));
+    // The C bridge: the same entry (same `config:`), another component.
+    let mut c_bridge = bridge.clone();
+    c_bridge.path = cli.c_plugin.clone();
+    let ceiling = cli.ceiling.as_ref().map(|path| {
+        let mut entry = bridge.clone();
+        entry.name = "ceiling".into();
+        entry.path = path.clone();
+        entry
+    });
+    // (name, plugin entry, build command) of each setup, in the order runs alternate.
+    let mut setups: Vec<(&str, Option<PluginConfig>)> = vec![("no plugin", None)];
+    if cli.bridges.contains("js") {
+        setups.push(("sensor-bridge (JS)", Some(bridge)));
+    }
+    if cli.bridges.contains('c') {
+        setups.push(("sensor-bridge-c (C)", Some(c_bridge)));
+    }
+    if let Some(entry) = ceiling {
+        setups.push(("shape only (ceiling)", Some(entry)));
+    }
+    for (_, entry) in &setups {
+        if let Some(entry) = entry {
+            if !entry.path.is_file() {
+                eprintln!(
+                    "{} is missing: run `bash .ci/plugins.sh` first (or the plugin's own build.sh)",
+                    entry.path.display()
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
 
     if cli.only.as_deref() != Some("throughput") {
-        per_call_costs(&bridge);
+        for (name, entry) in &setups {
+            if let Some(entry) = entry {
+                per_call_costs(name, entry);
+            }
+        }
     }
     if cli.only.as_deref() == Some("calls") {
         return ExitCode::SUCCESS;
@@ -141,7 +182,7 @@ fn main() -> ExitCode {
     };
 
     println!(
-        "== sensor-bridge throughput: {} devices, QoS 0, {:?} per run, {} run(s) per setup, garbage {:.0} %, broker on {} worker thread(s), {} CPU(s)",
+        "== sensor-bridge throughput (JS and C): {} devices, QoS 0, {:?} per run, {} run(s) per setup, garbage {:.0} %, broker on {} worker thread(s), {} CPU(s)",
         cli.devices,
         cli.duration,
         cli.runs,
@@ -153,14 +194,11 @@ fn main() -> ExitCode {
         "{:<22} {:>12} {:>12} {:>10} {:>10} {:>8} {:>12} {:>9}",
         "setup", "in msg/s", "out msg/s", "in", "out", "lost", "plugin calls", "failures"
     );
-    let mut results: Vec<(bool, Outcome)> = Vec::new();
+    let mut results: Vec<(usize, Outcome)> = Vec::new();
     for run in 0..cli.runs {
-        for with_bridge in [false, true] {
-            let plugins = if with_bridge {
-                vec![bridge.clone()]
-            } else {
-                vec![]
-            };
+        for (setup, (name, entry)) in setups.iter().enumerate() {
+            let with_bridge = entry.is_some();
+            let plugins: Vec<PluginConfig> = entry.iter().cloned().collect();
             let broker = match broker_rt.block_on(start(plugins)) {
                 Ok(b) => b,
                 Err(e) => {
@@ -172,11 +210,6 @@ fn main() -> ExitCode {
             let stats = broker.plugin_stats();
             let calls: u64 = stats.iter().map(|s| s.calls).sum();
             let failures: u64 = stats.iter().map(|s| s.failures).sum();
-            let name = if with_bridge {
-                "sensor-bridge (JS)"
-            } else {
-                "no plugin"
-            };
             println!(
                 "{:<22} {:>12.0} {:>12.0} {:>10} {:>10} {:>8} {:>12} {:>9}",
                 name,
@@ -192,28 +225,43 @@ fn main() -> ExitCode {
             if dropped > 0 {
                 println!("    ({dropped} messages dropped on a full queue)");
             }
-            results.push((with_bridge, outcome));
+            results.push((setup, outcome));
             broker_rt.block_on(broker.shutdown());
         }
     }
-    let mean = |bridge: bool, f: fn(&Outcome) -> f64| {
+    let mean = |setup: usize, f: fn(&Outcome) -> f64| {
         let v: Vec<f64> = results
             .iter()
-            .filter(|r| r.0 == bridge)
+            .filter(|r| r.0 == setup)
             .map(|r| f(&r.1))
             .collect();
         v.iter().sum::<f64>() / v.len().max(1) as f64
     };
-    let (in0, out0) = (mean(false, |o| o.in_rate), mean(false, |o| o.out_rate));
-    let (in1, out1) = (mean(true, |o| o.in_rate), mean(true, |o| o.out_rate));
-    println!("\nmeans          {:>14} {:>14}", "in msg/s", "out msg/s");
-    println!("no plugin      {in0:>14.0} {out0:>14.0}");
-    println!("sensor-bridge  {in1:>14.0} {out1:>14.0}");
+    let (in0, out0) = (mean(0, |o| o.in_rate), mean(0, |o| o.out_rate));
     println!(
-        "ratio bridge / no plugin: in {:.1} %, out {:.1} % (out carries 5 messages per 3 in with the bridge, 3 per 3 without)",
-        100.0 * in1 / in0.max(1.0),
-        100.0 * out1 / out0.max(1.0)
+        "\nmeans                {:>14} {:>14}",
+        "in msg/s", "out msg/s"
     );
+    for (setup, (name, _)) in setups.iter().enumerate() {
+        let (i, o) = (mean(setup, |o| o.in_rate), mean(setup, |o| o.out_rate));
+        println!("{name:<20} {i:>14.0} {o:>14.0}");
+    }
+    for (setup, (name, _)) in setups.iter().enumerate().skip(1) {
+        let (i, o) = (mean(setup, |o| o.in_rate), mean(setup, |o| o.out_rate));
+        println!(
+            "ratio {name} / no plugin: in {:.1} %, out {:.1} %",
+            100.0 * i / in0.max(1.0),
+            100.0 * o / out0.max(1.0)
+        );
+    }
+    let index = |name: &str| setups.iter().position(|s| s.0 == name);
+    if let (Some(js), Some(c)) = (index("sensor-bridge (JS)"), index("sensor-bridge-c (C)")) {
+        println!(
+            "C bridge / JS bridge: in {:.1}x",
+            mean(c, |o| o.in_rate) / mean(js, |o| o.in_rate).max(1.0)
+        );
+    }
+    println!("(out carries 5 messages per 3 in with a bridge, 3 per 3 without)");
     ExitCode::SUCCESS
 }
 
@@ -461,8 +509,8 @@ fn per_call(budget: Duration, mut f: impl FnMut()) -> f64 {
     started.elapsed().as_nanos() as f64 / n as f64
 }
 
-/// The cost of one `transform` call per kind of message, on one thread.
-fn per_call_costs(bridge: &PluginConfig) {
+/// The cost of one `transform` call of `bridge` per kind of message, on one thread.
+fn per_call_costs(name: &str, bridge: &PluginConfig) {
     let host = match PluginHost::new(Default::default()) {
         Ok(h) => h,
         Err(e) => {
@@ -489,7 +537,7 @@ fn per_call_costs(bridge: &PluginConfig) {
         protocol: ProtocolLevel::V311,
         clean_session: true,
     };
-    println!("== per-call cost of sensor-bridge's transform (one thread, instance from the pool)");
+    println!("== per-call cost of {name}'s transform (one thread, instance from the pool)");
     for (what, topic, payload) in [
         ("valid reading, kept", "sensors/esp0000/temperature", "25.5"),
         ("garbage reading", "sensors/esp0000/humidity", "nan"),
@@ -513,6 +561,9 @@ fn per_call_costs(bridge: &PluginConfig) {
     let s = plugin.stats();
     if s.failures > 0 {
         println!("    ({} of {} calls failed)", s.failures, s.calls);
+        if let Some(last) = s.recent_errors.first() {
+            println!("    (last failure: {last:?})");
+        }
     }
     println!();
 }

@@ -244,6 +244,8 @@ pub struct WasmPlugin {
     event_counts: EventCounts,
     /// Whether the event thread was started.
     attached: AtomicBool,
+    /// Whether dropping unroutable published messages was logged.
+    unrouted_warned: AtomicBool,
 }
 
 /// Counters of event hook delivery.
@@ -332,6 +334,7 @@ impl WasmPlugin {
             publisher: std::sync::OnceLock::new(),
             event_counts: EventCounts::default(),
             attached: AtomicBool::new(false),
+            unrouted_warned: AtomicBool::new(false),
             config: config.clone(),
             init_pairs: config.init_pairs(),
             pre,
@@ -947,6 +950,10 @@ impl Transformer for WasmPlugin {
 
 /// Validates and converts a plugin's transform answer (API 0.2).
 fn convert_transform_v02(out: v02::wit::TransformResult) -> Result<TransformResult, String> {
+    if out.additional.is_empty() && matches!(out.action, v02::wit::TransformAction::Keep) {
+        // The common answer, without building anything.
+        return Ok(TransformResult::keep());
+    }
     if out.additional.len() > MAX_ADDITIONAL_MESSAGES {
         return Err(format!(
             "transform returned {} additional messages; at most {MAX_ADDITIONAL_MESSAGES} are allowed",
@@ -1301,8 +1308,9 @@ impl WasmPlugin {
         }
     }
 
-    /// Calls the event hook for `ev`.
-    fn deliver(&self, ev: &crate::events::BrokerEvent) {
+    /// Calls the event hook for `ev` now, on this thread. The broker calls it from the
+    /// plugin's event thread; benchmarks call it directly.
+    pub fn deliver(&self, ev: &crate::events::BrokerEvent) {
         use crate::events::BrokerEvent as E;
         let r = self.call(None, None, Hook::Event, |slot| {
             let Guests::V02(g) = &slot.guests else {
@@ -1446,8 +1454,9 @@ impl WasmPlugin {
         }
     }
 
-    /// Calls `timer.tick`.
-    fn tick(&self) {
+    /// Calls `timer.tick` now, on this thread (the broker calls it from the plugin's event
+    /// thread).
+    pub fn tick(&self) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -1477,11 +1486,15 @@ impl WasmPlugin {
                     publish(m);
                 }
             }
-            None => warn!(
-                plugin = %self.name,
-                count = messages.len(),
-                "messages published before the broker started are dropped"
-            ),
+            None => {
+                if !self.unrouted_warned.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        plugin = %self.name,
+                        count = messages.len(),
+                        "messages the plugin published are dropped: it is not attached to a running broker (logged once)"
+                    );
+                }
+            }
         }
     }
 }
