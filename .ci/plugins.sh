@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PLUGINS=(device-auth device-acl topic-rewrite sensor-bridge noop jwt-auth http-auth zig-auth delivery-receipts presence sensor-bridge-c)
+PLUGINS=(device-auth device-acl topic-rewrite sensor-bridge noop jwt-auth http-auth zig-auth delivery-receipts presence sensor-bridge-c audit)
 only="${1:-}"
 if [ -n "$only" ] && [[ ! " ${PLUGINS[*]} " =~ " $only " ]]; then
     echo "unknown plugin '$only' (one of: ${PLUGINS[*]})" >&2
@@ -29,7 +29,7 @@ fi
 want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 # Whether any of the plugins named is to be built (they share a toolchain).
 want_any() { local p; for p in "$@"; do want "$p" && return 0; done; return 1; }
-C_PLUGINS=(device-acl noop zig-auth delivery-receipts presence sensor-bridge-c)
+C_PLUGINS=(device-acl noop zig-auth delivery-receipts presence sensor-bridge-c audit)
 PY_PLUGINS=(device-auth jwt-auth http-auth)
 
 WIT_BINDGEN_VERSION=0.60.0      # wit-component 0.254, as wasmtime 48 (the broker's host)
@@ -125,11 +125,14 @@ if want sensor-bridge; then
         plugins/sensor-bridge/lib/bridge.js plugins/sensor-bridge/bundle.config.js plugins/sensor-bridge/package-lock.json
 fi
 if want noop; then
-    build noop plugins/noop/noop-transform-0.2.wasm plugins/noop/noop.c
+    build noop plugins/noop/echo.wasm plugins/noop/noop.c plugins/noop/echo.c
 fi
 if want sensor-bridge-c; then
     build sensor-bridge-c plugins/sensor-bridge-c/sensor-bridge-c.wasm plugins/sensor-bridge-c/sensor_bridge.c \
         plugins/sensor-bridge-c/bridge.c plugins/sensor-bridge-c/bridge.h plugins/sensor-bridge-c/ceiling.c
+fi
+if want audit; then
+    build audit plugins/audit/audit.wasm plugins/audit/audit.c plugins/audit/audit_core.c plugins/audit/audit_core.h
 fi
 if want presence; then
     build presence plugins/presence/presence.wasm plugins/presence/presence.c plugins/presence/presence_logic.c \
@@ -160,6 +163,10 @@ if want device-acl; then
     log "native tests: device-acl policy (C)"
     gcc -Wall -Wextra -Werror -o "$tmp/test_policy" plugins/device-acl/test_policy.c
     "$tmp/test_policy"
+fi
+if want audit; then
+    log "native tests: audit logic (C)"
+    bash plugins/audit/test.sh
 fi
 if want presence; then
     log "native tests: presence logic (C)"

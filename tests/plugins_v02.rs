@@ -219,3 +219,212 @@ fn invalid_capability_grants_are_refused_naming_the_key() {
     );
     assert_eq!(caps.tick.map(|t| t.get()), Some(Duration::from_secs(5)));
 }
+
+/// The presence plugin (plugins/presence), for a test of event delivery across reloads.
+fn presence() -> PluginConfig {
+    let path = root().join("plugins/presence/presence.wasm");
+    assert!(
+        path.is_file(),
+        "{} is missing: build the example plugins with `bash .ci/plugins.sh`",
+        path.display()
+    );
+    let mut p = PluginConfig::new("presence", path);
+    p.capabilities.publish = Some(mqtt_broker::plugins::config::PublishGrant {
+        topics: vec!["presence/#".into()],
+        max_per_call: 4,
+    });
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_reaches_one_generation_of_a_plugin_across_reloads() {
+    let config = Config {
+        listeners: vec![BrokerHandle::loopback_listener()],
+        plugins: vec![presence()],
+        ..Default::default()
+    };
+    let broker = Broker::start(config.clone()).await.expect("broker starts");
+    let b = broker.clone();
+    let watcher = tokio::task::spawn_blocking(move || {
+        mosquitto("mosquitto_sub", &b, &["-t", "presence/#", "-v", "-W", "6"])
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Reloads (each loads a new generation of the plugin) while clients come and go.
+    let reloader = {
+        let b = broker.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            for _ in 0..15 {
+                b.reload(config.clone()).await.expect("reload");
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            n
+        })
+    };
+    let b = broker.clone();
+    let clients = 20;
+    tokio::task::spawn_blocking(move || {
+        for i in 0..clients {
+            let out = mosquitto(
+                "mosquitto_pub",
+                &b,
+                &["-i", &format!("gen-{i}"), "-t", "x", "-m", "y"],
+            );
+            assert!(out.status.success(), "{out:?}");
+        }
+    })
+    .await
+    .expect("clients");
+    assert_eq!(reloader.await.expect("reloader"), 15);
+    let out = watcher.await.expect("watcher");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for i in 0..clients {
+        let topic = format!("presence/gen-{i} ");
+        let online = text
+            .lines()
+            .filter(|l| l.starts_with(&topic) && l.contains("\"online\":true"))
+            .count();
+        let offline = text
+            .lines()
+            .filter(|l| l.starts_with(&topic) && l.contains("\"online\":false"))
+            .count();
+        assert_eq!(
+            (online, offline),
+            (1, 1),
+            "gen-{i}: one online and one offline message, whichever generation was current:\n{text}"
+        );
+    }
+    broker.shutdown().await;
+}
+
+/// plugins/noop/echo.wasm: republishes each event hook call on `echo/<event>`.
+fn echo(tick: Option<Duration>) -> PluginConfig {
+    let mut p = noop("echo");
+    p.capabilities.publish = Some(mqtt_broker::plugins::config::PublishGrant {
+        topics: vec!["echo/#".into()],
+        max_per_call: 4,
+    });
+    p.capabilities.tick = tick.map(mqtt_broker::config::ConfigDuration);
+    p
+}
+
+/// A `mosquitto_sub` on `echo/#` that runs for `secs` seconds, started before the test acts.
+async fn echo_watcher(
+    broker: &BrokerHandle,
+    secs: u32,
+) -> tokio::task::JoinHandle<std::process::Output> {
+    let b = broker.clone();
+    let w = secs.to_string();
+    let watcher = tokio::task::spawn_blocking(move || {
+        mosquitto("mosquitto_sub", &b, &["-t", "echo/#", "-v", "-W", &w])
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    watcher
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_hooks_get_each_event_with_its_fields() {
+    let config = Config {
+        listeners: vec![BrokerHandle::loopback_listener()],
+        plugins: vec![echo(Some(Duration::from_millis(300)))],
+        ..Default::default()
+    };
+    let broker = Broker::start(config.clone()).await.expect("broker starts");
+    let watcher = echo_watcher(&broker, 5).await;
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || {
+        // A persistent QoS 0 subscriber that goes away: the next message is dropped for it.
+        let out = mosquitto(
+            "mosquitto_sub",
+            &b,
+            &["-i", "away", "-c", "-q", "0", "-t", "d/#", "-W", "1"],
+        );
+        assert!(!out.status.success() || out.stdout.is_empty(), "{out:?}");
+        let sub = std::process::Command::new("timeout")
+            .args(["10", "mosquitto_sub", "-h", "127.0.0.1", "-p"])
+            .arg(b.local_addr().port().to_string())
+            .args(["-i", "s1", "-q", "1", "-t", "t/#", "-C", "1"])
+            .spawn()
+            .expect("mosquitto_sub");
+        std::thread::sleep(Duration::from_millis(400));
+        for (topic, qos) in [("t/a", "1"), ("d/x", "0")] {
+            let out = mosquitto(
+                "mosquitto_pub",
+                &b,
+                &["-i", "p1", "-q", qos, "-t", topic, "-m", "hello"],
+            );
+            assert!(out.status.success(), "{out:?}");
+        }
+        let out = sub.wait_with_output().expect("subscriber");
+        assert!(out.status.success(), "{out:?}");
+    })
+    .await
+    .expect("clients");
+    broker.reload(config.clone()).await.expect("reload");
+    let mut broken = config.clone();
+    broken.plugins[0].path = root().join("plugins/noop/missing.wasm");
+    assert!(
+        broker.reload(broken).await.is_err(),
+        "a missing component is refused"
+    );
+    let out = watcher.await.expect("watcher");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let has = |line: &str| text.lines().any(|l| l == line);
+    let starts = |prefix: &str| text.lines().any(|l| l.starts_with(prefix));
+    // protocol level: 1 = MQTT 3.1.1 (the WIT enum's index).
+    assert!(has("echo/connected s1 0 1"), "{text}");
+    assert!(has("echo/subscribed s1 t/# 1"), "{text}");
+    assert!(
+        has("echo/published p1 t/a 1 0 5 1"),
+        "client, topic, QoS, retain, size, subscribers:\n{text}"
+    );
+    assert!(has("echo/disconnected s1 disconnect"), "{text}");
+    assert!(has("echo/dropped away d/x offline QoS 0"), "{text}");
+    assert!(has("echo/config-reloaded 2 1"), "{text}");
+    assert!(
+        starts("echo/config-reloaded 2 0 "),
+        "a refused reload, with its error:\n{text}"
+    );
+    assert!(
+        starts("echo/tick 17"),
+        "ticks carry the time in ms:\n{text}"
+    );
+    // In order: the subscriber's events come as they happened.
+    let pos = |line: &str| text.lines().position(|l| l == line).unwrap_or(usize::MAX);
+    assert!(pos("echo/connected s1 0 1") < pos("echo/subscribed s1 t/# 1"));
+    assert!(pos("echo/subscribed s1 t/# 1") < pos("echo/disconnected s1 disconnect"));
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_reload_is_reported_once_across_plugin_generations() {
+    let config = Config {
+        listeners: vec![BrokerHandle::loopback_listener()],
+        plugins: vec![echo(None)],
+        ..Default::default()
+    };
+    let broker = Broker::start(config.clone()).await.expect("broker starts");
+    let watcher = echo_watcher(&broker, 4).await;
+    for _ in 0..10 {
+        broker.reload(config.clone()).await.expect("reload");
+    }
+    let out = watcher.await.expect("watcher");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut reloads: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("echo/config-reloaded "))
+        .collect();
+    reloads.sort_unstable();
+    let expected: Vec<String> = (2..=11)
+        .map(|g| format!("echo/config-reloaded {g} 1"))
+        .collect();
+    let mut expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(
+        reloads, expected,
+        "one event per reload, to one generation:\n{text}"
+    );
+    broker.shutdown().await;
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the do-nothing plugins examples/plugin_bench.rs measures call costs with:
 # noop-acl-0.1.wasm, noop-transform-0.1.wasm (API 0.1, records lowered on every call) and
-# noop-acl-0.2.wasm, noop-transform-0.2.wasm (API 0.2, handles).
+# noop-acl-0.2.wasm, noop-transform-0.2.wasm (API 0.2, handles); and echo.wasm, a test
+# plugin that republishes every event hook call (tests/plugins_v02.rs).
 # Needs what plugins/device-acl needs (see ../../.ci/plugins.sh): clang-19 + wasi-libc,
 # wit-bindgen and wasm-tools.
 set -euo pipefail
@@ -20,3 +21,9 @@ build 1 ../../wit authorizer HOOK_AUTHORIZE noop-acl-0.1
 build 1 ../../wit transformer HOOK_TRANSFORM noop-transform-0.1
 build 2 ../../wit/v0.2 authorizer HOOK_AUTHORIZE noop-acl-0.2
 build 2 ../../wit/v0.2 transformer HOOK_TRANSFORM noop-transform-0.2
+# echo.wasm: republishes every event (a test plugin for event hooks, tests/plugins_v02.rs).
+wit-bindgen c ../../wit/v0.2 --world observer --out-dir gen/echo >/dev/null
+clang-19 --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror \
+    -Wl,--strip-all echo.c gen/echo/observer.c gen/echo/observer_component_type.o -o gen/echo/core.wasm
+wasm-tools component new gen/echo/core.wasm -o echo.wasm
+echo "built $(pwd)/echo.wasm"

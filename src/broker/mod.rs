@@ -170,10 +170,7 @@ impl Broker {
             .as_ref()
             .map(|s| Arc::new(StorageHandle::start(s.clone(), mode)));
         let core = Arc::new(Core::new(runtime, writer));
-        core.runtime
-            .load()
-            .plugins
-            .attach(&core.ops.events, &Core::plugin_publisher(&core));
+        Core::install_plugins(&core, &core.runtime.load().plugins);
         let handle = BrokerHandle {
             core: core.clone(),
             server: Arc::new(Server {

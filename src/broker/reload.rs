@@ -174,9 +174,7 @@ async fn reload_locked(
             return Err(e.into());
         }
     };
-    runtime
-        .plugins
-        .attach(&core.ops.events, &crate::core::Core::plugin_publisher(core));
+    crate::core::Core::install_plugins(core, &runtime.plugins);
     core.runtime.store(Arc::new(runtime));
     let now_running = transport::listeners::commit(plan, core).await;
     server.set_listeners(now_running, running);

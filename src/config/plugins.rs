@@ -158,7 +158,8 @@ fn default_publish_per_call() -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
-    /// Events waiting for the plugin; beyond it the oldest are dropped and counted.
+    /// Events waiting for the plugin; beyond it the oldest are dropped and counted
+    /// (`events_dropped`).
     pub queue: usize,
 }
 

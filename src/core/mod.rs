@@ -107,6 +107,8 @@ pub(crate) struct Core {
     fd_limit: u64,
     /// Whether the "near the open-files limit" warning is armed off (re-armed below 80 %).
     fd_warned: std::sync::atomic::AtomicBool,
+    /// Event hook delivery to plugins, handed from generation to generation.
+    plugin_routes: crate::plugins::EventRoutes,
 }
 
 impl std::ops::Deref for Core {
@@ -149,6 +151,7 @@ impl Core {
             next_conn_id: AtomicU64::new(1),
             fd_limit: open_files_limit(),
             fd_warned: std::sync::atomic::AtomicBool::new(false),
+            plugin_routes: Default::default(),
             started_nanos: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
@@ -257,6 +260,14 @@ impl Core {
     /// Routes a message the broker itself publishes (wills, `$SYS`).
     pub fn publish(&self, msg: Message) -> Routed {
         self.router.publish(msg)
+    }
+
+    /// Puts a generation's plugins to work: hands them the event bus and where their
+    /// messages go, and points the event routes at them (from now on they, not the
+    /// previous generation, get the events). Called just before the generation goes live.
+    pub fn install_plugins(core: &Arc<Core>, plugins: &crate::plugins::PluginSet) {
+        plugins.attach(&core.ops.events, &Core::plugin_publisher(core));
+        core.plugin_routes.switch_to(plugins, &core.ops.events);
     }
 
     /// Where plugins' published messages go: routed as the broker's own (no ACL, no

@@ -18,6 +18,7 @@ pub mod host;
 mod host_v02;
 pub mod plugin;
 mod pool;
+mod routes;
 pub mod version;
 
 /// The `plugins:` config schema lives with the rest of the config.
@@ -26,6 +27,7 @@ pub use crate::config::plugins::{ByteSize, OnError, PluginConfig, PluginLimits};
 pub use capabilities::{KvStores, Publisher};
 pub use host::{ArtifactSource, EngineSettings, OptLevel, PluginHost};
 pub use plugin::{PluginFailure, PluginStats, WasmPlugin};
+pub use routes::EventRoutes;
 
 use crate::hooks::SecurityChain;
 use std::path::PathBuf;

@@ -242,8 +242,6 @@ pub struct WasmPlugin {
     publisher: std::sync::OnceLock<Publisher>,
     /// Event hook delivery counters.
     event_counts: EventCounts,
-    /// Whether the event thread was started.
-    attached: AtomicBool,
     /// Whether dropping unroutable published messages was logged.
     unrouted_warned: AtomicBool,
 }
@@ -333,7 +331,6 @@ impl WasmPlugin {
             api,
             publisher: std::sync::OnceLock::new(),
             event_counts: EventCounts::default(),
-            attached: AtomicBool::new(false),
             unrouted_warned: AtomicBool::new(false),
             config: config.clone(),
             init_pairs: config.init_pairs(),
@@ -1200,96 +1197,63 @@ fn wrong_type(api: Api, interface: &str, e: &wasmtime::Error) -> String {
     )
 }
 
-/// What the event thread hands a plugin.
-enum EventWork {
-    Event(crate::events::BrokerEvent),
-}
-
 impl WasmPlugin {
-    /// Hands over the broker's event bus and publisher, and starts the event thread when
-    /// the plugin exports event hooks or a granted tick (once per plugin).
-    pub(crate) fn attach(self: &Arc<Self>, events: crate::events::EventBus, publisher: Publisher) {
-        self.set_events(events.clone());
+    /// Hands over the broker's event bus (failures are reported on it) and where messages
+    /// the plugin publishes go.
+    pub(crate) fn attach(&self, events: crate::events::EventBus, publisher: Publisher) {
+        self.set_events(events);
         let _ = self.publisher.set(publisher);
-        if self.attached.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let hooks = self.hooks();
-        let wants_events = hooks.iter().any(|h| h.ends_with("-events"));
-        let tick = match (self.config.capabilities.tick, hooks.contains(&"timer")) {
+    }
+
+    /// Whether the plugin exports event hooks or a granted tick (it needs an event route).
+    pub(crate) fn wants_route(&self) -> bool {
+        self.hooks().iter().any(|h| h.ends_with("-events")) || self.tick_interval().is_some()
+    }
+
+    /// Whether the plugin exports the per-delivery events.
+    pub(crate) fn wants_deliveries(&self) -> bool {
+        self.hooks().contains(&"delivery-events")
+    }
+
+    /// How often `timer.tick` is called: the grant, when the plugin exports `timer`.
+    pub(crate) fn tick_interval(&self) -> Option<Duration> {
+        match (
+            self.config.capabilities.tick,
+            self.hooks().contains(&"timer"),
+        ) {
             (Some(t), true) => Some(t.get()),
-            (None, true) => {
-                info!(plugin = %self.name, "the plugin exports timer.tick but `capabilities.tick` is not granted: it is not called");
-                None
-            }
-            (Some(_), false) => {
-                warn!(plugin = %self.name, "`capabilities.tick` is granted but the plugin does not export timer.tick");
-                None
-            }
-            (None, false) => None,
-        };
-        if !wants_events && tick.is_none() {
-            return;
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel::<EventWork>(self.config.events.queue);
-        if hooks.contains(&"delivery-events") {
-            events.want_deliveries();
-        }
-        if wants_events {
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    let mut bus = events.subscribe();
-                    let weak = Arc::downgrade(self);
-                    handle.spawn(async move {
-                        use tokio::sync::broadcast::error::RecvError;
-                        loop {
-                            let received = bus.recv().await;
-                            let Some(plugin) = weak.upgrade() else { break };
-                            match received {
-                                Ok(ev) => {
-                                    if !plugin.handles(&ev) {
-                                        continue;
-                                    }
-                                    match tx.try_send(EventWork::Event(ev)) {
-                                        Ok(()) => {}
-                                        Err(std::sync::mpsc::TrySendError::Full(_)) => {
-                                            plugin
-                                                .event_counts
-                                                .dropped
-                                                .fetch_add(1, Ordering::Relaxed);
-                                        }
-                                        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
-                                            break
-                                        }
-                                    }
-                                }
-                                Err(RecvError::Lagged(n)) => {
-                                    plugin.event_counts.dropped.fetch_add(n, Ordering::Relaxed);
-                                }
-                                Err(RecvError::Closed) => break,
-                            }
-                        }
-                    });
-                }
-                Err(_) => {
-                    warn!(plugin = %self.name, "no async runtime: event hooks are not delivered")
-                }
-            }
-        } else {
-            drop(tx);
-        }
-        let weak = Arc::downgrade(self);
-        let name = format!("plugin-{}", self.name);
-        let spawned = std::thread::Builder::new().name(name).spawn(move || {
-            event_loop(weak, rx, tick);
-        });
-        if let Err(e) = spawned {
-            error!(plugin = %self.name, "cannot start the plugin's event thread: {e}");
+            _ => None,
         }
     }
 
+    /// Logs a tick grant without `timer`, or `timer` without a grant (once, at attach).
+    pub(crate) fn check_tick_grant(&self) {
+        match (
+            self.config.capabilities.tick,
+            self.hooks().contains(&"timer"),
+        ) {
+            (None, true) => {
+                info!(plugin = %self.name, "the plugin exports timer.tick but `capabilities.tick` is not granted: it is not called")
+            }
+            (Some(_), false) => {
+                warn!(plugin = %self.name, "`capabilities.tick` is granted but the plugin does not export timer.tick")
+            }
+            _ => {}
+        }
+    }
+
+    /// Most events waiting for this plugin (`events.queue`).
+    pub(crate) fn event_queue_limit(&self) -> usize {
+        self.config.events.queue
+    }
+
+    /// Counts events dropped for this plugin.
+    pub(crate) fn count_dropped_events(&self, n: u64) {
+        self.event_counts.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Whether the plugin exports the hook for `ev`.
-    fn handles(&self, ev: &crate::events::BrokerEvent) -> bool {
+    pub(crate) fn handles(&self, ev: &crate::events::BrokerEvent) -> bool {
         use crate::events::BrokerEvent as E;
         let Exports::V02(e) = &self.exports else {
             return false;
@@ -1513,56 +1477,5 @@ fn event_client_id(ev: &crate::events::BrokerEvent) -> Option<Arc<str>> {
         | E::MessageAcknowledged { client_id, .. }
         | E::MessageDropped { client_id, .. } => Some(client_id.clone()),
         _ => None,
-    }
-}
-
-/// The event thread of one plugin: delivers queued events in order and calls the tick; ends
-/// when the plugin is unloaded.
-fn event_loop(
-    plugin: std::sync::Weak<WasmPlugin>,
-    rx: std::sync::mpsc::Receiver<EventWork>,
-    tick: Option<Duration>,
-) {
-    use std::sync::mpsc::RecvTimeoutError;
-    // Checked at least this often, so that an unloaded plugin's thread ends.
-    const CHECK: Duration = Duration::from_millis(500);
-    let mut next_tick = tick.map(|t| Instant::now() + t);
-    let mut events_open = true;
-    loop {
-        let now = Instant::now();
-        if let (Some(at), Some(every)) = (next_tick, tick) {
-            if at <= now {
-                let Some(p) = plugin.upgrade() else { break };
-                p.tick();
-                // A tick that overran does not make the next ones come in a burst.
-                next_tick = Some((at + every).max(Instant::now()));
-                continue;
-            }
-        }
-        let wait = next_tick.map_or(CHECK, |t| t.saturating_duration_since(now).min(CHECK));
-        if !events_open {
-            std::thread::sleep(wait);
-            if plugin.strong_count() == 0 {
-                break;
-            }
-            continue;
-        }
-        match rx.recv_timeout(wait) {
-            Ok(EventWork::Event(ev)) => {
-                let Some(p) = plugin.upgrade() else { break };
-                p.deliver(&ev);
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                if plugin.strong_count() == 0 {
-                    break;
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                if tick.is_none() {
-                    break;
-                }
-                events_open = false;
-            }
-        }
     }
 }
