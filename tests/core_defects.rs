@@ -160,3 +160,71 @@ async fn acknowledgement_of_the_wrong_kind_closes_mqtt_4_8_0_1() {
     c.send(&Packet::PingReq).await;
     assert_eq!(c.recv().await, Some(Packet::PingResp));
 }
+
+/// A message published with RETAIN while another client subscribes to its topic reaches the
+/// subscriber once: as the retained message of the new subscription [MQTT-3.3.1-6] or as a
+/// live message, never both (the broker used to store it, let the subscription in and read
+/// the retained store, and only then collect the subscribers of the message). Racy by
+/// nature, so it is tried many times; each round must give exactly one copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_retained_while_a_client_subscribes_arrives_once() {
+    let broker = start_broker(|_| {}).await;
+    let addr = broker.local_addr();
+    let (mut publisher, _) = RawClient::connect(addr, "retainer", true).await;
+    let rounds = 150;
+    let mut subscribers = Vec::new();
+    for i in 0..rounds {
+        let (sub, _) = RawClient::connect(addr, &format!("sub-{i}"), true).await;
+        subscribers.push(sub);
+    }
+    for (i, sub) in subscribers.iter_mut().enumerate() {
+        let topic = format!("race/{i}");
+        // Both sides at once: the PUBLISH and the SUBSCRIBE race inside the broker.
+        let publish = publish(&topic, b"v", QoS::AtMostOnce, None, true);
+        let subscribe = Packet::Subscribe(Subscribe {
+            options: Vec::new(),
+            properties: None,
+            pid: 1,
+            filters: vec![(topic.clone(), QoS::AtMostOnce)],
+        });
+        tokio::join!(publisher.send(&publish), sub.send(&subscribe));
+    }
+    // Each subscriber is read on its own task: the quiet periods overlap.
+    let readers: Vec<_> = subscribers
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut sub)| {
+            tokio::spawn(async move {
+                // The server may send matching PUBLISHes before the SUBACK (section 3.8.4).
+                let (mut copies, mut acked) = (0, false);
+                while let Ok(Some(p)) = sub
+                    .recv_within(Duration::from_millis(if copies == 0 || !acked {
+                        3000
+                    } else {
+                        200
+                    }))
+                    .await
+                {
+                    match p {
+                        Packet::Publish(p) => {
+                            assert_eq!(&*p.topic, format!("race/{i}"));
+                            copies += 1;
+                        }
+                        Packet::SubAck(a) => {
+                            assert_eq!(a.codes, vec![SubAckCode::Granted(QoS::AtMostOnce)]);
+                            acked = true;
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                assert!(acked, "race/{i}: SUBACK");
+                (i, copies)
+            })
+        })
+        .collect();
+    for r in readers {
+        let (i, copies) = r.await.expect("reader");
+        assert_eq!(copies, 1, "race/{i}: one copy, retained or live");
+    }
+    broker.shutdown().await;
+}

@@ -644,7 +644,7 @@ impl Engine {
         runtime: &super::Runtime,
         filter: &str,
         sub: Subscription,
-    ) -> Result<Result<bool, u8>, CloseReason> {
+    ) -> Result<Result<Vec<Message>, u8>, CloseReason> {
         let limits = &runtime.config.limits;
         let mqtt5 = &runtime.config.mqtt5;
         let levels = filter.bytes().filter(|&b| b == b'/').count() + 1;
@@ -724,8 +724,21 @@ impl Engine {
             );
             return Ok(Err(reason::QUOTA_EXCEEDED));
         }
-        let existed = core.router.subscribe(&self.entry, filter, sub);
-        Ok(Ok(existed))
+        // Retained messages: not for a shared subscription (section 4.8.2), and as Retain
+        // Handling says [MQTT-3.3.1-9], [MQTT-3.3.1-10], [MQTT-3.3.1-11]. Read with the
+        // insertion, so that one published with RETAIN meanwhile arrives once.
+        let wants_retained = |existed: bool| {
+            parse_shared(filter).is_none()
+                && match sub.options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                }
+        };
+        let (_, retained) =
+            core.router
+                .subscribe_with_retained(&self.entry, filter, sub, &wants_retained);
+        Ok(Ok(retained))
     }
 
     fn handle_subscribe(&mut self, core: &Core, s: Subscribe) -> Result<(), CloseReason> {
@@ -751,7 +764,7 @@ impl Engine {
             };
             match self.admit_filter(core, &runtime, filter, sub)? {
                 Err(code) => codes.push(SubAckCode::Refused(code)),
-                Ok(existed) => {
+                Ok(retained) => {
                     if sub.options.no_local {
                         if let Some(v5) = &mut self.v5 {
                             v5.no_local = true;
@@ -769,16 +782,8 @@ impl Engine {
                     // The broker supports every QoS, so the grant is what was asked
                     // [MQTT-3.9.3-2].
                     codes.push(SubAckCode::Granted(*requested));
-                    // Retained messages: not for a shared subscription (section 4.8.2), and
-                    // as Retain Handling says [MQTT-3.3.1-9], [MQTT-3.3.1-10], [MQTT-3.3.1-11].
-                    let send_retained = parse_shared(filter).is_none()
-                        && match sub.options.retain_handling {
-                            RetainHandling::SendAtSubscribe => true,
-                            RetainHandling::SendIfNew => !existed,
-                            RetainHandling::DoNotSend => false,
-                        };
-                    if send_retained {
-                        granted.push((filter, sub));
+                    if !retained.is_empty() {
+                        granted.push((sub, retained));
                     }
                 }
             }
@@ -790,8 +795,8 @@ impl Engine {
             codes,
             properties: None,
         }));
-        for (filter, sub) in granted {
-            self.queue_retained(core, filter, sub);
+        for (sub, retained) in granted {
+            self.queue_retained(core, sub, retained);
         }
         debug!(filters = ?s.filters, "subscribed");
         Ok(())
@@ -800,9 +805,8 @@ impl Engine {
     /// Queues the retained messages matching a new subscription, flagged RETAIN=1
     /// [MQTT-3.3.1-6], after the delivery ACL: a subscription granted because it overlaps
     /// a readable area must not replay the unreadable topics it matches.
-    fn queue_retained(&mut self, core: &Core, filter: &str, sub: Subscription) {
+    fn queue_retained(&mut self, core: &Core, sub: Subscription, mut messages: Vec<Message>) {
         let granted = sub.qos;
-        let mut messages = core.router.retained(filter);
         let runtime = core.runtime.load();
         if !messages.is_empty() && runtime.security.has_authorizers() {
             let mut cache = self.entry.acl_cache.lock();

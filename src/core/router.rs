@@ -82,6 +82,25 @@ pub(crate) trait Router: Send + Sync {
     fn redistribute(&self, filter: &str, message: Message);
     /// The retained messages matching `filter`, for a new subscription [MQTT-3.3.1-6].
     fn retained(&self, filter: &str) -> Vec<Message>;
+    /// [`Router::subscribe`], and the retained messages matching `filter` when
+    /// `wants_retained(existed)` says so. An implementation makes the two atomic with
+    /// respect to publishes with RETAIN, so that a retained message published meanwhile
+    /// reaches the new subscription once: as retained or live, never both.
+    fn subscribe_with_retained(
+        &self,
+        session: &Arc<SessionEntry>,
+        filter: &str,
+        sub: Subscription,
+        wants_retained: &dyn Fn(bool) -> bool,
+    ) -> (bool, Vec<Message>) {
+        let existed = self.subscribe(session, filter, sub);
+        let retained = if wants_retained(existed) {
+            self.retained(filter)
+        } else {
+            Vec::new()
+        };
+        (existed, retained)
+    }
     /// The retained messages whose topic starts with `prefix`, in topic order: how many
     /// there are and the page asked for (the dashboard's retained browser).
     fn retained_page(&self, prefix: &str, offset: usize, limit: usize) -> (usize, Vec<Message>);
@@ -160,6 +179,11 @@ pub(crate) struct LocalRouter {
     /// `shared` (a second lock per message cost 3.1.1 fan-in 15 %).
     shared_groups: std::sync::atomic::AtomicUsize,
     retained: RwLock<RetainedStore>,
+    /// Orders retained publishes (storing the message and collecting its subscribers)
+    /// against new subscriptions (inserting them and reading the retained messages), so
+    /// that a subscriber gets a concurrently retained message once. Plain publishes do not
+    /// take it.
+    retain_order: parking_lot::Mutex<()>,
 }
 
 impl LocalRouter {
@@ -171,6 +195,7 @@ impl LocalRouter {
             shared: RwLock::new(SubscriptionTrie::new()),
             shared_groups: std::sync::atomic::AtomicUsize::new(0),
             retained: RwLock::new(RetainedStore::new()),
+            retain_order: parking_lot::Mutex::new(()),
         }
     }
 
@@ -204,6 +229,7 @@ impl Router for LocalRouter {
     fn publish(&self, mut msg: Message) -> Routed {
         msg.enqueued_at.get_or_insert_with(std::time::Instant::now);
         let mut receipt = Receipt::Accepted;
+        let _order = msg.retain.then(|| self.retain_order.lock());
         if msg.retain {
             receipt = Receipt::from_ticket(self.retain(&msg));
         }
@@ -233,6 +259,7 @@ impl Router for LocalRouter {
                 }
             });
         }
+        drop(_order);
         let (subscribers, delivered) = deliver(&self.services, &msg, targets);
         Routed {
             subscribers,
@@ -340,6 +367,23 @@ impl Router for LocalRouter {
 
     fn retained(&self, filter: &str) -> Vec<Message> {
         self.retained.read().matching(filter)
+    }
+
+    fn subscribe_with_retained(
+        &self,
+        session: &Arc<SessionEntry>,
+        filter: &str,
+        sub: Subscription,
+        wants_retained: &dyn Fn(bool) -> bool,
+    ) -> (bool, Vec<Message>) {
+        let _order = self.retain_order.lock();
+        let existed = self.subscribe(session, filter, sub);
+        let retained = if wants_retained(existed) {
+            self.retained(filter)
+        } else {
+            Vec::new()
+        };
+        (existed, retained)
     }
 
     fn retained_page(&self, prefix: &str, offset: usize, limit: usize) -> (usize, Vec<Message>) {

@@ -31,8 +31,11 @@ impl<T> InstancePool<T> {
     /// A pool keeping at most `capacity` idle instances (at least one).
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
+        // More slots than instances: threads are numbered in the order they first call any
+        // plugin, so two busy worker threads would often share a slot of a smaller array.
+        let slots = (capacity * 4).clamp(8, 64);
         InstancePool {
-            slots: (0..capacity).map(|_| Padded(Mutex::new(None))).collect(),
+            slots: (0..slots).map(|_| Padded(Mutex::new(None))).collect(),
             overflow: Mutex::new(Vec::new()),
             capacity,
         }
