@@ -28,21 +28,68 @@ pub struct Credentials<'a> {
     pub certificate_verified: bool,
 }
 
-/// Why an authenticator refused a client; maps to a CONNACK return code.
+/// Why an authenticator refused a client; maps to a CONNACK return code (3.1.1) and
+/// reason code (5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyReason {
-    /// CONNACK 0x04: the user is known but the password is wrong.
+    /// 3.1.1 0x04 / 5 0x86: the user is known but the password is wrong.
     BadCredentials,
-    /// CONNACK 0x05: the client may not connect.
+    /// 3.1.1 0x05 / 5 0x87: the client may not connect.
     NotAuthorized,
+    /// 3.1.1 0x05 / 5 0x8A: the client is banned.
+    Banned,
+    /// 3.1.1 0x03 / 5 0x89: the server is busy; try again later.
+    ServerBusy,
+    /// 3.1.1 0x03 / 5 0x97: a quota of the client (or its account) is used up.
+    QuotaExceeded,
+    /// 3.1.1 0x03 / 5 0x9F: the client connects too often.
+    ConnectionRateExceeded,
 }
 
 impl DenyReason {
-    /// The CONNACK return code for this reason.
+    /// The CONNACK return code for this reason (MQTT 3.1 and 3.1.1).
     pub fn return_code(self) -> ConnectReturnCode {
         match self {
             DenyReason::BadCredentials => ConnectReturnCode::BadUsernameOrPassword,
-            DenyReason::NotAuthorized => ConnectReturnCode::NotAuthorized,
+            DenyReason::NotAuthorized | DenyReason::Banned => ConnectReturnCode::NotAuthorized,
+            DenyReason::ServerBusy
+            | DenyReason::QuotaExceeded
+            | DenyReason::ConnectionRateExceeded => ConnectReturnCode::ServerUnavailable,
+        }
+    }
+
+    /// The CONNACK reason code for this reason (MQTT 5, section 3.2.2.2).
+    pub fn v5_reason(self) -> u8 {
+        use crate::protocol::reason;
+        match self {
+            DenyReason::BadCredentials => reason::BAD_USERNAME_OR_PASSWORD,
+            DenyReason::NotAuthorized => reason::NOT_AUTHORIZED,
+            DenyReason::Banned => reason::BANNED,
+            DenyReason::ServerBusy => reason::SERVER_BUSY,
+            DenyReason::QuotaExceeded => reason::QUOTA_EXCEEDED,
+            DenyReason::ConnectionRateExceeded => reason::CONNECTION_RATE_EXCEEDED,
+        }
+    }
+}
+
+/// A refused authentication: why, what the log says, and what an MQTT 5 client is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The reason (the CONNACK code).
+    pub reason: DenyReason,
+    /// For the broker's log (never sent to the client).
+    pub log: String,
+    /// Sent to an MQTT 5 client as the CONNACK's Reason String (never to 3.1.1 clients).
+    pub reason_string: Option<String>,
+}
+
+impl Refusal {
+    /// A refusal with a log message and nothing for the client.
+    pub fn new(reason: DenyReason, log: impl Into<String>) -> Self {
+        Refusal {
+            reason,
+            log: log.into(),
+            reason_string: None,
         }
     }
 }
@@ -52,8 +99,8 @@ impl DenyReason {
 pub enum AuthOutcome {
     /// These credentials are good.
     Allow,
-    /// Refuse the client, with a reason for the log.
-    Deny(DenyReason, String),
+    /// Refuse the client.
+    Deny(Refusal),
     /// No opinion (e.g. a user this source does not know).
     Abstain,
 }
@@ -294,14 +341,15 @@ impl SecurityChain {
         &self,
         client: &ClientInfo,
         credentials: &Credentials<'_>,
-    ) -> Result<(), (DenyReason, String)> {
+    ) -> Result<(), Refusal> {
         let mut allowed_by = credentials
             .certificate_verified
             .then_some("tls-client-certificate");
         for a in &self.authenticators {
             match a.authenticate(client, credentials) {
-                AuthOutcome::Deny(reason, why) => {
-                    return Err((reason, format!("{}: {why}", a.name())))
+                AuthOutcome::Deny(mut refusal) => {
+                    refusal.log = format!("{}: {}", a.name(), refusal.log);
+                    return Err(refusal);
                 }
                 AuthOutcome::Allow => allowed_by = allowed_by.or(Some(a.name())),
                 AuthOutcome::Abstain => {}
@@ -312,15 +360,16 @@ impl SecurityChain {
         }
         match credentials.username {
             Some(_) if self.require_auth || self.refuse_unknown_users => {
-                Err((DenyReason::NotAuthorized, "unknown user".into()))
+                Err(Refusal::new(DenyReason::NotAuthorized, "unknown user"))
             }
             Some(_) => Ok(()),
-            None if self.require_auth => {
-                Err((DenyReason::NotAuthorized, "authentication required".into()))
-            }
-            None if !self.allow_anonymous => Err((
+            None if self.require_auth => Err(Refusal::new(
                 DenyReason::NotAuthorized,
-                "anonymous clients are not allowed".into(),
+                "authentication required",
+            )),
+            None if !self.allow_anonymous => Err(Refusal::new(
+                DenyReason::NotAuthorized,
+                "anonymous clients are not allowed",
             )),
             None => Ok(()),
         }

@@ -428,3 +428,206 @@ async fn each_reload_is_reported_once_across_plugin_generations() {
     );
     broker.shutdown().await;
 }
+
+/// An MQTT 5 CONNECT (raw client) with enhanced authentication `method` and first `data`.
+fn connect5_auth(client_id: &str, method: &str, data: &str) -> mqtt_broker::protocol::Connect {
+    mqtt_broker::protocol::Connect {
+        bridge: false,
+        protocol: mqtt_broker::protocol::ProtocolLevel::V5,
+        clean_session: true,
+        keep_alive: 30,
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: auth_props(method, data),
+    }
+}
+
+fn auth_props(method: &str, data: &str) -> Option<Box<mqtt_broker::protocol::Properties>> {
+    Some(Box::new(mqtt_broker::protocol::Properties {
+        authentication_method: Some(method.into()),
+        authentication_data: Some(bytes::Bytes::copy_from_slice(data.as_bytes())),
+        ..Default::default()
+    }))
+}
+
+/// The data of the AUTH packet the broker sends next, which must carry `reason`.
+async fn expect_auth(c: &mut RawClient, reason: u8) -> String {
+    match c.recv().await {
+        Some(mqtt_broker::protocol::Packet::Auth(a)) => {
+            assert_eq!(a.reason, reason, "{a:?}");
+            let p = a.properties.expect("AUTH properties");
+            assert_eq!(p.authentication_method.as_deref(), Some("TEST-CHALLENGE"));
+            String::from_utf8(p.authentication_data.expect("data").to_vec()).expect("UTF-8")
+        }
+        other => panic!("expected AUTH {reason:#04x}, got {other:?}"),
+    }
+}
+
+async fn send_auth(c: &mut RawClient, reason: u8, data: &str) {
+    c.send(&mqtt_broker::protocol::Packet::Auth(
+        mqtt_broker::protocol::Auth {
+            reason,
+            properties: auth_props("TEST-CHALLENGE", data),
+        },
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_serves_an_enhanced_authentication_method_section_4_12() {
+    use mqtt_broker::protocol::{reason, Packet};
+    let broker = start_broker(|c| {
+        c.plugins = vec![noop("challenge-auth").with("secret", "open-sesame")];
+        c.security.auth_failure_delay = mqtt_broker::config::ConfigDuration::millis(0);
+    })
+    .await;
+    let stats = broker.plugin_stats();
+    assert_eq!(stats[0].hooks, vec!["enhanced-auth"]);
+    let addr = broker.local_addr();
+
+    // CONNECT -> AUTH 0x18 (challenge) -> AUTH 0x18 (answer) -> CONNACK 0x00 with data.
+    let mut c = RawClient::open(addr).await;
+    c.send(&Packet::Connect(Box::new(connect5_auth(
+        "dev-a",
+        "TEST-CHALLENGE",
+        "alice",
+    ))))
+    .await;
+    assert_eq!(
+        expect_auth(&mut c, reason::CONTINUE_AUTHENTICATION).await,
+        "nonce-for-alice"
+    );
+    send_auth(&mut c, reason::CONTINUE_AUTHENTICATION, "alice:open-sesame").await;
+    let ack = match c.recv().await {
+        Some(Packet::ConnAck(a)) => a,
+        other => panic!("expected CONNACK, got {other:?}"),
+    };
+    assert_eq!(ack.v5_reason(), reason::SUCCESS);
+    let p = ack.properties.expect("CONNACK properties");
+    assert_eq!(p.authentication_method.as_deref(), Some("TEST-CHALLENGE"));
+    assert_eq!(
+        p.authentication_data.as_deref(),
+        Some(&b"welcome alice"[..])
+    );
+    // The exchange's user is the client's user name from now on.
+    let (_, clients) = mqtt_broker::core::control::Control::clients(&broker, 0, 100);
+    let client = clients
+        .into_iter()
+        .find(|c| c.id == "dev-a")
+        .expect("listed");
+    assert_eq!(client.username.as_deref(), Some("alice"));
+
+    // Re-authentication: AUTH 0x19 -> 0x18 -> 0x18 -> AUTH 0x00 with data.
+    send_auth(&mut c, reason::REAUTHENTICATE, "alice").await;
+    assert_eq!(
+        expect_auth(&mut c, reason::CONTINUE_AUTHENTICATION).await,
+        "nonce-for-alice"
+    );
+    send_auth(&mut c, reason::CONTINUE_AUTHENTICATION, "alice:open-sesame").await;
+    assert_eq!(expect_auth(&mut c, reason::SUCCESS).await, "welcome alice");
+    c.send(&Packet::PingReq).await;
+    assert_eq!(c.recv().await, Some(Packet::PingResp));
+
+    // A wrong answer at CONNECT: CONNACK 0x86.
+    let mut c = RawClient::open(addr).await;
+    c.send(&Packet::Connect(Box::new(connect5_auth(
+        "dev-b",
+        "TEST-CHALLENGE",
+        "bob",
+    ))))
+    .await;
+    assert_eq!(
+        expect_auth(&mut c, reason::CONTINUE_AUTHENTICATION).await,
+        "nonce-for-bob"
+    );
+    send_auth(&mut c, reason::CONTINUE_AUTHENTICATION, "bob:guess").await;
+    match c.recv().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.v5_reason(), reason::BAD_USERNAME_OR_PASSWORD),
+        other => panic!("expected CONNACK 0x86, got {other:?}"),
+    }
+    // A method nobody serves: CONNACK 0x8C.
+    let mut c = RawClient::open(addr).await;
+    c.send(&Packet::Connect(Box::new(connect5_auth(
+        "dev-c", "OTHER", "x",
+    ))))
+    .await;
+    match c.recv().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.v5_reason(), reason::BAD_AUTHENTICATION_METHOD),
+        other => panic!("expected CONNACK 0x8C, got {other:?}"),
+    }
+    assert_eq!(broker.plugin_stats()[0].failures, 0);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_refusal_carries_its_reason_code_and_reason_string() {
+    use mqtt_broker::protocol::{reason, ConnectReturnCode, Packet};
+    let broker = start_broker(|c| {
+        c.plugins = vec![noop("refuse-auth")];
+        c.security.auth_failure_delay = mqtt_broker::config::ConfigDuration::millis(0);
+    })
+    .await;
+    let addr = broker.local_addr();
+    let connack = |protocol, user: &str| {
+        let user = user.to_owned();
+        async move {
+            let mut c = RawClient::open(addr).await;
+            let mut connect = connect_packet(&format!("c-{user}"), true);
+            connect.protocol = protocol;
+            connect.username = Some(user);
+            c.send(&Packet::Connect(Box::new(connect))).await;
+            match c.recv().await {
+                Some(Packet::ConnAck(a)) => a,
+                other => panic!("expected CONNACK, got {other:?}"),
+            }
+        }
+    };
+    use mqtt_broker::protocol::ProtocolLevel::{V311, V5};
+    // MQTT 5: the plugin's reason code, and its Reason String when it gave one.
+    let banned = connack(V5, "banned").await;
+    assert_eq!(banned.v5_reason(), reason::BANNED);
+    assert_eq!(
+        banned
+            .properties
+            .as_ref()
+            .and_then(|p| p.reason_string.as_deref()),
+        Some("banned: ask the operator")
+    );
+    let busy = connack(V5, "busy").await;
+    assert_eq!(busy.v5_reason(), reason::SERVER_BUSY);
+    assert!(busy
+        .properties
+        .as_ref()
+        .and_then(|p| p.reason_string.as_ref())
+        .is_none());
+    // MQTT 3.1.1: the nearest return code, no properties.
+    let banned = connack(V311, "banned").await;
+    assert_eq!(banned.code, ConnectReturnCode::NotAuthorized);
+    assert!(banned.properties.is_none());
+    assert_eq!(
+        connack(V311, "busy").await.code,
+        ConnectReturnCode::ServerUnavailable
+    );
+    // Everyone else: the plugin abstains and the default (anonymous allowed) decides.
+    assert_eq!(connack(V5, "alice").await.v5_reason(), reason::SUCCESS);
+    // A real MQTT 5 client reports the refusal.
+    let b = broker.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        mosquitto(
+            "mosquitto_pub",
+            &b,
+            &["-V", "mqttv5", "-u", "banned", "-t", "t", "-m", "m"],
+        )
+    })
+    .await
+    .expect("mosquitto_pub");
+    assert!(!out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        said.contains("banned"),
+        "mosquitto_pub names the reason: {said}"
+    );
+    broker.shutdown().await;
+}

@@ -21,6 +21,20 @@ build 1 ../../wit authorizer HOOK_AUTHORIZE noop-acl-0.1
 build 1 ../../wit transformer HOOK_TRANSFORM noop-transform-0.1
 build 2 ../../wit/v0.2 authorizer HOOK_AUTHORIZE noop-acl-0.2
 build 2 ../../wit/v0.2 transformer HOOK_TRANSFORM noop-transform-0.2
+# challenge-auth.wasm and refuse-auth.wasm: test plugins for enhanced authentication and
+# for refusal reasons (test_auth.c; tests/plugins_v02.rs).
+build_auth() { # world macro output
+    local out="gen/$3"
+    wit-bindgen c ../../wit/v0.2 --world "$1" --out-dir "$out" >/dev/null
+    local c=${1//-/_}
+    clang-19 --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror \
+        -D"$2" -DWORLD_HEADER="\"$out/$c.h\"" -DSTRING_T="${c}_string_t" \
+        -Wl,--strip-all test_auth.c "$out/$c.c" "$out/${c}_component_type.o" -o "$out/core.wasm"
+    wasm-tools component new "$out/core.wasm" -o "$3.wasm"
+    echo "built $(pwd)/$3.wasm"
+}
+build_auth enhanced-authenticator CHALLENGE challenge-auth
+build_auth authenticator REFUSE refuse-auth
 # echo.wasm: republishes every event (a test plugin for event hooks, tests/plugins_v02.rs).
 wit-bindgen c ../../wit/v0.2 --world observer --out-dir gen/echo >/dev/null
 clang-19 --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror \

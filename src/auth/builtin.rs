@@ -53,7 +53,10 @@ impl Authenticator for PasswordAuthenticator {
             match source.verify(username, password) {
                 PasswordCheck::Ok => return AuthOutcome::Allow,
                 PasswordCheck::BadPassword => {
-                    return AuthOutcome::Deny(DenyReason::BadCredentials, "wrong password".into())
+                    return AuthOutcome::Deny(crate::hooks::Refusal::new(
+                        DenyReason::BadCredentials,
+                        "wrong password",
+                    ))
                 }
                 PasswordCheck::UnknownUser => {}
             }

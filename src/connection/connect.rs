@@ -5,9 +5,9 @@
 //! through the core. Must not attach sessions or route messages (that is the engine's).
 
 use crate::core::{Core, Runtime};
-use crate::hooks::{ClientInfo, Credentials, DenyReason};
+use crate::hooks::{ClientInfo, Credentials, DenyReason, Refusal};
 use crate::metrics::Counters;
-use crate::protocol::{Connect, ConnectReturnCode};
+use crate::protocol::{ConnAck, Connect, ProtocolLevel};
 use std::sync::Arc;
 use tracing::warn;
 
@@ -19,7 +19,7 @@ pub(super) async fn authenticate(
     client: &Arc<ClientInfo>,
     connect: &Connect,
     certificate_verified: bool,
-) -> Result<(), ConnectReturnCode> {
+) -> Result<(), ConnAck> {
     let result = if runtime.security.authenticators.is_empty() {
         // Only the anonymous / certificate rules apply: cheap, so no hop to a blocking thread
         // (which costs more than the check and limits the connect rate).
@@ -40,7 +40,12 @@ pub(super) async fn authenticate(
             rt.security.authenticate(&c, &credentials)
         })
         .await
-        .unwrap_or_else(|_| Err((DenyReason::NotAuthorized, "authentication panicked".into())))
+        .unwrap_or_else(|_| {
+            Err(Refusal::new(
+                DenyReason::NotAuthorized,
+                "authentication panicked",
+            ))
+        })
     };
     let ip = client.peer.ip();
     match result {
@@ -52,7 +57,9 @@ pub(super) async fn authenticate(
             }
             Ok(())
         }
-        Err((reason, why)) => {
+        Err(refusal) => {
+            let why = &refusal.log;
+            let reason = refusal.reason;
             Counters::inc(&core.counters.auth_failure);
             core.ops
                 .events
@@ -77,7 +84,7 @@ pub(super) async fn authenticate(
                 "authentication failed"
             );
             tokio::time::sleep(delay).await;
-            Err(reason.return_code())
+            Err(refusal_connack(connect, &refusal))
         }
     }
 }
@@ -99,8 +106,34 @@ pub(super) async fn recheck(
         runtime
             .security
             .authenticate(&client, &credentials)
-            .map_err(|(_, why)| why)
+            .map_err(|r| r.log)
     })
     .await
     .unwrap_or_else(|_| Err("authentication panicked".into()))
+}
+
+/// The CONNACK refusing `connect`: the 3.1.1 return code, or for an MQTT 5 client the
+/// reason code and the authenticator's Reason String, left out when it would make the
+/// CONNACK larger than the client's Maximum Packet Size [MQTT-3.2.2-19].
+fn refusal_connack(connect: &Connect, refusal: &Refusal) -> ConnAck {
+    let mut ack = ConnAck::new(false, refusal.reason.return_code());
+    if connect.protocol != ProtocolLevel::V5 {
+        return ack;
+    }
+    ack.reason_code = Some(refusal.reason.v5_reason());
+    if let Some(text) = &refusal.reason_string {
+        let limit = connect
+            .properties
+            .as_ref()
+            .and_then(|p| p.maximum_packet_size)
+            .map_or(usize::MAX, |m| m as usize);
+        // Fixed header (2), flags and code (2), property length (1), 0x1F, length (2).
+        if text.len() + 7 <= limit {
+            ack.properties = Some(Box::new(crate::protocol::Properties {
+                reason_string: Some(text.clone()),
+                ..Default::default()
+            }));
+        }
+    }
+    ack
 }

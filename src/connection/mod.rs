@@ -281,7 +281,7 @@ where
         // Authenticated by the AUTH exchange; the password chain has nothing to check.
         Counters::inc(&core.counters.auth_success);
         core.backoff.succeeded(info.peer.ip());
-    } else if let Err(code) = Box::pin(connect::authenticate(
+    } else if let Err(ack) = Box::pin(connect::authenticate(
         &core,
         &runtime,
         &client,
@@ -290,7 +290,7 @@ where
     ))
     .await
     {
-        conn.send_and_close(refuse(code)).await;
+        conn.send_and_close(Packet::ConnAck(ack)).await;
         return;
     }
 

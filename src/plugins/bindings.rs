@@ -120,13 +120,13 @@ pub fn auth_outcome(o: wit::AuthOutcome) -> AuthOutcome {
     match o {
         wit::AuthOutcome::Allow => AuthOutcome::Allow,
         wit::AuthOutcome::Abstain => AuthOutcome::Abstain,
-        wit::AuthOutcome::Deny(d) => AuthOutcome::Deny(
+        wit::AuthOutcome::Deny(d) => AuthOutcome::Deny(crate::hooks::Refusal::new(
             match d.reason {
                 wit::DenyReason::BadCredentials => DenyReason::BadCredentials,
                 wit::DenyReason::NotAuthorized => DenyReason::NotAuthorized,
             },
-            truncate(&d.message, 512).to_owned(),
-        ),
+            truncate(&d.message, 512),
+        )),
     }
 }
 

@@ -20,11 +20,14 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::mqtt_broker::plugin::{
-    authenticate, authorize, broker_events, connection_events, delivery_events, lifecycle,
-    message_events, subscription_events, timer, transform,
+    authenticate, authorize, broker_events, connection_events, delivery_events, enhanced_auth,
+    lifecycle, message_events, subscription_events, timer, transform,
 };
 pub use mqtt_broker::plugin::types as wit;
 pub use mqtt_broker::plugin::{host, http, kv, publish};
+
+/// Longest Reason String a plugin's denial may send to a client (longer ones are cut).
+pub const MAX_REASON_STRING: usize = 256;
 
 /// The interface version of this module.
 pub const VERSION: &str = "0.2.0";
@@ -186,13 +189,29 @@ pub fn auth_outcome(o: wit::AuthOutcome) -> AuthOutcome {
     match o {
         wit::AuthOutcome::Allow => AuthOutcome::Allow,
         wit::AuthOutcome::Abstain => AuthOutcome::Abstain,
-        wit::AuthOutcome::Deny(d) => AuthOutcome::Deny(
-            match d.reason {
-                wit::DenyReason::BadCredentials => DenyReason::BadCredentials,
-                wit::DenyReason::NotAuthorized => DenyReason::NotAuthorized,
-            },
-            super::bindings::truncate(&d.message, 512).to_owned(),
-        ),
+        wit::AuthOutcome::Deny(d) => AuthOutcome::Deny(crate::hooks::Refusal::new(
+            deny_reason(d.reason),
+            super::bindings::truncate(&d.message, 512),
+        )),
+        wit::AuthOutcome::Refuse(r) => AuthOutcome::Deny(crate::hooks::Refusal {
+            reason: deny_reason(r.reason),
+            log: super::bindings::truncate(&r.message, 512).to_owned(),
+            reason_string: Some(
+                super::bindings::truncate(&r.reason_string, MAX_REASON_STRING).to_owned(),
+            ),
+        }),
+    }
+}
+
+/// Converts a refusal reason.
+fn deny_reason(r: wit::DenyReason) -> DenyReason {
+    match r {
+        wit::DenyReason::BadCredentials => DenyReason::BadCredentials,
+        wit::DenyReason::NotAuthorized => DenyReason::NotAuthorized,
+        wit::DenyReason::Banned => DenyReason::Banned,
+        wit::DenyReason::ServerBusy => DenyReason::ServerBusy,
+        wit::DenyReason::QuotaExceeded => DenyReason::QuotaExceeded,
+        wit::DenyReason::ConnectionRateExceeded => DenyReason::ConnectionRateExceeded,
     }
 }
 

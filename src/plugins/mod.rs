@@ -191,6 +191,13 @@ impl PluginSet {
             if p.is_authenticator() {
                 chain.authenticators.push(p.clone());
             }
+            // After the built-in methods (SCRAM-SHA-512), which win a name clash.
+            for method in p.methods() {
+                chain.enhanced.push(Arc::new(plugin::PluginAuthMethod::new(
+                    p.clone(),
+                    method.clone(),
+                )));
+            }
             if p.is_authorizer() {
                 chain.authorizers.push(p.clone());
             }

@@ -33,6 +33,8 @@ pub const MAX_ADDITIONAL_MESSAGES: usize = 64;
 pub(crate) enum Hook {
     Init,
     Authenticate,
+    /// An `enhanced-auth` step (API 0.2).
+    EnhancedAuth,
     Authorize,
     Transform,
     /// An event hook (API 0.2).
@@ -46,6 +48,7 @@ impl Hook {
         match self {
             Hook::Init => "init",
             Hook::Authenticate => "authenticate",
+            Hook::EnhancedAuth => "enhanced-auth",
             Hook::Authorize => "authorize",
             Hook::Transform => "transform",
             Hook::Event => "event",
@@ -82,6 +85,7 @@ struct Exports01 {
 struct Exports02 {
     lifecycle: Option<v02::lifecycle::GuestIndices>,
     authenticate: Option<v02::authenticate::GuestIndices>,
+    enhanced_auth: Option<v02::enhanced_auth::GuestIndices>,
     authorize: Option<v02::authorize::GuestIndices>,
     transform: Option<v02::transform::GuestIndices>,
     connection_events: Option<v02::connection_events::GuestIndices>,
@@ -109,6 +113,7 @@ struct Guests01 {
 /// Typed entry points of one instance (API 0.2).
 struct Guests02 {
     authenticate: Option<v02::authenticate::Guest>,
+    enhanced_auth: Option<v02::enhanced_auth::Guest>,
     authorize: Option<v02::authorize::Guest>,
     transform: Option<v02::transform::Guest>,
     connection_events: Option<v02::connection_events::Guest>,
@@ -244,6 +249,8 @@ pub struct WasmPlugin {
     event_counts: EventCounts,
     /// Whether dropping unroutable published messages was logged.
     unrouted_warned: AtomicBool,
+    /// The Authentication Methods the plugin serves (`enhanced-auth.methods`).
+    methods: Vec<String>,
 }
 
 /// Counters of event hook delivery.
@@ -332,6 +339,7 @@ impl WasmPlugin {
             publisher: std::sync::OnceLock::new(),
             event_counts: EventCounts::default(),
             unrouted_warned: AtomicBool::new(false),
+            methods: Vec::new(),
             config: config.clone(),
             init_pairs: config.init_pairs(),
             pre,
@@ -361,7 +369,16 @@ impl WasmPlugin {
             },
         })?;
         plugin.pool.put(first);
-        info!(plugin = %plugin.name, hooks = ?plugin.hooks(), artifact = ?artifact, "plugin loaded");
+        let mut plugin = plugin;
+        if plugin.hooks().contains(&"enhanced-auth") {
+            plugin.methods = plugin
+                .query_methods()
+                .map_err(|message| PluginError::Init {
+                    plugin: config.name.clone(),
+                    message,
+                })?;
+        }
+        info!(plugin = %plugin.name, hooks = ?plugin.hooks(), methods = ?plugin.methods, artifact = ?artifact, "plugin loaded");
         Ok(plugin)
     }
 
@@ -393,6 +410,11 @@ impl WasmPlugin {
     /// Whether the component exports `transform`.
     pub fn is_transformer(&self) -> bool {
         self.hooks().contains(&"transform")
+    }
+
+    /// The MQTT 5 Authentication Methods the plugin serves (`enhanced-auth`).
+    pub fn methods(&self) -> &[String] {
+        &self.methods
     }
 
     /// The plugin API version the component was built for (`0.1.0`, `0.2.0`).
@@ -442,7 +464,7 @@ impl WasmPlugin {
         let l = &self.config.limits;
         match hook {
             Hook::Init => l.init_timeout.get(),
-            Hook::Authenticate => l.auth_timeout.get(),
+            Hook::Authenticate | Hook::EnhancedAuth => l.auth_timeout.get(),
             Hook::Authorize | Hook::Transform | Hook::Event | Hook::Tick => l.call_timeout.get(),
         }
     }
@@ -530,6 +552,7 @@ impl WasmPlugin {
             }),
             Exports::V02(e) => Guests::V02(Box::new(Guests02 {
                 authenticate: load!(&e.authenticate, "authenticate"),
+                enhanced_auth: load!(&e.enhanced_auth, "enhanced-auth"),
                 authorize: load!(&e.authorize, "authorize"),
                 transform: load!(&e.transform, "transform"),
                 connection_events: load!(&e.connection_events, "connection-events"),
@@ -827,10 +850,10 @@ impl Authenticator for WasmPlugin {
         };
         match r {
             Ok(outcome) => outcome,
-            Err(f) if self.fail_closed() => AuthOutcome::Deny(
+            Err(f) if self.fail_closed() => AuthOutcome::Deny(crate::hooks::Refusal::new(
                 DenyReason::NotAuthorized,
                 format!("plugin failed ({})", describe(&f)),
-            ),
+            )),
             Err(_) => AuthOutcome::Abstain,
         }
     }
@@ -1012,6 +1035,7 @@ impl Exports {
             }
             Exports::V02(e) => {
                 add(e.authenticate.is_some(), "authenticate");
+                add(e.enhanced_auth.is_some(), "enhanced-auth");
                 add(e.authorize.is_some(), "authorize");
                 add(e.transform.is_some(), "transform");
                 add(e.connection_events.is_some(), "connection-events");
@@ -1102,6 +1126,13 @@ fn find_exports(
                 "authenticate",
                 v02::authenticate::GuestIndices::new(pre),
             )?,
+            enhanced_auth: one(
+                plugin,
+                api,
+                exported,
+                "enhanced-auth",
+                v02::enhanced_auth::GuestIndices::new(pre),
+            )?,
             authorize: one(
                 plugin,
                 api,
@@ -1171,6 +1202,7 @@ fn expected_signature(api: Api, interface: &str) -> &'static str {
         (Api::V01, "transform") => "transform: func(client: client-info, message: message) -> transform-result",
         (Api::V02, "authenticate") => "authenticate: func(client: borrow<client>, credentials: credentials) -> auth-outcome",
         (Api::V02, "authorize") => "authorize: func(client: borrow<client>, request: acl-request) -> decision",
+        (Api::V02, "enhanced-auth") => "methods: func() -> list<string>; start: func(method: string, data: list<u8>) -> auth-step; continue-auth: func(method: string, data: list<u8>, state: list<u8>) -> auth-step; knows: func(method: string, username: string) -> bool",
         (Api::V02, "transform") => "transform: func(client: borrow<client>, message: borrow<message>) -> transform-result",
         (Api::V02, "connection-events") => "connected: func(client: client-summary, session-present: bool); disconnected: func(client-id: string, reason: string); session-expired: func(client-id: string)",
         (Api::V02, "subscription-events") => "subscribed: func(client-id: string, filter: string, qos: qos); unsubscribed: func(client-id: string, filter: string)",
@@ -1477,5 +1509,145 @@ fn event_client_id(ev: &crate::events::BrokerEvent) -> Option<Arc<str>> {
         | E::MessageAcknowledged { client_id, .. }
         | E::MessageDropped { client_id, .. } => Some(client_id.clone()),
         _ => None,
+    }
+}
+
+/// Longest `state` an enhanced-auth step may hand over to the next one.
+pub const MAX_AUTH_STATE: usize = 4096;
+
+/// One call of the `enhanced-auth` interface.
+enum AuthCall<'a> {
+    Start(&'a [u8]),
+    Continue(&'a [u8], &'a [u8]),
+}
+
+impl WasmPlugin {
+    /// Asks the plugin for its Authentication Methods (at load); `Err` says what is wrong.
+    fn query_methods(&self) -> Result<Vec<String>, String> {
+        let methods = self
+            .call(None, None, Hook::EnhancedAuth, |slot| {
+                let Guests::V02(g) = &slot.guests else {
+                    return Ok(Err("not an API 0.2 plugin".into()));
+                };
+                let Some(e) = &g.enhanced_auth else {
+                    return Ok(Err("enhanced-auth is not exported".into()));
+                };
+                e.call_methods(&mut slot.store).map(Ok)
+            })
+            .map_err(|f| format!("enhanced-auth.methods failed: {}", describe(&f)))?;
+        if methods.is_empty() {
+            return Err("enhanced-auth.methods returned no method".into());
+        }
+        for (i, m) in methods.iter().enumerate() {
+            if m.is_empty() || m.len() > 64 || m.chars().any(char::is_control) {
+                return Err(format!(
+                    "enhanced-auth.methods: {:?} is not a method name (1 to 64 characters, no control characters)",
+                    bindings::truncate(m, 80)
+                ));
+            }
+            if methods[..i].contains(m) {
+                return Err(format!("enhanced-auth.methods names {m:?} twice"));
+            }
+        }
+        Ok(methods)
+    }
+
+    /// One step of an exchange, as the broker's [`AuthStep`](crate::hooks::AuthStep).
+    fn auth_step(self: &Arc<Self>, method: &str, call: AuthCall<'_>) -> crate::hooks::AuthStep {
+        use crate::hooks::AuthStep;
+        let r = self.call(None, None, Hook::EnhancedAuth, |slot| {
+            let Guests::V02(g) = &slot.guests else {
+                return Ok(Err("not an API 0.2 plugin".into()));
+            };
+            let Some(e) = &g.enhanced_auth else {
+                return Ok(Err("enhanced-auth is not exported".into()));
+            };
+            match call {
+                AuthCall::Start(data) => e.call_start(&mut slot.store, method, data),
+                AuthCall::Continue(data, state) => {
+                    e.call_continue_auth(&mut slot.store, method, data, state)
+                }
+            }
+            .map(Ok)
+        });
+        use v02::enhanced_auth::AuthStep as Step;
+        match r {
+            Ok(Step::Challenge(c)) if c.state.len() > MAX_AUTH_STATE => AuthStep::Failure(format!(
+                "{}: enhanced-auth returned a state of {} bytes (at most {MAX_AUTH_STATE})",
+                self.name,
+                c.state.len()
+            )),
+            Ok(Step::Challenge(c)) => AuthStep::Continue(
+                c.data,
+                Box::new(PluginExchange {
+                    plugin: self.clone(),
+                    method: method.to_owned(),
+                    state: c.state,
+                }),
+            ),
+            Ok(Step::Success(s)) => AuthStep::Success {
+                username: s.username,
+                data: s.data,
+            },
+            Ok(Step::Fail(d)) => AuthStep::Failure(format!(
+                "{}: {}",
+                self.name,
+                bindings::truncate(&d.message, 512)
+            )),
+            Err(f) => AuthStep::Failure(format!("{}: plugin failed ({})", self.name, describe(&f))),
+        }
+    }
+}
+
+/// One Authentication Method served by a plugin, as the broker's security chain sees it.
+pub struct PluginAuthMethod {
+    plugin: Arc<WasmPlugin>,
+    method: String,
+}
+
+impl PluginAuthMethod {
+    /// The method `method` of `plugin`.
+    pub fn new(plugin: Arc<WasmPlugin>, method: String) -> Self {
+        PluginAuthMethod { plugin, method }
+    }
+}
+
+impl crate::hooks::EnhancedAuthenticator for PluginAuthMethod {
+    fn method(&self) -> &str {
+        &self.method
+    }
+
+    fn start(&self, data: &[u8]) -> crate::hooks::AuthStep {
+        self.plugin.auth_step(&self.method, AuthCall::Start(data))
+    }
+
+    fn knows(&self, username: &str) -> bool {
+        let method = &self.method;
+        self.plugin
+            .call(None, None, Hook::EnhancedAuth, |slot| {
+                let Guests::V02(g) = &slot.guests else {
+                    return Ok(Err("not an API 0.2 plugin".into()));
+                };
+                let Some(e) = &g.enhanced_auth else {
+                    return Ok(Err("enhanced-auth is not exported".into()));
+                };
+                e.call_knows(&mut slot.store, method, username).map(Ok)
+            })
+            // A failed call cannot vouch for the user.
+            .unwrap_or(false)
+    }
+}
+
+/// An exchange in progress: the plugin's state for its next step.
+struct PluginExchange {
+    plugin: Arc<WasmPlugin>,
+    method: String,
+    state: Vec<u8>,
+}
+
+impl crate::hooks::AuthExchange for PluginExchange {
+    fn next(self: Box<Self>, data: &[u8]) -> crate::hooks::AuthStep {
+        self.plugin
+            .auth_step(&self.method, AuthCall::Continue(data, &self.state))
     }
 }
