@@ -8,6 +8,7 @@
 //! cargo run --release --example plugin_bench            # everything
 //! cargo run --release --example plugin_bench -- calls   # per-call costs only
 //! cargo run --release --example plugin_bench -- publish # throughput only
+//! BENCH_WORKERS=1 cargo run --release --example plugin_bench -- publish   # one worker thread
 //! ```
 
 use bytes::BytesMut;
@@ -544,7 +545,12 @@ async fn start(plugins: Vec<PluginConfig>) -> BrokerHandle {
 
 fn bench_publish() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(
+            std::env::var("BENCH_WORKERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+        )
         .enable_all()
         .build()
         .expect("runtime");
