@@ -848,3 +848,42 @@ async fn mqtt_js_v5_scram_sha_512() {
         );
     }
 }
+
+/// Enhanced authentication served by a Wasm plugin (plugin API 0.2 `enhanced-auth`, the
+/// `TEST-CHALLENGE` method of plugins/noop/test_auth.c) with MQTT.js
+/// (`tests/js/mqtt5_plugin_auth.mjs`): the right answer connects with the plugin's server
+/// data in CONNACK; a wrong one gets CONNACK 0x86 (section 4.12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_js_v5_enhanced_auth_served_by_a_plugin() {
+    require("node", "apt-get install nodejs");
+    let plugin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("plugins/noop/challenge-auth.wasm");
+    assert!(
+        plugin.is_file(),
+        "{} is missing: build the example plugins with `bash .ci/plugins.sh`",
+        plugin.display()
+    );
+    let broker = start_broker(|c| {
+        c.plugins = vec![mqtt_broker::plugins::PluginConfig::new("challenge", plugin)
+            .with("secret", "js-secret")];
+        c.security.auth_failure_delay = mqtt_broker::config::ConfigDuration::millis(0);
+    })
+    .await;
+    let url = format!("mqtt://{}", broker.local_addr());
+    for (secret, want) in [
+        ("js-secret", "plugin auth ok welcome carol"),
+        ("wrong", "plugin auth refused 134"),
+    ] {
+        let mut node = Command::new("node");
+        node.arg(format!("{JS_DIR}/mqtt5_plugin_auth.mjs"))
+            .args([&url, "carol", secret]);
+        let out = run_bounded(node, PROCESS_LIMIT, "node mqtt5_plugin_auth.mjs").await;
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(want),
+            "expected `{want}` ({}):\n{stdout}\n{}",
+            out.status,
+            text(&out.stderr)
+        );
+    }
+}
