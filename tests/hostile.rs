@@ -20,7 +20,7 @@ use mqtt_broker::protocol::*;
 use mqtt_broker::BrokerHandle;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,37 +29,6 @@ use tokio::task::JoinHandle;
 // ---------------------------------------------------------------------------------------------
 // Log capture
 // ---------------------------------------------------------------------------------------------
-
-fn log_buffer() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
-        struct W(&'static Mutex<Vec<u8>>);
-        impl std::io::Write for W {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(b);
-                // HOSTILE_LOG=1 also shows the broker's log while the suite runs.
-                if std::env::var_os("HOSTILE_LOG").is_some() {
-                    let _ = std::io::stderr().write_all(b);
-                }
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        tracing_subscriber::fmt()
-            .with_env_filter("mqtt_broker=info")
-            .with_ansi(false)
-            .with_writer(move || W(buf))
-            .try_init()
-            .expect("the log capture is the only subscriber");
-        buf
-    })
-}
 
 /// Waits until a log line about `peer` contains `needle`; returns that line.
 async fn expect_log(peer: SocketAddr, needle: &str) -> String {

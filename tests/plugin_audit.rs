@@ -27,7 +27,6 @@ use mqtt_broker::BrokerHandle;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -64,49 +63,6 @@ fn audit(name: &str, config: &str, rest: &str) -> PluginConfig {
     let path = serde_json::to_string(&component()).expect("path as a YAML string");
     let yaml = format!("name: {name}\npath: {path}\nconfig: {config}\n{rest}\n");
     serde_yaml_ng::from_str(&yaml).unwrap_or_else(|e| panic!("plugin entry {yaml:?}: {e}"))
-}
-
-/// Everything the broker logged (one subscriber per test binary, so each test gives its
-/// plugin a name of its own and looks for that).
-fn log_buffer() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
-        struct W(&'static Mutex<Vec<u8>>);
-        impl std::io::Write for W {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(b);
-                // AUDIT_LOG=1 also shows the broker's log while the tests run.
-                if std::env::var_os("AUDIT_LOG").is_some() {
-                    let _ = std::io::stderr().write_all(b);
-                }
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        tracing_subscriber::fmt()
-            .with_env_filter("mqtt_broker=info")
-            .with_ansi(false)
-            .with_writer(move || W(buf))
-            .try_init()
-            .expect("the log capture is the only subscriber");
-        buf
-    })
-}
-
-/// The log lines that mention `plugin` and contain `needle`.
-fn log_lines(plugin: &str, needle: &str) -> Vec<String> {
-    let logs = log_buffer().lock().unwrap_or_else(|e| e.into_inner());
-    String::from_utf8_lossy(&logs)
-        .lines()
-        .filter(|l| l.contains(plugin) && l.contains(needle))
-        .map(str::to_owned)
-        .collect()
 }
 
 async fn start(plugins: Vec<PluginConfig>, adjust: impl FnOnce(&mut Config)) -> BrokerHandle {
@@ -639,7 +595,7 @@ async fn the_summary_counts_clients_messages_drops_expiries_and_reloads() {
     assert_healthy(&s);
     assert!(s.ticks > 0 && s.published > 0 && s.kv_bytes > 0, "{s:?}");
     assert_eq!(s.capability_denied, 0, "{s:?}");
-    let warnings = log_lines(name, "WARN");
+    let warnings = log_lines(&[name, "WARN"]);
     assert!(warnings.is_empty(), "{warnings:#?}");
     drop(summaries);
     broker.shutdown().await;
@@ -742,7 +698,7 @@ async fn without_publish_ticks_happen_and_summaries_are_denied() {
     assert_eq!(s.published, 0, "{s:?}");
     assert!(s.capability_denied >= 3, "one denial per tick: {s:?}");
     assert_healthy(&s);
-    let warnings = log_lines(name, "cannot publish the summary");
+    let warnings = log_lines(&[name, "cannot publish the summary"]);
     assert_eq!(warnings.len(), 1, "one warning: {warnings:#?}");
     let w = &warnings[0];
     assert!(
@@ -774,7 +730,7 @@ async fn without_kv_counts_are_kept_in_memory() {
         ..Counts::default()
     };
     summaries.expect(want).await;
-    let warnings = log_lines(name, "key-value store is not usable");
+    let warnings = log_lines(&[name, "key-value store is not usable"]);
     assert_eq!(warnings.len(), 1, "one warning: {warnings:#?}");
     let w = &warnings[0];
     assert!(w.contains("WARN") && w.contains("capability `kv`"), "{w}");
@@ -886,7 +842,7 @@ async fn a_full_store_keeps_the_totals_right() {
         ..Counts::default()
     };
     summaries.expect(want).await;
-    let warnings = log_lines(name, "cannot store");
+    let warnings = log_lines(&[name, "cannot store"]);
     assert_eq!(warnings.len(), 1, "one warning: {warnings:#?}");
     let w = &warnings[0];
     assert!(w.contains("c/dev-4") && w.contains("max_bytes"), "{w}");

@@ -20,7 +20,6 @@ use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -57,60 +56,17 @@ fn presence(name: &str, config: &str, capabilities: &str) -> PluginConfig {
 /// The grant the plugin needs for its default prefix.
 const GRANT: &str = r#"capabilities: {publish: {topics: ["presence/#"]}}"#;
 
-/// Everything the broker logged (one subscriber per test binary, so each test gives its
-/// plugin a name of its own and looks for that).
-fn log_buffer() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
-        struct W(&'static Mutex<Vec<u8>>);
-        impl std::io::Write for W {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(b);
-                // PRESENCE_LOG=1 also shows the broker's log while the tests run.
-                if std::env::var_os("PRESENCE_LOG").is_some() {
-                    let _ = std::io::stderr().write_all(b);
-                }
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        tracing_subscriber::fmt()
-            .with_env_filter("mqtt_broker=info")
-            .with_ansi(false)
-            .with_writer(move || W(buf))
-            .try_init()
-            .expect("the log capture is the only subscriber");
-        buf
-    })
-}
-
-/// The log lines that mention `plugin` and contain `needle`.
-fn log_lines(plugin: &str, needle: &str) -> Vec<String> {
-    let logs = log_buffer().lock().unwrap_or_else(|e| e.into_inner());
-    String::from_utf8_lossy(&logs)
-        .lines()
-        .filter(|l| l.contains(plugin) && l.contains(needle))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Waits until a log line mentions `plugin` and contains `needle`; returns it.
 async fn expect_log(plugin: &str, needle: &str) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Some(line) = log_lines(plugin, needle).into_iter().next() {
+        if let Some(line) = log_lines(&[plugin, needle]).into_iter().next() {
             return line;
         }
         if Instant::now() > deadline {
             panic!(
                 "no log line for {plugin} containing {needle:?}; its lines: {:#?}",
-                log_lines(plugin, "")
+                log_lines(&[plugin, ""])
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -442,9 +398,9 @@ async fn online_and_offline_follow_clean_connections() {
     // Five clients reported with two messages each, the twins with three; nothing refused.
     assert_eq!((s.published, s.capability_denied), (13, 0), "{s:?}");
     assert!(
-        log_lines("presence-clean", "cannot publish").is_empty(),
+        log_lines(&["presence-clean", "cannot publish"]).is_empty(),
         "granted, yet: {:?}",
-        log_lines("presence-clean", "cannot publish")
+        log_lines(&["presence-clean", "cannot publish"])
     );
     drop(watcher);
     broker.shutdown().await;
@@ -642,7 +598,7 @@ async fn check_denied(broker: &BrokerHandle, plugin: &str, filters: &[&str], why
     assert!(s.capability_denied >= 7, "{s:?}");
     assert_eq!((s.failures, s.traps, s.degraded), (0, 0, false), "{s:?}");
     watcher.expect_silence(Duration::from_millis(500)).await;
-    let warnings = log_lines(plugin, "cannot publish");
+    let warnings = log_lines(&[plugin, "cannot publish"]);
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
     drop(watcher);
 }

@@ -2,6 +2,10 @@
 //! and a raw MQTT client over a real TCP socket that sends exactly the bytes a test wants.
 #![allow(dead_code)]
 
+pub mod logs;
+#[allow(unused_imports)]
+pub use logs::{log_buffer, log_lines};
+
 use bytes::BytesMut;
 use mqtt_broker::config::Config;
 use mqtt_broker::protocol::*;
