@@ -251,6 +251,8 @@ pub struct WasmPlugin {
     unrouted_warned: AtomicBool,
     /// The Authentication Methods the plugin serves (`enhanced-auth.methods`).
     methods: Vec<String>,
+    /// The hooks the component exports (asked on every event and tick: kept, not rebuilt).
+    hook_names: Vec<&'static str>,
 }
 
 /// Counters of event hook delivery.
@@ -340,6 +342,7 @@ impl WasmPlugin {
             event_counts: EventCounts::default(),
             unrouted_warned: AtomicBool::new(false),
             methods: Vec::new(),
+            hook_names: exports.hooks(),
             config: config.clone(),
             init_pairs: config.init_pairs(),
             pre,
@@ -394,22 +397,26 @@ impl WasmPlugin {
 
     /// Hooks the component exports.
     pub fn hooks(&self) -> Vec<&'static str> {
-        self.exports.hooks()
+        self.hook_names.clone()
+    }
+
+    fn exports_hook(&self, hook: &str) -> bool {
+        self.hook_names.contains(&hook)
     }
 
     /// Whether the component exports `authenticate`.
     pub fn is_authenticator(&self) -> bool {
-        self.hooks().contains(&"authenticate")
+        self.exports_hook("authenticate")
     }
 
     /// Whether the component exports `authorize`.
     pub fn is_authorizer(&self) -> bool {
-        self.hooks().contains(&"authorize")
+        self.exports_hook("authorize")
     }
 
     /// Whether the component exports `transform`.
     pub fn is_transformer(&self) -> bool {
-        self.hooks().contains(&"transform")
+        self.exports_hook("transform")
     }
 
     /// The MQTT 5 Authentication Methods the plugin serves (`enhanced-auth`).
@@ -1239,20 +1246,17 @@ impl WasmPlugin {
 
     /// Whether the plugin exports event hooks or a granted tick (it needs an event route).
     pub(crate) fn wants_route(&self) -> bool {
-        self.hooks().iter().any(|h| h.ends_with("-events")) || self.tick_interval().is_some()
+        self.hook_names.iter().any(|h| h.ends_with("-events")) || self.tick_interval().is_some()
     }
 
     /// Whether the plugin exports the per-delivery events.
     pub(crate) fn wants_deliveries(&self) -> bool {
-        self.hooks().contains(&"delivery-events")
+        self.exports_hook("delivery-events")
     }
 
     /// How often `timer.tick` is called: the grant, when the plugin exports `timer`.
     pub(crate) fn tick_interval(&self) -> Option<Duration> {
-        match (
-            self.config.capabilities.tick,
-            self.hooks().contains(&"timer"),
-        ) {
+        match (self.config.capabilities.tick, self.exports_hook("timer")) {
             (Some(t), true) => Some(t.get()),
             _ => None,
         }
@@ -1260,10 +1264,7 @@ impl WasmPlugin {
 
     /// Logs a tick grant without `timer`, or `timer` without a grant (once, at attach).
     pub(crate) fn check_tick_grant(&self) {
-        match (
-            self.config.capabilities.tick,
-            self.hooks().contains(&"timer"),
-        ) {
+        match (self.config.capabilities.tick, self.exports_hook("timer")) {
             (None, true) => {
                 info!(plugin = %self.name, "the plugin exports timer.tick but `capabilities.tick` is not granted: it is not called")
             }
