@@ -19,6 +19,7 @@
 
 mod common;
 
+use common::clients::mosquitto;
 use common::*;
 use mqtt_broker::config::{Config, StorageType};
 use mqtt_broker::events::BrokerEvent;
@@ -122,37 +123,6 @@ fn now_ms() -> u64 {
 
 // ---------------------------------------------------------------------------------------
 // Mosquitto's clients
-
-/// Fails with an install hint when `tool` is not on PATH.
-fn require(tool: &str) {
-    let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "{tool} is required (apt-get install mosquitto-clients; .ci/run installs it)"
-    );
-}
-
-/// `mosquitto_pub` or `mosquitto_sub` aimed at the broker, with `args` added.
-fn mosquitto(tool: &str, broker: &BrokerHandle, args: &[&str]) -> Command {
-    require(tool);
-    let mut cmd = Command::new(tool);
-    cmd.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &broker.local_addr().port().to_string(),
-    ])
-    .args(args)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
-    cmd
-}
 
 /// Runs a client process to its end (feeding it `stdin`), bounded; asserts it succeeded.
 async fn run(mut cmd: Command, stdin: Option<String>) -> Output {

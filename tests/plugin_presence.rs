@@ -88,32 +88,9 @@ fn now_ms() -> u64 {
 // ---------------------------------------------------------------------------------------
 // Mosquitto's clients
 
-/// Fails with an install hint when `tool` is not on PATH.
-fn require(tool: &str) {
-    let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "{tool} is required (apt-get install mosquitto-clients; .ci/run installs it)"
-    );
-}
-
-/// `mosquitto_pub` or `mosquitto_sub` aimed at the broker.
+/// `mosquitto_pub` or `mosquitto_sub` aimed at the broker (output piped, killed on drop).
 fn mosquitto(tool: &str, broker: &BrokerHandle) -> Command {
-    require(tool);
-    let mut cmd = Command::new(tool);
-    cmd.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &broker.local_addr().port().to_string(),
-    ])
-    .stdin(Stdio::null())
-    .kill_on_drop(true);
-    cmd
+    common::clients::mosquitto(tool, broker, &[])
 }
 
 /// Runs `mosquitto_pub` (connect, one QoS 1 message, clean DISCONNECT) with `args` added.

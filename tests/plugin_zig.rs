@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::clients::mosquitto;
 use common::*;
 use mqtt_broker::config::Config;
 use mqtt_broker::plugins::PluginConfig;
@@ -55,37 +56,6 @@ async fn start(plugin: PluginConfig) -> BrokerHandle {
     .await;
     assert_eq!(broker.plugin_stats()[0].hooks, vec!["authenticate"]);
     broker
-}
-
-/// Fails with an install hint when `tool` is not on PATH.
-fn require(tool: &str) {
-    let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "{tool} is required (apt-get install mosquitto-clients; .ci/run installs it)"
-    );
-}
-
-/// `mosquitto_pub` or `mosquitto_sub` aimed at the broker.
-fn mosquitto(tool: &str, broker: &BrokerHandle, args: &[&str]) -> Command {
-    require(tool);
-    let mut cmd = Command::new(tool);
-    cmd.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &broker.local_addr().port().to_string(),
-    ])
-    .args(args)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
-    cmd
 }
 
 /// Waits for a client process within [`PROCESS_LIMIT`] (killed if it takes longer).

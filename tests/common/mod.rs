@@ -2,6 +2,7 @@
 //! and a raw MQTT client over a real TCP socket that sends exactly the bytes a test wants.
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod logs;
 #[allow(unused_imports)]
 pub use logs::{log_buffer, log_lines};
