@@ -856,13 +856,7 @@ async fn mqtt_js_v5_scram_sha_512() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_js_v5_enhanced_auth_served_by_a_plugin() {
     require("node", "apt-get install nodejs");
-    let plugin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("plugins/noop/challenge-auth.wasm");
-    assert!(
-        plugin.is_file(),
-        "{} is missing: build the example plugins with `bash .ci/plugins.sh`",
-        plugin.display()
-    );
+    let plugin = built_plugin("plugins/noop/challenge-auth.wasm");
     let broker = start_broker(|c| {
         c.plugins = vec![mqtt_broker::plugins::PluginConfig::new("challenge", plugin)
             .with("secret", "js-secret")];

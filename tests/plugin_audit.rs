@@ -46,24 +46,14 @@ const EXCLUDE: &str = r#"{exclude: ["audit-watch", "quiet-"]}"#;
 // ---------------------------------------------------------------------------------------
 // The plugin, the broker and its log
 
-/// The built component; fails (never skips) when it was not built.
-fn component() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugins/audit/audit.wasm");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it with `bash plugins/audit/build.sh` (or `bash .ci/plugins.sh`)",
-        path.display()
-    );
-    path
-}
-
-/// A `plugins:` entry for the audit plugin, parsed from YAML as the broker config file is:
-/// `config` is the flow map of its `config:` section, `rest` further lines of the entry
-/// (`capabilities: ...`, `events: ...`; empty: none).
+/// A `plugins:` entry for the audit plugin (see [`plugin_entry`]).
 fn audit(name: &str, config: &str, rest: &str) -> PluginConfig {
-    let path = serde_json::to_string(&component()).expect("path as a YAML string");
-    let yaml = format!("name: {name}\npath: {path}\nconfig: {config}\n{rest}\n");
-    serde_yaml_ng::from_str(&yaml).unwrap_or_else(|e| panic!("plugin entry {yaml:?}: {e}"))
+    plugin_entry(
+        name,
+        &built_plugin("plugins/audit/audit.wasm"),
+        config,
+        rest,
+    )
 }
 
 async fn start(plugins: Vec<PluginConfig>, adjust: impl FnOnce(&mut Config)) -> BrokerHandle {

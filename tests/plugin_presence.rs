@@ -18,7 +18,6 @@ use mqtt_broker::plugins::{PluginConfig, PluginStats};
 use mqtt_broker::BrokerHandle;
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -33,24 +32,15 @@ const EXCLUDE: &str = r#"["quiet-", "$bridge/"]"#;
 // ---------------------------------------------------------------------------------------
 // The plugin, the broker and its log
 
-/// The built component; fails (never skips) when it was not built.
-fn component() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugins/presence/presence.wasm");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it with `bash plugins/presence/build.sh` (or `bash .ci/plugins.sh`)",
-        path.display()
-    );
-    path
-}
-
-/// A `plugins:` entry for the presence plugin, parsed from YAML as the broker config file is:
-/// `config` is the flow map of its `config:` section, `capabilities` the whole
-/// `capabilities:` line (empty: no grant).
+/// A `plugins:` entry for the presence plugin; `capabilities` is the whole `capabilities:`
+/// line (empty: no grant). See [`plugin_entry`].
 fn presence(name: &str, config: &str, capabilities: &str) -> PluginConfig {
-    let path = serde_json::to_string(&component()).expect("path as a YAML string");
-    let yaml = format!("name: {name}\npath: {path}\nconfig: {config}\n{capabilities}\n");
-    serde_yaml_ng::from_str(&yaml).unwrap_or_else(|e| panic!("plugin entry {yaml:?}: {e}"))
+    plugin_entry(
+        name,
+        &built_plugin("plugins/presence/presence.wasm"),
+        config,
+        capabilities,
+    )
 }
 
 /// The grant the plugin needs for its default prefix.

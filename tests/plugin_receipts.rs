@@ -10,18 +10,11 @@ mod common;
 use common::*;
 use mqtt_broker::plugins::PluginConfig;
 use mqtt_broker::BrokerHandle;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn receipts_plugin(grant: bool) -> PluginConfig {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("plugins/delivery-receipts/delivery-receipts.wasm");
-    assert!(
-        path.is_file(),
-        "{} is missing: build the example plugins with `bash .ci/plugins.sh`",
-        path.display()
-    );
+    let path = built_plugin("plugins/delivery-receipts/delivery-receipts.wasm");
     let mut p = PluginConfig::new("receipts", path);
     if grant {
         p.capabilities.publish = Some(mqtt_broker::plugins::config::PublishGrant {

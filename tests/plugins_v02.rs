@@ -21,13 +21,7 @@ fn root() -> PathBuf {
 
 /// A do-nothing plugin of plugins/noop; fails (never skips) when it was not built.
 fn noop(name: &str) -> PluginConfig {
-    let path = root().join("plugins/noop").join(format!("{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "{} is missing: build the example plugins with `bash .ci/plugins.sh`",
-        path.display()
-    );
-    PluginConfig::new(name, path)
+    PluginConfig::new(name, built_plugin(&format!("plugins/noop/{name}.wasm")))
 }
 
 /// A test component of tests/wasm (committed as text).
@@ -222,13 +216,7 @@ fn invalid_capability_grants_are_refused_naming_the_key() {
 
 /// The presence plugin (plugins/presence), for a test of event delivery across reloads.
 fn presence() -> PluginConfig {
-    let path = root().join("plugins/presence/presence.wasm");
-    assert!(
-        path.is_file(),
-        "{} is missing: build the example plugins with `bash .ci/plugins.sh`",
-        path.display()
-    );
-    let mut p = PluginConfig::new("presence", path);
+    let mut p = PluginConfig::new("presence", built_plugin("plugins/presence/presence.wasm"));
     p.capabilities.publish = Some(mqtt_broker::plugins::config::PublishGrant {
         topics: vec!["presence/#".into()],
         max_per_call: 4,

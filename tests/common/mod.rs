@@ -441,3 +441,29 @@ pub fn start_binary(cfg: &std::path::Path, port: u16) -> Child {
     }
     Child(child)
 }
+
+/// A built example or test plugin component, `path` relative to the repository root; fails
+/// (never skips) with the build command when it was not built.
+pub fn built_plugin(path: &str) -> std::path::PathBuf {
+    let full = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
+    assert!(
+        full.is_file(),
+        "{} is missing: build the example plugins with `bash .ci/plugins.sh`",
+        full.display()
+    );
+    full
+}
+
+/// A `plugins:` entry parsed from YAML as the broker's config file is: `config` is the flow
+/// map of its `config:` section, `rest` further lines of the entry (`capabilities: ...`,
+/// `events: ...`; empty: none).
+pub fn plugin_entry(
+    name: &str,
+    path: &std::path::Path,
+    config: &str,
+    rest: &str,
+) -> mqtt_broker::plugins::PluginConfig {
+    let path = serde_json::to_string(path).expect("path as a YAML string");
+    let yaml = format!("name: {name}\npath: {path}\nconfig: {config}\n{rest}\n");
+    serde_yaml_ng::from_str(&yaml).unwrap_or_else(|e| panic!("plugin entry {yaml:?}: {e}"))
+}
