@@ -1087,115 +1087,34 @@ fn find_exports(
             Err(_) => Ok(None),
         }
     }
+    // Each hook interface: its indices when exported, an error when exported wrongly.
+    macro_rules! find {
+        ($interface:literal, $indices:ty) => {
+            one(plugin, api, exported, $interface, <$indices>::new(pre))?
+        };
+    }
     Ok(match api {
         Api::V01 => Exports::V01(Exports01 {
-            lifecycle: one(
-                plugin,
-                api,
-                exported,
-                "lifecycle",
-                lifecycle::GuestIndices::new(pre),
-            )?,
-            authenticate: one(
-                plugin,
-                api,
-                exported,
-                "authenticate",
-                authenticate::GuestIndices::new(pre),
-            )?,
-            authorize: one(
-                plugin,
-                api,
-                exported,
-                "authorize",
-                authorize::GuestIndices::new(pre),
-            )?,
-            transform: one(
-                plugin,
-                api,
-                exported,
-                "transform",
-                transform::GuestIndices::new(pre),
-            )?,
+            lifecycle: find!("lifecycle", lifecycle::GuestIndices),
+            authenticate: find!("authenticate", authenticate::GuestIndices),
+            authorize: find!("authorize", authorize::GuestIndices),
+            transform: find!("transform", transform::GuestIndices),
         }),
         Api::V02 => Exports::V02(Box::new(Exports02 {
-            lifecycle: one(
-                plugin,
-                api,
-                exported,
-                "lifecycle",
-                v02::lifecycle::GuestIndices::new(pre),
-            )?,
-            authenticate: one(
-                plugin,
-                api,
-                exported,
-                "authenticate",
-                v02::authenticate::GuestIndices::new(pre),
-            )?,
-            enhanced_auth: one(
-                plugin,
-                api,
-                exported,
-                "enhanced-auth",
-                v02::enhanced_auth::GuestIndices::new(pre),
-            )?,
-            authorize: one(
-                plugin,
-                api,
-                exported,
-                "authorize",
-                v02::authorize::GuestIndices::new(pre),
-            )?,
-            transform: one(
-                plugin,
-                api,
-                exported,
-                "transform",
-                v02::transform::GuestIndices::new(pre),
-            )?,
-            connection_events: one(
-                plugin,
-                api,
-                exported,
-                "connection-events",
-                v02::connection_events::GuestIndices::new(pre),
-            )?,
-            subscription_events: one(
-                plugin,
-                api,
-                exported,
+            lifecycle: find!("lifecycle", v02::lifecycle::GuestIndices),
+            authenticate: find!("authenticate", v02::authenticate::GuestIndices),
+            enhanced_auth: find!("enhanced-auth", v02::enhanced_auth::GuestIndices),
+            authorize: find!("authorize", v02::authorize::GuestIndices),
+            transform: find!("transform", v02::transform::GuestIndices),
+            connection_events: find!("connection-events", v02::connection_events::GuestIndices),
+            subscription_events: find!(
                 "subscription-events",
-                v02::subscription_events::GuestIndices::new(pre),
-            )?,
-            message_events: one(
-                plugin,
-                api,
-                exported,
-                "message-events",
-                v02::message_events::GuestIndices::new(pre),
-            )?,
-            delivery_events: one(
-                plugin,
-                api,
-                exported,
-                "delivery-events",
-                v02::delivery_events::GuestIndices::new(pre),
-            )?,
-            broker_events: one(
-                plugin,
-                api,
-                exported,
-                "broker-events",
-                v02::broker_events::GuestIndices::new(pre),
-            )?,
-            timer: one(
-                plugin,
-                api,
-                exported,
-                "timer",
-                v02::timer::GuestIndices::new(pre),
-            )?,
+                v02::subscription_events::GuestIndices
+            ),
+            message_events: find!("message-events", v02::message_events::GuestIndices),
+            delivery_events: find!("delivery-events", v02::delivery_events::GuestIndices),
+            broker_events: find!("broker-events", v02::broker_events::GuestIndices),
+            timer: find!("timer", v02::timer::GuestIndices),
         })),
     })
 }
