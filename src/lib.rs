@@ -20,6 +20,7 @@ pub mod admin;
 pub mod auth;
 pub mod bridge;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub(crate) mod connection;
 pub mod core;

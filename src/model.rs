@@ -284,11 +284,13 @@ pub enum DisconnectReason {
     Revoked,
     /// A socket error.
     IoError,
+    /// The node lost its cluster (NATS JetStream) and cannot store or route for it.
+    ClusterUnavailable,
 }
 
 impl DisconnectReason {
     /// Every reason, in metrics order.
-    pub const ALL: [DisconnectReason; 11] = [
+    pub const ALL: [DisconnectReason; 12] = [
         DisconnectReason::Disconnect,
         DisconnectReason::PeerClosed,
         DisconnectReason::KeepAlive,
@@ -300,6 +302,7 @@ impl DisconnectReason {
         DisconnectReason::ListenerRemoved,
         DisconnectReason::Revoked,
         DisconnectReason::IoError,
+        DisconnectReason::ClusterUnavailable,
     ];
 
     /// The label used in logs and metrics.
@@ -316,6 +319,7 @@ impl DisconnectReason {
             DisconnectReason::ListenerRemoved => "listener_removed",
             DisconnectReason::Revoked => "revoked",
             DisconnectReason::IoError => "io_error",
+            DisconnectReason::ClusterUnavailable => "cluster_unavailable",
         }
     }
 
@@ -378,6 +382,9 @@ pub enum CloseReason {
     Revoked(String),
     /// A socket error.
     Io(String),
+    /// The cluster did not store what the client published (or the node lost it): closed
+    /// without acknowledging, so that the client sends it again, to another node if need be.
+    ClusterUnavailable(String),
     /// A violation with a specific MQTT 5 reason code for the DISCONNECT (0x81 malformed,
     /// 0x93 receive maximum exceeded, 0x94 topic alias invalid, 0x95 packet too large,
     /// 0x9A retain not supported, ...), counted as a protocol error.
@@ -405,6 +412,8 @@ impl CloseReason {
             CloseReason::Admin => 0x98,
             CloseReason::Shutdown | CloseReason::ListenerRemoved => 0x8B,
             CloseReason::Revoked(_) => 0x87,
+            // "Use another server": any other node serves the client's session.
+            CloseReason::ClusterUnavailable(_) => 0x9C,
             CloseReason::Refused { code, .. } => *code,
         })
     }
@@ -451,6 +460,7 @@ impl CloseReason {
             CloseReason::ListenerRemoved => DisconnectReason::ListenerRemoved,
             CloseReason::Revoked(_) => DisconnectReason::Revoked,
             CloseReason::Io(_) => DisconnectReason::IoError,
+            CloseReason::ClusterUnavailable(_) => DisconnectReason::ClusterUnavailable,
             CloseReason::Refused { .. } => DisconnectReason::ProtocolError,
         }
     }

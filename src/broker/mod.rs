@@ -57,6 +57,9 @@ pub enum BrokerError {
     /// A Wasm plugin could not be loaded.
     #[error(transparent)]
     Plugin(#[from] crate::plugins::PluginError),
+    /// The cluster (NATS JetStream) could not be joined.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A listener the broker has bound.
@@ -84,6 +87,8 @@ pub(crate) struct Server {
     overrides: Mutex<Option<ConfigOverrides>>,
     /// The running bridges to remote brokers.
     bridges: crate::bridge::Bridges,
+    /// The cluster link's shared state when `cluster:` is configured.
+    cluster: Option<Arc<crate::cluster::ClusterShared>>,
     /// Fingerprint of the config files the dashboard wrote and applied, so that the config
     /// watcher does not reload the same content a second time.
     applied_fingerprint: Arc<std::sync::atomic::AtomicU64>,
@@ -169,7 +174,23 @@ impl Broker {
         let writer = storage
             .as_ref()
             .map(|s| Arc::new(StorageHandle::start(s.clone(), mode)));
-        let core = Arc::new(Core::new(runtime, writer));
+        // A cluster node joins NATS before anything else: it never serves on its own.
+        let link = match &runtime.config.cluster {
+            Some(c) => Some(crate::cluster::ClusterLink::connect(c, &runtime.config.node()).await?),
+            None => None,
+        };
+        let cluster = link.as_ref().map(|l| l.shared());
+        let mut local_router = None;
+        let core = Arc::new(Core::with_router(runtime, writer, |local| {
+            local_router = Some(local.clone());
+            match &cluster {
+                Some(shared) => Arc::new(crate::cluster::router::ClusterRouter::new(
+                    local,
+                    shared.clone(),
+                )),
+                None => local,
+            }
+        }));
         Core::install_plugins(&core, &core.runtime.load().plugins);
         let handle = BrokerHandle {
             core: core.clone(),
@@ -180,6 +201,7 @@ impl Broker {
                 pending_logged: Mutex::new(Default::default()),
                 overrides: Mutex::new(None),
                 bridges: Default::default(),
+                cluster,
                 applied_fingerprint: Default::default(),
             }),
         };
@@ -221,6 +243,19 @@ impl Broker {
             for entry in core.registry.entries() {
                 core.schedule_will(entry);
             }
+        }
+        if let (Some(link), Some(local)) = (link, local_router) {
+            let weak = Arc::downgrade(&core);
+            let link_state = Arc::new(move |up: bool| {
+                if let Some(core) = weak.upgrade() {
+                    core.ops
+                        .cluster_down
+                        .store(!up, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            link.run(local, link_state)
+                .await
+                .map_err(|e| stop_on_error(e.into()))?;
         }
         // Bridges start before the listeners: their sessions here subscribe first, so no
         // client can publish a message for a remote before its bridge listens.

@@ -36,6 +36,18 @@ pub(super) async fn reload(
     result
 }
 
+/// The `cluster:` key whose change a reload refuses: joining or leaving a cluster, or
+/// another NATS, prefix or replication, would strand this node's sessions and streams.
+/// `publish_timeout` is read live.
+fn cluster_change(running: &Config, new: &Config) -> Option<String> {
+    match (&running.cluster, &new.cluster) {
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => Some("cluster".into()),
+        (Some(_), Some(_)) if running.node() != new.node() => Some("node_name".into()),
+        (Some(a), Some(b)) => a.changed_key(b).map(|k| format!("cluster.{k}")),
+    }
+}
+
 /// The settings that differ between the running broker (as started) and `new` but are only
 /// applied by a restart. A storage setting that has no effect (no file store before or
 /// after) is not pending.
@@ -160,6 +172,11 @@ async fn reload_locked(
     running: &mut Vec<transport::listeners::RunningListener>,
 ) -> Result<u64, BrokerError> {
     let generation = current.generation + 1;
+    if let Some(key) = cluster_change(&current.config, &config) {
+        return Err(BrokerError::Reload(format!(
+            "{key} cannot change while the node runs (restart the node to apply it); nothing was changed"
+        )));
+    }
     // Reading files and compiling plugins is slow: keep it off the async workers.
     let kv = current.plugin_kv.clone();
     let runtime =
@@ -175,6 +192,9 @@ async fn reload_locked(
         }
     };
     crate::core::Core::install_plugins(core, &runtime.plugins);
+    if let (Some(link), Some(c)) = (&server.cluster, &runtime.config.cluster) {
+        link.apply_live(c);
+    }
     core.runtime.store(Arc::new(runtime));
     let now_running = transport::listeners::commit(plan, core).await;
     server.set_listeners(now_running, running);

@@ -10,6 +10,7 @@
 //! watching it for changes happen elsewhere (`crate::broker`, `crate::admin::watch`).
 
 pub mod bridges;
+pub mod cluster;
 mod duration;
 pub mod mosquitto;
 mod ops;
@@ -17,6 +18,7 @@ pub mod plugins;
 pub mod security;
 
 pub use bridges::{BridgeConfig, BridgeProtocol, BridgeTls, Direction, TopicRule};
+pub use cluster::ClusterConfig;
 pub use duration::{parse_duration, ConfigDuration};
 pub use plugins::{ByteSize, OnError, PluginConfig, PluginLimits};
 pub use security::{AclDefault, AclRule, Effect, RuleScope, UserConfig};
@@ -91,6 +93,9 @@ pub struct Config {
     /// alone when its entry changes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bridges: Vec<BridgeConfig>,
+    /// Several nodes acting as one over NATS JetStream; absent: a single node, no NATS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `server:` section (the seed's `server`).
@@ -642,7 +647,6 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks ranges and consistency that types alone cannot express.
     /// `node_name`, or the host name when unset.
     pub fn node(&self) -> String {
         if let Some(n) = &self.node_name {
@@ -655,6 +659,7 @@ impl Config {
             .unwrap_or_else(|| "mqtt-broker".to_owned())
     }
 
+    /// Checks ranges and consistency that types alone cannot express.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: &str, reason: &str| {
             Err(ConfigError::Invalid {
@@ -787,6 +792,9 @@ impl Config {
                     "must be non-empty without `/`, `+`, `#` or `,`",
                 );
             }
+        }
+        if let Some(Err((key, reason))) = self.cluster.as_ref().map(ClusterConfig::validate) {
+            return invalid(&key, &reason);
         }
         if let Err((key, reason)) = plugins::validate_all(&self.plugins) {
             return invalid(&key, &reason);

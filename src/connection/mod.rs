@@ -158,7 +158,7 @@ where
         out: Vec::new(),
         max_packet_size: cfg.max_packet_size,
         level: ProtocolLevel::V311,
-        receipt: Receipt::Accepted,
+        receipt: Receipt::ACCEPTED,
     };
 
     // [MQTT-3.1.0-1]: the first packet must be CONNECT, within connect_timeout; a first
@@ -237,6 +237,18 @@ where
     if over_global_limit || over_listener_limit {
         Counters::inc(&core.counters.connections_refused_limit);
         warn!(client_id = %connect.client_id, listener = %info.listener, "refusing connection: max_connections reached");
+        conn.send_and_close(refuse(ConnectReturnCode::ServerUnavailable))
+            .await;
+        return;
+    }
+    if core
+        .ops
+        .cluster_down
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        // A node cut off from NATS could neither store nor route for the session: the
+        // client is sent to try another node (through its load balancer).
+        warn!(client_id = %connect.client_id, "refusing connection: this node is cut off from its cluster (CONNACK server unavailable)");
         conn.send_and_close(refuse(ConnectReturnCode::ServerUnavailable))
             .await;
         return;
@@ -632,13 +644,17 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     }
 
     /// Waits until what the pending output depends on is accepted: with `sync: always` an
-    /// acknowledgement waits for the store.
-    async fn await_receipt(&mut self) {
-        if let Receipt::Storage(ticket) = std::mem::take(&mut self.receipt) {
-            if let Some(storage) = &self.core.storage {
-                storage.wait_durable(ticket).await;
-            }
+    /// acknowledgement waits for the store, in a cluster for JetStream. An error: the
+    /// router will never accept it, and the pending acknowledgements must not be sent.
+    async fn await_receipt(&mut self) -> Result<(), String> {
+        let receipt = std::mem::take(&mut self.receipt);
+        if let Some(tickets) = receipt.router {
+            self.core.router.accepted(tickets).await?;
         }
+        if let (Some(ticket), Some(storage)) = (receipt.storage, &self.core.storage) {
+            storage.wait_durable(ticket).await;
+        }
+        Ok(())
     }
 
     /// Encodes pending packets into the write buffer; returns how many were PUBLISH.
@@ -794,7 +810,9 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
     /// Writes whatever is pending, giving up after a short time.
     async fn flush_best_effort(&mut self) {
         // Acknowledgements still pending (e.g. from the last reads) promise durability too.
-        self.await_receipt().await;
+        if self.await_receipt().await.is_err() {
+            self.out.retain(|p| !p.is_publish_ack());
+        }
         self.encode_out();
         let wbuf = std::mem::take(&mut self.wbuf);
         let write = async {
@@ -828,8 +846,12 @@ impl<S: AsyncRead + AsyncWrite> Conn<S> {
         let mut needs_flush = false;
         loop {
             self.collect(engine);
-            if self.receipt != Receipt::Accepted {
-                self.await_receipt().await;
+            if !self.receipt.is_accepted() {
+                if let Err(why) = self.await_receipt().await {
+                    engine.unacknowledged(&self.core, &self.out);
+                    self.out.retain(|p| !p.is_publish_ack());
+                    return CloseReason::ClusterUnavailable(why);
+                }
             }
             if self.encode_out() > 0 {
                 self.observe_latency(engine);

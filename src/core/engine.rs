@@ -212,7 +212,7 @@ impl Engine {
             logged: 0,
             bridge: false,
             out: Vec::new(),
-            receipt: Receipt::Accepted,
+            receipt: Receipt::ACCEPTED,
         }
     }
 
@@ -435,6 +435,17 @@ impl Engine {
         let r = f(&mut state, &mut self.out);
         self.settle(core, state);
         r
+    }
+
+    /// The router refused what the pending acknowledgements promised: the QoS 2 packet ids
+    /// among them are forgotten, so that the client's re-sent PUBLISH is routed as new
+    /// (method B of 4.3.3 stores the id before routing). The acknowledgements are not sent.
+    pub fn unacknowledged(&mut self, core: &Core, pending: &[Packet]) {
+        for p in pending {
+            if let Some((AckKind::PubRec, pid)) = p.ack_of() {
+                self.with_session(core, |s, _| s.forget_inbound(pid));
+            }
+        }
     }
 
     /// Handles one packet from the connected client. A whole packet counts for the
@@ -990,7 +1001,7 @@ impl Engine {
                 warn!(topic = %p.topic, "PUBLISH to $SYS refused: acknowledged and dropped (logged once per connection)");
             }
             return (
-                Receipt::Accepted,
+                Receipt::ACCEPTED,
                 reason::NOT_AUTHORIZED,
                 "only the broker publishes to $SYS",
             );
@@ -1003,7 +1014,7 @@ impl Engine {
         if format_invalid {
             // The publisher said UTF-8 but it is not (section 3.3.2.3.2).
             return (
-                Receipt::Accepted,
+                Receipt::ACCEPTED,
                 reason::PAYLOAD_FORMAT_INVALID,
                 "Payload Format Indicator is 1 but the payload is not UTF-8",
             );
@@ -1024,7 +1035,7 @@ impl Engine {
             Counters::inc(&core.counters.acl_denied_publish);
             warn!(topic = %p.topic, "publish denied by ACL; acknowledged and dropped");
             return (
-                Receipt::Accepted,
+                Receipt::ACCEPTED,
                 reason::NOT_AUTHORIZED,
                 "publish to this topic not authorized",
             );
@@ -1035,8 +1046,9 @@ impl Engine {
             props.origin = Some(self.client.client_id.clone());
             message.props = Some(Arc::new(props));
         }
-        let mut receipt = Receipt::Accepted;
+        let mut receipt = Receipt::ACCEPTED;
         let mut subscribers = 0;
+        let mut remote = false;
         for message in runtime.security.transform(&self.client, message) {
             // A transform may produce anything; only valid topic names are routed.
             if let Err(e) = crate::protocol::topic::validate_topic_name(&message.topic) {
@@ -1052,6 +1064,7 @@ impl Engine {
             let routed = core.router.publish(message);
             receipt = receipt.and(routed.receipt);
             subscribers += routed.subscribers;
+            remote |= routed.remote;
             core.ops
                 .events
                 .emit(|| crate::events::BrokerEvent::MessagePublished {
@@ -1063,8 +1076,9 @@ impl Engine {
                     subscribers: routed.subscribers,
                 });
         }
-        if subscribers == 0 {
-            // Success all the same: an MQTT 5 client is told nobody took it.
+        if subscribers == 0 && !remote {
+            // Success all the same: an MQTT 5 client is told nobody took it (never in a
+            // cluster: this node cannot see the other nodes' subscribers).
             (receipt, reason::NO_MATCHING_SUBSCRIBERS, "")
         } else {
             (receipt, reason::SUCCESS, "")
@@ -1152,6 +1166,9 @@ impl Engine {
             }
             CloseReason::Policy(r) => warn!(reason = %r, "closing: resource limit"),
             CloseReason::Io(e) => info!(error = %e, "connection error"),
+            CloseReason::ClusterUnavailable(why) => {
+                warn!(reason = %why, "closing: cluster unavailable, nothing unstored was acknowledged")
+            }
             CloseReason::Revoked(why) => {
                 Counters::inc(&core.counters.reauth_disconnects);
                 warn!(reason = %why, "closing: credentials no longer accepted after reload");

@@ -122,6 +122,16 @@ impl std::ops::Deref for Core {
 impl Core {
     /// A core with no sessions, routing on this node only.
     pub fn new(runtime: Runtime, storage: Option<Arc<StorageHandle>>) -> Core {
+        Core::with_router(runtime, storage, |local| local)
+    }
+
+    /// A core with no sessions whose router `make` builds around this node's own (the
+    /// cluster wraps it).
+    pub fn with_router(
+        runtime: Runtime,
+        storage: Option<Arc<StorageHandle>>,
+        make: impl FnOnce(Arc<LocalRouter>) -> Arc<dyn Router>,
+    ) -> Core {
         let generation = runtime.generation;
         let services = Arc::new(Services {
             runtime: ArcSwap::from_pointee(runtime),
@@ -129,7 +139,7 @@ impl Core {
             storage,
             ops: ops::OpsState::default(),
         });
-        let router: Arc<dyn Router> = Arc::new(LocalRouter::new(services.clone()));
+        let router = make(Arc::new(LocalRouter::new(services.clone())));
         let started = ReloadStatus {
             generation,
             ok: true,

@@ -45,6 +45,9 @@ pub(crate) struct OpsState {
     pub ready: AtomicBool,
     /// A shutdown has begun: readiness is 503 from now on.
     pub draining: AtomicBool,
+    /// This cluster node has lost NATS: readiness is 503 and new clients are refused
+    /// until it is back (a node never serves sessions on its own).
+    pub cluster_down: AtomicBool,
     /// The file `POST /api/v1/reload` re-reads.
     pub config_path: Mutex<Option<PathBuf>>,
     /// Bound address of the admin listener.
@@ -66,6 +69,7 @@ impl Default for OpsState {
             clients: Mutex::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            cluster_down: AtomicBool::new(false),
             config_path: Mutex::new(None),
             admin_addr: Mutex::new(None),
             stop: CancellationToken::new(),
@@ -91,7 +95,9 @@ impl Drop for Registration<'_> {
 impl OpsState {
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed)
+            && !self.draining.load(Ordering::Relaxed)
+            && !self.cluster_down.load(Ordering::Relaxed)
     }
 
     /// Records an accepted client; a new connection also resets its once-only warnings.

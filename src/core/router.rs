@@ -27,34 +27,52 @@ use crate::routing::{RetainOutcome, RetainedStore, SubscriptionTrie};
 use crate::session::DropReason;
 use crate::storage::StorageOp;
 use parking_lot::RwLock;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use tracing::warn;
 
-/// When what a router was handed is accepted (stored where it must be).
+/// When what a router was handed is accepted (stored where it must be): every ticket it
+/// names must be satisfied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Receipt {
-    /// Accepted already.
-    #[default]
-    Accepted,
-    /// Accepted once the storage writer reports this ticket durable.
-    Storage(u64),
+pub struct Receipt {
+    /// The storage writer's ticket to wait for (durable with `sync: always`).
+    pub storage: Option<u64>,
+    /// The first and last of the router's own tickets (the cluster: stored by JetStream),
+    /// see [`Router::accepted`].
+    pub router: Option<(u64, u64)>,
 }
 
 impl Receipt {
-    /// The later of two receipts (both must be satisfied).
+    /// Accepted already.
+    pub const ACCEPTED: Receipt = Receipt {
+        storage: None,
+        router: None,
+    };
+
+    /// The later of two receipts (both must be satisfied; tickets complete in order).
     pub fn and(self, other: Receipt) -> Receipt {
-        match (self, other) {
-            (Receipt::Storage(a), Receipt::Storage(b)) => Receipt::Storage(a.max(b)),
-            (Receipt::Storage(a), Receipt::Accepted) | (Receipt::Accepted, Receipt::Storage(a)) => {
-                Receipt::Storage(a)
-            }
-            (Receipt::Accepted, Receipt::Accepted) => Receipt::Accepted,
+        let router = match (self.router, other.router) {
+            (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.max(b.1))),
+            (a, b) => a.or(b),
+        };
+        Receipt {
+            storage: self.storage.max(other.storage),
+            router,
         }
     }
 
     /// A storage ticket as a receipt.
     pub fn from_ticket(ticket: Option<u64>) -> Receipt {
-        ticket.map_or(Receipt::Accepted, Receipt::Storage)
+        Receipt {
+            storage: ticket,
+            router: None,
+        }
+    }
+
+    /// Whether nothing needs waiting for.
+    pub fn is_accepted(&self) -> bool {
+        *self == Receipt::ACCEPTED
     }
 }
 
@@ -65,6 +83,8 @@ pub struct Routed {
     pub subscribers: usize,
     /// When it is accepted.
     pub receipt: Receipt,
+    /// Also handed to other nodes, whose subscribers `subscribers` does not count.
+    pub remote: bool,
 }
 
 /// The interface between the protocol engine and wherever messages go.
@@ -110,6 +130,15 @@ pub(crate) trait Router: Send + Sync {
     fn retained_count(&self) -> usize;
     /// Loads retained messages recovered from storage (no journaling).
     fn restore_retained(&self, messages: Vec<Message>);
+    /// Waits until the router's own tickets `(first, last)` (`Receipt::router`) are all
+    /// accepted; an error says why one never will be (the publisher's connection is then
+    /// closed unacknowledged, so that the client sends the message again).
+    fn accepted(
+        &self,
+        _tickets: (u64, u64),
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// One subscription as stored in the trie.
@@ -223,14 +252,15 @@ impl LocalRouter {
             RetainOutcome::NothingToRemove => None,
         }
     }
-}
 
-impl Router for LocalRouter {
-    fn publish(&self, mut msg: Message) -> Routed {
+    /// Delivers `msg` to this node's matching subscribers; with `store_retained`, stores or
+    /// deletes the retained message first when RETAIN is set. A cluster stores retained
+    /// messages through [`LocalRouter::apply_retained`] instead, in the cluster's order.
+    pub fn route(&self, mut msg: Message, store_retained: bool) -> Routed {
         msg.enqueued_at.get_or_insert_with(std::time::Instant::now);
-        let mut receipt = Receipt::Accepted;
+        let mut receipt = Receipt::ACCEPTED;
         let _order = msg.retain.then(|| self.retain_order.lock());
-        if msg.retain {
+        if msg.retain && store_retained {
             receipt = Receipt::from_ticket(self.retain(&msg));
         }
         let mut targets: Vec<Target> = Vec::new();
@@ -264,7 +294,21 @@ impl Router for LocalRouter {
         Routed {
             subscribers,
             receipt: receipt.and(delivered),
+            remote: false,
         }
+    }
+
+    /// Stores, replaces or (empty payload) deletes a retained message without delivering
+    /// it, ordered against new subscriptions like a retained publish.
+    pub fn apply_retained(&self, msg: &Message) {
+        let _order = self.retain_order.lock();
+        self.retain(msg);
+    }
+}
+
+impl Router for LocalRouter {
+    fn publish(&self, msg: Message) -> Routed {
+        self.route(msg, true)
     }
 
     fn subscribe(&self, session: &Arc<SessionEntry>, filter: &str, sub: Subscription) -> bool {
@@ -430,7 +474,7 @@ impl Router for LocalRouter {
 /// shared subscription's delivery is its own: it is not merged with the client's other
 /// matches. Returns how many sessions took it and the receipt of what that journaled.
 pub(crate) fn deliver(s: &Services, msg: &Message, mut targets: Vec<Target>) -> (usize, Receipt) {
-    let mut receipt = Receipt::Accepted;
+    let mut receipt = Receipt::ACCEPTED;
     if let Some(origin) = msg.props.as_ref().and_then(|p| p.origin.as_deref()) {
         targets.retain(|t| !(t.sub.options.no_local && &*t.session.client_id == origin));
     }
@@ -537,7 +581,7 @@ fn delivery(
 
 /// Queues one copy for a session, waking its connection; a refused copy is counted.
 fn enqueue(s: &Services, entry: &Arc<SessionEntry>, msg: &Message, delivered: Message) -> Receipt {
-    let mut receipt = Receipt::Accepted;
+    let mut receipt = Receipt::ACCEPTED;
     let mut state = entry.state();
     match state.enqueue(delivered) {
         Ok(()) => {

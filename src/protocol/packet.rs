@@ -602,6 +602,24 @@ pub enum Packet {
 }
 
 impl Packet {
+    /// Whether this acknowledges a PUBLISH the client sent (PUBACK or PUBREC): the promise
+    /// that the broker owns the message.
+    pub fn is_publish_ack(&self) -> bool {
+        matches!(self.ack_of(), Some((AckKind::PubAck | AckKind::PubRec, _)))
+    }
+
+    /// The kind and packet id of a PUBACK, PUBREC, PUBREL or PUBCOMP, plain or MQTT 5.
+    pub fn ack_of(&self) -> Option<(AckKind, u16)> {
+        match self {
+            Packet::PubAck(pid) => Some((AckKind::PubAck, *pid)),
+            Packet::PubRec(pid) => Some((AckKind::PubRec, *pid)),
+            Packet::PubRel(pid) => Some((AckKind::PubRel, *pid)),
+            Packet::PubComp(pid) => Some((AckKind::PubComp, *pid)),
+            Packet::Ack(a) => Some((a.kind, a.pid)),
+            _ => None,
+        }
+    }
+
     /// Short upper-case name used in logs.
     pub fn name(&self) -> &'static str {
         match self {

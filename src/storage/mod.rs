@@ -11,7 +11,7 @@
 //! Owns the stored form and the writer thread; must not import the session registry, the
 //! router or anything that runs on a connection.
 
-mod codec;
+pub(crate) mod codec;
 pub mod file;
 pub mod memory;
 pub mod writer;

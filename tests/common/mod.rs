@@ -4,6 +4,7 @@
 
 pub mod clients;
 pub mod logs;
+pub mod nats;
 #[allow(unused_imports)]
 pub use logs::{log_buffer, log_lines};
 

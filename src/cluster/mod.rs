@@ -1,0 +1,693 @@
+//! Several broker nodes acting as one, over NATS JetStream: an existing, quorum-replicated
+//! engine does the storing and replicating; this module maps MQTT onto it.
+//!
+//! - [`subject`]: the reversible topic ↔ subject/key mapping;
+//! - [`router`]: the cluster's implementation of the routing seam;
+//! - this file: the link to NATS (connect, create the stream and bucket, the publisher,
+//!   acknowledgement and receiver tasks) and its statistics.
+//!
+//! What NATS holds, all named from `cluster.prefix` (`mqtt` by default):
+//! - core subjects `mqtt.m.<topic>`: QoS 0 messages, fire and forget;
+//! - stream `mqtt-messages` on `mqtt.q.>`: QoS 1/2 messages, replicated, kept for
+//!   `message_max_age`;
+//! - key-value bucket `mqtt-retained`: the retained message of each topic.
+//!
+//! Each node reads everything once: one subscription to `mqtt.m.>` and one ordered
+//! consumer of the stream, whatever its clients subscribe to, and matches locally with its
+//! own trie. That costs every node every message, but never a JetStream consumer per MQTT
+//! subscription (NATS users report thousands of consumers as a scaling problem), never two
+//! copies of one message to a node with overlapping subscriptions, and a subscription
+//! change never waits for NATS.
+
+pub mod router;
+pub mod subject;
+
+use crate::config::ClusterConfig;
+use crate::core::router::LocalRouter;
+use crate::model::Message;
+use crate::protocol::QoS;
+use crate::storage::codec::{decode_message, encode_message};
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// NATS could not be reached within `cluster.connect_timeout`.
+    #[error("cannot connect to NATS ({servers}): {reason}")]
+    Connect {
+        /// The configured servers.
+        servers: String,
+        /// What the client said.
+        reason: String,
+    },
+    /// A stream or bucket could not be created or opened.
+    #[error("cannot set up JetStream {what}: {reason}")]
+    Setup {
+        /// Which stream or bucket.
+        what: String,
+        /// What JetStream said.
+        reason: String,
+    },
+}
+
+/// Names of everything this cluster uses in NATS.
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// Core subject prefix of QoS 0 messages (`<prefix>.m`).
+    pub live: String,
+    /// Subject prefix of the stream's QoS 1/2 messages (`<prefix>.q`).
+    pub stored: String,
+    /// The stream.
+    pub stream: String,
+    /// The retained bucket.
+    pub retained: String,
+}
+
+impl Names {
+    /// The names under `prefix`.
+    pub fn new(prefix: &str) -> Names {
+        Names {
+            live: format!("{prefix}.m"),
+            stored: format!("{prefix}.q"),
+            stream: format!("{prefix}-messages"),
+            retained: format!("{prefix}-retained"),
+        }
+    }
+}
+
+/// Counters of the link, for `/metrics` and `/api/v1/cluster`.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Whether the NATS connection is up.
+    pub link_up: AtomicBool,
+    /// Times the link went down.
+    pub link_losses: AtomicU64,
+    /// Messages sent to the cluster (core and stream).
+    pub to_cluster: AtomicU64,
+    /// Messages received from the cluster and delivered here.
+    pub from_cluster: AtomicU64,
+    /// QoS 1/2 messages JetStream did not store (their publishers were not acknowledged).
+    pub publish_failures: AtomicU64,
+    /// Messages from the cluster that could not be decoded (dropped, logged).
+    pub undecodable: AtomicU64,
+    /// Stream acknowledgements received, and their total and largest latency (µs).
+    pub acks: AtomicU64,
+    /// Sum of JetStream publish-to-acknowledgement latencies, µs.
+    pub ack_latency_us_sum: AtomicU64,
+    /// Largest JetStream publish-to-acknowledgement latency, µs.
+    pub ack_latency_us_max: AtomicU64,
+    /// Retained updates applied from the bucket.
+    pub retained_updates: AtomicU64,
+}
+
+/// What the router hands the publisher task.
+pub(crate) struct Outgoing {
+    message: Message,
+    /// Through the stream (QoS 1/2) rather than core NATS.
+    stored: bool,
+}
+
+impl Outgoing {
+    /// A QoS 0 message for core NATS (and the bucket when retained).
+    pub fn live(message: Message) -> Outgoing {
+        Outgoing {
+            message,
+            stored: false,
+        }
+    }
+
+    /// A QoS 1/2 message for the stream (and the bucket when retained).
+    pub fn stored(message: Message) -> Outgoing {
+        Outgoing {
+            message,
+            stored: true,
+        }
+    }
+}
+
+/// The queue into the publisher task: tickets are taken and messages sent under one lock,
+/// so the task sees them in ticket order.
+struct Submitter {
+    next: u64,
+    tx: mpsc::UnboundedSender<(Option<u64>, Outgoing)>,
+}
+
+/// State shared by the router, the tasks and the admin interface.
+pub(crate) struct ClusterShared {
+    submitter: Mutex<Submitter>,
+    /// Every ticket up to this one is settled (stored or failed).
+    pub done: watch::Sender<u64>,
+    /// Settled tickets that failed, with why (the oldest are forgotten past a bound).
+    failed: Mutex<std::collections::BTreeMap<u64, String>>,
+    /// Revision of the retained bucket this node's store reflects.
+    retained_applied: watch::Sender<u64>,
+    publish_timeout_ms: AtomicU64,
+    /// The link's counters.
+    pub stats: Arc<ClusterStats>,
+    /// This node's name.
+    pub node: String,
+    /// The configuration the link started with.
+    pub config: ClusterConfig,
+    /// NATS names.
+    pub names: Names,
+}
+
+/// Failed tickets remembered at most (each connection waits within a second or so).
+const FAILED_KEPT: usize = 65_536;
+
+impl ClusterShared {
+    /// Queues a message for the publisher task; returns its ticket when `ticket` is asked.
+    pub fn submit(&self, out: Outgoing, ticket: bool) -> Option<u64> {
+        let mut s = self.submitter.lock();
+        let t = ticket.then(|| {
+            let t = s.next;
+            s.next += 1;
+            t
+        });
+        if s.tx.send((t, out)).is_err() {
+            drop(s);
+            if let Some(t) = t {
+                self.settle(t, Some("the cluster link has stopped".into()));
+            }
+        }
+        t
+    }
+
+    /// Records a ticket settled (in order), failed with why or stored.
+    fn settle(&self, ticket: u64, failure: Option<String>) {
+        if let Some(why) = failure {
+            self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
+            let mut f = self.failed.lock();
+            f.insert(ticket, why);
+            while f.len() > FAILED_KEPT {
+                f.pop_first();
+            }
+        }
+        self.done.send_if_modified(|d| {
+            let moved = ticket > *d;
+            *d = (*d).max(ticket);
+            moved
+        });
+    }
+
+    /// The first failure among settled tickets `first..=last`.
+    pub fn failure_between(&self, first: u64, last: u64) -> Result<(), String> {
+        match self.failed.lock().range(first..=last).next() {
+            Some((_, why)) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// `cluster.publish_timeout` in force.
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Applies the live part of a reloaded `cluster:` section.
+    pub fn apply_live(&self, config: &ClusterConfig) {
+        self.publish_timeout_ms.store(
+            config.publish_timeout.get().as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// A NATS connection with the stream and bucket this cluster uses, before the node's core
+/// exists (so that the broker does not open its listeners without its cluster).
+pub struct ClusterLink {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    retained: kv::Store,
+    events: mpsc::UnboundedReceiver<async_nats::Event>,
+    shared: Arc<ClusterShared>,
+    rx: mpsc::UnboundedReceiver<(Option<u64>, Outgoing)>,
+}
+
+impl ClusterLink {
+    /// Connects to NATS (retrying within `connect_timeout`) and creates or opens the stream
+    /// and the retained bucket.
+    pub async fn connect(config: &ClusterConfig, node: &str) -> Result<ClusterLink, ClusterError> {
+        let names = Names::new(&config.prefix);
+        let (ev_tx, events) = mpsc::unbounded_channel();
+        let servers: Vec<async_nats::ServerAddr> = config
+            .servers
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let connect_err = |reason: String| ClusterError::Connect {
+            servers: config.servers.join(", "),
+            reason,
+        };
+        let deadline = Instant::now() + config.connect_timeout.get();
+        let client = loop {
+            let options = options(config, node, ev_tx.clone())
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            match options.connect(servers.clone()).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => {
+                    warn!(error = %e, "cluster: NATS not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(connect_err(e.to_string())),
+            }
+        };
+        let js = jetstream::new(client.clone());
+        let setup = |what: &str, e: String| ClusterError::Setup {
+            what: what.to_owned(),
+            reason: e,
+        };
+        // JetStream may still be electing its leaders right after NATS starts: retry.
+        let stream = retry_until(deadline, || {
+            js.get_or_create_stream(stream::Config {
+                name: names.stream.clone(),
+                subjects: vec![format!("{}.>", names.stored)],
+                max_age: config.message_max_age.get(),
+                num_replicas: config.replicas,
+                storage: stream::StorageType::File,
+                discard: stream::DiscardPolicy::Old,
+                ..Default::default()
+            })
+        })
+        .await
+        .map_err(|e| setup(&format!("stream {}", names.stream), e))?;
+        // The bucket's stream as the key-value convention (ADR-8) has it, created directly:
+        // the client's `create_key_value` first reads account limits in a form Debian's
+        // nats-server 2.9 does not send.
+        retry_until(deadline, || {
+            js.get_or_create_stream(stream::Config {
+                name: format!("KV_{}", names.retained),
+                subjects: vec![format!("$KV.{}.>", names.retained)],
+                max_messages_per_subject: 1,
+                discard: stream::DiscardPolicy::New,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                num_replicas: config.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+        })
+        .await
+        .map_err(|e| setup(&format!("bucket {}", names.retained), e))?;
+        let retained = retry_until(deadline, || js.get_key_value(&names.retained))
+            .await
+            .map_err(|e| setup(&format!("bucket {}", names.retained), e))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(ClusterStats::default());
+        stats.link_up.store(true, Ordering::Relaxed);
+        let shared = Arc::new(ClusterShared {
+            submitter: Mutex::new(Submitter { next: 1, tx }),
+            done: watch::channel(0).0,
+            failed: Mutex::new(Default::default()),
+            retained_applied: watch::channel(0).0,
+            publish_timeout_ms: AtomicU64::new(config.publish_timeout.get().as_millis() as u64),
+            stats,
+            node: node.to_owned(),
+            config: config.clone(),
+            names,
+        });
+        info!(servers = %config.servers.join(", "), node, stream = %shared.names.stream, "cluster: connected to NATS JetStream");
+        Ok(ClusterLink {
+            client,
+            js,
+            stream,
+            retained,
+            events,
+            shared,
+            rx,
+        })
+    }
+
+    /// The state the router and the admin interface share with the link's tasks.
+    pub(crate) fn shared(&self) -> Arc<ClusterShared> {
+        self.shared.clone()
+    }
+
+    /// Starts the tasks: publisher, acknowledgements, the two receivers and the retained
+    /// watcher. Returns once this node's retained store holds the bucket's current state.
+    pub(crate) async fn run(
+        self,
+        local: Arc<LocalRouter>,
+        link_state: Arc<dyn Fn(bool) + Send + Sync>,
+    ) -> Result<(), ClusterError> {
+        let ClusterLink {
+            client,
+            js,
+            stream,
+            retained,
+            mut events,
+            shared,
+            rx,
+        } = self;
+        // Retained first: the node must know them before any client subscribes.
+        let watch = retained
+            .watch_all()
+            .await
+            .map_err(|e| ClusterError::Setup {
+                what: format!("watch of bucket {}", shared.names.retained),
+                reason: e.to_string(),
+            })?;
+        let initial = retained.status().await.map(|s| s.values()).unwrap_or(0);
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(watch_retained(
+            watch,
+            local.clone(),
+            shared.clone(),
+            initial,
+            loaded_tx,
+        ));
+        let _ = tokio::time::timeout(shared.config.connect_timeout.get(), loaded_rx).await;
+
+        let live = client
+            .subscribe(format!("{}.>", shared.names.live))
+            .await
+            .map_err(|e| ClusterError::Setup {
+                what: format!("subscription to {}.>", shared.names.live),
+                reason: e.to_string(),
+            })?;
+        tokio::spawn(receive_live(live, local.clone(), shared.clone()));
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{}.>", shared.names.stored),
+                deliver_policy: consumer::DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::Setup {
+                what: format!("consumer of stream {}", shared.names.stream),
+                reason: e.to_string(),
+            })?;
+        let messages = consumer.messages().await.map_err(|e| ClusterError::Setup {
+            what: format!("consumer of stream {}", shared.names.stream),
+            reason: e.to_string(),
+        })?;
+        tokio::spawn(receive_stored(messages, local, shared.clone()));
+
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        tokio::spawn(publish(rx, client.clone(), js, shared.clone(), ack_tx));
+        tokio::spawn(settle_acks(ack_rx, shared.clone()));
+
+        let stats = shared.stats.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    async_nats::Event::Disconnected => {
+                        stats.link_up.store(false, Ordering::Relaxed);
+                        stats.link_losses.fetch_add(1, Ordering::Relaxed);
+                        warn!("cluster: lost the NATS connection; refusing new clients until it is back");
+                        link_state(false);
+                    }
+                    async_nats::Event::Connected => {
+                        stats.link_up.store(true, Ordering::Relaxed);
+                        info!("cluster: NATS connection is back");
+                        link_state(true);
+                    }
+                    other => info!(event = %other, "cluster: NATS event"),
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Connection options from the config: credentials, TLS, this node's name, no echo.
+async fn options(
+    config: &ClusterConfig,
+    node: &str,
+    events: mpsc::UnboundedSender<async_nats::Event>,
+) -> std::io::Result<async_nats::ConnectOptions> {
+    let mut o = match &config.credentials {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path).await?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    if let (Some(u), Some(p)) = (&config.username, &config.password) {
+        o = o.user_and_password(u.clone(), p.clone());
+    } else if let Some(u) = &config.username {
+        o = o.user_and_password(u.clone(), String::new());
+    }
+    if let Some(t) = &config.token {
+        o = o.token(t.clone());
+    }
+    if let Some(ca) = &config.tls_ca {
+        o = o.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(c), Some(k)) = (&config.tls_cert, &config.tls_key) {
+        o = o.add_client_certificate(c.clone(), k.clone());
+    }
+    Ok(o.name(format!("mqtt-broker {node}"))
+        // Our own QoS 0 publishes must not come back: this node delivered them already.
+        .no_echo()
+        .connection_timeout(Duration::from_secs(2))
+        .ping_interval(Duration::from_secs(2))
+        .max_reconnects(None)
+        .event_callback(move |ev| {
+            let events = events.clone();
+            async move {
+                let _ = events.send(ev);
+            }
+        }))
+}
+
+/// Runs `f` until it succeeds or `deadline` passes; the last error.
+async fn retry_until<T, E: std::fmt::Display, F, Fut>(
+    deadline: Instant,
+    mut f: F,
+) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() < deadline => {
+                warn!(error = %e, "cluster: JetStream not ready yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// A message as it crosses nodes: the storage codec's encoding (topic, QoS, retain,
+/// MQTT 5 properties and expiry, payload).
+fn encode(m: &Message) -> Bytes {
+    Bytes::from(encode_message(m, None, None))
+}
+
+/// The message a node received, or why it is dropped.
+fn decode(payload: &[u8]) -> Option<Message> {
+    decode_message("cluster", payload).ok().map(|(m, _, _)| m)
+}
+
+/// Pending acknowledgements, in ticket order.
+struct Pending {
+    ticket: Option<u64>,
+    sent: Instant,
+    acks: Vec<(jetstream::context::PublishAckFuture, bool)>,
+}
+
+/// Sends what the router queued, in order; hands the acknowledgement futures on.
+async fn publish(
+    mut rx: mpsc::UnboundedReceiver<(Option<u64>, Outgoing)>,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    shared: Arc<ClusterShared>,
+    acks: mpsc::UnboundedSender<Pending>,
+) {
+    let names = shared.names.clone();
+    while let Some((ticket, out)) = rx.recv().await {
+        let m = &out.message;
+        let tokens = subject::topic_tokens(&m.topic);
+        let body = encode(m);
+        let mut pending = Pending {
+            ticket,
+            sent: Instant::now(),
+            acks: Vec::new(),
+        };
+        let mut failure = None;
+        if m.retain {
+            let key = format!("$KV.{}.{tokens}", names.retained);
+            let sent = if m.payload.is_empty() {
+                // Deleting: a purge marker rolls up every earlier value of the key.
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("KV-Operation", "PURGE");
+                h.insert("Nats-Rollup", "sub");
+                js.publish_with_headers(key, h, Bytes::new()).await
+            } else {
+                js.publish(key, body.clone()).await
+            };
+            match sent {
+                Ok(f) => pending.acks.push((f, true)),
+                Err(e) => failure = Some(format!("retained bucket: {e}")),
+            }
+        }
+        if out.stored {
+            match js.publish(format!("{}.{tokens}", names.stored), body).await {
+                Ok(f) => pending.acks.push((f, false)),
+                Err(e) => failure = Some(format!("stream: {e}")),
+            }
+        } else if let Err(e) = client
+            .publish(format!("{}.{tokens}", names.live), body)
+            .await
+        {
+            warn!(error = %e, topic = %m.topic, "cluster: QoS 0 message not sent to the other nodes");
+        }
+        shared.stats.to_cluster.fetch_add(1, Ordering::Relaxed);
+        match failure {
+            Some(why) => {
+                if let Some(t) = ticket {
+                    // Earlier tickets settle first: queue the failure behind them.
+                    let _ = acks.send(Pending {
+                        ticket: Some(t),
+                        sent: pending.sent,
+                        acks: Vec::new(),
+                    });
+                    shared.failed.lock().insert(t, why);
+                }
+            }
+            None => {
+                let _ = acks.send(pending);
+            }
+        }
+    }
+}
+
+/// Awaits acknowledgements in ticket order and settles the tickets.
+async fn settle_acks(mut rx: mpsc::UnboundedReceiver<Pending>, shared: Arc<ClusterShared>) {
+    while let Some(p) = rx.recv().await {
+        let mut failure = None;
+        for (ack, retained) in p.acks {
+            match ack.await {
+                Ok(a) => {
+                    let us = p.sent.elapsed().as_micros() as u64;
+                    let s = &shared.stats;
+                    s.acks.fetch_add(1, Ordering::Relaxed);
+                    s.ack_latency_us_sum.fetch_add(us, Ordering::Relaxed);
+                    s.ack_latency_us_max.fetch_max(us, Ordering::Relaxed);
+                    if retained && p.ticket.is_some() {
+                        // Read-your-write on this node: a subscriber here after the PUBACK
+                        // sees the new retained message.
+                        let mut applied = shared.retained_applied.subscribe();
+                        let _ = tokio::time::timeout(
+                            shared.publish_timeout(),
+                            applied.wait_for(|r| *r >= a.sequence),
+                        )
+                        .await;
+                    }
+                }
+                Err(e) => failure = Some(format!("JetStream did not store it: {e}")),
+            }
+        }
+        if let Some(t) = p.ticket {
+            let earlier = shared.failed.lock().remove(&t);
+            shared.settle(t, failure.or(earlier));
+        } else if let Some(why) = failure {
+            warn!(reason = %why, "cluster: a QoS 0 retained message was not stored");
+        }
+    }
+}
+
+/// Delivers QoS 0 messages from the other nodes.
+async fn receive_live(
+    mut sub: async_nats::Subscriber,
+    local: Arc<LocalRouter>,
+    shared: Arc<ClusterShared>,
+) {
+    while let Some(m) = sub.next().await {
+        deliver_here(&local, &shared, &m.payload);
+    }
+}
+
+/// Delivers QoS 1/2 messages from the stream (every node's, this one's included).
+async fn receive_stored(
+    mut messages: consumer::pull::Ordered,
+    local: Arc<LocalRouter>,
+    shared: Arc<ClusterShared>,
+) {
+    while let Some(m) = messages.next().await {
+        match m {
+            Ok(m) => deliver_here(&local, &shared, &m.payload),
+            Err(e) => warn!(error = %e, "cluster: reading the message stream"),
+        }
+    }
+    warn!("cluster: the message stream consumer ended");
+}
+
+/// Routes one message from the cluster to this node's subscribers (retained messages are
+/// stored by the bucket watcher, not here).
+fn deliver_here(local: &LocalRouter, shared: &ClusterShared, payload: &[u8]) {
+    match decode(payload) {
+        Some(msg) => {
+            shared.stats.from_cluster.fetch_add(1, Ordering::Relaxed);
+            local.route(msg, false);
+        }
+        None => {
+            shared.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+            warn!("cluster: dropped a message that does not decode (another broker version on the same prefix?)");
+        }
+    }
+}
+
+/// Mirrors the retained bucket into this node's retained store; reports when the state
+/// at start (`initial` values) is loaded.
+async fn watch_retained(
+    mut watch: kv::Watch,
+    local: Arc<LocalRouter>,
+    shared: Arc<ClusterShared>,
+    initial: u64,
+    loaded: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut loaded = Some(loaded);
+    if initial == 0 {
+        if let Some(l) = loaded.take() {
+            let _ = l.send(());
+        }
+    }
+    while let Some(entry) = watch.next().await {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, "cluster: watching the retained bucket");
+                continue;
+            }
+        };
+        let message = match entry.operation {
+            kv::Operation::Put => decode(&entry.value),
+            kv::Operation::Delete | kv::Operation::Purge => subject::topic_from_tokens(&entry.key)
+                .ok()
+                .map(|t| Message::new(t.as_str(), Bytes::new(), QoS::AtMostOnce, true)),
+        };
+        match message {
+            Some(mut m) => {
+                m.retain = true;
+                local.apply_retained(&m);
+                shared
+                    .stats
+                    .retained_updates
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                shared.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                warn!(key = %entry.key, "cluster: a retained entry does not decode; ignored");
+            }
+        }
+        shared.retained_applied.send_replace(entry.revision);
+        if entry.delta == 0 {
+            if let Some(l) = loaded.take() {
+                let _ = l.send(());
+            }
+        }
+    }
+    warn!("cluster: the retained bucket watch ended");
+}
