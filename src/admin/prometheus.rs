@@ -396,6 +396,9 @@ pub(crate) fn render(control: &dyn Control) -> String {
     }
     render_plugins(&mut o, &runtime.plugins.stats());
     render_bridges(&mut o, &control.bridges());
+    if let Some(c) = control.cluster() {
+        render_cluster(&mut o, &c);
+    }
     if let Some(fds) = process_open_fds() {
         o.single(
             "process_open_fds",
@@ -424,6 +427,64 @@ type PluginFamily = (
 );
 
 /// Per-plugin counters and state (`plugin` label: the configured name, escaped).
+/// The cluster link: state, traffic both ways, JetStream acknowledgements and failures.
+fn render_cluster(o: &mut Out, c: &crate::core::control::ClusterSummary) {
+    o.single(
+        "mqtt_cluster_link_up",
+        "gauge",
+        "1 while this node is connected to NATS (0: it refuses new clients).",
+        u8::from(c.link_up),
+    );
+    o.single(
+        "mqtt_cluster_link_losses_total",
+        "counter",
+        "Times this node lost its NATS connection.",
+        c.link_losses,
+    );
+    o.family(
+        "mqtt_cluster_messages_total",
+        "counter",
+        "Messages this node sent to the cluster (out) and received from it (in).",
+    );
+    o.sample(
+        "mqtt_cluster_messages_total",
+        &[("direction", "out")],
+        c.messages_to_cluster,
+    );
+    o.sample(
+        "mqtt_cluster_messages_total",
+        &[("direction", "in")],
+        c.messages_from_cluster,
+    );
+    o.single(
+        "mqtt_cluster_publish_failures_total",
+        "counter",
+        "QoS 1/2 messages JetStream did not store: their publishers got no acknowledgement.",
+        c.publish_failures,
+    );
+    o.family(
+        "mqtt_cluster_jetstream_ack_seconds",
+        "summary",
+        "Time from sending a message to JetStream to its acknowledgement.",
+    );
+    o.sample(
+        "mqtt_cluster_jetstream_ack_seconds_sum",
+        &[],
+        c.jetstream_ack_seconds_sum,
+    );
+    o.sample(
+        "mqtt_cluster_jetstream_ack_seconds_count",
+        &[],
+        c.jetstream_acks,
+    );
+    o.single(
+        "mqtt_cluster_jetstream_ack_max_seconds",
+        "gauge",
+        "Slowest JetStream acknowledgement since start.",
+        c.jetstream_ack_us_max as f64 / 1e6,
+    );
+}
+
 /// Per-bridge state, traffic, drops, queue and reconnects.
 fn render_bridges(o: &mut Out, bridges: &[crate::core::control::BridgeSummary]) {
     if bridges.is_empty() {

@@ -39,6 +39,11 @@ where
                 text(StatusCode::OK, "ready\n")
             } else if control.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            } else if control.cluster().is_some_and(|c| !c.link_up) {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cut off from the cluster (NATS)\n",
+                )
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
             }
@@ -77,6 +82,13 @@ where
             StatusCode::OK,
             &serde_json::json!({"bridges": control.bridges()}),
         ),
+        (&Method::GET, "/api/v1/cluster") => match control.cluster() {
+            Some(c) => json(StatusCode::OK, &c),
+            None => json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "this broker is not part of a cluster (no `cluster:` section)"}),
+            ),
+        },
         (&Method::GET, "/api/v1/clients") => clients(control.as_ref(), &query),
         (&Method::DELETE, p) if p.starts_with("/api/v1/clients/") => {
             let raw = &p["/api/v1/clients/".len()..];
@@ -104,7 +116,8 @@ where
         (&Method::GET, "/api/v1/reload") => json(StatusCode::OK, &control.last_reload()),
         (
             _,
-            "/metrics" | "/api/v1/stats" | "/api/v1/clients" | "/api/v1/reload" | "/api/v1/bridges",
+            "/metrics" | "/api/v1/stats" | "/api/v1/clients" | "/api/v1/reload" | "/api/v1/bridges"
+            | "/api/v1/cluster",
         )
         | (_, "/healthz" | "/readyz") => json(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -34,7 +34,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Why the broker could not start, or a reload was refused.
 #[derive(Debug, Error)]
@@ -169,16 +169,26 @@ impl Broker {
         let listeners = config.effective_listeners();
         let started = config.clone();
         let runtime = build_runtime(config, 1)?;
-        let mode = crate::storage::writer::SyncMode::from_config(&runtime.config.persistence);
-        // The writer thread only starts; nothing is written before recovery is done.
-        let writer = storage
-            .as_ref()
-            .map(|s| Arc::new(StorageHandle::start(s.clone(), mode)));
-        // A cluster node joins NATS before anything else: it never serves on its own.
+        // A cluster node joins NATS before anything else: it never serves on its own, and
+        // its persistent sessions live in JetStream (every batch stored when applied).
         let link = match &runtime.config.cluster {
             Some(c) => Some(crate::cluster::ClusterLink::connect(c, &runtime.config.node()).await?),
             None => None,
         };
+        let (storage, mode) = match &link {
+            Some(l) => (
+                Some(l.session_store()),
+                crate::storage::writer::SyncMode::Always,
+            ),
+            None => (
+                storage,
+                crate::storage::writer::SyncMode::from_config(&runtime.config.persistence),
+            ),
+        };
+        // The writer thread only starts; nothing is written before recovery is done.
+        let writer = storage
+            .as_ref()
+            .map(|s| Arc::new(StorageHandle::start(s.clone(), mode)));
         let cluster = link.as_ref().map(|l| l.shared());
         let mut local_router = None;
         let core = Arc::new(Core::with_router(runtime, writer, |local| {
@@ -191,6 +201,9 @@ impl Broker {
                 None => local,
             }
         }));
+        if let Some(l) = &link {
+            let _ = core.directory.set(l.directory());
+        }
         Core::install_plugins(&core, &core.runtime.load().plugins);
         let handle = BrokerHandle {
             core: core.clone(),
@@ -246,14 +259,27 @@ impl Broker {
         }
         if let (Some(link), Some(local)) = (link, local_router) {
             let weak = Arc::downgrade(&core);
-            let link_state = Arc::new(move |up: bool| {
-                if let Some(core) = weak.upgrade() {
-                    core.ops
-                        .cluster_down
-                        .store(!up, std::sync::atomic::Ordering::Relaxed);
+            let link_state = Arc::new(move |state: crate::cluster::LinkState| {
+                let Some(core) = weak.upgrade() else {
+                    return;
+                };
+                let down = state != crate::cluster::LinkState::Up;
+                core.ops
+                    .cluster_down
+                    .store(down, std::sync::atomic::Ordering::Relaxed);
+                if state == crate::cluster::LinkState::Isolated {
+                    let n = core.ops.close_all(|| {
+                        crate::model::CloseReason::ClusterUnavailable(
+                            "this node is cut off from its cluster".into(),
+                        )
+                    });
+                    warn!(
+                        clients = n,
+                        "cluster: disconnected every client of this isolated node"
+                    );
                 }
             });
-            link.run(local, link_state)
+            link.run(Arc::downgrade(&core), local, link_state)
                 .await
                 .map_err(|e| stop_on_error(e.into()))?;
         }
@@ -538,6 +564,10 @@ impl Control for BrokerHandle {
 
     fn bridges(&self) -> Vec<crate::core::control::BridgeSummary> {
         self.server.bridges.summaries(&self.core)
+    }
+
+    fn cluster(&self) -> Option<crate::core::control::ClusterSummary> {
+        self.server.cluster.as_ref().map(|c| c.summary())
     }
 
     fn publish(&self, message: Message) {

@@ -20,6 +20,7 @@
 //! change never waits for NATS.
 
 pub mod router;
+pub mod sessions;
 pub mod subject;
 
 use crate::config::ClusterConfig;
@@ -69,6 +70,10 @@ pub struct Names {
     pub stream: String,
     /// The retained bucket.
     pub retained: String,
+    /// The bucket of session owners.
+    pub owners: String,
+    /// The bucket of persistent sessions' state.
+    pub sessions: String,
 }
 
 impl Names {
@@ -79,8 +84,21 @@ impl Names {
             stored: format!("{prefix}.q"),
             stream: format!("{prefix}-messages"),
             retained: format!("{prefix}-retained"),
+            owners: format!("{prefix}-owners"),
+            sessions: format!("{prefix}-session-state"),
         }
     }
+}
+
+/// What the link tells the broker about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Connected to NATS (again).
+    Up,
+    /// The NATS connection is lost: refuse new clients.
+    Down,
+    /// Lost for `isolation_timeout`: disconnect every client.
+    Isolated,
 }
 
 /// Counters of the link, for `/metrics` and `/api/v1/cluster`.
@@ -106,6 +124,8 @@ pub struct ClusterStats {
     pub ack_latency_us_max: AtomicU64,
     /// Retained updates applied from the bucket.
     pub retained_updates: AtomicU64,
+    /// Sessions this node gave to another node that their clients connected to.
+    pub sessions_handed_over: AtomicU64,
 }
 
 /// What the router hands the publisher task.
@@ -150,6 +170,7 @@ pub(crate) struct ClusterShared {
     /// Revision of the retained bucket this node's store reflects.
     retained_applied: watch::Sender<u64>,
     publish_timeout_ms: AtomicU64,
+    isolation_timeout_ms: AtomicU64,
     /// The link's counters.
     pub stats: Arc<ClusterStats>,
     /// This node's name.
@@ -217,6 +238,40 @@ impl ClusterShared {
             config.publish_timeout.get().as_millis() as u64,
             Ordering::Relaxed,
         );
+        self.isolation_timeout_ms.store(
+            config.isolation_timeout.get().as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The link as the admin API and metrics show it.
+    pub fn summary(&self) -> crate::core::control::ClusterSummary {
+        let s = &self.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let acks = get(&s.acks);
+        let sum = get(&s.ack_latency_us_sum);
+        crate::core::control::ClusterSummary {
+            node: self.node.clone(),
+            servers: self.config.servers.clone(),
+            prefix: self.config.prefix.clone(),
+            replicas: self.config.replicas,
+            link_up: s.link_up.load(Ordering::Relaxed),
+            link_losses: get(&s.link_losses),
+            messages_to_cluster: get(&s.to_cluster),
+            messages_from_cluster: get(&s.from_cluster),
+            publish_failures: get(&s.publish_failures),
+            jetstream_acks: acks,
+            jetstream_ack_us_mean: sum.checked_div(acks).unwrap_or(0),
+            jetstream_ack_us_max: get(&s.ack_latency_us_max),
+            jetstream_ack_seconds_sum: sum as f64 / 1e6,
+            retained_updates: get(&s.retained_updates),
+            undecodable: get(&s.undecodable),
+        }
+    }
+
+    /// `cluster.isolation_timeout` in force.
+    pub fn isolation_timeout(&self) -> Duration {
+        Duration::from_millis(self.isolation_timeout_ms.load(Ordering::Relaxed))
     }
 }
 
@@ -227,6 +282,7 @@ pub struct ClusterLink {
     js: jetstream::Context,
     stream: stream::Stream,
     retained: kv::Store,
+    directory: Arc<sessions::ClusterDirectory>,
     events: mpsc::UnboundedReceiver<async_nats::Event>,
     shared: Arc<ClusterShared>,
     rx: mpsc::UnboundedReceiver<(Option<u64>, Outgoing)>,
@@ -280,28 +336,19 @@ impl ClusterLink {
         })
         .await
         .map_err(|e| setup(&format!("stream {}", names.stream), e))?;
-        // The bucket's stream as the key-value convention (ADR-8) has it, created directly:
-        // the client's `create_key_value` first reads account limits in a form Debian's
-        // nats-server 2.9 does not send.
-        retry_until(deadline, || {
-            js.get_or_create_stream(stream::Config {
-                name: format!("KV_{}", names.retained),
-                subjects: vec![format!("$KV.{}.>", names.retained)],
-                max_messages_per_subject: 1,
-                discard: stream::DiscardPolicy::New,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                num_replicas: config.replicas,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-        })
-        .await
-        .map_err(|e| setup(&format!("bucket {}", names.retained), e))?;
-        let retained = retry_until(deadline, || js.get_key_value(&names.retained))
+        let bucket = |name: String| {
+            let js = js.clone();
+            async move { sessions::ensure_bucket(&js, &name, config.replicas).await }
+        };
+        let retained = retry_until(deadline, || bucket(names.retained.clone()))
             .await
             .map_err(|e| setup(&format!("bucket {}", names.retained), e))?;
+        let owners = retry_until(deadline, || bucket(names.owners.clone()))
+            .await
+            .map_err(|e| setup(&format!("bucket {}", names.owners), e))?;
+        let session_state = retry_until(deadline, || bucket(names.sessions.clone()))
+            .await
+            .map_err(|e| setup(&format!("bucket {}", names.sessions), e))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(ClusterStats::default());
         stats.link_up.store(true, Ordering::Relaxed);
@@ -311,21 +358,43 @@ impl ClusterLink {
             failed: Mutex::new(Default::default()),
             retained_applied: watch::channel(0).0,
             publish_timeout_ms: AtomicU64::new(config.publish_timeout.get().as_millis() as u64),
+            isolation_timeout_ms: AtomicU64::new(config.isolation_timeout.get().as_millis() as u64),
             stats,
             node: node.to_owned(),
             config: config.clone(),
             names,
         });
         info!(servers = %config.servers.join(", "), node, stream = %shared.names.stream, "cluster: connected to NATS JetStream");
+        let directory = Arc::new(sessions::ClusterDirectory::new(
+            owners,
+            session_state,
+            shared.clone(),
+        ));
         Ok(ClusterLink {
             client,
             js,
             stream,
             retained,
+            directory,
             events,
             shared,
             rx,
         })
+    }
+
+    /// The store of persistent sessions (the node's [`crate::storage::Storage`] in a
+    /// cluster).
+    pub fn session_store(&self) -> Arc<dyn crate::storage::Storage> {
+        Arc::new(sessions::JetStreamSessions::new(
+            self.js.clone(),
+            self.shared.names.sessions.clone(),
+            tokio::runtime::Handle::current(),
+        ))
+    }
+
+    /// The cluster's session directory.
+    pub(crate) fn directory(&self) -> Arc<dyn crate::core::directory::SessionDirectory> {
+        self.directory.clone()
     }
 
     /// The state the router and the admin interface share with the link's tasks.
@@ -337,21 +406,24 @@ impl ClusterLink {
     /// watcher. Returns once this node's retained store holds the bucket's current state.
     pub(crate) async fn run(
         self,
+        core: std::sync::Weak<crate::core::Core>,
         local: Arc<LocalRouter>,
-        link_state: Arc<dyn Fn(bool) + Send + Sync>,
+        link_state: Arc<dyn Fn(LinkState) + Send + Sync>,
     ) -> Result<(), ClusterError> {
         let ClusterLink {
             client,
             js,
             stream,
             retained,
+            directory,
             mut events,
             shared,
             rx,
         } = self;
+        tokio::spawn(directory.watch_claims(core));
         // Retained first: the node must know them before any client subscribes.
         let watch = retained
-            .watch_all()
+            .watch_with_history(">")
             .await
             .map_err(|e| ClusterError::Setup {
                 what: format!("watch of bucket {}", shared.names.retained),
@@ -397,20 +469,36 @@ impl ClusterLink {
         tokio::spawn(publish(rx, client.clone(), js, shared.clone(), ack_tx));
         tokio::spawn(settle_acks(ack_rx, shared.clone()));
 
-        let stats = shared.stats.clone();
+        let shared_ev = shared.clone();
         tokio::spawn(async move {
+            let stats = &shared_ev.stats;
             while let Some(ev) = events.recv().await {
                 match ev {
                     async_nats::Event::Disconnected => {
                         stats.link_up.store(false, Ordering::Relaxed);
-                        stats.link_losses.fetch_add(1, Ordering::Relaxed);
+                        let loss = stats.link_losses.fetch_add(1, Ordering::Relaxed) + 1;
                         warn!("cluster: lost the NATS connection; refusing new clients until it is back");
-                        link_state(false);
+                        link_state(LinkState::Down);
+                        let (shared, link_state) = (shared_ev.clone(), link_state.clone());
+                        tokio::spawn(async move {
+                            let wait = shared.isolation_timeout();
+                            tokio::time::sleep(wait).await;
+                            let s = &shared.stats;
+                            let same_loss = s.link_losses.load(Ordering::Relaxed) == loss;
+                            if same_loss && !s.link_up.load(Ordering::Relaxed) {
+                                warn!(
+                                    isolation_timeout_ms = wait.as_millis() as u64,
+                                    "cluster: still cut off from NATS; disconnecting every client so that they reconnect to another node"
+                                );
+                                link_state(LinkState::Isolated);
+                            }
+                        });
                     }
                     async_nats::Event::Connected => {
-                        stats.link_up.store(true, Ordering::Relaxed);
-                        info!("cluster: NATS connection is back");
-                        link_state(true);
+                        if !stats.link_up.swap(true, Ordering::Relaxed) {
+                            info!("cluster: NATS connection is back; accepting clients");
+                        }
+                        link_state(LinkState::Up);
                     }
                     other => info!(event = %other, "cluster: NATS event"),
                 }

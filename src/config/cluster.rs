@@ -51,6 +51,12 @@ pub struct ClusterConfig {
     /// milliseconds; the age bounds the stream's disk).
     #[serde(default = "default_message_max_age")]
     pub message_max_age: ConfigDuration,
+    /// How long a node cut off from NATS keeps its clients: then it disconnects them all
+    /// (MQTT 5: reason 0x9C, use another server) so that they reconnect to a node that is
+    /// part of the cluster. Meanwhile it refuses new clients and acknowledges no QoS 1/2
+    /// message.
+    #[serde(default = "default_isolation_timeout")]
+    pub isolation_timeout: ConfigDuration,
     /// How long to wait for NATS at start before giving up (the node does not serve
     /// without its cluster).
     #[serde(default = "default_connect_timeout")]
@@ -71,6 +77,10 @@ fn default_publish_timeout() -> ConfigDuration {
 
 fn default_message_max_age() -> ConfigDuration {
     ConfigDuration::secs(3600)
+}
+
+fn default_isolation_timeout() -> ConfigDuration {
+    ConfigDuration::secs(5)
 }
 
 fn default_connect_timeout() -> ConfigDuration {
@@ -146,7 +156,8 @@ impl ClusterConfig {
 
     /// The first key whose value differs from `other`'s: none of them changes while the
     /// node runs (it would mean another cluster, or other streams), so a reload that
-    /// changes one is refused with that key named.
+    /// changes one is refused with that key named. `publish_timeout` and
+    /// `isolation_timeout` change live.
     pub fn changed_key(&self, other: &ClusterConfig) -> Option<&'static str> {
         let keys: [(&'static str, bool); 12] = [
             ("servers", self.servers != other.servers),

@@ -796,6 +796,12 @@ impl Config {
         if let Some(Err((key, reason))) = self.cluster.as_ref().map(ClusterConfig::validate) {
             return invalid(&key, &reason);
         }
+        if self.cluster.is_some() && self.persistence.storage_type == StorageType::File {
+            return invalid(
+                "persistence.storage_type",
+                "a cluster keeps sessions and retained messages in JetStream: use `memory` (the default) or remove `cluster:`",
+            );
+        }
         if let Err((key, reason)) = plugins::validate_all(&self.plugins) {
             return invalid(&key, &reason);
         }

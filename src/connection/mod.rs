@@ -313,6 +313,36 @@ where
             assigned.then_some(client_id.as_str()),
         )
     });
+    if let Some(directory) = core.directory.get() {
+        use crate::core::directory::ClaimMode;
+        let mode = if connect.clean_session {
+            ClaimMode::Discard
+        } else if core.registry.get(&client.client_id).is_some() {
+            ClaimMode::Keep
+        } else {
+            ClaimMode::Load
+        };
+        match directory.claim(&client.client_id, mode).await {
+            Ok(Some(stored)) => {
+                info!(
+                    queued = stored.messages.len(),
+                    subscriptions = stored.record.subscriptions.len(),
+                    "resuming the session the cluster stored"
+                );
+                core.registry.recover(crate::storage::Recovered {
+                    retained: Vec::new(),
+                    sessions: vec![stored],
+                });
+            }
+            Ok(None) => {}
+            Err(why) => {
+                warn!(reason = %why, "refusing connection: the cluster could not give this node the session (CONNACK server unavailable)");
+                conn.send_and_close(refuse(ConnectReturnCode::ServerUnavailable))
+                    .await;
+                return;
+            }
+        }
+    }
     let close = Arc::new(CloseSignal::new(info.cancel.clone()));
     let (done_tx, done_rx) = watch::channel(false);
     let attached = core.registry.attach(

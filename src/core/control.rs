@@ -51,6 +51,41 @@ pub struct ClientSummary {
     pub inflight: usize,
 }
 
+/// This node's cluster link as the admin API and metrics show it (`None`: a single node).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterSummary {
+    /// This node's name.
+    pub node: String,
+    /// The NATS servers.
+    pub servers: Vec<String>,
+    /// The prefix of the cluster's subjects, stream and buckets.
+    pub prefix: String,
+    /// Replicas of the stream and buckets.
+    pub replicas: usize,
+    /// Whether the NATS connection is up.
+    pub link_up: bool,
+    /// Times the link was lost.
+    pub link_losses: u64,
+    /// Messages sent to the cluster.
+    pub messages_to_cluster: u64,
+    /// Messages received from the cluster and routed here.
+    pub messages_from_cluster: u64,
+    /// QoS 1/2 messages JetStream did not store (not acknowledged to their publishers).
+    pub publish_failures: u64,
+    /// JetStream acknowledgements received.
+    pub jetstream_acks: u64,
+    /// Their mean latency, microseconds.
+    pub jetstream_ack_us_mean: u64,
+    /// Their largest latency, microseconds.
+    pub jetstream_ack_us_max: u64,
+    /// Sum of their latencies, seconds (Prometheus summary).
+    pub jetstream_ack_seconds_sum: f64,
+    /// Retained updates applied from the bucket.
+    pub retained_updates: u64,
+    /// Messages from the cluster that did not decode.
+    pub undecodable: u64,
+}
+
 /// One bridge as the admin API and metrics show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct BridgeSummary {
@@ -197,4 +232,6 @@ pub trait Control: Send + Sync + 'static {
     fn set_admin_addr(&self, addr: SocketAddr);
     /// The configured bridges and how they are doing.
     fn bridges(&self) -> Vec<BridgeSummary>;
+    /// The cluster link, when this node is part of a cluster.
+    fn cluster(&self) -> Option<ClusterSummary>;
 }

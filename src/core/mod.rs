@@ -8,7 +8,8 @@
 //! - [`mqtt5`]: what an MQTT 5 CONNECT negotiates (limits both ways, CONNACK properties);
 //! - [`ops`]: the event bus, the connected-clients directory and readiness;
 //! - [`backoff`]: the login back-off per source address;
-//! - [`control`]: the narrow interface admin, metrics, `$SYS` and the watcher use.
+//! - [`control`]: the narrow interface admin, metrics, `$SYS` and the watcher use;
+//! - [`directory`]: which node owns a client's session (the cluster's interface).
 //!
 //! Depends only on leaf and layer modules below it (model, protocol, config, session,
 //! routing, storage, hooks, metrics, events); the connection shell, the transports and the
@@ -16,6 +17,7 @@
 
 pub mod backoff;
 pub mod control;
+pub mod directory;
 pub mod engine;
 #[cfg(test)]
 mod engine_tests;
@@ -109,6 +111,8 @@ pub(crate) struct Core {
     fd_warned: std::sync::atomic::AtomicBool,
     /// Event hook delivery to plugins, handed from generation to generation.
     plugin_routes: crate::plugins::EventRoutes,
+    /// The cluster's session directory (`None`: a single node).
+    pub directory: std::sync::OnceLock<Arc<dyn directory::SessionDirectory>>,
 }
 
 impl std::ops::Deref for Core {
@@ -120,7 +124,9 @@ impl std::ops::Deref for Core {
 }
 
 impl Core {
-    /// A core with no sessions, routing on this node only.
+    /// A core with no sessions, routing on this node only (the tests' core; the broker
+    /// builds its own with [`Core::with_router`]).
+    #[cfg(test)]
     pub fn new(runtime: Runtime, storage: Option<Arc<StorageHandle>>) -> Core {
         Core::with_router(runtime, storage, |local| local)
     }
@@ -162,6 +168,7 @@ impl Core {
             fd_limit: open_files_limit(),
             fd_warned: std::sync::atomic::AtomicBool::new(false),
             plugin_routes: Default::default(),
+            directory: std::sync::OnceLock::new(),
             started_nanos: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())

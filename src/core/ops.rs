@@ -137,6 +137,15 @@ impl OpsState {
         n
     }
 
+    /// Closes every connection with the reason `why` makes; returns how many there were.
+    pub fn close_all(&self, why: impl Fn() -> CloseReason) -> usize {
+        let clients = self.clients.lock();
+        for r in clients.values() {
+            r.close.close(why());
+        }
+        clients.len()
+    }
+
     /// Whether a session-scoped refusal of `kind` for `client_id` should be logged now:
     /// true the first time per connection.
     pub fn first_warning(&self, client_id: &Arc<str>, kind: LimitKind) -> bool {

@@ -353,6 +353,35 @@ impl SessionRegistry {
                 .is_some_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() >= expiry)
     }
 
+    /// Gives a session to another node (the cluster): its connection, if any, is closed as
+    /// taken over [MQTT-3.1.4-2] and waited for (it finishes what its client sent, publishes
+    /// its will, journals); then the session leaves this node, its stored state kept for the
+    /// new owner (not deleted, its shared-subscription messages not redistributed). Returns
+    /// whether this node held it.
+    pub async fn hand_over(&self, client_id: &str) -> bool {
+        let Some(entry) = self.get(client_id) else {
+            return false;
+        };
+        let previous = entry.owner.lock().take();
+        if let Some(prev) = previous {
+            prev.close.close(CloseReason::TakenOver);
+            let mut done = prev.done;
+            let _ = tokio::time::timeout(Duration::from_secs(5), done.wait_for(|d| *d)).await;
+        }
+        let mut sessions = self.sessions.lock();
+        let filters = std::mem::take(&mut entry.state.lock().subscriptions);
+        for filter in filters.keys() {
+            self.router.unsubscribe(&entry, filter);
+        }
+        if sessions
+            .get(&entry.client_id)
+            .is_some_and(|e| Arc::ptr_eq(e, &entry))
+        {
+            sessions.remove(&entry.client_id);
+        }
+        true
+    }
+
     /// Writes a persistent session's record (subscriptions, user name, last seen); returns
     /// the storage ticket.
     pub fn persist_record(&self, entry: &SessionEntry) -> Option<u64> {

@@ -1,0 +1,391 @@
+//! Sessions in a cluster: one owner node per client id, and persistent sessions' state in
+//! JetStream so that another node can resume them.
+//!
+//! - Bucket `<prefix>-owners`: key = client id (escaped, see [`super::subject`]), value =
+//!   the owning node's name. A node claims a client id with compare-and-set on the key's
+//!   revision; the revision fences the previous owner, which watches the bucket, closes its
+//!   connection for that client (taken over, [MQTT-3.1.4-2]), lets its journal reach
+//!   JetStream, forgets the session and writes the hand-over marker.
+//! - Bucket `<prefix>-session-state`: the journal of persistent sessions, the same
+//!   operations the file store keeps ([`StorageOp`]): `<id>.r` the record (subscriptions,
+//!   expiry, delayed will), `<id>.m.<seq>` each queued or in-flight message, `<id>.i.<pid>`
+//!   each inbound QoS 2 id awaiting PUBREL, `<id>.h` the hand-over marker (the owner
+//!   revision the old owner handed over to). [`JetStreamSessions`] is the node's
+//!   [`Storage`]: sessions go through the ordinary storage writer.
+//!
+//! A node loads a session only when its client connects to it ([`ClusterDirectory::claim`]);
+//! nothing is loaded at start.
+
+use super::subject::{client_key, topic_from_tokens};
+use super::ClusterShared;
+use crate::core::directory::{ClaimMode, DirectoryFuture, SessionDirectory};
+use crate::core::Core;
+use crate::storage::codec::{decode_session, decode_stored, encode_message, encode_session};
+use crate::storage::{Recovered, RecoveredSession, Storage, StorageError, StorageOp};
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use std::collections::HashSet;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// How long a new owner waits for the previous one to hand a session over before it
+/// resumes what JetStream holds (the previous node may be gone).
+const HANDOVER_WAIT: Duration = Duration::from_secs(3);
+
+/// The persistent sessions' journal in JetStream (see the module documentation). Retained
+/// messages are not its business: the retained bucket holds them.
+pub struct JetStreamSessions {
+    js: jetstream::Context,
+    bucket: String,
+    stream: String,
+    runtime: tokio::runtime::Handle,
+}
+
+impl JetStreamSessions {
+    /// The journal in `bucket`, written from the storage writer's thread through `runtime`.
+    pub fn new(js: jetstream::Context, bucket: String, runtime: tokio::runtime::Handle) -> Self {
+        JetStreamSessions {
+            stream: format!("KV_{bucket}"),
+            js,
+            bucket,
+            runtime,
+        }
+    }
+
+    /// The subject of one key.
+    fn subject(&self, key: &str) -> String {
+        format!("$KV.{}.{key}", self.bucket)
+    }
+}
+
+/// A purge marker's headers: the key's earlier values are rolled up (removed).
+fn purge_headers() -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("KV-Operation", "PURGE");
+    h.insert("Nats-Rollup", "sub");
+    h
+}
+
+impl Storage for JetStreamSessions {
+    fn apply(&self, ops: &[StorageOp], _durable: bool) -> Result<(), StorageError> {
+        let io = |e: &dyn std::fmt::Display| StorageError::Io(format!("JetStream: {e}"));
+        self.runtime.block_on(async {
+            // Sent in order, acknowledgements awaited after: one round trip per batch.
+            let mut acks = Vec::with_capacity(ops.len());
+            for op in ops {
+                let sent = match op {
+                    StorageOp::PutRetained(_) | StorageOp::DeleteRetained(_) => continue,
+                    StorageOp::PutSession { client_id, record } => {
+                        let key = format!("{}.r", client_key(client_id));
+                        let body = Bytes::from(encode_session(record));
+                        self.js.publish(self.subject(&key), body).await
+                    }
+                    StorageOp::DeleteSession(client_id) => {
+                        // Everything of the client at once; earlier sends are stored first
+                        // (one connection, in order).
+                        for a in acks.drain(..) {
+                            let a: jetstream::context::PublishAckFuture = a;
+                            a.await.map_err(|e| io(&e))?;
+                        }
+                        let filter = self.subject(&format!("{}.>", client_key(client_id)));
+                        let stream = self
+                            .js
+                            .get_stream_no_info(&self.stream)
+                            .await
+                            .map_err(|e| io(&e))?;
+                        stream.purge().filter(filter).await.map_err(|e| io(&e))?;
+                        continue;
+                    }
+                    StorageOp::PutMessage { client_id, stored } => {
+                        let key = format!("{}.m.{}", client_key(client_id), stored.seq);
+                        let body = encode_message(&stored.message, stored.pid, stored.state);
+                        self.js.publish(self.subject(&key), Bytes::from(body)).await
+                    }
+                    StorageOp::DeleteMessage { client_id, seq } => {
+                        let key = format!("{}.m.{seq}", client_key(client_id));
+                        self.js
+                            .publish_with_headers(self.subject(&key), purge_headers(), Bytes::new())
+                            .await
+                    }
+                    StorageOp::PutInbound { client_id, pid } => {
+                        let key = format!("{}.i.{pid}", client_key(client_id));
+                        self.js.publish(self.subject(&key), Bytes::new()).await
+                    }
+                    StorageOp::DeleteInbound { client_id, pid } => {
+                        let key = format!("{}.i.{pid}", client_key(client_id));
+                        self.js
+                            .publish_with_headers(self.subject(&key), purge_headers(), Bytes::new())
+                            .await
+                    }
+                };
+                acks.push(sent.map_err(|e| io(&e))?);
+            }
+            for a in acks {
+                a.await.map_err(|e| io(&e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        // Every batch is stored (and replicated) by JetStream before `apply` returns.
+        Ok(())
+    }
+
+    fn load(&self) -> Result<Recovered, StorageError> {
+        // A cluster node loads a session when its client connects ([`ClusterDirectory`]).
+        Ok(Recovered::default())
+    }
+}
+
+/// One session's stored state, or `None` when nothing is stored.
+async fn load_session(
+    state: &kv::Store,
+    client_id: &str,
+) -> Result<Option<RecoveredSession>, String> {
+    let ck = client_key(client_id);
+    let Some(record) = state
+        .get(format!("{ck}.r"))
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let record = decode_session(&record).map_err(|e| e.to_string())?;
+    let mut session = RecoveredSession {
+        client_id: Arc::from(client_id),
+        record,
+        messages: Vec::new(),
+        inbound: Vec::new(),
+    };
+    let mut watch = state
+        .watch_with_history(format!("{ck}.>"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let next = tokio::time::timeout_at(deadline, watch.next())
+            .await
+            .map_err(|_| "timed out reading the session from JetStream".to_string())?;
+        let Some(entry) = next else { break };
+        let entry = entry.map_err(|e| e.to_string())?;
+        if entry.operation == kv::Operation::Put {
+            let rest = &entry.key[ck.len() + 1..];
+            if let Some(seq) = rest.strip_prefix("m.") {
+                if let Ok(seq) = seq.parse() {
+                    let m = decode_stored(seq, &entry.value).map_err(|e| e.to_string())?;
+                    session.messages.push(m);
+                }
+            } else if let Some(pid) = rest.strip_prefix("i.") {
+                if let Ok(pid) = pid.parse() {
+                    session.inbound.push(pid);
+                }
+            }
+        }
+        if entry.delta == 0 {
+            break;
+        }
+    }
+    Ok(Some(session))
+}
+
+/// The cluster's [`SessionDirectory`] and the watcher of claims by other nodes.
+pub(crate) struct ClusterDirectory {
+    owners: kv::Store,
+    state: kv::Store,
+    node: String,
+    /// Client ids (escaped) this node owns, as far as it knows.
+    owned: Mutex<HashSet<String>>,
+    shared: Arc<ClusterShared>,
+}
+
+impl ClusterDirectory {
+    /// A directory over the owners and session-state buckets.
+    pub fn new(owners: kv::Store, state: kv::Store, shared: Arc<ClusterShared>) -> Self {
+        ClusterDirectory {
+            owners,
+            state,
+            node: shared.node.clone(),
+            owned: Mutex::new(HashSet::new()),
+            shared,
+        }
+    }
+
+    /// Takes ownership of `ck` by compare-and-set; returns the new revision and the
+    /// previous owner.
+    async fn take_ownership(&self, ck: &str) -> Result<(u64, Option<String>), String> {
+        let value = Bytes::from(self.node.clone());
+        let mut last = String::new();
+        for _ in 0..10 {
+            let current = self.owners.entry(ck).await.map_err(|e| e.to_string())?;
+            let attempt = match current {
+                Some(e) if e.operation == kv::Operation::Put => {
+                    let previous = String::from_utf8_lossy(&e.value).into_owned();
+                    self.owners
+                        .update(ck, value.clone(), e.revision)
+                        .await
+                        .map(|rev| (rev, Some(previous)))
+                        .map_err(|e| e.to_string())
+                }
+                _ => self
+                    .owners
+                    .create(ck, value.clone())
+                    .await
+                    .map(|rev| (rev, None))
+                    .map_err(|e| e.to_string()),
+            };
+            match attempt {
+                Ok(r) => return Ok(r),
+                // Another node claimed it meanwhile: read again.
+                Err(e) => last = e,
+            }
+        }
+        Err(format!("could not claim the client id: {last}"))
+    }
+
+    /// Waits until the previous owner wrote the hand-over marker for `revision` (or
+    /// [`HANDOVER_WAIT`] passed: it may be down).
+    async fn await_handover(&self, ck: &str, previous: &str, revision: u64) {
+        let started = Instant::now();
+        let key = format!("{ck}.h");
+        while started.elapsed() < HANDOVER_WAIT {
+            if let Ok(Some(v)) = self.state.get(&key).await {
+                let handed: u64 = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                if handed >= revision {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        warn!(
+            previous_owner = previous,
+            wait_ms = HANDOVER_WAIT.as_millis() as u64,
+            "cluster: the previous node did not hand the session over in time (down?); resuming what JetStream holds"
+        );
+    }
+
+    /// Deletes everything stored for `ck`.
+    async fn discard(&self, ck: &str) -> Result<(), String> {
+        self.state
+            .stream
+            .purge()
+            .filter(format!("$KV.{}.{ck}.>", self.state.name))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Watches the owners bucket: when another node claims a client id this node owns,
+    /// hands the session over (see the module documentation).
+    pub async fn watch_claims(self: Arc<Self>, core: Weak<Core>) {
+        let mut watch = match self.owners.watch_with_history(">").await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cluster: cannot watch session owners; takeovers by other nodes will not close connections here");
+                return;
+            }
+        };
+        while let Some(entry) = watch.next().await {
+            let Ok(entry) = entry else { continue };
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            let owner = String::from_utf8_lossy(&entry.value).into_owned();
+            if owner == self.node {
+                self.owned.lock().insert(entry.key.clone());
+                continue;
+            }
+            if !self.owned.lock().remove(&entry.key) {
+                continue;
+            }
+            let Some(core) = core.upgrade() else { return };
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.hand_over(&core, &entry.key, &owner, entry.revision)
+                    .await
+            });
+        }
+    }
+
+    /// Gives the session of `ck` to `new_owner`: closes its connection here, lets the
+    /// journal reach JetStream, forgets it, writes the marker.
+    async fn hand_over(&self, core: &Core, ck: &str, new_owner: &str, revision: u64) {
+        let Ok(client_id) = topic_from_tokens(ck) else {
+            return;
+        };
+        let had = core.registry.hand_over(&client_id).await;
+        if let Some(storage) = &core.storage {
+            storage.wait_durable(storage.submit(Vec::new())).await;
+        }
+        if let Err(e) = self
+            .state
+            .put(format!("{ck}.h"), Bytes::from(revision.to_string()))
+            .await
+        {
+            warn!(client_id, error = %e, "cluster: cannot write the hand-over marker; the new owner waits for it");
+        }
+        if had {
+            self.shared
+                .stats
+                .sessions_handed_over
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            info!(
+                client_id,
+                new_owner, "cluster: session handed over to another node"
+            );
+        }
+    }
+}
+
+impl SessionDirectory for ClusterDirectory {
+    fn claim<'a>(
+        &'a self,
+        client_id: &'a str,
+        mode: ClaimMode,
+    ) -> DirectoryFuture<'a, Result<Option<RecoveredSession>, String>> {
+        Box::pin(async move {
+            let ck = client_key(client_id);
+            let (revision, previous) = self.take_ownership(&ck).await?;
+            self.owned.lock().insert(ck.clone());
+            if let Some(prev) = previous.as_deref().filter(|p| *p != self.node) {
+                self.await_handover(&ck, prev, revision).await;
+            }
+            match mode {
+                ClaimMode::Keep => Ok(None),
+                ClaimMode::Discard => self.discard(&ck).await.map(|_| None),
+                ClaimMode::Load => load_session(&self.state, client_id).await,
+            }
+        })
+    }
+}
+
+/// Creates (or opens) a key-value bucket's stream as the key-value convention (ADR-8) has
+/// it: the client's `create_key_value` first reads account limits in a form Debian's
+/// nats-server 2.9 does not send.
+pub(crate) async fn ensure_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: replicas,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    js.get_key_value(bucket).await.map_err(|e| e.to_string())
+}

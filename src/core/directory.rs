@@ -1,0 +1,34 @@
+//! Where a client's session lives when several nodes act as one: the interface the
+//! connection asks before attaching a client (the cluster implements it; a single node has
+//! none). Kept here, below the cluster, so that the core never depends on NATS.
+
+use crate::storage::RecoveredSession;
+use std::future::Future;
+use std::pin::Pin;
+
+/// A future the directory returns.
+pub type DirectoryFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a claim does with the session the cluster stored for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimMode {
+    /// Return it: the client resumes its session and this node does not hold it.
+    Load,
+    /// Leave it: this node holds the session already (its copy is the current one).
+    Keep,
+    /// Delete it: the client starts clean [MQTT-3.1.2-4].
+    Discard,
+}
+
+/// The cluster-wide owner of each client id's session.
+pub trait SessionDirectory: Send + Sync {
+    /// Makes this node the one owner of `client_id`'s session, fencing any other node's
+    /// connection for it [MQTT-3.1.4-2] once that node has stored what it held, and treats
+    /// the stored session as `mode` says (`Ok(Some)` only for [`ClaimMode::Load`] when one
+    /// is stored). An error (the cluster is unreachable) refuses the connection.
+    fn claim<'a>(
+        &'a self,
+        client_id: &'a str,
+        mode: ClaimMode,
+    ) -> DirectoryFuture<'a, Result<Option<RecoveredSession>, String>>;
+}
