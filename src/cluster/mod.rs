@@ -74,6 +74,8 @@ pub struct Names {
     pub owners: String,
     /// The bucket of persistent sessions' state.
     pub sessions: String,
+    /// The bucket of node heartbeats and checkpoints.
+    pub nodes: String,
 }
 
 impl Names {
@@ -86,6 +88,7 @@ impl Names {
             retained: format!("{prefix}-retained"),
             owners: format!("{prefix}-owners"),
             sessions: format!("{prefix}-session-state"),
+            nodes: format!("{prefix}-nodes"),
         }
     }
 }
@@ -167,6 +170,12 @@ pub(crate) struct ClusterShared {
     pub done: watch::Sender<u64>,
     /// Settled tickets that failed, with why (the oldest are forgotten past a bound).
     failed: Mutex<std::collections::BTreeMap<u64, String>>,
+    /// The stream position this node has delivered up to; held while a message from the
+    /// stream is routed, and by a session resumed or handed over, so that a session is
+    /// caught up or let go at an exact position.
+    pub position: tokio::sync::Mutex<u64>,
+    /// The same position, readable without waiting (heartbeat checkpoints).
+    pub position_now: AtomicU64,
     /// Revision of the retained bucket this node's store reflects.
     retained_applied: watch::Sender<u64>,
     publish_timeout_ms: AtomicU64,
@@ -349,6 +358,9 @@ impl ClusterLink {
         let session_state = retry_until(deadline, || bucket(names.sessions.clone()))
             .await
             .map_err(|e| setup(&format!("bucket {}", names.sessions), e))?;
+        let nodes = retry_until(deadline, || bucket(names.nodes.clone()))
+            .await
+            .map_err(|e| setup(&format!("bucket {}", names.nodes), e))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(ClusterStats::default());
         stats.link_up.store(true, Ordering::Relaxed);
@@ -357,6 +369,8 @@ impl ClusterLink {
             done: watch::channel(0).0,
             failed: Mutex::new(Default::default()),
             retained_applied: watch::channel(0).0,
+            position: tokio::sync::Mutex::new(0),
+            position_now: AtomicU64::new(0),
             publish_timeout_ms: AtomicU64::new(config.publish_timeout.get().as_millis() as u64),
             isolation_timeout_ms: AtomicU64::new(config.isolation_timeout.get().as_millis() as u64),
             stats,
@@ -368,6 +382,7 @@ impl ClusterLink {
         let directory = Arc::new(sessions::ClusterDirectory::new(
             owners,
             session_state,
+            nodes,
             shared.clone(),
         ));
         Ok(ClusterLink {
@@ -420,7 +435,6 @@ impl ClusterLink {
             shared,
             rx,
         } = self;
-        tokio::spawn(directory.watch_claims(core));
         // Retained first: the node must know them before any client subscribes.
         let watch = retained
             .watch_with_history(">")
@@ -448,10 +462,26 @@ impl ClusterLink {
                 reason: e.to_string(),
             })?;
         tokio::spawn(receive_live(live, local.clone(), shared.clone()));
+        // Everything after what the stream holds now; the position starts there.
+        let mut stream = stream;
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| ClusterError::Setup {
+                what: format!("stream {}", shared.names.stream),
+                reason: e.to_string(),
+            })?
+            .state
+            .last_sequence;
+        *shared.position.lock().await = last;
+        shared.position_now.store(last, Ordering::Release);
+        directory.start(core, local.clone(), stream.clone()).await;
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: format!("{}.>", shared.names.stored),
-                deliver_policy: consumer::DeliverPolicy::New,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: last + 1,
+                },
                 ..Default::default()
             })
             .await
@@ -704,10 +734,36 @@ async fn receive_stored(
     shared: Arc<ClusterShared>,
 ) {
     while let Some(m) = messages.next().await {
-        match m {
-            Ok(m) => deliver_here(&local, &shared, &m.payload),
-            Err(e) => warn!(error = %e, "cluster: reading the message stream"),
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "cluster: reading the message stream");
+                continue;
+            }
+        };
+        let Ok(seq) = m.info().map(|i| i.stream_sequence) else {
+            continue;
+        };
+        let mut pos = shared.position.lock().await;
+        if seq <= *pos {
+            // Already delivered (the consumer was recreated after a gap).
+            continue;
         }
+        match decode(&m.payload) {
+            Some(msg) => {
+                shared.stats.from_cluster.fetch_add(1, Ordering::Relaxed);
+                local.route_at(msg, false, Some(seq));
+            }
+            None => {
+                shared.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    seq,
+                    "cluster: dropped a stream message that does not decode"
+                );
+            }
+        }
+        *pos = seq;
+        shared.position_now.store(seq, Ordering::Release);
     }
     warn!("cluster: the message stream consumer ended");
 }

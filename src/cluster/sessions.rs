@@ -19,14 +19,16 @@
 use super::subject::{client_key, topic_from_tokens};
 use super::ClusterShared;
 use crate::core::directory::{ClaimMode, DirectoryFuture, SessionDirectory};
+use crate::core::router::LocalRouter;
 use crate::core::Core;
 use crate::storage::codec::{decode_session, decode_stored, encode_message, encode_session};
 use crate::storage::{Recovered, RecoveredSession, Storage, StorageError, StorageOp};
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -75,15 +77,25 @@ impl Storage for JetStreamSessions {
         self.runtime.block_on(async {
             // Sent in order, acknowledgements awaited after: one round trip per batch.
             let mut acks = Vec::with_capacity(ops.len());
+            // A session's stream mark is written once per batch: the last one counts.
+            let mut marks: Vec<(Arc<str>, u64)> = Vec::new();
             for op in ops {
                 let sent = match op {
                     StorageOp::PutRetained(_) | StorageOp::DeleteRetained(_) => continue,
+                    StorageOp::StreamMark { client_id, seq } => {
+                        match marks.iter_mut().find(|(c, _)| c == client_id) {
+                            Some(m) => m.1 = m.1.max(*seq),
+                            None => marks.push((client_id.clone(), *seq)),
+                        }
+                        continue;
+                    }
                     StorageOp::PutSession { client_id, record } => {
                         let key = format!("{}.r", client_key(client_id));
                         let body = Bytes::from(encode_session(record));
                         self.js.publish(self.subject(&key), body).await
                     }
                     StorageOp::DeleteSession(client_id) => {
+                        marks.retain(|(c, _)| c != client_id);
                         // Everything of the client at once; earlier sends are stored first
                         // (one connection, in order).
                         for a in acks.drain(..) {
@@ -123,6 +135,14 @@ impl Storage for JetStreamSessions {
                 };
                 acks.push(sent.map_err(|e| io(&e))?);
             }
+            for (client_id, seq) in marks {
+                let key = format!("{}.w", client_key(&client_id));
+                let sent = self
+                    .js
+                    .publish(self.subject(&key), Bytes::from(seq.to_string()))
+                    .await;
+                acks.push(sent.map_err(|e| io(&e))?);
+            }
             for a in acks {
                 a.await.map_err(|e| io(&e))?;
             }
@@ -160,6 +180,7 @@ async fn load_session(
         record,
         messages: Vec::new(),
         inbound: Vec::new(),
+        stream_mark: 0,
     };
     let mut watch = state
         .watch_with_history(format!("{ck}.>"))
@@ -183,6 +204,8 @@ async fn load_session(
                 if let Ok(pid) = pid.parse() {
                     session.inbound.push(pid);
                 }
+            } else if rest == "w" {
+                session.stream_mark = parse_u64(&entry.value);
             }
         }
         if entry.delta == 0 {
@@ -192,25 +215,111 @@ async fn load_session(
     Ok(Some(session))
 }
 
-/// The cluster's [`SessionDirectory`] and the watcher of claims by other nodes.
+/// What the node needs once it runs: its core, its own router and the message stream.
+struct Running {
+    core: Weak<Core>,
+    local: Arc<LocalRouter>,
+    stream: stream::Stream,
+}
+
+/// The cluster's [`SessionDirectory`], the watcher of claims by other nodes, and the
+/// node's heartbeat with its stream checkpoint.
 pub(crate) struct ClusterDirectory {
     owners: kv::Store,
     state: kv::Store,
+    /// Heartbeats and checkpoints of nodes: key = node (escaped), value = `<position>
+    /// <unix ms>`: every message of the stream up to `position` has been journaled by that
+    /// node's sessions.
+    nodes: kv::Store,
     node: String,
     /// Client ids (escaped) this node owns, as far as it knows.
     owned: Mutex<HashSet<String>>,
+    /// This node's checkpoint from before it started (its sessions of a previous run
+    /// resume from there).
+    previous_checkpoint: Mutex<u64>,
+    running: std::sync::OnceLock<Running>,
     shared: Arc<ClusterShared>,
 }
 
+/// A node whose heartbeat is older than this is taken for dead: its sessions are resumed
+/// without waiting for a hand-over.
+const NODE_DEAD_AFTER: Duration = Duration::from_secs(3);
+
+/// Period of the heartbeat and checkpoint.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
 impl ClusterDirectory {
-    /// A directory over the owners and session-state buckets.
-    pub fn new(owners: kv::Store, state: kv::Store, shared: Arc<ClusterShared>) -> Self {
+    /// A directory over the owners, session-state and nodes buckets.
+    pub fn new(
+        owners: kv::Store,
+        state: kv::Store,
+        nodes: kv::Store,
+        shared: Arc<ClusterShared>,
+    ) -> Self {
         ClusterDirectory {
             owners,
             state,
+            nodes,
             node: shared.node.clone(),
             owned: Mutex::new(HashSet::new()),
+            previous_checkpoint: Mutex::new(0),
+            running: std::sync::OnceLock::new(),
             shared,
+        }
+    }
+
+    /// Starts the claim watcher and the heartbeat, once the node's core exists.
+    pub async fn start(
+        self: Arc<Self>,
+        core: Weak<Core>,
+        local: Arc<LocalRouter>,
+        stream: stream::Stream,
+    ) {
+        if let Ok(Some((pos, _))) = self.node_state(&self.node).await {
+            *self.previous_checkpoint.lock() = pos;
+        }
+        let _ = self.running.set(Running {
+            core: core.clone(),
+            local,
+            stream,
+        });
+        tokio::spawn(self.clone().watch_claims(core.clone()));
+        tokio::spawn(self.heartbeat(core));
+    }
+
+    /// A node's last checkpoint and heartbeat age.
+    async fn node_state(&self, node: &str) -> Result<Option<(u64, Duration)>, String> {
+        let v = self
+            .nodes
+            .get(client_key(node))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(v.map(|v| {
+            let text = String::from_utf8_lossy(&v);
+            let mut parts = text.split_whitespace();
+            let pos = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            let at: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            let age = Duration::from_millis(now_ms().saturating_sub(at));
+            (pos, age)
+        }))
+    }
+
+    /// Every [`HEARTBEAT`]: once everything routed up to the current stream position is
+    /// journaled, writes that position and the time.
+    async fn heartbeat(self: Arc<Self>, core: Weak<Core>) {
+        let key = client_key(&self.node);
+        loop {
+            tokio::time::sleep(HEARTBEAT).await;
+            let Some(core) = core.upgrade() else { return };
+            let pos = self.shared.position_now.load(Ordering::Acquire);
+            if let Some(storage) = &core.storage {
+                storage.wait_durable(storage.submit(Vec::new())).await;
+            }
+            drop(core);
+            let value = Bytes::from(format!("{pos} {}", now_ms()));
+            if let Err(e) = self.nodes.put(&key, value).await {
+                warn!(error = %e, "cluster: heartbeat not written");
+            }
         }
     }
 
@@ -246,28 +355,33 @@ impl ClusterDirectory {
         Err(format!("could not claim the client id: {last}"))
     }
 
-    /// Waits until the previous owner wrote the hand-over marker for `revision` (or
-    /// [`HANDOVER_WAIT`] passed: it may be down).
-    async fn await_handover(&self, ck: &str, previous: &str, revision: u64) {
+    /// The stream position up to which the previous owner journaled the session: from its
+    /// hand-over marker for `revision`, or (it is dead, or did not answer within
+    /// [`HANDOVER_WAIT`]) from its last checkpoint.
+    async fn await_handover(&self, ck: &str, previous: &str, revision: u64) -> u64 {
         let started = Instant::now();
         let key = format!("{ck}.h");
-        while started.elapsed() < HANDOVER_WAIT {
+        let checkpoint = self.node_state(previous).await.ok().flatten();
+        let dead = checkpoint.is_none_or(|(_, age)| age > NODE_DEAD_AFTER);
+        while !dead && started.elapsed() < HANDOVER_WAIT {
             if let Ok(Some(v)) = self.state.get(&key).await {
-                let handed: u64 = std::str::from_utf8(&v)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
+                let text = String::from_utf8_lossy(&v);
+                let mut parts = text.split_whitespace();
+                let handed: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
                 if handed >= revision {
-                    return;
+                    return parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
                 }
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let pos = checkpoint.map_or(0, |(p, _)| p);
         warn!(
             previous_owner = previous,
-            wait_ms = HANDOVER_WAIT.as_millis() as u64,
-            "cluster: the previous node did not hand the session over in time (down?); resuming what JetStream holds"
+            dead,
+            checkpoint = pos,
+            "cluster: the previous node did not hand the session over (down?); resuming what JetStream holds and replaying the stream from its checkpoint"
         );
+        pos
     }
 
     /// Deletes everything stored for `ck`.
@@ -283,7 +397,7 @@ impl ClusterDirectory {
 
     /// Watches the owners bucket: when another node claims a client id this node owns,
     /// hands the session over (see the module documentation).
-    pub async fn watch_claims(self: Arc<Self>, core: Weak<Core>) {
+    async fn watch_claims(self: Arc<Self>, core: Weak<Core>) {
         let mut watch = match self.owners.watch_with_history(">").await {
             Ok(w) => w,
             Err(e) => {
@@ -313,34 +427,142 @@ impl ClusterDirectory {
         }
     }
 
-    /// Gives the session of `ck` to `new_owner`: closes its connection here, lets the
-    /// journal reach JetStream, forgets it, writes the marker.
+    /// Gives the session of `ck` to `new_owner`: closes its connection here, forgets it
+    /// at an exact stream position, lets the journal reach JetStream, writes the marker
+    /// (`<revision> <position>`).
     async fn hand_over(&self, core: &Core, ck: &str, new_owner: &str, revision: u64) {
         let Ok(client_id) = topic_from_tokens(ck) else {
             return;
         };
-        let had = core.registry.hand_over(&client_id).await;
+        core.registry.close_for_hand_over(&client_id).await;
+        let (had, pos) = {
+            let pos = self.shared.position.lock().await;
+            (core.registry.forget(&client_id), *pos)
+        };
         if let Some(storage) = &core.storage {
             storage.wait_durable(storage.submit(Vec::new())).await;
         }
-        if let Err(e) = self
-            .state
-            .put(format!("{ck}.h"), Bytes::from(revision.to_string()))
-            .await
-        {
+        let marker = Bytes::from(format!("{revision} {pos}"));
+        if let Err(e) = self.state.put(format!("{ck}.h"), marker).await {
             warn!(client_id, error = %e, "cluster: cannot write the hand-over marker; the new owner waits for it");
         }
         if had {
             self.shared
                 .stats
                 .sessions_handed_over
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(1, Ordering::Relaxed);
             info!(
                 client_id,
-                new_owner, "cluster: session handed over to another node"
+                new_owner,
+                position = pos,
+                "cluster: session handed over to another node"
             );
         }
     }
+
+    /// Loads `client_id`'s stored session into this node and catches it up on the stream
+    /// after `from`, then lets it receive live: the stream receiver waits meanwhile, so the
+    /// session misses nothing and gets nothing twice.
+    async fn resume(&self, client_id: &str, from: u64) -> Result<(), String> {
+        let Some(mut stored) = load_session(&self.state, client_id).await? else {
+            return Ok(());
+        };
+        let running = self
+            .running
+            .get()
+            .ok_or_else(|| "the cluster link is not running yet".to_string())?;
+        let core = running
+            .core
+            .upgrade()
+            .ok_or_else(|| "the broker is stopping".to_string())?;
+        let from = from.max(stored.stream_mark);
+        stored.stream_mark = from;
+        let queued = stored.messages.len();
+        // This node's receiver must have reached `from`, or it would deliver again what
+        // the session already has.
+        let deadline = Instant::now() + HANDOVER_WAIT;
+        let pos = loop {
+            let pos = self.shared.position.lock().await;
+            if *pos >= from || Instant::now() > deadline {
+                break pos;
+            }
+            drop(pos);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let upto = *pos;
+        core.registry.recover(Recovered {
+            retained: Vec::new(),
+            sessions: vec![stored],
+        });
+        let mut replayed = 0;
+        if from > 0 && from < upto {
+            if let Some(entry) = core.registry.get(client_id) {
+                replayed = replay(
+                    &running.stream,
+                    &self.shared,
+                    &running.local,
+                    &entry,
+                    from,
+                    upto,
+                )
+                .await?;
+            }
+        }
+        drop(pos);
+        info!(
+            client_id,
+            queued, replayed, from, upto, "cluster: resumed the session the cluster stored"
+        );
+        Ok(())
+    }
+}
+
+/// Delivers to `entry` what the stream holds after `from` up to `upto`.
+async fn replay(
+    stream: &stream::Stream,
+    shared: &ClusterShared,
+    local: &LocalRouter,
+    entry: &Arc<crate::core::registry::SessionEntry>,
+    from: u64,
+    upto: u64,
+) -> Result<usize, String> {
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: format!("{}.>", shared.names.stored),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let mut delivered = 0;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .map_err(|_| "timed out replaying the message stream".to_string())?;
+        let Some(m) = next else { break };
+        let m = m.map_err(|e| e.to_string())?;
+        let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
+        if seq > upto {
+            break;
+        }
+        if let Some(msg) = super::decode(&m.payload) {
+            delivered += local.deliver_to(entry, msg, seq);
+        }
+        if seq == upto {
+            break;
+        }
+    }
+    Ok(delivered)
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl SessionDirectory for ClusterDirectory {
@@ -348,18 +570,21 @@ impl SessionDirectory for ClusterDirectory {
         &'a self,
         client_id: &'a str,
         mode: ClaimMode,
-    ) -> DirectoryFuture<'a, Result<Option<RecoveredSession>, String>> {
+    ) -> DirectoryFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let ck = client_key(client_id);
             let (revision, previous) = self.take_ownership(&ck).await?;
             self.owned.lock().insert(ck.clone());
-            if let Some(prev) = previous.as_deref().filter(|p| *p != self.node) {
-                self.await_handover(&ck, prev, revision).await;
-            }
+            let from = match previous.as_deref() {
+                Some(prev) if prev != self.node => self.await_handover(&ck, prev, revision).await,
+                // This node held it in a previous run.
+                Some(_) => *self.previous_checkpoint.lock(),
+                None => 0,
+            };
             match mode {
-                ClaimMode::Keep => Ok(None),
-                ClaimMode::Discard => self.discard(&ck).await.map(|_| None),
-                ClaimMode::Load => load_session(&self.state, client_id).await,
+                ClaimMode::Keep => Ok(()),
+                ClaimMode::Discard => self.discard(&ck).await,
+                ClaimMode::Load => self.resume(client_id, from).await,
             }
         })
     }
@@ -388,4 +613,12 @@ pub(crate) async fn ensure_bucket(
     .await
     .map_err(|e| e.to_string())?;
     js.get_key_value(bucket).await.map_err(|e| e.to_string())
+}
+
+/// A number written as text (0 when it is not one).
+fn parse_u64(b: &[u8]) -> u64 {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }

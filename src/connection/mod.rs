@@ -322,25 +322,11 @@ where
         } else {
             ClaimMode::Load
         };
-        match directory.claim(&client.client_id, mode).await {
-            Ok(Some(stored)) => {
-                info!(
-                    queued = stored.messages.len(),
-                    subscriptions = stored.record.subscriptions.len(),
-                    "resuming the session the cluster stored"
-                );
-                core.registry.recover(crate::storage::Recovered {
-                    retained: Vec::new(),
-                    sessions: vec![stored],
-                });
-            }
-            Ok(None) => {}
-            Err(why) => {
-                warn!(reason = %why, "refusing connection: the cluster could not give this node the session (CONNACK server unavailable)");
-                conn.send_and_close(refuse(ConnectReturnCode::ServerUnavailable))
-                    .await;
-                return;
-            }
+        if let Err(why) = directory.claim(&client.client_id, mode).await {
+            warn!(reason = %why, "refusing connection: the cluster could not give this node the session (CONNACK server unavailable)");
+            conn.send_and_close(refuse(ConnectReturnCode::ServerUnavailable))
+                .await;
+            return;
         }
     }
     let close = Arc::new(CloseSignal::new(info.cancel.clone()));

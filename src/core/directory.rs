@@ -2,7 +2,6 @@
 //! connection asks before attaching a client (the cluster implements it; a single node has
 //! none). Kept here, below the cluster, so that the core never depends on NATS.
 
-use crate::storage::RecoveredSession;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -24,11 +23,12 @@ pub enum ClaimMode {
 pub trait SessionDirectory: Send + Sync {
     /// Makes this node the one owner of `client_id`'s session, fencing any other node's
     /// connection for it [MQTT-3.1.4-2] once that node has stored what it held, and treats
-    /// the stored session as `mode` says (`Ok(Some)` only for [`ClaimMode::Load`] when one
-    /// is stored). An error (the cluster is unreachable) refuses the connection.
+    /// the stored session as `mode` says: [`ClaimMode::Load`] puts the stored session into
+    /// this node's registry, caught up with what was published meanwhile. An error (the
+    /// cluster is unreachable) refuses the connection.
     fn claim<'a>(
         &'a self,
         client_id: &'a str,
         mode: ClaimMode,
-    ) -> DirectoryFuture<'a, Result<Option<RecoveredSession>, String>>;
+    ) -> DirectoryFuture<'a, Result<(), String>>;
 }

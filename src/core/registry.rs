@@ -353,14 +353,12 @@ impl SessionRegistry {
                 .is_some_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() >= expiry)
     }
 
-    /// Gives a session to another node (the cluster): its connection, if any, is closed as
-    /// taken over [MQTT-3.1.4-2] and waited for (it finishes what its client sent, publishes
-    /// its will, journals); then the session leaves this node, its stored state kept for the
-    /// new owner (not deleted, its shared-subscription messages not redistributed). Returns
-    /// whether this node held it.
-    pub async fn hand_over(&self, client_id: &str) -> bool {
+    /// First step of giving a session to another node (the cluster): its connection, if
+    /// any, is closed as taken over [MQTT-3.1.4-2] and waited for (it finishes what its
+    /// client sent, publishes its will, journals).
+    pub async fn close_for_hand_over(&self, client_id: &str) {
         let Some(entry) = self.get(client_id) else {
-            return false;
+            return;
         };
         let previous = entry.owner.lock().take();
         if let Some(prev) = previous {
@@ -368,16 +366,19 @@ impl SessionRegistry {
             let mut done = prev.done;
             let _ = tokio::time::timeout(Duration::from_secs(5), done.wait_for(|d| *d)).await;
         }
+    }
+
+    /// Last step of giving a session to another node: it leaves this node, its stored
+    /// state kept for the new owner (not deleted, its shared-subscription messages not
+    /// redistributed: they go with it). Returns whether this node held it.
+    pub fn forget(&self, client_id: &str) -> bool {
         let mut sessions = self.sessions.lock();
+        let Some(entry) = sessions.remove(client_id) else {
+            return false;
+        };
         let filters = std::mem::take(&mut entry.state.lock().subscriptions);
         for filter in filters.keys() {
             self.router.unsubscribe(&entry, filter);
-        }
-        if sessions
-            .get(&entry.client_id)
-            .is_some_and(|e| Arc::ptr_eq(e, &entry))
-        {
-            sessions.remove(&entry.client_id);
         }
         true
     }

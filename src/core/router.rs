@@ -256,7 +256,13 @@ impl LocalRouter {
     /// Delivers `msg` to this node's matching subscribers; with `store_retained`, stores or
     /// deletes the retained message first when RETAIN is set. A cluster stores retained
     /// messages through [`LocalRouter::apply_retained`] instead, in the cluster's order.
-    pub fn route(&self, mut msg: Message, store_retained: bool) -> Routed {
+    pub fn route(&self, msg: Message, store_retained: bool) -> Routed {
+        self.route_at(msg, store_retained, None)
+    }
+
+    /// [`LocalRouter::route`] of a message read at `seq` of the cluster's stream (see
+    /// [`deliver_at`]).
+    pub fn route_at(&self, mut msg: Message, store_retained: bool, seq: Option<u64>) -> Routed {
         msg.enqueued_at.get_or_insert_with(std::time::Instant::now);
         let mut receipt = Receipt::ACCEPTED;
         let _order = msg.retain.then(|| self.retain_order.lock());
@@ -290,12 +296,33 @@ impl LocalRouter {
             });
         }
         drop(_order);
-        let (subscribers, delivered) = deliver(&self.services, &msg, targets);
+        let (subscribers, delivered) = deliver_at(&self.services, &msg, targets, seq);
         Routed {
             subscribers,
             receipt: receipt.and(delivered),
             remote: false,
         }
+    }
+
+    /// Delivers a message read at `seq` of the cluster's stream to one session, through
+    /// whichever of its (non-shared) subscriptions match: a resumed session catching up on
+    /// what was published while no node held it.
+    pub fn deliver_to(&self, entry: &Arc<SessionEntry>, mut msg: Message, seq: u64) -> usize {
+        msg.enqueued_at.get_or_insert_with(std::time::Instant::now);
+        let targets: Vec<Target> = entry
+            .state()
+            .subscriptions
+            .iter()
+            .filter(|(f, _)| {
+                parse_shared(f).is_none() && crate::protocol::topic::filter_matches(f, &msg.topic)
+            })
+            .map(|(_, sub)| Target {
+                session: entry.clone(),
+                sub: *sub,
+                shared: None,
+            })
+            .collect();
+        deliver_at(&self.services, &msg, targets, Some(seq)).0
     }
 
     /// Stores, replaces or (empty payload) deletes a retained message without delivering
@@ -473,7 +500,18 @@ impl Router for LocalRouter {
 /// delivery ACL (a wildcard subscription never leaks a topic its client may not read). A
 /// shared subscription's delivery is its own: it is not merged with the client's other
 /// matches. Returns how many sessions took it and the receipt of what that journaled.
-pub(crate) fn deliver(s: &Services, msg: &Message, mut targets: Vec<Target>) -> (usize, Receipt) {
+pub(crate) fn deliver(s: &Services, msg: &Message, targets: Vec<Target>) -> (usize, Receipt) {
+    deliver_at(s, msg, targets, None)
+}
+
+/// [`deliver`] a message read at `seq` of the cluster's stream: each receiving persistent
+/// session journals that it has seen the stream up to there.
+fn deliver_at(
+    s: &Services,
+    msg: &Message,
+    mut targets: Vec<Target>,
+    seq: Option<u64>,
+) -> (usize, Receipt) {
     let mut receipt = Receipt::ACCEPTED;
     if let Some(origin) = msg.props.as_ref().and_then(|p| p.origin.as_deref()) {
         targets.retain(|t| !(t.sub.options.no_local && &*t.session.client_id == origin));
@@ -543,13 +581,13 @@ pub(crate) fn deliver(s: &Services, msg: &Message, mut targets: Vec<Target>) -> 
                     t.sub.id.into_iter().collect(),
                     &t.shared,
                 );
-                receipt = receipt.and(enqueue(s, entry, msg, copy));
+                receipt = receipt.and(enqueue(s, entry, msg, copy, seq));
             }
             continue;
         }
         let keep_retain = group.iter().any(|t| t.sub.options.retain_as_published);
         let delivered = delivery(msg, granted, keep_retain, ids, &first.shared);
-        receipt = receipt.and(enqueue(s, entry, msg, delivered));
+        receipt = receipt.and(enqueue(s, entry, msg, delivered, seq));
     }
     (count, receipt)
 }
@@ -580,11 +618,20 @@ fn delivery(
 }
 
 /// Queues one copy for a session, waking its connection; a refused copy is counted.
-fn enqueue(s: &Services, entry: &Arc<SessionEntry>, msg: &Message, delivered: Message) -> Receipt {
+fn enqueue(
+    s: &Services,
+    entry: &Arc<SessionEntry>,
+    msg: &Message,
+    delivered: Message,
+    seq: Option<u64>,
+) -> Receipt {
     let mut receipt = Receipt::ACCEPTED;
     let mut state = entry.state();
     match state.enqueue(delivered) {
         Ok(()) => {
+            if let Some(seq) = seq {
+                state.journal_stream_mark(seq);
+            }
             let online = state.is_online();
             receipt = Receipt::from_ticket(s.persist(&mut state));
             drop(state);

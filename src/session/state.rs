@@ -255,6 +255,17 @@ impl Session {
         out
     }
 
+    /// Journals that the session has seen the cluster's message stream up to `seq` (a
+    /// persistent session only).
+    pub fn journal_stream_mark(&mut self, seq: u64) {
+        if self.persist {
+            self.journal.push(StorageOp::StreamMark {
+                client_id: self.client_id.clone(),
+                seq,
+            });
+        }
+    }
+
     /// Takes the storage operations journaled since the last call.
     pub fn take_journal(&mut self) -> Vec<StorageOp> {
         std::mem::take(&mut self.journal)

@@ -110,6 +110,7 @@ impl FileStorage {
                     record: codec::decode_session(v.value())?,
                     messages: Vec::new(),
                     inbound: Vec::new(),
+                    stream_mark: 0,
                 },
             );
         }
@@ -188,6 +189,7 @@ impl Storage for FileStorage {
                     StorageOp::DeleteInbound { client_id, pid } => {
                         inbound.remove((&**client_id, *pid)).map_err(io)?;
                     }
+                    StorageOp::StreamMark { .. } => {}
                 }
             }
         }

@@ -56,6 +56,7 @@ impl Storage for MemoryStorage {
                 StorageOp::DeleteInbound { client_id, pid } => {
                     s.inbound.remove(&(client_id.clone(), *pid));
                 }
+                StorageOp::StreamMark { .. } => {}
             }
         }
         Ok(())
@@ -87,6 +88,7 @@ impl Storage for MemoryStorage {
                         .filter(|(c, _)| c == id)
                         .map(|(_, p)| *p)
                         .collect(),
+                    stream_mark: 0,
                 })
                 .collect(),
         })

@@ -135,6 +135,15 @@ pub enum StorageOp {
         /// Packet id.
         pid: u16,
     },
+    /// The cluster's message stream position up to which the session has seen every
+    /// message (a node resuming it replays the stream after it). Only the cluster's store
+    /// keeps it; the single-node stores ignore it.
+    StreamMark {
+        /// Client identifier.
+        client_id: Arc<str>,
+        /// Stream sequence.
+        seq: u64,
+    },
 }
 
 /// A session as loaded at start.
@@ -148,6 +157,8 @@ pub struct RecoveredSession {
     pub messages: Vec<StoredMessage>,
     /// Inbound QoS 2 ids awaiting PUBREL.
     pub inbound: Vec<u16>,
+    /// The cluster's stream position the session has seen (0: none or not a cluster).
+    pub stream_mark: u64,
 }
 
 /// Everything loaded at start.
