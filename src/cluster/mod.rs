@@ -76,6 +76,8 @@ pub struct Names {
     pub sessions: String,
     /// The bucket of node heartbeats and checkpoints.
     pub nodes: String,
+    /// The bucket of connected clients' wills.
+    pub wills: String,
 }
 
 impl Names {
@@ -89,6 +91,7 @@ impl Names {
             owners: format!("{prefix}-owners"),
             sessions: format!("{prefix}-session-state"),
             nodes: format!("{prefix}-nodes"),
+            wills: format!("{prefix}-wills"),
         }
     }
 }
@@ -129,6 +132,8 @@ pub struct ClusterStats {
     pub retained_updates: AtomicU64,
     /// Sessions this node gave to another node that their clients connected to.
     pub sessions_handed_over: AtomicU64,
+    /// Wills of a dead node's clients this node published.
+    pub wills_of_dead_nodes: AtomicU64,
 }
 
 /// What the router hands the publisher task.
@@ -361,6 +366,9 @@ impl ClusterLink {
         let nodes = retry_until(deadline, || bucket(names.nodes.clone()))
             .await
             .map_err(|e| setup(&format!("bucket {}", names.nodes), e))?;
+        let wills = retry_until(deadline, || bucket(names.wills.clone()))
+            .await
+            .map_err(|e| setup(&format!("bucket {}", names.wills), e))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(ClusterStats::default());
         stats.link_up.store(true, Ordering::Relaxed);
@@ -383,6 +391,7 @@ impl ClusterLink {
             owners,
             session_state,
             nodes,
+            wills,
             shared.clone(),
         ));
         Ok(ClusterLink {

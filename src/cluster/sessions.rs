@@ -21,7 +21,10 @@ use super::ClusterShared;
 use crate::core::directory::{ClaimMode, DirectoryFuture, SessionDirectory};
 use crate::core::router::LocalRouter;
 use crate::core::Core;
-use crate::storage::codec::{decode_session, decode_stored, encode_message, encode_session};
+use crate::protocol::LastWill;
+use crate::storage::codec::{
+    decode_message, decode_session, decode_stored, encode_message, encode_session,
+};
 use crate::storage::{Recovered, RecoveredSession, Storage, StorageError, StorageOp};
 use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
@@ -231,6 +234,9 @@ pub(crate) struct ClusterDirectory {
     /// <unix ms>`: every message of the stream up to `position` has been journaled by that
     /// node's sessions.
     nodes: kv::Store,
+    /// Wills of clients connected anywhere: key = client id (escaped), value = the node,
+    /// the user name and the will as a message (see [`encode_will`]).
+    wills: kv::Store,
     node: String,
     /// Client ids (escaped) this node owns, as far as it knows.
     owned: Mutex<HashSet<String>>,
@@ -254,12 +260,14 @@ impl ClusterDirectory {
         owners: kv::Store,
         state: kv::Store,
         nodes: kv::Store,
+        wills: kv::Store,
         shared: Arc<ClusterShared>,
     ) -> Self {
         ClusterDirectory {
             owners,
             state,
             nodes,
+            wills,
             node: shared.node.clone(),
             owned: Mutex::new(HashSet::new()),
             previous_checkpoint: Mutex::new(0),
@@ -283,7 +291,21 @@ impl ClusterDirectory {
             local,
             stream,
         });
+        // Alive from now on for the other nodes; the previous run's clients' wills are due
+        // (their connections ended when it stopped).
+        self.write_heartbeat(self.shared.position_now.load(Ordering::Acquire))
+            .await;
+        if let Some(c) = core.upgrade() {
+            let n = self.publish_wills_of(&c, &self.node).await;
+            if n > 0 {
+                info!(
+                    wills = n,
+                    "cluster: published the wills of the clients of this node's previous run"
+                );
+            }
+        }
         tokio::spawn(self.clone().watch_claims(core.clone()));
+        tokio::spawn(self.clone().watch_dead_nodes(core.clone()));
         tokio::spawn(self.heartbeat(core));
     }
 
@@ -307,20 +329,136 @@ impl ClusterDirectory {
     /// Every [`HEARTBEAT`]: once everything routed up to the current stream position is
     /// journaled, writes that position and the time.
     async fn heartbeat(self: Arc<Self>, core: Weak<Core>) {
-        let key = client_key(&self.node);
         loop {
             tokio::time::sleep(HEARTBEAT).await;
             let Some(core) = core.upgrade() else { return };
+            // Read before the flush: everything routed up to it is in the flushed journal.
             let pos = self.shared.position_now.load(Ordering::Acquire);
             if let Some(storage) = &core.storage {
                 storage.wait_durable(storage.submit(Vec::new())).await;
             }
             drop(core);
-            let value = Bytes::from(format!("{pos} {}", now_ms()));
-            if let Err(e) = self.nodes.put(&key, value).await {
-                warn!(error = %e, "cluster: heartbeat not written");
+            self.write_heartbeat(pos).await;
+        }
+    }
+
+    /// Writes this node's checkpoint `pos` and the time.
+    async fn write_heartbeat(&self, pos: u64) {
+        let value = Bytes::from(format!("{pos} {}", now_ms()));
+        if let Err(e) = self.nodes.put(client_key(&self.node), value).await {
+            warn!(error = %e, "cluster: heartbeat not written");
+        }
+    }
+
+    /// Every [`HEARTBEAT`]: finds nodes whose heartbeat stopped and publishes the wills of
+    /// their clients, each once across the cluster (whoever deletes the will's key with
+    /// its revision publishes it).
+    async fn watch_dead_nodes(self: Arc<Self>, core: Weak<Core>) {
+        // Last heartbeat time of every other node, kept by watching the bucket.
+        let seen: Arc<Mutex<std::collections::HashMap<String, u64>>> = Arc::default();
+        let mut watch = match self.nodes.watch_with_history(">").await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cluster: cannot watch node heartbeats; wills of stopped nodes will not be published");
+                return;
+            }
+        };
+        let mirror = seen.clone();
+        let me = self.node.clone();
+        tokio::spawn(async move {
+            while let Some(entry) = watch.next().await {
+                let Ok(entry) = entry else { continue };
+                let Ok(node) = topic_from_tokens(&entry.key) else {
+                    continue;
+                };
+                let at = String::from_utf8_lossy(&entry.value)
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|a| a.parse::<u64>().ok())
+                    .unwrap_or(0);
+                if node != me {
+                    mirror.lock().insert(node, at);
+                }
+            }
+        });
+        let mut handled: HashSet<(String, u64)> = HashSet::new();
+        loop {
+            tokio::time::sleep(HEARTBEAT).await;
+            let now = now_ms();
+            let dead: Vec<String> = seen
+                .lock()
+                .iter()
+                .filter(|(_, at)| Duration::from_millis(now.saturating_sub(**at)) > NODE_DEAD_AFTER)
+                .filter(|(node, at)| handled.insert(((*node).clone(), **at)))
+                .map(|(node, _)| node.clone())
+                .collect();
+            if dead.is_empty() {
+                continue;
+            }
+            let Some(core) = core.upgrade() else { return };
+            for node in dead {
+                let n = self.publish_wills_of(&core, &node).await;
+                info!(node, wills = n, "cluster: a node stopped sending heartbeats; published the wills of its clients");
             }
         }
+    }
+
+    /// Publishes the wills `node` recorded; returns how many this node published.
+    async fn publish_wills_of(&self, core: &Core, node: &str) -> usize {
+        let mut watch = match self.wills.watch_with_history(">").await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, node, "cluster: cannot read the wills of a stopped node");
+                return 0;
+            }
+        };
+        let mut published = 0;
+        loop {
+            // The bucket's current entries arrive at once; silence means the end of them.
+            let next = tokio::time::timeout(Duration::from_millis(500), watch.next()).await;
+            let Ok(Some(Ok(entry))) = next else { break };
+            let last = entry.delta == 0;
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            let Some((owner, username, will)) = decode_will(&entry.value) else {
+                continue;
+            };
+            if owner != node {
+                continue;
+            }
+            // Only the node that removes the key publishes.
+            if let Err(e) = self
+                .wills
+                .delete_expect_revision(&entry.key, Some(entry.revision))
+                .await
+            {
+                tracing::debug!(error = %e, key = %entry.key, "cluster: another node publishes this will");
+                continue;
+            }
+            let Ok(client_id) = topic_from_tokens(&entry.key) else {
+                continue;
+            };
+            let client = crate::hooks::ClientInfo {
+                client_id: Arc::from(client_id.as_str()),
+                username,
+                peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                transport: crate::model::TransportKind::Tcp,
+                tls_identity: None,
+                protocol: crate::protocol::ProtocolLevel::V311,
+                clean_session: true,
+            };
+            crate::core::engine::publish_will(core, &client, &will);
+            self.shared
+                .stats
+                .wills_of_dead_nodes
+                .fetch_add(1, Ordering::Relaxed);
+            published += 1;
+            if last {
+                break;
+            }
+        }
+        published
     }
 
     /// Takes ownership of `ck` by compare-and-set; returns the new revision and the
@@ -438,6 +576,13 @@ impl ClusterDirectory {
         let (had, pos) = {
             let pos = self.shared.position.lock().await;
             (core.registry.forget(&client_id), *pos)
+        };
+        // A session of this node's previous run, never resumed here: its journal covers
+        // the stream up to that run's last checkpoint.
+        let pos = if had {
+            pos
+        } else {
+            *self.previous_checkpoint.lock()
         };
         if let Some(storage) = &core.storage {
             storage.wait_durable(storage.submit(Vec::new())).await;
@@ -565,7 +710,92 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A will as the wills bucket keeps it: `[u16 node length][node][u16 user length][user]`,
+/// then the storage codec's message (topic, QoS, retain, properties, payload).
+fn encode_will(node: &str, username: Option<&str>, will: &LastWill) -> Bytes {
+    let mut message =
+        crate::model::Message::new(&will.topic, will.payload.clone(), will.qos, will.retain);
+    if let Some(p) = &will.properties {
+        message.props = Some(Arc::new(crate::model::MessageProps {
+            properties: Some(Arc::new((**p).clone())),
+            ..Default::default()
+        }));
+    }
+    let user = username.unwrap_or("");
+    let mut out = Vec::with_capacity(8 + node.len() + user.len() + will.payload.len());
+    for s in [node, user] {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    out.extend_from_slice(&encode_message(&message, None, None));
+    Bytes::from(out)
+}
+
+/// The node, user name and will of [`encode_will`].
+fn decode_will(b: &[u8]) -> Option<(String, Option<String>, LastWill)> {
+    let mut rest = b;
+    let mut take = || {
+        let len = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
+        let s = std::str::from_utf8(rest.get(2..2 + len)?).ok()?.to_owned();
+        rest = &rest[2 + len..];
+        Some(s)
+    };
+    let node = take()?;
+    let user = take()?;
+    let (m, _, _) = decode_message("wills", rest).ok()?;
+    let properties = m
+        .props
+        .as_ref()
+        .and_then(|p| p.properties.as_deref().cloned())
+        .map(Box::new);
+    Some((
+        node,
+        (!user.is_empty()).then_some(user),
+        LastWill {
+            topic: m.topic.clone(),
+            payload: m.payload.clone(),
+            qos: m.qos,
+            retain: m.retain,
+            properties,
+        },
+    ))
+}
+
 impl SessionDirectory for ClusterDirectory {
+    fn will_armed<'a>(
+        &'a self,
+        client: &'a crate::hooks::ClientInfo,
+        will: Option<&'a LastWill>,
+    ) -> DirectoryFuture<'a, Option<u64>> {
+        Box::pin(async move {
+            let key = client_key(&client.client_id);
+            match will {
+                Some(w) => {
+                    let value = encode_will(&self.node, client.username.as_deref(), w);
+                    match self.wills.put(&key, value).await {
+                        Ok(rev) => Some(rev),
+                        Err(e) => {
+                            warn!(error = %e, "cluster: will not recorded; it is published only if this node sees the connection end");
+                            None
+                        }
+                    }
+                }
+                // A will recorded by an earlier connection stays: that connection ended
+                // without DISCONNECT when its node died, so its will is due.
+                None => None,
+            }
+        })
+    }
+
+    fn will_done(&self, client_id: &str, token: u64) {
+        let wills = self.wills.clone();
+        let key = client_key(client_id);
+        tokio::spawn(async move {
+            // Only if it is still this connection's will.
+            let _ = wills.delete_expect_revision(&key, Some(token)).await;
+        });
+    }
+
     fn claim<'a>(
         &'a self,
         client_id: &'a str,

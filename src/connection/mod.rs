@@ -351,6 +351,11 @@ where
         let mut done = previous.done;
         let _ = tokio::time::timeout(TAKEOVER_WAIT, done.wait_for(|d| *d)).await;
     }
+    // In a cluster, another node publishes the will should this one die.
+    let will_token = match core.directory.get() {
+        Some(d) => d.will_armed(&client, connect.will.as_ref()).await,
+        None => None,
+    };
     // [MQTT-3.2.2-1], [MQTT-3.2.2-2]: session present only when a stored session resumed.
     let mut connack = ConnAck::new(attached.session_present, ConnectReturnCode::Accepted);
     let (keep_alive, negotiated) = match negotiation {
@@ -436,6 +441,9 @@ where
     Box::pin(conn.flush_best_effort()).await;
     drop(registration);
     let deferred = engine.closed(&core, &reason);
+    if let (Some(d), Some(token)) = (core.directory.get(), will_token) {
+        d.will_done(&engine.entry().client_id, token);
+    }
     // Detaches only after the will is published, so a takeover sees it first.
     drop(attachment);
     if let Some(will) = deferred {

@@ -2,6 +2,8 @@
 //! connection asks before attaching a client (the cluster implements it; a single node has
 //! none). Kept here, below the cluster, so that the core never depends on NATS.
 
+use crate::hooks::ClientInfo;
+use crate::protocol::LastWill;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -31,4 +33,17 @@ pub trait SessionDirectory: Send + Sync {
         client_id: &'a str,
         mode: ClaimMode,
     ) -> DirectoryFuture<'a, Result<(), String>>;
+
+    /// Records the will of a client that connected here (`None`: it has none), so that
+    /// another node publishes it if this node dies while the client is connected; returns
+    /// the token [`SessionDirectory::will_done`] takes.
+    fn will_armed<'a>(
+        &'a self,
+        client: &'a ClientInfo,
+        will: Option<&'a LastWill>,
+    ) -> DirectoryFuture<'a, Option<u64>>;
+
+    /// The connection whose will `token` recorded has ended here: its will was published,
+    /// deferred or discarded by this node.
+    fn will_done(&self, client_id: &str, token: u64);
 }
