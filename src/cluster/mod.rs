@@ -21,6 +21,7 @@
 
 pub mod router;
 pub mod sessions;
+pub mod shares;
 pub mod subject;
 
 use crate::config::ClusterConfig;
@@ -78,6 +79,8 @@ pub struct Names {
     pub nodes: String,
     /// The bucket of connected clients' wills.
     pub wills: String,
+    /// The bucket of shared subscription membership.
+    pub shares: String,
 }
 
 impl Names {
@@ -92,6 +95,7 @@ impl Names {
             sessions: format!("{prefix}-session-state"),
             nodes: format!("{prefix}-nodes"),
             wills: format!("{prefix}-wills"),
+            shares: format!("{prefix}-shares"),
         }
     }
 }
@@ -141,24 +145,39 @@ pub(crate) struct Outgoing {
     message: Message,
     /// Through the stream (QoS 1/2) rather than core NATS.
     stored: bool,
+    /// The message's cluster-wide id (see [`shares`]).
+    id: u64,
 }
 
 impl Outgoing {
     /// A QoS 0 message for core NATS (and the bucket when retained).
-    pub fn live(message: Message) -> Outgoing {
+    pub fn live(message: Message, id: u64) -> Outgoing {
         Outgoing {
             message,
             stored: false,
+            id,
         }
     }
 
     /// A QoS 1/2 message for the stream (and the bucket when retained).
-    pub fn stored(message: Message) -> Outgoing {
+    pub fn stored(message: Message, id: u64) -> Outgoing {
         Outgoing {
             message,
             stored: true,
+            id,
         }
     }
+}
+
+/// The header carrying a message's cluster-wide id.
+const ID_HEADER: &str = "Mqtt-Id";
+
+/// The id a message from NATS carries (0 when none).
+fn message_id(headers: Option<&async_nats::HeaderMap>) -> u64 {
+    headers
+        .and_then(|h| h.get(ID_HEADER))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The queue into the publisher task: tickets are taken and messages sent under one lock,
@@ -187,6 +206,12 @@ pub(crate) struct ClusterShared {
     isolation_timeout_ms: AtomicU64,
     /// The link's counters.
     pub stats: Arc<ClusterStats>,
+    /// Shared subscription groups across nodes.
+    pub shares: shares::Shares,
+    /// Last heartbeat (Unix ms) of every other node, mirrored from the nodes bucket.
+    pub heartbeats: Mutex<std::collections::HashMap<String, u64>>,
+    /// Source of message ids: this node's hash in the high bits, a counter below.
+    next_id: AtomicU64,
     /// This node's name.
     pub node: String,
     /// The configuration the link started with.
@@ -214,6 +239,24 @@ impl ClusterShared {
             }
         }
         t
+    }
+
+    /// A new cluster-wide message id.
+    pub fn new_message_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether `node` sent a heartbeat lately.
+    pub fn alive(&self, node: &str) -> bool {
+        let now = sessions::now_ms();
+        self.heartbeats.lock().get(node).is_some_and(|at| {
+            now.saturating_sub(*at) < sessions::NODE_DEAD_AFTER.as_millis() as u64
+        })
+    }
+
+    /// Whether this node's members of the shared group `filter` get message `id`.
+    pub fn serves_group(&self, filter: &str, id: u64) -> bool {
+        self.shares.serves(filter, id, &|n| self.alive(n))
     }
 
     /// Records a ticket settled (in order), failed with why or stored.
@@ -297,6 +340,8 @@ pub struct ClusterLink {
     stream: stream::Stream,
     retained: kv::Store,
     directory: Arc<sessions::ClusterDirectory>,
+    shares_bucket: kv::Store,
+    share_changes: mpsc::UnboundedReceiver<String>,
     events: mpsc::UnboundedReceiver<async_nats::Event>,
     shared: Arc<ClusterShared>,
     rx: mpsc::UnboundedReceiver<(Option<u64>, Outgoing)>,
@@ -366,11 +411,20 @@ impl ClusterLink {
         let nodes = retry_until(deadline, || bucket(names.nodes.clone()))
             .await
             .map_err(|e| setup(&format!("bucket {}", names.nodes), e))?;
+        let shares = retry_until(deadline, || bucket(names.shares.clone()))
+            .await
+            .map_err(|e| setup(&format!("bucket {}", names.shares), e))?;
         let wills = retry_until(deadline, || bucket(names.wills.clone()))
             .await
             .map_err(|e| setup(&format!("bucket {}", names.wills), e))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(ClusterStats::default());
+        let (node_shares, share_changes) = shares::Shares::new(node.to_owned());
+        // Ids differ between nodes without coordination: a hash of the node's name in the
+        // high bits.
+        let node_bits = node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         stats.link_up.store(true, Ordering::Relaxed);
         let shared = Arc::new(ClusterShared {
             submitter: Mutex::new(Submitter { next: 1, tx }),
@@ -382,6 +436,9 @@ impl ClusterLink {
             publish_timeout_ms: AtomicU64::new(config.publish_timeout.get().as_millis() as u64),
             isolation_timeout_ms: AtomicU64::new(config.isolation_timeout.get().as_millis() as u64),
             stats,
+            shares: node_shares,
+            heartbeats: Mutex::new(Default::default()),
+            next_id: AtomicU64::new(node_bits << 32),
             node: node.to_owned(),
             config: config.clone(),
             names,
@@ -400,6 +457,8 @@ impl ClusterLink {
             stream,
             retained,
             directory,
+            shares_bucket: shares,
+            share_changes,
             events,
             shared,
             rx,
@@ -440,6 +499,8 @@ impl ClusterLink {
             stream,
             retained,
             directory,
+            shares_bucket,
+            share_changes,
             mut events,
             shared,
             rx,
@@ -485,6 +546,13 @@ impl ClusterLink {
         *shared.position.lock().await = last;
         shared.position_now.store(last, Ordering::Release);
         directory.start(core, local.clone(), stream.clone()).await;
+        tokio::spawn(shares::publish_changes(
+            share_changes,
+            shares_bucket.clone(),
+            local.clone(),
+            shared.node.clone(),
+        ));
+        tokio::spawn(shares::watch(shares_bucket, shared.clone(), local.clone()));
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: format!("{}.>", shared.names.stored),
@@ -659,13 +727,16 @@ async fn publish(
                 Err(e) => failure = Some(format!("retained bucket: {e}")),
             }
         }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(ID_HEADER, out.id.to_string().as_str());
         if out.stored {
-            match js.publish(format!("{}.{tokens}", names.stored), body).await {
+            let subject = format!("{}.{tokens}", names.stored);
+            match js.publish_with_headers(subject, headers, body).await {
                 Ok(f) => pending.acks.push((f, false)),
                 Err(e) => failure = Some(format!("stream: {e}")),
             }
         } else if let Err(e) = client
-            .publish(format!("{}.{tokens}", names.live), body)
+            .publish_with_headers(format!("{}.{tokens}", names.live), headers, body)
             .await
         {
             warn!(error = %e, topic = %m.topic, "cluster: QoS 0 message not sent to the other nodes");
@@ -732,7 +803,7 @@ async fn receive_live(
     shared: Arc<ClusterShared>,
 ) {
     while let Some(m) = sub.next().await {
-        deliver_here(&local, &shared, &m.payload);
+        deliver_here(&local, &shared, &m.payload, message_id(m.headers.as_ref()));
     }
 }
 
@@ -761,7 +832,8 @@ async fn receive_stored(
         match decode(&m.payload) {
             Some(msg) => {
                 shared.stats.from_cluster.fetch_add(1, Ordering::Relaxed);
-                local.route_at(msg, false, Some(seq));
+                let id = message_id(m.headers.as_ref());
+                local.route_at(msg, false, Some(seq), &|f| shared.serves_group(f, id));
             }
             None => {
                 shared.stats.undecodable.fetch_add(1, Ordering::Relaxed);
@@ -779,11 +851,11 @@ async fn receive_stored(
 
 /// Routes one message from the cluster to this node's subscribers (retained messages are
 /// stored by the bucket watcher, not here).
-fn deliver_here(local: &LocalRouter, shared: &ClusterShared, payload: &[u8]) {
+fn deliver_here(local: &LocalRouter, shared: &ClusterShared, payload: &[u8], id: u64) {
     match decode(payload) {
         Some(msg) => {
             shared.stats.from_cluster.fetch_add(1, Ordering::Relaxed);
-            local.route(msg, false);
+            local.route_at(msg, false, None, &|f| shared.serves_group(f, id));
         }
         None => {
             shared.stats.undecodable.fetch_add(1, Ordering::Relaxed);

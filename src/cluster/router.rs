@@ -43,14 +43,18 @@ impl ClusterRouter {
 impl Router for ClusterRouter {
     fn publish(&self, mut msg: Message) -> Routed {
         msg.enqueued_at.get_or_insert_with(std::time::Instant::now);
+        let id = self.shared.new_message_id();
         if msg.qos == QoS::AtMostOnce {
-            let mut routed = self.local.route(msg.clone(), false);
+            let shared = &self.shared;
+            let mut routed = self
+                .local
+                .route_at(msg.clone(), false, None, &|f| shared.serves_group(f, id));
             // A QoS 0 retained message is stored all the same, unacknowledged.
-            self.shared.submit(Outgoing::live(msg), false);
+            self.shared.submit(Outgoing::live(msg, id), false);
             routed.remote = true;
             return routed;
         }
-        let ticket = self.shared.submit(Outgoing::stored(msg), true);
+        let ticket = self.shared.submit(Outgoing::stored(msg, id), true);
         Routed {
             subscribers: 0,
             receipt: Receipt {
@@ -62,11 +66,19 @@ impl Router for ClusterRouter {
     }
 
     fn subscribe(&self, session: &Arc<SessionEntry>, filter: &str, sub: Subscription) -> bool {
-        self.local.subscribe(session, filter, sub)
+        let existed = self.local.subscribe(session, filter, sub);
+        if !existed && filter.starts_with("$share/") {
+            self.shared.shares.local_change(filter);
+        }
+        existed
     }
 
     fn unsubscribe(&self, session: &SessionEntry, filter: &str) -> bool {
-        self.local.unsubscribe(session, filter)
+        let removed = self.local.unsubscribe(session, filter);
+        if removed && filter.starts_with("$share/") {
+            self.shared.shares.local_change(filter);
+        }
+        removed
     }
 
     fn redistribute(&self, filter: &str, message: Message) {
@@ -84,8 +96,13 @@ impl Router for ClusterRouter {
         sub: Subscription,
         wants_retained: &dyn Fn(bool) -> bool,
     ) -> (bool, Vec<Message>) {
-        self.local
-            .subscribe_with_retained(session, filter, sub, wants_retained)
+        let (existed, retained) =
+            self.local
+                .subscribe_with_retained(session, filter, sub, wants_retained);
+        if !existed && filter.starts_with("$share/") {
+            self.shared.shares.local_change(filter);
+        }
+        (existed, retained)
     }
 
     fn retained_page(&self, prefix: &str, offset: usize, limit: usize) -> (usize, Vec<Message>) {

@@ -249,7 +249,7 @@ pub(crate) struct ClusterDirectory {
 
 /// A node whose heartbeat is older than this is taken for dead: its sessions are resumed
 /// without waiting for a hand-over.
-const NODE_DEAD_AFTER: Duration = Duration::from_secs(3);
+pub(crate) const NODE_DEAD_AFTER: Duration = Duration::from_secs(3);
 
 /// Period of the heartbeat and checkpoint.
 const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -354,8 +354,6 @@ impl ClusterDirectory {
     /// their clients, each once across the cluster (whoever deletes the will's key with
     /// its revision publishes it).
     async fn watch_dead_nodes(self: Arc<Self>, core: Weak<Core>) {
-        // Last heartbeat time of every other node, kept by watching the bucket.
-        let seen: Arc<Mutex<std::collections::HashMap<String, u64>>> = Arc::default();
         let mut watch = match self.nodes.watch_with_history(">").await {
             Ok(w) => w,
             Err(e) => {
@@ -363,7 +361,7 @@ impl ClusterDirectory {
                 return;
             }
         };
-        let mirror = seen.clone();
+        let shared = self.shared.clone();
         let me = self.node.clone();
         tokio::spawn(async move {
             while let Some(entry) = watch.next().await {
@@ -377,7 +375,7 @@ impl ClusterDirectory {
                     .and_then(|a| a.parse::<u64>().ok())
                     .unwrap_or(0);
                 if node != me {
-                    mirror.lock().insert(node, at);
+                    shared.heartbeats.lock().insert(node, at);
                 }
             }
         });
@@ -385,7 +383,9 @@ impl ClusterDirectory {
         loop {
             tokio::time::sleep(HEARTBEAT).await;
             let now = now_ms();
-            let dead: Vec<String> = seen
+            let dead: Vec<String> = self
+                .shared
+                .heartbeats
                 .lock()
                 .iter()
                 .filter(|(_, at)| Duration::from_millis(now.saturating_sub(**at)) > NODE_DEAD_AFTER)
@@ -704,7 +704,7 @@ async fn replay(
 }
 
 /// Milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -257,12 +257,20 @@ impl LocalRouter {
     /// deletes the retained message first when RETAIN is set. A cluster stores retained
     /// messages through [`LocalRouter::apply_retained`] instead, in the cluster's order.
     pub fn route(&self, msg: Message, store_retained: bool) -> Routed {
-        self.route_at(msg, store_retained, None)
+        self.route_at(msg, store_retained, None, &|_| true)
     }
 
     /// [`LocalRouter::route`] of a message read at `seq` of the cluster's stream (see
-    /// [`deliver_at`]).
-    pub fn route_at(&self, mut msg: Message, store_retained: bool, seq: Option<u64>) -> Routed {
+    /// [`deliver_at`]); a shared subscription group (its `$share/...` filter) gets the
+    /// message here only if `serves_group` says this node serves it this time (a cluster
+    /// gives each message to one node's members).
+    pub fn route_at(
+        &self,
+        mut msg: Message,
+        store_retained: bool,
+        seq: Option<u64>,
+        serves_group: &dyn Fn(&str) -> bool,
+    ) -> Routed {
         msg.enqueued_at.get_or_insert_with(std::time::Instant::now);
         let mut receipt = Receipt::ACCEPTED;
         let _order = msg.retain.then(|| self.retain_order.lock());
@@ -286,6 +294,9 @@ impl LocalRouter {
         {
             let strategy = self.services.runtime.load().config.mqtt5.shared_strategy;
             self.shared.read().for_each_match(&msg.topic, |_, group| {
+                if !serves_group(&group.filter) {
+                    return;
+                }
                 if let Some(m) = group.pick(strategy) {
                     targets.push(Target {
                         session: m.session.clone(),
@@ -323,6 +334,19 @@ impl LocalRouter {
             })
             .collect();
         deliver_at(&self.services, &msg, targets, Some(seq)).0
+    }
+
+    /// How many of this node's sessions belong to the shared subscription `filter`
+    /// (`$share/{group}/{filter}`).
+    pub fn shared_members(&self, filter: &str) -> usize {
+        let Some(Ok(shared)) = parse_shared(filter) else {
+            return 0;
+        };
+        let key: Arc<str> = Arc::from(shared.group);
+        self.shared
+            .write()
+            .get_mut(shared.filter, &key)
+            .map_or(0, |g| g.members.len())
     }
 
     /// Stores, replaces or (empty payload) deletes a retained message without delivering
