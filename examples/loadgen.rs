@@ -118,6 +118,10 @@ struct Target {
     /// Broker port.
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// Port the subscribers of fan-in, fan-out and latency connect to instead of `port`:
+    /// another node of a cluster, so that every message crosses nodes.
+    #[arg(long)]
+    sub_port: Option<u16>,
     /// PID of the broker process: adds its CPU time and memory to the results.
     #[arg(long)]
     broker_pid: Option<u32>,
@@ -345,14 +349,18 @@ fn main() -> ExitCode {
 
 async fn run(scenario: Scenario) -> Res<Value> {
     let addr = loopback_addr(&scenario.target().host, scenario.target().port)?;
+    let sub_addr = match scenario.target().sub_port {
+        Some(p) => loopback_addr(&scenario.target().host, p)?,
+        None => addr,
+    };
     let pid = scenario.target().broker_pid;
     match scenario {
         Scenario::FanIn {
             load, publishers, ..
-        } => fan_in(addr, pid, load, publishers).await,
+        } => fan_in((addr, sub_addr), pid, load, publishers).await,
         Scenario::FanOut {
             load, subscribers, ..
-        } => fan_out(addr, pid, load, subscribers).await,
+        } => fan_out((addr, sub_addr), pid, load, subscribers).await,
         Scenario::Latency {
             rate,
             qos,
@@ -366,7 +374,7 @@ async fn run(scenario: Scenario) -> Res<Value> {
         } => {
             let qos = QoS::from_u8(qos).ok_or("qos must be 0, 1 or 2")?;
             latency(
-                addr,
+                (addr, sub_addr),
                 pid,
                 rate,
                 qos,
@@ -1071,14 +1079,22 @@ fn merge(mut a: Value, b: Value) -> Value {
 // Scenarios
 // ---------------------------------------------------------------------------------------
 
-async fn fan_in(addr: SocketAddr, pid: Option<u32>, load: Throughput, n: usize) -> Res<Value> {
+/// Publishers' and subscribers' addresses (the same node, or two nodes of a cluster).
+type Addrs = (SocketAddr, SocketAddr);
+
+async fn fan_in(
+    (addr, sub_addr): Addrs,
+    pid: Option<u32>,
+    load: Throughput,
+    n: usize,
+) -> Res<Value> {
     if n == 0 || n > u16::MAX as usize {
         return fail("--publishers must be 1..65535");
     }
     let probe = Probe::start(pid);
     let rss0 = probe.rss_kb();
     let id = run_id();
-    let mut sub = Conn::open(addr, &format!("lg{id}-in-sub"), 0).await?;
+    let mut sub = Conn::open(sub_addr, &format!("lg{id}-in-sub"), 0).await?;
     sub.subscribe(&[(&format!("bench/{id}/in/+"), QoS::AtMostOnce)])
         .await?;
     let counters: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect();
@@ -1113,7 +1129,12 @@ async fn fan_in(addr: SocketAddr, pid: Option<u32>, load: Throughput, n: usize) 
     ))
 }
 
-async fn fan_out(addr: SocketAddr, pid: Option<u32>, load: Throughput, m: usize) -> Res<Value> {
+async fn fan_out(
+    (addr, sub_addr): Addrs,
+    pid: Option<u32>,
+    load: Throughput,
+    m: usize,
+) -> Res<Value> {
     if m == 0 {
         return fail("--subscribers must be at least 1");
     }
@@ -1124,7 +1145,7 @@ async fn fan_out(addr: SocketAddr, pid: Option<u32>, load: Throughput, m: usize)
     let mut subscribers = Vec::with_capacity(m);
     let mut watch = Vec::with_capacity(m);
     for i in 0..m {
-        let mut conn = Conn::open(addr, &format!("lg{id}-out-sub{i}"), 0).await?;
+        let mut conn = Conn::open(sub_addr, &format!("lg{id}-out-sub{i}"), 0).await?;
         conn.subscribe(&[(&topic, QoS::AtMostOnce)]).await?;
         let counter = Arc::new(AtomicU64::new(0));
         watch.push(counter.clone());
@@ -1159,7 +1180,7 @@ async fn fan_out(addr: SocketAddr, pid: Option<u32>, load: Throughput, m: usize)
 
 #[allow(clippy::too_many_arguments)]
 async fn latency(
-    addr: SocketAddr,
+    (addr, sub_addr): Addrs,
     pid: Option<u32>,
     rate: u64,
     qos: QoS,
@@ -1185,7 +1206,7 @@ async fn latency(
     let rss0 = probe.rss_kb();
     let id = run_id();
     let topic = format!("bench/{id}/lat");
-    let mut sub = Conn::open_session(addr, &format!("lg{id}-lat-sub"), 0, !persistent).await?;
+    let mut sub = Conn::open_session(sub_addr, &format!("lg{id}-lat-sub"), 0, !persistent).await?;
     sub.chunk = 64 * 1024;
     sub.subscribe(&[(&topic, qos)]).await?;
     let publisher = Conn::open(addr, &format!("lg{id}-lat-pub"), 0).await?;

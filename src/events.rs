@@ -137,6 +137,12 @@ pub enum BrokerEvent {
         /// Why it went down or could not connect.
         error: Option<String>,
     },
+    /// This cluster node's link to NATS came up, went down, or stayed down for
+    /// `cluster.isolation_timeout` (the node then disconnected its clients).
+    ClusterLink {
+        /// `up`, `down` or `isolated`.
+        state: &'static str,
+    },
     /// A configuration reload was attempted.
     ConfigReloaded {
         /// Generation in force afterwards.

@@ -263,6 +263,15 @@ impl Broker {
                 let Some(core) = weak.upgrade() else {
                     return;
                 };
+                core.ops
+                    .events
+                    .emit(|| crate::events::BrokerEvent::ClusterLink {
+                        state: match state {
+                            crate::cluster::LinkState::Up => "up",
+                            crate::cluster::LinkState::Down => "down",
+                            crate::cluster::LinkState::Isolated => "isolated",
+                        },
+                    });
                 let down = state != crate::cluster::LinkState::Up;
                 core.ops
                     .cluster_down

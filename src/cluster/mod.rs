@@ -210,6 +210,14 @@ pub(crate) struct ClusterShared {
     pub shares: shares::Shares,
     /// Last heartbeat (Unix ms) of every other node, mirrored from the nodes bucket.
     pub heartbeats: Mutex<std::collections::HashMap<String, u64>>,
+    /// Whether the NATS connection is up.
+    nats_up: AtomicBool,
+    /// Whether JetStream answered the last heartbeat.
+    jetstream_up: AtomicBool,
+    /// Tells the broker the link's state (readiness, refusing clients, isolation).
+    health_callback: std::sync::OnceLock<Arc<dyn Fn(LinkState) + Send + Sync>>,
+    /// How many client ids this node owns (kept by the directory).
+    pub owned_sessions: AtomicU64,
     /// Source of message ids: this node's hash in the high bits, a counter below.
     next_id: AtomicU64,
     /// This node's name.
@@ -323,6 +331,78 @@ impl ClusterShared {
             jetstream_ack_seconds_sum: sum as f64 / 1e6,
             retained_updates: get(&s.retained_updates),
             undecodable: get(&s.undecodable),
+            nodes: {
+                let now = sessions::now_ms();
+                let mut nodes: Vec<_> = self
+                    .heartbeats
+                    .lock()
+                    .iter()
+                    .map(|(name, at)| crate::core::control::ClusterNode {
+                        name: name.clone(),
+                        heartbeat_age_ms: now.saturating_sub(*at),
+                        alive: self.alive(name),
+                    })
+                    .collect();
+                nodes.sort_by(|a, b| a.name.cmp(&b.name));
+                nodes
+            },
+            sessions_owned: self.owned_sessions.load(Ordering::Relaxed) as usize,
+            sessions_handed_over: get(&s.sessions_handed_over),
+            wills_of_stopped_nodes: get(&s.wills_of_dead_nodes),
+        }
+    }
+
+    /// The NATS connection went down or came back.
+    pub fn set_nats(self: &Arc<Self>, up: bool) {
+        let was = self.nats_up.swap(up, Ordering::AcqRel);
+        if was == up {
+            return;
+        }
+        if up {
+            info!("cluster: NATS connection is back");
+        } else {
+            warn!("cluster: lost the NATS connection; refusing new clients until it is back");
+            let loss = self.stats.link_losses.fetch_add(1, Ordering::Relaxed) + 1;
+            let shared = self.clone();
+            tokio::spawn(async move {
+                let wait = shared.isolation_timeout();
+                tokio::time::sleep(wait).await;
+                let same_loss = shared.stats.link_losses.load(Ordering::Relaxed) == loss;
+                if same_loss && !shared.nats_up.load(Ordering::Acquire) {
+                    warn!(
+                        isolation_timeout_ms = wait.as_millis() as u64,
+                        "cluster: still cut off from NATS; disconnecting every client so that they reconnect to another node"
+                    );
+                    if let Some(cb) = shared.health_callback.get() {
+                        cb(LinkState::Isolated);
+                    }
+                }
+            });
+        }
+        self.report_health();
+    }
+
+    /// JetStream answered (a heartbeat was stored) or did not: without it (no quorum) the
+    /// node can neither store messages nor give sessions, so it refuses new clients; its
+    /// connected clients stay (their QoS 1/2 publishes are refused one by one).
+    pub fn set_jetstream(&self, up: bool) {
+        let was = self.jetstream_up.swap(up, Ordering::AcqRel);
+        if was != up {
+            if up {
+                info!("cluster: JetStream answers again");
+            } else {
+                warn!("cluster: JetStream does not answer (quorum lost?); refusing new clients until it does");
+            }
+            self.report_health();
+        }
+    }
+
+    /// Publishes the combined state to the broker and the statistics.
+    fn report_health(&self) {
+        let up = self.nats_up.load(Ordering::Acquire) && self.jetstream_up.load(Ordering::Acquire);
+        self.stats.link_up.store(up, Ordering::Relaxed);
+        if let Some(cb) = self.health_callback.get() {
+            cb(if up { LinkState::Up } else { LinkState::Down });
         }
     }
 
@@ -438,6 +518,10 @@ impl ClusterLink {
             stats,
             shares: node_shares,
             heartbeats: Mutex::new(Default::default()),
+            owned_sessions: AtomicU64::new(0),
+            nats_up: AtomicBool::new(true),
+            jetstream_up: AtomicBool::new(true),
+            health_callback: std::sync::OnceLock::new(),
             next_id: AtomicU64::new(node_bits << 32),
             node: node.to_owned(),
             config: config.clone(),
@@ -576,37 +660,13 @@ impl ClusterLink {
         tokio::spawn(publish(rx, client.clone(), js, shared.clone(), ack_tx));
         tokio::spawn(settle_acks(ack_rx, shared.clone()));
 
+        let _ = shared.health_callback.set(link_state);
         let shared_ev = shared.clone();
         tokio::spawn(async move {
-            let stats = &shared_ev.stats;
             while let Some(ev) = events.recv().await {
                 match ev {
-                    async_nats::Event::Disconnected => {
-                        stats.link_up.store(false, Ordering::Relaxed);
-                        let loss = stats.link_losses.fetch_add(1, Ordering::Relaxed) + 1;
-                        warn!("cluster: lost the NATS connection; refusing new clients until it is back");
-                        link_state(LinkState::Down);
-                        let (shared, link_state) = (shared_ev.clone(), link_state.clone());
-                        tokio::spawn(async move {
-                            let wait = shared.isolation_timeout();
-                            tokio::time::sleep(wait).await;
-                            let s = &shared.stats;
-                            let same_loss = s.link_losses.load(Ordering::Relaxed) == loss;
-                            if same_loss && !s.link_up.load(Ordering::Relaxed) {
-                                warn!(
-                                    isolation_timeout_ms = wait.as_millis() as u64,
-                                    "cluster: still cut off from NATS; disconnecting every client so that they reconnect to another node"
-                                );
-                                link_state(LinkState::Isolated);
-                            }
-                        });
-                    }
-                    async_nats::Event::Connected => {
-                        if !stats.link_up.swap(true, Ordering::Relaxed) {
-                            info!("cluster: NATS connection is back; accepting clients");
-                        }
-                        link_state(LinkState::Up);
-                    }
+                    async_nats::Event::Disconnected => shared_ev.set_nats(false),
+                    async_nats::Event::Connected => shared_ev.set_nats(true),
                     other => info!(event = %other, "cluster: NATS event"),
                 }
             }

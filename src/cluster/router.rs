@@ -42,6 +42,11 @@ impl ClusterRouter {
 
 impl Router for ClusterRouter {
     fn publish(&self, mut msg: Message) -> Routed {
+        if msg.topic.starts_with("$SYS/") {
+            // Each node's `$SYS` tree is about itself: it stays on the node (retained
+            // locally), or the nodes would overwrite each other's numbers.
+            return self.local.route(msg, true);
+        }
         msg.enqueued_at.get_or_insert_with(std::time::Instant::now);
         let id = self.shared.new_message_id();
         if msg.qos == QoS::AtMostOnce {

@@ -309,6 +309,25 @@ impl ClusterDirectory {
         tokio::spawn(self.heartbeat(core));
     }
 
+    /// Notes that this node owns `ck`.
+    fn own(&self, ck: &str) {
+        let mut owned = self.owned.lock();
+        owned.insert(ck.to_owned());
+        self.shared
+            .owned_sessions
+            .store(owned.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Notes that this node no longer owns `ck`; returns whether it did.
+    fn disown(&self, ck: &str) -> bool {
+        let mut owned = self.owned.lock();
+        let had = owned.remove(ck);
+        self.shared
+            .owned_sessions
+            .store(owned.len() as u64, Ordering::Relaxed);
+        had
+    }
+
     /// A node's last checkpoint and heartbeat age.
     async fn node_state(&self, node: &str) -> Result<Option<(u64, Duration)>, String> {
         let v = self
@@ -345,8 +364,12 @@ impl ClusterDirectory {
     /// Writes this node's checkpoint `pos` and the time.
     async fn write_heartbeat(&self, pos: u64) {
         let value = Bytes::from(format!("{pos} {}", now_ms()));
-        if let Err(e) = self.nodes.put(client_key(&self.node), value).await {
-            warn!(error = %e, "cluster: heartbeat not written");
+        match self.nodes.put(client_key(&self.node), value).await {
+            Ok(_) => self.shared.set_jetstream(true),
+            Err(e) => {
+                warn!(error = %e, "cluster: heartbeat not written");
+                self.shared.set_jetstream(false);
+            }
         }
     }
 
@@ -550,10 +573,10 @@ impl ClusterDirectory {
             }
             let owner = String::from_utf8_lossy(&entry.value).into_owned();
             if owner == self.node {
-                self.owned.lock().insert(entry.key.clone());
+                self.own(&entry.key);
                 continue;
             }
-            if !self.owned.lock().remove(&entry.key) {
+            if !self.disown(&entry.key) {
                 continue;
             }
             let Some(core) = core.upgrade() else { return };
@@ -804,7 +827,7 @@ impl SessionDirectory for ClusterDirectory {
         Box::pin(async move {
             let ck = client_key(client_id);
             let (revision, previous) = self.take_ownership(&ck).await?;
-            self.owned.lock().insert(ck.clone());
+            self.own(&ck);
             let from = match previous.as_deref() {
                 Some(prev) if prev != self.node => self.await_handover(&ck, prev, revision).await,
                 // This node held it in a previous run.

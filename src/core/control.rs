@@ -84,6 +84,26 @@ pub struct ClusterSummary {
     pub retained_updates: u64,
     /// Messages from the cluster that did not decode.
     pub undecodable: u64,
+    /// The other nodes this node has heard from, with the age of their last heartbeat
+    /// (ms) and whether they count as alive.
+    pub nodes: Vec<ClusterNode>,
+    /// Client ids whose sessions this node owns.
+    pub sessions_owned: usize,
+    /// Sessions this node handed to other nodes.
+    pub sessions_handed_over: u64,
+    /// Wills of stopped nodes' clients this node published.
+    pub wills_of_stopped_nodes: u64,
+}
+
+/// Another node of the cluster as this node sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterNode {
+    /// Its `node_name`.
+    pub name: String,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: u64,
+    /// Whether it counts as alive (heartbeat within 3 s).
+    pub alive: bool,
 }
 
 /// One bridge as the admin API and metrics show it.
