@@ -51,7 +51,11 @@ start_broker() { # name port admin_port [cluster yaml]
 node_name: $1
 server: {host: 127.0.0.1, port: $2}
 admin: {enabled: true, bind: "127.0.0.1:$3"}
-performance: {message_queue_limit: 100000}
+performance: {message_queue_limit: 200000, inflight_window_size: 32}
+# The same lifted protection limits as bench-vs-mosquitto.sh (a load generator is one
+# client publishing far beyond the default per-client rate).
+limits: {publish_rate: 0, publish_bytes_rate: 0, max_subscriptions: 1000000, max_queued_bytes: 1073741824}
+log: {level: warn}
 $4
 EOF
     "$broker" --config "$work/$1.yaml" > "$work/$1.log" 2>&1 &
