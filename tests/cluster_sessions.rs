@@ -58,25 +58,16 @@ async fn bounded(name: &str, body: impl Future<Output = ()>) {
 
 /// A `cluster:` section with one replica, as the config file's would be parsed.
 fn cluster_config(servers: &[String], prefix: &str) -> ClusterConfig {
-    let yaml = format!(
-        "servers: {}\nprefix: {prefix}\nreplicas: 1\nconnect_timeout: 20s\n",
-        serde_json::to_string(servers).expect("URLs as a YAML list")
-    );
-    serde_yaml_ng::from_str(&yaml).unwrap_or_else(|e| panic!("cluster section {yaml:?}: {e}"))
+    common::nats::cluster_config(servers, prefix, 1, "")
 }
 
-/// A broker node named `name` of `cluster`, in this process.
+/// A broker node named `name` of `cluster`, in this process, with room to queue what the
+/// tests publish.
 async fn start_node(name: &str, cluster: ClusterConfig) -> BrokerHandle {
-    log_buffer();
-    let node = start_broker(|c| {
-        c.node_name = Some(name.into());
-        c.cluster = Some(cluster);
-        c.admin.bind = "127.0.0.1:0".parse().unwrap();
-        c.performance.message_queue_limit = 100_000;
+    common::nats::start_node(name, cluster, |c| {
+        c.performance.message_queue_limit = 100_000
     })
-    .await;
-    assert!(node.is_ready(), "node {name} is not ready after start");
-    node
+    .await
 }
 
 // ---------------------------------------------------------------------------------------

@@ -228,6 +228,9 @@ pub(crate) struct ClusterShared {
     pub names: Names,
 }
 
+/// Longest pull request of the node's stream consumer (see its creation).
+const CONSUMER_PULL_EXPIRES: Duration = Duration::from_secs(2);
+
 /// Failed tickets remembered at most (each connection waits within a second or so).
 const FAILED_KEPT: usize = 65_536;
 
@@ -256,10 +259,8 @@ impl ClusterShared {
 
     /// Whether `node` sent a heartbeat lately.
     pub fn alive(&self, node: &str) -> bool {
-        let now = sessions::now_ms();
-        self.heartbeats.lock().get(node).is_some_and(|at| {
-            now.saturating_sub(*at) < sessions::NODE_DEAD_AFTER.as_millis() as u64
-        })
+        let at = self.heartbeats.lock().get(node).copied();
+        at.is_some_and(|at| heartbeat_is_recent(sessions::now_ms(), at))
     }
 
     /// Whether this node's members of the shared group `filter` get message `id`.
@@ -340,7 +341,8 @@ impl ClusterShared {
                     .map(|(name, at)| crate::core::control::ClusterNode {
                         name: name.clone(),
                         heartbeat_age_ms: now.saturating_sub(*at),
-                        alive: self.alive(name),
+                        // Not `alive()`: it takes the lock held here.
+                        alive: heartbeat_is_recent(now, *at),
                     })
                     .collect();
                 nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -637,24 +639,18 @@ impl ClusterLink {
             shared.node.clone(),
         ));
         tokio::spawn(shares::watch(shares_bucket, shared.clone(), local.clone()));
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: format!("{}.>", shared.names.stored),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: last + 1,
-                },
-                ..Default::default()
-            })
+        let messages = open_consumer(&stream, &shared, last)
             .await
-            .map_err(|e| ClusterError::Setup {
+            .map_err(|reason| ClusterError::Setup {
                 what: format!("consumer of stream {}", shared.names.stream),
-                reason: e.to_string(),
+                reason,
             })?;
-        let messages = consumer.messages().await.map_err(|e| ClusterError::Setup {
-            what: format!("consumer of stream {}", shared.names.stream),
-            reason: e.to_string(),
-        })?;
-        tokio::spawn(receive_stored(messages, local, shared.clone()));
+        tokio::spawn(receive_stored(
+            stream.clone(),
+            messages,
+            local,
+            shared.clone(),
+        ));
 
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         tokio::spawn(publish(rx, client.clone(), js, shared.clone(), ack_tx));
@@ -673,6 +669,11 @@ impl ClusterLink {
         });
         Ok(())
     }
+}
+
+/// Whether a heartbeat written at `at` (Unix ms) is recent at `now`.
+fn heartbeat_is_recent(now: u64, at: u64) -> bool {
+    now.saturating_sub(at) < sessions::NODE_DEAD_AFTER.as_millis() as u64
 }
 
 /// Connection options from the config: credentials, TLS, this node's name, no echo.
@@ -869,11 +870,45 @@ async fn receive_live(
 
 /// Delivers QoS 1/2 messages from the stream (every node's, this one's included).
 async fn receive_stored(
+    mut stream: stream::Stream,
     mut messages: consumer::pull::Ordered,
     local: Arc<LocalRouter>,
     shared: Arc<ClusterShared>,
 ) {
-    while let Some(m) = messages.next().await {
+    let mut watchdog = tokio::time::interval(STALL_CHECK);
+    let mut stalled_since: Option<Instant> = None;
+    loop {
+        let m = tokio::select! {
+            m = messages.next() => m,
+            _ = watchdog.tick() => {
+                // The consumer lives on one NATS server; when that server dies the client
+                // may take a minute to notice. If the stream has moved on and this node
+                // has not for a while, read from a new consumer after the last position.
+                let pos = shared.position_now.load(Ordering::Acquire);
+                let behind = match stream.info().await {
+                    Ok(info) => info.state.last_sequence > pos,
+                    Err(_) => false,
+                };
+                if !behind {
+                    stalled_since = None;
+                    continue;
+                }
+                let since = *stalled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < STALL_CHECK * 2 {
+                    continue;
+                }
+                match open_consumer(&stream, &shared, pos).await {
+                    Ok(fresh) => {
+                        warn!(position = pos, "cluster: the message stream consumer stalled (its NATS server gone?); reading from a new one");
+                        messages = fresh;
+                        stalled_since = None;
+                    }
+                    Err(e) => warn!(error = %e, "cluster: cannot recreate the message stream consumer yet"),
+                }
+                continue;
+            }
+        };
+        let Some(m) = m else { break };
         let m = match m {
             Ok(m) => m,
             Err(e) => {
@@ -889,6 +924,7 @@ async fn receive_stored(
             // Already delivered (the consumer was recreated after a gap).
             continue;
         }
+        stalled_since = None;
         match decode(&m.payload) {
             Some(msg) => {
                 shared.stats.from_cluster.fetch_add(1, Ordering::Relaxed);
@@ -907,6 +943,31 @@ async fn receive_stored(
         shared.position_now.store(seq, Ordering::Release);
     }
     warn!("cluster: the message stream consumer ended");
+}
+
+/// How often the stream receiver checks that it keeps up with the stream.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
+/// The node's consumer of the message stream, from after `after`.
+async fn open_consumer(
+    stream: &stream::Stream,
+    shared: &ClusterShared,
+    after: u64,
+) -> Result<consumer::pull::Ordered, String> {
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: format!("{}.>", shared.names.stored),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            // Short pulls and heartbeats (half of this) let the client notice sooner that
+            // the consumer's server is gone.
+            max_expires: CONSUMER_PULL_EXPIRES,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    consumer.messages().await.map_err(|e| e.to_string())
 }
 
 /// Routes one message from the cluster to this node's subscribers (retained messages are

@@ -106,6 +106,8 @@ pub struct NatsCluster {
     /// picked a port another just released.
     cluster_name: String,
     servers: Vec<Server>,
+    /// Servers keep the other servers' URLs to themselves (`no_advertise`).
+    no_advertise: bool,
 }
 
 impl NatsCluster {
@@ -114,6 +116,11 @@ impl NatsCluster {
     /// Ready: JetStream answers through every server and (n > 1) can place a stream with
     /// `n` replicas, i.e. a meta leader was elected and knows every peer.
     pub async fn start(n: usize) -> NatsCluster {
+        NatsCluster::start_with(n, false).await
+    }
+
+    /// [`NatsCluster::start`], with `no_advertise` set on every server when asked.
+    async fn start_with(n: usize, no_advertise: bool) -> NatsCluster {
         assert!(n >= 1, "a cluster needs at least one server");
         assert!(
             nats_server_available(),
@@ -131,6 +138,7 @@ impl NatsCluster {
             root,
             cluster_name: format!("c-{pid}-{seq}"),
             servers: Vec::new(),
+            no_advertise,
         };
         let started = Instant::now();
         for attempt in 1..=PORT_ATTEMPTS {
@@ -206,7 +214,12 @@ impl NatsCluster {
                 .map(|(_, o)| format!("    nats-route://127.0.0.1:{}", o.cluster_port))
                 .collect();
             conf.push_str(&format!(
-                "cluster {{\n  name: {name}\n  listen: 127.0.0.1:{port}\n  routes: [\n{routes}\n  ]\n}}\n",
+                "cluster {{\n{advertise}  name: {name}\n  listen: 127.0.0.1:{port}\n  routes: [\n{routes}\n  ]\n}}\n",
+                advertise = if self.no_advertise {
+                    "  no_advertise: true\n"
+                } else {
+                    ""
+                },
                 name = quoted(&self.cluster_name),
                 port = s.cluster_port,
                 routes = routes.join("\n"),
@@ -502,4 +515,62 @@ async fn js_api(
         Some(error) => Err(format!("{subject}: {error}")),
         None => Ok(value),
     }
+}
+
+impl NatsCluster {
+    /// Like [`NatsCluster::start`] (n > 1), each server with `no_advertise` in its cluster
+    /// block: clients are not told the other servers' URLs, so a client only ever
+    /// (re)connects to the URLs it was given, as across a network partition (by default a
+    /// NATS client that loses its server reconnects to any server the cluster advertised).
+    /// Restarts keep the setting.
+    pub async fn start_without_advertising(n: usize) -> NatsCluster {
+        assert!(n > 1, "a lone server advertises nothing");
+        let cluster = NatsCluster::start_with(n, true).await;
+        for i in 0..n {
+            let client = connect(&cluster.url(i))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let own = format!(":{}", cluster.servers[i].client_port);
+            let urls = client.server_info().connect_urls;
+            assert!(
+                urls.iter().all(|u| u.ends_with(&own)),
+                "{} advertises {urls:?} despite no_advertise",
+                cluster.servers[i].name
+            );
+        }
+        cluster
+    }
+}
+
+/// A `cluster:` section parsed as the config file's would be; `extra` adds YAML lines.
+pub fn cluster_config(
+    servers: &[String],
+    prefix: &str,
+    replicas: usize,
+    extra: &str,
+) -> mqtt_broker::config::ClusterConfig {
+    let yaml = format!(
+        "servers: {}\nprefix: {prefix}\nreplicas: {replicas}\nconnect_timeout: 20s\n{extra}",
+        serde_json::to_string(servers).expect("URLs as a YAML list")
+    );
+    serde_yaml_ng::from_str(&yaml).unwrap_or_else(|e| panic!("cluster section {yaml:?}: {e}"))
+}
+
+/// A broker node named `name` of `cluster` in this process, its admin API on a free
+/// loopback port, after `adjust` changed its config.
+pub async fn start_node(
+    name: &str,
+    cluster: mqtt_broker::config::ClusterConfig,
+    adjust: impl FnOnce(&mut mqtt_broker::config::Config),
+) -> mqtt_broker::BrokerHandle {
+    super::log_buffer();
+    let node = super::start_broker(|c| {
+        c.node_name = Some(name.into());
+        c.cluster = Some(cluster);
+        c.admin.bind = "127.0.0.1:0".parse().expect("loopback address");
+        adjust(c);
+    })
+    .await;
+    assert!(node.is_ready(), "node {name} is not ready after start");
+    node
 }
