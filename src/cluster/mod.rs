@@ -631,6 +631,7 @@ impl ClusterLink {
             .last_sequence;
         *shared.position.lock().await = last;
         shared.position_now.store(last, Ordering::Release);
+        let core_for_stop = core.clone();
         directory.start(core, local.clone(), stream.clone()).await;
         tokio::spawn(shares::publish_changes(
             share_changes,
@@ -655,6 +656,14 @@ impl ClusterLink {
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         tokio::spawn(publish(rx, client.clone(), js, shared.clone(), ack_tx));
         tokio::spawn(settle_acks(ack_rx, shared.clone()));
+        // The link ends with the broker: what is buffered is sent, then NATS is left.
+        if let Some(stop) = core_for_stop.upgrade().map(|c| c.ops.stop.clone()) {
+            let client = client.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                let _ = client.drain().await;
+            });
+        }
 
         let _ = shared.health_callback.set(link_state);
         let shared_ev = shared.clone();
