@@ -279,13 +279,40 @@ async fn until_closed(c: &mut RawClient, within: Duration) -> Vec<Packet> {
 /// stuck (every worker blocked) fails the test with this message instead of hanging it
 /// unexplained.
 async fn readyz(admin: SocketAddr) -> (u16, String) {
+    admin_get(admin, "/readyz").await
+}
+
+/// Waits for the `BrokerEvent::ClusterLink` event with `state`.
+async fn link_event(
+    events: &mut tokio::sync::broadcast::Receiver<mqtt_broker::events::BrokerEvent>,
+    state: &str,
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(mqtt_broker::events::BrokerEvent::ClusterLink { state: s })) if s == state => {
+                return
+            }
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(e)) => panic!("event stream: {e}"),
+            Err(_) => panic!("no cluster link event {state:?} within {within:?}"),
+        }
+    }
+}
+
+/// `GET path` of the admin API on its own thread (so that a stuck runtime fails the test
+/// instead of hanging it): the status and the body.
+async fn admin_get(admin: SocketAddr, path: &'static str) -> (u16, String) {
     use std::io::{Read, Write};
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let get = || -> std::io::Result<String> {
             let mut s = std::net::TcpStream::connect_timeout(&admin, WAIT)?;
             s.set_read_timeout(Some(WAIT))?;
-            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")?;
+            let request =
+                format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+            s.write_all(request.as_bytes())?;
             let mut reply = String::new();
             s.read_to_string(&mut reply)?;
             Ok(reply)
@@ -294,14 +321,14 @@ async fn readyz(admin: SocketAddr) -> (u16, String) {
     });
     let reply = match rx.recv_timeout(WAIT + Duration::from_secs(1)) {
         Ok(Ok(reply)) => reply,
-        Ok(Err(e)) => panic!("GET /readyz of {admin}: {e} (the admin API is stuck?)"),
-        Err(_) => panic!("GET /readyz of {admin}: no answer within {WAIT:?}"),
+        Ok(Err(e)) => panic!("GET {path} of {admin}: {e} (the admin API is stuck?)"),
+        Err(_) => panic!("GET {path} of {admin}: no answer within {WAIT:?}"),
     };
     let status = reply
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("GET /readyz of {admin}: not HTTP: {reply:?}"));
+        .unwrap_or_else(|| panic!("GET {path} of {admin}: not HTTP: {reply:?}"));
     let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     (status, body.to_owned())
 }
@@ -435,6 +462,49 @@ fn qos_0_1_2_cross_nodes_at_the_granted_qos_on_a_3_server_jetstream_cluster() {
         );
         let zero = take(&mut at1, 1, WAIT).await;
         assert_eq!((&*zero[0].topic, zero[0].qos), ("x/0", QoS::AtMostOnce));
+
+        // Operations: each node reports its link, its traffic both ways, JetStream's
+        // acknowledgements and the other node (alive), in the API and in the metrics.
+        for (name, node, other) in [("a", &a, "b"), ("b", &b, "a")] {
+            let admin = node.admin_addr().expect("admin API");
+            let (status, body) = admin_get(admin, "/api/v1/cluster").await;
+            assert_eq!(status, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            assert_eq!(v["node"], name, "{v}");
+            assert_eq!(v["link_up"], true, "{v}");
+            // Only A has a publisher (each node's `$SYS` stays on it).
+            let sent = v["messages_to_cluster"].as_u64();
+            assert!(
+                if name == "a" {
+                    sent > Some(0)
+                } else {
+                    sent == Some(0)
+                },
+                "{v}"
+            );
+            assert!(v["messages_from_cluster"].as_u64() > Some(0), "{v}");
+            let peers = v["nodes"].as_array().expect("nodes");
+            assert!(
+                peers
+                    .iter()
+                    .any(|n| n["name"] == other && n["alive"] == true),
+                "{name} sees {other} alive: {v}"
+            );
+            let (status, metrics) = admin_get(admin, "/metrics").await;
+            assert_eq!(status, 200);
+            for line in [
+                "mqtt_cluster_link_up 1",
+                "mqtt_cluster_messages_total{direction=\"out\"}",
+                "mqtt_cluster_messages_total{direction=\"in\"}",
+                "mqtt_cluster_jetstream_ack_seconds_count",
+            ] {
+                assert!(metrics.contains(line), "{name}'s /metrics lacks {line}");
+            }
+        }
+        // A acknowledged its clients' QoS 1/2 messages after JetStream's acknowledgements.
+        let (_, body) = admin_get(a.admin_addr().expect("admin API"), "/api/v1/cluster").await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert!(v["jetstream_acks"].as_u64() >= Some(2), "{v}");
         a.shutdown().await;
         b.shutdown().await;
     });
@@ -804,10 +874,12 @@ fn a_node_cut_off_from_nats_refuses_clients_and_disconnects_them_until_nats_is_b
         assert_eq!(ack.v5_reason(), reason::SUCCESS);
         let (mut v311, _) = RawClient::connect(a.local_addr(), "v311-on-a", true).await;
 
+        let mut events = a.events();
         nats.kill(0);
         let killed = Instant::now();
         let (_, body) = wait_readyz(admin_a, 503, LINK_WAIT).await;
         assert!(body.contains("cluster"), "/readyz body: {body:?}");
+        link_event(&mut events, "down", LINK_WAIT).await;
         let (_, ack) =
             RawClient::connect_with(a.local_addr(), connect_packet("new-311", true)).await;
         assert_eq!(
@@ -834,6 +906,7 @@ fn a_node_cut_off_from_nats_refuses_clients_and_disconnects_them_until_nats_is_b
             "disconnected {closed_after:?} after the loss, before isolation_timeout {ISOLATION:?}"
         );
         until_closed(&mut v311, WAIT).await;
+        link_event(&mut events, "isolated", WAIT).await;
 
         // B, on the two other servers, still serves (once JetStream re-elected the leaders
         // n1 held, during which B is not ready either).
@@ -850,6 +923,7 @@ fn a_node_cut_off_from_nats_refuses_clients_and_disconnects_them_until_nats_is_b
 
         nats.restart(0).await;
         wait_readyz(admin_a, 200, ELECTION_WAIT).await;
+        link_event(&mut events, "up", WAIT).await;
         let (mut back, ack) =
             try_connect(a.local_addr(), connect_packet("back", true), ELECTION_WAIT)
                 .await
