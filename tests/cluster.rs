@@ -497,9 +497,16 @@ fn qos_0_1_2_cross_nodes_at_the_granted_qos_on_a_3_server_jetstream_cluster() {
                 "mqtt_cluster_messages_total{direction=\"out\"}",
                 "mqtt_cluster_messages_total{direction=\"in\"}",
                 "mqtt_cluster_jetstream_ack_seconds_count",
+                "mqtt_cluster_sessions_owned",
+                "mqtt_cluster_undecodable_total 0",
             ] {
                 assert!(metrics.contains(line), "{name}'s /metrics lacks {line}");
             }
+            let peer_up = format!("mqtt_cluster_node_up{{node=\"{other}\"}} 1");
+            assert!(
+                metrics.contains(&peer_up),
+                "{name}'s /metrics lacks {peer_up}"
+            );
         }
         // A acknowledged its clients' QoS 1/2 messages after JetStream's acknowledgements.
         let (_, body) = admin_get(a.admin_addr().expect("admin API"), "/api/v1/cluster").await;

@@ -483,6 +483,48 @@ fn render_cluster(o: &mut Out, c: &crate::core::control::ClusterSummary) {
         "Slowest JetStream acknowledgement since start.",
         c.jetstream_ack_us_max as f64 / 1e6,
     );
+    o.single(
+        "mqtt_cluster_retained_updates_total",
+        "counter",
+        "Retained messages stored or deleted from the cluster's retained bucket.",
+        c.retained_updates,
+    );
+    o.single(
+        "mqtt_cluster_undecodable_total",
+        "counter",
+        "Messages from the cluster that did not decode (dropped, logged).",
+        c.undecodable,
+    );
+    o.single(
+        "mqtt_cluster_sessions_owned",
+        "gauge",
+        "Client ids whose sessions this node owns.",
+        c.sessions_owned,
+    );
+    o.single(
+        "mqtt_cluster_sessions_handed_over_total",
+        "counter",
+        "Sessions this node gave to another node their client connected to.",
+        c.sessions_handed_over,
+    );
+    o.single(
+        "mqtt_cluster_wills_of_stopped_nodes_total",
+        "counter",
+        "Wills of a stopped node's clients this node published.",
+        c.wills_of_stopped_nodes,
+    );
+    o.family(
+        "mqtt_cluster_node_up",
+        "gauge",
+        "1 while another node's heartbeat is recent (alive), by node.",
+    );
+    for n in &c.nodes {
+        o.sample(
+            "mqtt_cluster_node_up",
+            &[("node", &escape_label(&n.name))],
+            u8::from(n.alive),
+        );
+    }
 }
 
 /// Per-bridge state, traffic, drops, queue and reconnects.
