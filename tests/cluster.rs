@@ -196,21 +196,6 @@ async fn publish1(c: &mut RawClient, topic: &str, payload: &[u8], pid: u16, with
     }
 }
 
-/// Sends CONNECT on a new connection; the CONNACK, or what came instead within `within`.
-async fn try_connect(
-    addr: SocketAddr,
-    connect: Connect,
-    within: Duration,
-) -> Result<(RawClient, ConnAck), String> {
-    let mut c = RawClient::open(addr).await;
-    c.send(&Packet::Connect(Box::new(connect))).await;
-    match c.recv_within(within).await {
-        Ok(Some(Packet::ConnAck(ack))) => Ok((c, ack)),
-        Ok(other) => Err(format!("instead of CONNACK: {other:?}")),
-        Err(()) => Err(format!("no CONNACK within {within:?}")),
-    }
-}
-
 /// Publishes `payload` at QoS 1 on `node` until it is acknowledged, as a real client does:
 /// a fresh connection per attempt (a node closes the connection of a PUBLISH it could not
 /// get stored; a node between NATS servers refuses CONNECT for a moment). Panics after

@@ -477,28 +477,23 @@ impl ClusterLink {
         })
         .await
         .map_err(|e| setup(&format!("stream {}", names.stream), e))?;
+        // JetStream may still be electing its leaders right after NATS starts: retry.
         let bucket = |name: String| {
             let js = js.clone();
-            async move { sessions::ensure_bucket(&js, &name, config.replicas).await }
+            async move {
+                retry_until(deadline, || {
+                    sessions::ensure_bucket(&js, &name, config.replicas)
+                })
+                .await
+                .map_err(|e| setup(&format!("bucket {name}"), e))
+            }
         };
-        let retained = retry_until(deadline, || bucket(names.retained.clone()))
-            .await
-            .map_err(|e| setup(&format!("bucket {}", names.retained), e))?;
-        let owners = retry_until(deadline, || bucket(names.owners.clone()))
-            .await
-            .map_err(|e| setup(&format!("bucket {}", names.owners), e))?;
-        let session_state = retry_until(deadline, || bucket(names.sessions.clone()))
-            .await
-            .map_err(|e| setup(&format!("bucket {}", names.sessions), e))?;
-        let nodes = retry_until(deadline, || bucket(names.nodes.clone()))
-            .await
-            .map_err(|e| setup(&format!("bucket {}", names.nodes), e))?;
-        let shares = retry_until(deadline, || bucket(names.shares.clone()))
-            .await
-            .map_err(|e| setup(&format!("bucket {}", names.shares), e))?;
-        let wills = retry_until(deadline, || bucket(names.wills.clone()))
-            .await
-            .map_err(|e| setup(&format!("bucket {}", names.wills), e))?;
+        let retained = bucket(names.retained.clone()).await?;
+        let owners = bucket(names.owners.clone()).await?;
+        let session_state = bucket(names.sessions.clone()).await?;
+        let nodes = bucket(names.nodes.clone()).await?;
+        let shares = bucket(names.shares.clone()).await?;
+        let wills = bucket(names.wills.clone()).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(ClusterStats::default());
         let (node_shares, share_changes) = shares::Shares::new(node.to_owned());

@@ -468,3 +468,25 @@ pub fn plugin_entry(
     let yaml = format!("name: {name}\npath: {path}\nconfig: {config}\n{rest}\n");
     serde_yaml_ng::from_str(&yaml).unwrap_or_else(|e| panic!("plugin entry {yaml:?}: {e}"))
 }
+
+/// Opens a connection and sends CONNECT: the CONNACK, or what came instead within `within`.
+/// Never panics on a refused or closed connection (the node may be gone).
+pub async fn try_connect(
+    addr: SocketAddr,
+    connect: Connect,
+    within: Duration,
+) -> Result<(RawClient, ConnAck), String> {
+    let stream = tokio::time::timeout(within, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("TCP connect to {addr} timed out"))?
+        .map_err(|e| format!("TCP connect to {addr}: {e}"))?;
+    stream.set_nodelay(true).ok();
+    let mut c = RawClient::over(Box::new(stream));
+    c.level = connect.protocol;
+    c.send_lossy(&Packet::Connect(Box::new(connect))).await;
+    match c.recv_within(within).await {
+        Ok(Some(Packet::ConnAck(ack))) => Ok((c, ack)),
+        Ok(other) => Err(format!("instead of CONNACK: {other:?}")),
+        Err(()) => Err(format!("no CONNACK within {within:?}")),
+    }
+}
