@@ -181,8 +181,13 @@ pub struct AclCache {
     /// The client they were made for (held, so that its address cannot be reused).
     client: Option<Arc<ClientInfo>>,
     /// Per topic: which (action, QoS, retain) combinations are known, and which are allowed.
-    entries: HashMap<Arc<str>, (u32, u32)>,
+    /// Boxed and made on first use: every connection and session has a cache, most idle
+    /// clients never fill it.
+    entries: Option<Box<AclDecisions>>,
 }
+
+/// Per topic: the (action, QoS, retain) bits known, and those allowed.
+type AclDecisions = HashMap<Arc<str>, (u32, u32)>;
 
 impl AclCache {
     /// Most topics remembered per client; beyond it the cache starts over (a client that
@@ -191,7 +196,11 @@ impl AclCache {
 
     /// Forgets every decision (the client reconnected, maybe as someone else).
     pub fn clear(&mut self) {
-        self.entries = HashMap::new();
+        self.entries = None;
+    }
+
+    fn len(&self) -> usize {
+        self.entries.as_ref().map_or(0, |e| e.len())
     }
 
     fn bit(request: &AclRequest<'_>) -> u32 {
@@ -426,7 +435,7 @@ impl SecurityChain {
             cache.client = Some(client.clone());
         }
         let bit = AclCache::bit(request);
-        if let Some((known, allowed)) = cache.entries.get(request.topic) {
+        if let Some((known, allowed)) = cache.entries.as_ref().and_then(|e| e.get(request.topic)) {
             if known & bit != 0 {
                 return allowed & bit != 0;
             }
@@ -435,12 +444,17 @@ impl SecurityChain {
         if !cacheable {
             return allowed;
         }
-        if cache.entries.len() >= AclCache::MAX_TOPICS && !cache.entries.contains_key(request.topic)
+        if cache.len() >= AclCache::MAX_TOPICS
+            && !cache
+                .entries
+                .as_ref()
+                .is_some_and(|e| e.contains_key(request.topic))
         {
             cache.clear();
         }
         let entry = cache
             .entries
+            .get_or_insert_with(Default::default)
             .entry(Arc::from(request.topic))
             .or_insert((0, 0));
         entry.0 |= bit;
@@ -611,7 +625,7 @@ mod tests {
         for i in 0..(AclCache::MAX_TOPICS * 3) {
             let topic = format!("t/{i}");
             chain.authorize_cached(&client, &publish(&topic, QoS::AtMostOnce), &mut cache, 1);
-            assert!(cache.entries.len() <= AclCache::MAX_TOPICS);
+            assert!(cache.len() <= AclCache::MAX_TOPICS);
         }
     }
 }

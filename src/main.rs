@@ -7,6 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tracing::{error, info};
 
+#[cfg(feature = "alloc-mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(feature = "alloc-jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// MQTT 3.1.1 broker with sandboxed WebAssembly plugins and live reload.
 ///
 /// Without arguments it runs on built-in defaults (TCP on 0.0.0.0:1883).

@@ -466,26 +466,39 @@ impl CloseReason {
     }
 }
 
-/// Where a close decided outside a connection's own task (takeover, admin, reload) is
-/// written, and the token that wakes that task to act on it.
+/// The small control block between a connection's task and the rest of the broker: where a
+/// close decided elsewhere (takeover, admin, reload) is written, how a reload is announced,
+/// and how a takeover learns that the connection has finished.
 ///
-/// The token is the connection's own cancellation token, a child of its listener's (removed
-/// with `drain: true`) and of the broker's shutdown token: one wake-up source serves every
-/// cause, and when a parent fired instead, no reason is written here and the connection
-/// knows which parent it was. The first reason set wins: a connection that is being taken
-/// over while the broker shuts down reports the one that reached it first.
+/// Kept compact on purpose (one per connection, IoT fleets hold many idle ones): the task
+/// registers its waker here instead of holding a future per cause. `parent` is the
+/// listener's token (a child of the broker's shutdown token, removed with `drain: true`),
+/// shared by all of the listener's connections rather than a child token per connection;
+/// whoever cancels it also calls `OpsState::close_cancelled`, which raises the close here
+/// without a reason, and the connection tells which parent it was. The first reason set wins: a connection that is being taken over while the
+/// broker shuts down reports the one that reached it first.
 #[derive(Debug, Default)]
 pub struct CloseSignal {
     reason: parking_lot::Mutex<Option<CloseReason>>,
-    token: tokio_util::sync::CancellationToken,
+    /// `CLOSE` | `RELOAD` | `DONE`.
+    flags: std::sync::atomic::AtomicU8,
+    /// The connection task, woken for `CLOSE` and `RELOAD`.
+    waker: futures_util::task::AtomicWaker,
+    /// Wakes whoever waits for `DONE` (a takeover).
+    done: tokio::sync::Notify,
+    parent: tokio_util::sync::CancellationToken,
 }
 
+const CLOSE: u8 = 1;
+const RELOAD: u8 = 2;
+const DONE: u8 = 4;
+
 impl CloseSignal {
-    /// A signal that wakes through `token`.
-    pub fn new(token: tokio_util::sync::CancellationToken) -> Self {
+    /// A signal whose connection also closes when `parent` (its listener's token) fires.
+    pub fn new(parent: tokio_util::sync::CancellationToken) -> Self {
         CloseSignal {
-            reason: parking_lot::Mutex::new(None),
-            token,
+            parent,
+            ..Default::default()
         }
     }
 
@@ -497,7 +510,25 @@ impl CloseSignal {
                 *slot = Some(reason);
             }
         }
-        self.token.cancel();
+        self.raise(CLOSE);
+    }
+
+    /// Tells the connection that its listener's token was cancelled: it closes without a
+    /// reason written here (it tells shutdown from listener removal itself).
+    pub fn parent_cancelled(&self) {
+        self.raise(CLOSE);
+    }
+
+    /// Tells the connection that the runtime was replaced (a reload): it re-checks its
+    /// client against the new one.
+    pub fn reloaded(&self) {
+        self.raise(RELOAD);
+    }
+
+    fn raise(&self, flag: u8) {
+        self.flags
+            .fetch_or(flag, std::sync::atomic::Ordering::AcqRel);
+        self.waker.wake();
     }
 
     /// The reason set with [`CloseSignal::close`], if any.
@@ -505,8 +536,50 @@ impl CloseSignal {
         self.reason.lock().clone()
     }
 
-    /// The token that is cancelled when the connection must close, for whatever reason.
-    pub fn token(&self) -> &tokio_util::sync::CancellationToken {
-        &self.token
+    /// Whether a close was asked for here (not counting the parent token).
+    pub fn is_closed(&self) -> bool {
+        self.flags.load(std::sync::atomic::Ordering::Acquire) & CLOSE != 0
+    }
+
+    /// The listener's token: the connection closes when it fires.
+    pub fn parent(&self) -> &tokio_util::sync::CancellationToken {
+        &self.parent
+    }
+
+    /// For the connection task: registers its waker, then reports a close asked for here
+    /// (`Ready(true)`) or a reload (`Ready(false)`, consumed).
+    pub fn poll_signal(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<bool> {
+        use std::sync::atomic::Ordering;
+        self.waker.register(cx.waker());
+        let flags = self.flags.load(Ordering::Acquire);
+        if flags & CLOSE != 0 {
+            return std::task::Poll::Ready(true);
+        }
+        if flags & RELOAD != 0 {
+            self.flags.fetch_and(!RELOAD, Ordering::AcqRel);
+            return std::task::Poll::Ready(false);
+        }
+        std::task::Poll::Pending
+    }
+
+    /// Marks the connection finished (detached, its will published) and wakes a waiting
+    /// takeover.
+    pub fn finished(&self) {
+        self.flags
+            .fetch_or(DONE, std::sync::atomic::Ordering::AcqRel);
+        self.done.notify_waiters();
+    }
+
+    /// Waits until [`CloseSignal::finished`] was called.
+    pub async fn wait_finished(&self) {
+        loop {
+            let notified = self.done.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.flags.load(std::sync::atomic::Ordering::Acquire) & DONE != 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 }

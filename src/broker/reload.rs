@@ -205,5 +205,6 @@ async fn reload_locked(
     let stopped = server.bridges.apply(core, &core.runtime.load().config);
     tokio::spawn(crate::bridge::wait(stopped));
     let _ = core.reload_tx.send(generation);
+    core.ops.reloaded();
     Ok(generation)
 }

@@ -33,6 +33,7 @@ pub(super) async fn shutdown(core: &Arc<Core>, server: &Server) -> bool {
     server.bridges.stop_all().await;
     // Each connection acknowledges what it already received, flushes and closes.
     core.shutdown.cancel();
+    core.ops.close_cancelled();
     while Counters::get(&core.counters.connections) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }

@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 fn core_with(config: Config) -> Core {
     let security = crate::auth::build_security_chain(&config.security).expect("valid security");
@@ -39,8 +38,6 @@ fn core_with(config: Config) -> Core {
 struct Client {
     engine: Engine,
     close: Arc<CloseSignal>,
-    /// Keeps `done` open for a takeover to wait on.
-    _done: watch::Sender<bool>,
     conn_id: crate::model::ConnId,
 }
 
@@ -56,10 +53,7 @@ fn connect(core: &Core, id: &str, clean: bool, will: Option<LastWill>) -> (Clien
     });
     let conn_id = core.next_conn_id();
     let close = Arc::new(CloseSignal::default());
-    let (done, done_rx) = watch::channel(false);
-    let attached = core
-        .registry
-        .attach(&client, conn_id, close.clone(), done_rx, None);
+    let attached = core.registry.attach(&client, conn_id, close.clone(), None);
     let mut engine = Engine::new(
         client,
         attached.entry.clone(),
@@ -80,7 +74,6 @@ fn connect(core: &Core, id: &str, clean: bool, will: Option<LastWill>) -> (Clien
     let c = Client {
         engine,
         close,
-        _done: done,
         conn_id,
     };
     (c, attached.session_present)

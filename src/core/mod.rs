@@ -349,3 +349,22 @@ impl Core {
         }
     }
 }
+
+/// A core on the default configuration, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_core() -> Core {
+    let config = crate::config::Config::default();
+    let security = crate::auth::build_security_chain(&config.security).expect("valid security");
+    let runtime = Runtime {
+        config,
+        generation: 1,
+        security,
+        tls: std::collections::HashMap::new(),
+        listeners: std::collections::HashMap::new(),
+        admin_token: None,
+        plugins: Default::default(),
+        plugin_kv: Default::default(),
+        auth_fingerprint: None,
+    };
+    Core::new(runtime, None)
+}

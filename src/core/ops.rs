@@ -81,17 +81,6 @@ impl Default for OpsState {
 }
 
 /// Removes a client from the registry when its connection ends, however it ends.
-pub(crate) struct Registration<'a> {
-    ops: &'a OpsState,
-    conn_id: ConnId,
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        self.ops.clients.lock().remove(&self.conn_id);
-    }
-}
-
 impl OpsState {
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
@@ -107,7 +96,7 @@ impl OpsState {
         client: &Arc<ClientInfo>,
         entry: &Arc<SessionEntry>,
         close: Arc<CloseSignal>,
-    ) -> Registration<'_> {
+    ) {
         self.clients.lock().insert(
             conn_id,
             ClientRecord {
@@ -120,7 +109,11 @@ impl OpsState {
         self.warned
             .lock()
             .retain(|(id, _)| **id != *client.client_id);
-        Registration { ops: self, conn_id }
+    }
+
+    /// Forgets connection `conn_id` (it has ended).
+    pub fn unregister(&self, conn_id: ConnId) {
+        self.clients.lock().remove(&conn_id);
     }
 
     /// Disconnects every connection of `client_id`; returns how many there were.
@@ -144,6 +137,24 @@ impl OpsState {
             r.close.close(why());
         }
         clients.len()
+    }
+
+    /// Closes every connection whose listener's token was cancelled (listener removed with
+    /// `drain: true`, or shutdown): connections hold no future on that token, they are told
+    /// here. One registering after this sweep sees the token itself.
+    pub fn close_cancelled(&self) {
+        for r in self.clients.lock().values() {
+            if r.close.parent().is_cancelled() {
+                r.close.parent_cancelled();
+            }
+        }
+    }
+
+    /// Tells every connection that the runtime was replaced (each re-checks its client).
+    pub fn reloaded(&self) {
+        for r in self.clients.lock().values() {
+            r.close.reloaded();
+        }
     }
 
     /// Whether a session-scoped refusal of `kind` for `client_id` should be logged now:

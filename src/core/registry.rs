@@ -33,8 +33,44 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{watch, Notify};
+
 use tracing::info;
+
+/// Wakes the connection attached to a session when something was queued for it: a flag and
+/// the waker of one task (the connection's), so that an idle connection holds no future for
+/// it and a burst of deliveries costs one wake-up, not one per message.
+#[derive(Debug, Default)]
+pub(crate) struct Wake {
+    pending: std::sync::atomic::AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl Wake {
+    /// Marks the session as having work and wakes its task unless a wake-up is pending.
+    pub fn notify_one(&self) {
+        use std::sync::atomic::Ordering;
+        // Already pending: the task has not taken the previous one yet and will see this.
+        if !self.pending.load(Ordering::Acquire) && !self.pending.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Registers the task's waker; ready (and consumed) once something was queued.
+    pub fn poll(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::sync::atomic::Ordering;
+        self.waker.register(cx.waker());
+        if self.pending.swap(false, Ordering::AcqRel) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// Waits for [`Wake::notify_one`] (one waiting task at a time).
+    pub async fn notified(&self) {
+        std::future::poll_fn(|cx| self.poll(cx)).await
+    }
+}
 
 /// The connection currently attached to a session.
 #[derive(Debug)]
@@ -43,8 +79,6 @@ pub(crate) struct Owner {
     pub conn_id: ConnId,
     /// Asks that connection to close (a takeover says why).
     pub close: Arc<CloseSignal>,
-    /// Turns true once that connection has detached (its will published).
-    pub done: watch::Receiver<bool>,
 }
 
 /// A session in the registry, shared between its connection and the routers that feed it.
@@ -55,7 +89,7 @@ pub struct SessionEntry {
     /// The sans-IO session state.
     state: Mutex<Session>,
     /// Wakes the attached connection when messages were queued.
-    pub(crate) wake: Notify,
+    pub(crate) wake: Wake,
     /// The client as last connected, for delivery-time ACL checks.
     client: Mutex<Arc<ClientInfo>>,
     /// Delivery decisions for that client (forgotten when it connects again).
@@ -70,7 +104,7 @@ impl SessionEntry {
         SessionEntry {
             client_id: client.client_id.clone(),
             state: Mutex::new(state),
-            wake: Notify::new(),
+            wake: Wake::default(),
             client: Mutex::new(client),
             acl_cache: Mutex::new(AclCache::default()),
             offline_since: Mutex::new(offline_since),
@@ -117,7 +151,7 @@ pub(crate) struct Attached {
     /// Whether a stored session was resumed [MQTT-3.2.2-2].
     pub session_present: bool,
     /// The connection it was taken from: it has been told to close (`TakenOver`); wait for
-    /// `done` before acknowledging the new connection, so its will goes first.
+    /// its `close.wait_finished()` before acknowledging the new connection, so its will goes first.
     pub previous: Option<Owner>,
 }
 
@@ -161,7 +195,6 @@ impl SessionRegistry {
         client: &Arc<ClientInfo>,
         conn_id: ConnId,
         close: Arc<CloseSignal>,
-        done: watch::Receiver<bool>,
         expiry_interval: Option<u32>,
     ) -> Attached {
         let limits = self
@@ -221,11 +254,7 @@ impl SessionRegistry {
         }
         *entry.client.lock() = client.clone();
         *entry.offline_since.lock() = None;
-        *entry.owner.lock() = Some(Owner {
-            conn_id,
-            close,
-            done,
-        });
+        *entry.owner.lock() = Some(Owner { conn_id, close });
         drop(sessions);
         if let Some(prev) = &previous {
             info!(client_id, "taking over session from an existing connection");
@@ -363,8 +392,7 @@ impl SessionRegistry {
         let previous = entry.owner.lock().take();
         if let Some(prev) = previous {
             prev.close.close(CloseReason::TakenOver);
-            let mut done = prev.done;
-            let _ = tokio::time::timeout(Duration::from_secs(5), done.wait_for(|d| *d)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), prev.close.wait_finished()).await;
         }
     }
 

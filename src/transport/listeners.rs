@@ -148,6 +148,9 @@ pub(crate) async fn commit(plan: ListenerPlan, core: &Arc<Core>) -> Vec<RunningL
         let old = g.config.clone();
         let drain = g.config.drain;
         g.stop(drain);
+        if drain {
+            core.ops.close_cancelled();
+        }
         if let Some(new) = replacement {
             match bind_checked(&new).await {
                 Ok(socket) => keep.push(run_listener(&new, socket, core)),

@@ -125,7 +125,7 @@ pub(crate) async fn accept_loop(
             deadline: Instant::now() + connect_timeout,
             tls_identity: None,
             use_identity_as_username: cfg.use_identity_as_username,
-            cancel: connections.child_token(),
+            cancel: connections.clone(),
         };
         if cfg.protocol == TransportKind::Tcp {
             spawn_guarded(peer, connection::serve(core.clone(), stream, info));
