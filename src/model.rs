@@ -479,9 +479,13 @@ impl CloseReason {
 /// broker shuts down reports the one that reached it first.
 #[derive(Debug, Default)]
 pub struct CloseSignal {
-    reason: parking_lot::Mutex<Option<CloseReason>>,
-    /// `CLOSE` | `RELOAD` | `DONE`.
+    /// Boxed: written once, and only for a close decided elsewhere.
+    reason: parking_lot::Mutex<Option<Box<CloseReason>>>,
+    /// `CLOSE` | `RELOAD` | `DONE` | `TIMER`.
     flags: std::sync::atomic::AtomicU8,
+    /// The connection's keep-alive deadline in milliseconds of [`monotonic_ms`] (0: none),
+    /// watched by one broker-wide sweep instead of a timer per connection.
+    deadline: std::sync::atomic::AtomicU64,
     /// The connection task, woken for `CLOSE` and `RELOAD`.
     waker: futures_util::task::AtomicWaker,
     /// Wakes whoever waits for `DONE` (a takeover).
@@ -492,6 +496,25 @@ pub struct CloseSignal {
 const CLOSE: u8 = 1;
 const RELOAD: u8 = 2;
 const DONE: u8 = 4;
+const TIMER: u8 = 8;
+
+/// Milliseconds since the first call in this process (never 0), on the monotonic clock.
+pub fn monotonic_ms(at: std::time::Instant) -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    at.saturating_duration_since(epoch).as_millis() as u64 + 1
+}
+
+/// What a connection's task is told through its [`CloseSignal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Close (a reason may be written, see [`CloseSignal::reason`]).
+    Close,
+    /// Its keep-alive deadline passed.
+    Timer,
+    /// The runtime was replaced.
+    Reload,
+}
 
 impl CloseSignal {
     /// A signal whose connection also closes when `parent` (its listener's token) fires.
@@ -507,7 +530,7 @@ impl CloseSignal {
         {
             let mut slot = self.reason.lock();
             if slot.is_none() {
-                *slot = Some(reason);
+                *slot = Some(Box::new(reason));
             }
         }
         self.raise(CLOSE);
@@ -533,7 +556,30 @@ impl CloseSignal {
 
     /// The reason set with [`CloseSignal::close`], if any.
     pub fn reason(&self) -> Option<CloseReason> {
-        self.reason.lock().clone()
+        self.reason.lock().as_deref().cloned()
+    }
+
+    /// Sets the keep-alive deadline the broker's sweep watches (`None`: no keep-alive).
+    pub fn set_deadline(&self, at: Option<std::time::Instant>) {
+        let ms = at.map_or(0, monotonic_ms);
+        self.deadline
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// For the broker's sweep: wakes the connection if its deadline passed by `now_ms`
+    /// (cleared, so that it is woken once per deadline).
+    pub fn expire(&self, now_ms: u64) {
+        use std::sync::atomic::Ordering;
+        let at = self.deadline.load(Ordering::Relaxed);
+        if at != 0
+            && at <= now_ms
+            && self
+                .deadline
+                .compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.raise(TIMER);
+        }
     }
 
     /// Whether a close was asked for here (not counting the parent token).
@@ -546,20 +592,23 @@ impl CloseSignal {
         &self.parent
     }
 
-    /// For the connection task: registers its waker, then reports a close asked for here
-    /// (`Ready(true)`) or a reload (`Ready(false)`, consumed).
-    pub fn poll_signal(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<bool> {
+    /// For the connection task: registers its waker, then reports a close asked for here,
+    /// else a passed deadline or a reload (each consumed).
+    pub fn poll_signal(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Signal> {
         use std::sync::atomic::Ordering;
+        use std::task::Poll;
         self.waker.register(cx.waker());
         let flags = self.flags.load(Ordering::Acquire);
         if flags & CLOSE != 0 {
-            return std::task::Poll::Ready(true);
+            return Poll::Ready(Signal::Close);
         }
-        if flags & RELOAD != 0 {
-            self.flags.fetch_and(!RELOAD, Ordering::AcqRel);
-            return std::task::Poll::Ready(false);
+        for (flag, signal) in [(TIMER, Signal::Timer), (RELOAD, Signal::Reload)] {
+            if flags & flag != 0 {
+                self.flags.fetch_and(!flag, Ordering::AcqRel);
+                return Poll::Ready(signal);
+            }
         }
-        std::task::Poll::Pending
+        Poll::Pending
     }
 
     /// Marks the connection finished (detached, its will published) and wakes a waiting

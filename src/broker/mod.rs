@@ -320,12 +320,28 @@ impl Broker {
                 }
             }
         });
+        let keep_alives = core.clone();
+        tokio::spawn(async move {
+            // Keep-alive deadlines are checked here for every connection; a connection is
+            // closed at most one tick after 1.5 × its keep-alive [MQTT-3.1.2-24].
+            let mut tick = tokio::time::interval(KEEP_ALIVE_SWEEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = keep_alives.ops.stop.cancelled() => break,
+                    _ = tick.tick() => keep_alives.ops.expire_keep_alives(),
+                }
+            }
+        });
         // Storage was recovered above, before any listener opened: now the broker is ready.
         core.ops.ready.store(true, Ordering::Relaxed);
         crate::admin::sys::spawn(control);
         Ok(handle)
     }
 }
+
+/// How often keep-alive deadlines are checked (how late a silent client may be closed).
+const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(100);
 
 impl BrokerHandle {
     /// Address of the first listener.

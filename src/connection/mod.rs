@@ -17,7 +17,7 @@ use crate::core::router::Receipt;
 use crate::core::Core;
 use crate::events::BrokerEvent;
 use crate::metrics::Counters;
-use crate::model::{CloseReason, CloseSignal, ConnId, TransportKind};
+use crate::model::{CloseReason, CloseSignal, ConnId, Signal, TransportKind};
 use crate::protocol::codec::{self, encode_with};
 use crate::protocol::{
     ConnAck, ConnectReturnCode, Disconnect, Packet, Properties, ProtocolError, ProtocolLevel,
@@ -907,9 +907,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// The connected-state loop: returns why the connection closes.
     ///
     /// One hand-written wait ([`Conn::poll_event`]) instead of a `select!` over a future
-    /// per cause: the session's wake-up and the close/reload signal only register this
-    /// task's waker, one timer serves the keep-alive and the publish-rate pause, so an idle
-    /// connection's task stays small.
+    /// per cause: the session's wake-up and the close/keep-alive/reload signal only
+    /// register this task's waker, so an idle connection's task stays small.
     async fn run(
         &mut self,
         engine: &mut Engine,
@@ -926,8 +925,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             // Cancelled before `OpsState::close_cancelled` could see this connection.
             close.parent_cancelled();
         }
-        let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
-        let mut timer_at: Option<Instant> = None;
+        // The keep-alive deadline is watched by the broker's sweep (through `close`); only
+        // a client over its publish rate gets a timer of its own, while paused.
+        let mut keep_alive_at: Option<std::time::Instant> = None;
+        let mut pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         // TLS and WebSocket streams buffer internally: flush once the write buffer is drained.
         let mut needs_flush = false;
         loop {
@@ -951,27 +952,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 engine.release_output();
             }
-            let paused = engine.read_paused_until().map(Instant::from_std);
-            let keep_alive = engine.keep_alive_deadline().map(Instant::from_std);
-            let deadline = match (paused, keep_alive) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            if deadline != timer_at {
-                if let Some(at) = deadline {
-                    timer.as_mut().reset(at);
+            let keep_alive = engine.keep_alive_deadline();
+            if keep_alive != keep_alive_at {
+                close.set_deadline(keep_alive);
+                keep_alive_at = keep_alive;
+            }
+            match (
+                engine.read_paused_until().map(Instant::from_std),
+                &mut pause,
+            ) {
+                (None, _) => pause = None,
+                (Some(at), Some(timer)) => {
+                    if timer.deadline() != at {
+                        timer.as_mut().reset(at);
+                    }
                 }
-                timer_at = deadline;
+                (Some(at), None) => pause = Some(Box::pin(tokio::time::sleep_until(at))),
             }
             let wait = Wait {
-                paused: paused.is_some(),
-                timer: timer_at.is_some(),
+                paused: pause.is_some(),
                 needs_flush,
             };
             // The engine is not `Sync` (the poll closure may only hold `Sync` references).
             let wake = &engine.entry().wake;
             let event =
-                std::future::poll_fn(|cx| self.poll_event(cx, wake, close, timer.as_mut(), wait))
+                std::future::poll_fn(|cx| self.poll_event(cx, wake, close, pause.as_mut(), wait))
                     .await;
             match event {
                 Event::Closed => {
@@ -1004,18 +1009,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     }
                     Err(e) => return self.read_error(e),
                 },
-                Event::Timer => {
-                    timer_at = None;
-                    let now = Instant::now();
-                    if paused.is_some_and(|p| p <= now) {
-                        // Over the publish rate: the socket was not read until the budget
-                        // refilled.
-                        let _ = engine.on_timer(now.into_std());
-                        if let Err(close) = self.process_buffered(engine) {
-                            self.collect(engine);
-                            return close;
-                        }
-                    } else if let Err(close) = engine.on_timer(now.into_std()) {
+                Event::Paused => {
+                    // Over the publish rate: the socket was not read until the budget
+                    // refilled.
+                    pause = None;
+                    let _ = engine.on_timer(std::time::Instant::now());
+                    if let Err(close) = self.process_buffered(engine) {
+                        self.collect(engine);
+                        return close;
+                    }
+                }
+                Event::KeepAlive => {
+                    keep_alive_at = None;
+                    if let Err(close) = engine.on_timer(std::time::Instant::now()) {
                         return close;
                     }
                 }
@@ -1040,13 +1046,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         cx: &mut std::task::Context<'_>,
         wake: &crate::core::registry::Wake,
         close: &CloseSignal,
-        timer: std::pin::Pin<&mut tokio::time::Sleep>,
+        pause: Option<&mut std::pin::Pin<Box<tokio::time::Sleep>>>,
         wait: Wait,
     ) -> std::task::Poll<Event> {
         use std::future::Future;
         use std::task::Poll;
         let signal = close.poll_signal(cx);
-        if signal == Poll::Ready(true) {
+        if signal == Poll::Ready(Signal::Close) {
             return Poll::Ready(Event::Closed);
         }
         if !self.wbuf.is_empty() || wait.needs_flush {
@@ -1065,13 +1071,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Poll::Ready(Event::Read(r));
             }
         }
-        if wait.timer && timer.poll(cx).is_ready() {
-            return Poll::Ready(Event::Timer);
+        if pause.is_some_and(|p| p.as_mut().poll(cx).is_ready()) {
+            return Poll::Ready(Event::Paused);
+        }
+        if signal == Poll::Ready(Signal::Timer) {
+            return Poll::Ready(Event::KeepAlive);
         }
         if self.wbuf.len() < WRITE_HIGH_WATER && wake.poll(cx).is_ready() {
             return Poll::Ready(Event::Wake);
         }
-        if signal == Poll::Ready(false) {
+        if signal == Poll::Ready(Signal::Reload) {
             return Poll::Ready(Event::Reload);
         }
         Poll::Pending
@@ -1081,10 +1090,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 /// What [`Conn::poll_event`] waits for besides the socket and the signals.
 #[derive(Clone, Copy)]
 struct Wait {
-    /// Over the publish rate: the socket is not read until the timer.
+    /// Over the publish rate: the socket is not read until the pause ends.
     paused: bool,
-    /// A deadline is armed (keep-alive or pause).
-    timer: bool,
     /// The stream has written bytes to flush.
     needs_flush: bool,
 }
@@ -1097,8 +1104,10 @@ enum Event {
     Wrote(std::io::Result<Option<usize>>),
     /// Bytes read into the read buffer.
     Read(std::io::Result<usize>),
-    /// The keep-alive or publish-rate deadline passed.
-    Timer,
+    /// The publish-rate pause ended.
+    Paused,
+    /// The keep-alive deadline passed (the broker's sweep says so).
+    KeepAlive,
     /// The session has something to send.
     Wake,
     /// The runtime was replaced.
@@ -1222,5 +1231,5 @@ mod tests {
         });
     }
 
-    const BUDGET: usize = 880;
+    const BUDGET: usize = 768;
 }

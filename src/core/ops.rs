@@ -150,6 +150,15 @@ impl OpsState {
         }
     }
 
+    /// Wakes the connections whose keep-alive deadline passed (run a few times a second:
+    /// one sweep instead of a timer in every idle connection).
+    pub fn expire_keep_alives(&self) {
+        let now = crate::model::monotonic_ms(std::time::Instant::now());
+        for r in self.clients.lock().values() {
+            r.close.expire(now);
+        }
+    }
+
     /// Tells every connection that the runtime was replaced (each re-checks its client).
     pub fn reloaded(&self) {
         for r in self.clients.lock().values() {
