@@ -169,22 +169,41 @@ impl Message {
             topic: self.topic.clone(),
             pid,
             payload: self.payload.clone(),
-            properties: self.props.as_ref().and_then(|m| {
-                let shared = m.properties.as_ref()?;
-                let Some(at) = m.expires_at else {
-                    // The common case: every copy shares the publisher's properties.
-                    return Some(shared.clone());
-                };
-                let left = at
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default()
-                    .as_secs();
-                let mut properties = (**shared).clone();
-                properties.message_expiry_interval =
-                    Some(u32::try_from(left).unwrap_or(u32::MAX).max(1));
-                Some(Arc::new(properties))
-            }),
+            properties: self.publish_properties(),
         }
+    }
+
+    /// As [`Message::to_publish`], taking the topic and payload instead of sharing them (a
+    /// fanned-out QoS 0 copy is sent once: no reference count is raised and dropped again).
+    pub fn into_publish(self, pid: Option<u16>, dup: bool) -> Publish {
+        Publish {
+            dup,
+            qos: self.qos,
+            retain: self.retain,
+            properties: self.publish_properties(),
+            topic: self.topic,
+            pid,
+            payload: self.payload,
+        }
+    }
+
+    /// The PUBLISH properties of this copy, with what is left of its expiry interval.
+    fn publish_properties(&self) -> Option<Arc<Properties>> {
+        self.props.as_ref().and_then(|m| {
+            let shared = m.properties.as_ref()?;
+            let Some(at) = m.expires_at else {
+                // The common case: every copy shares the publisher's properties.
+                return Some(shared.clone());
+            };
+            let left = at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .as_secs();
+            let mut properties = (**shared).clone();
+            properties.message_expiry_interval =
+                Some(u32::try_from(left).unwrap_or(u32::MAX).max(1));
+            Some(Arc::new(properties))
+        })
     }
 }
 

@@ -213,6 +213,9 @@ pub(crate) struct LocalRouter {
     /// that a subscriber gets a concurrently retained message once. Plain publishes do not
     /// take it.
     retain_order: parking_lot::Mutex<()>,
+    /// How many sessions the last message matched: the next one's target list is sized so
+    /// (a hint; racing publishers may overwrite each other's).
+    targets_hint: std::sync::atomic::AtomicUsize,
 }
 
 impl LocalRouter {
@@ -225,6 +228,7 @@ impl LocalRouter {
             shared_groups: std::sync::atomic::AtomicUsize::new(0),
             retained: RwLock::new(RetainedStore::new()),
             retain_order: parking_lot::Mutex::new(()),
+            targets_hint: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -277,7 +281,9 @@ impl LocalRouter {
         if msg.retain && store_retained {
             receipt = Receipt::from_ticket(self.retain(&msg));
         }
-        let mut targets: Vec<Target> = Vec::new();
+        // Sized like the last message's matches: one allocation, not one per doubling.
+        let hint = self.targets_hint.load(std::sync::atomic::Ordering::Relaxed);
+        let mut targets: Vec<Target> = Vec::with_capacity(hint);
         self.subscriptions
             .read()
             .for_each_match(&msg.topic, |_, s| {
@@ -307,6 +313,12 @@ impl LocalRouter {
             });
         }
         drop(_order);
+        if targets.len() != hint {
+            self.targets_hint.store(
+                targets.len().min(4096),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         let (subscribers, delivered) = deliver_at(&self.services, &msg, targets, seq);
         Routed {
             subscribers,
@@ -550,7 +562,9 @@ fn deliver_at(
     // One delivery per (session, shared filter): the matches of one session are adjacent
     // after sorting, highest QoS first; they are merged in place, with no second list.
     if targets.len() > 1 {
-        targets.sort_by(|a, b| {
+        // Unstable: matches equal in all three keys are interchangeable, and the stable sort
+        // allocates a scratch buffer per message (a fan-out to 100 sessions sorts 100).
+        targets.sort_unstable_by(|a, b| {
             Arc::as_ptr(&a.session)
                 .cmp(&Arc::as_ptr(&b.session))
                 .then_with(|| a.shared.cmp(&b.shared))

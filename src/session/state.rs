@@ -448,7 +448,7 @@ impl Session {
                 }
             }
             match message.qos {
-                QoS::AtMostOnce => out.push(Packet::Publish(message.to_publish(None, false))),
+                QoS::AtMostOnce => out.push(Packet::Publish(message.into_publish(None, false))),
                 qos => {
                     let pid = self.allocate_pid();
                     out.push(Packet::Publish(message.to_publish(Some(pid), false)));
