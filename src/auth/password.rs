@@ -305,6 +305,61 @@ fn dummy_hash() -> PasswordHash {
 #[derive(Debug, Clone, Default)]
 pub struct PasswordFile {
     users: HashMap<String, PasswordHash>,
+    /// Passwords proven since this table was loaded (shared by its clones).
+    verified: std::sync::Arc<VerifiedCache>,
+}
+
+/// Which user proved which password since the table was loaded, so that a storm of
+/// reconnecting devices (a network blip, a load balancer failing over) does not pay PBKDF2
+/// again for a password already checked against the same table.
+///
+/// The check is not weakened: every CONNECT still has to present the password, a wrong one
+/// never matches and goes through PBKDF2 and the login back-off as before. What is kept is
+/// an HMAC-SHA256 of user and password under a random key made for this table (never the
+/// password), one per user (a user's newest proven password replaces the previous one),
+/// and a reload builds a new table with an empty cache, so a changed password file is
+/// always checked afresh.
+#[derive(Debug)]
+struct VerifiedCache {
+    key: [u8; 32],
+    proven: parking_lot::Mutex<HashMap<String, [u8; 32]>>,
+}
+
+impl Default for VerifiedCache {
+    fn default() -> Self {
+        let mut key = [0u8; 32];
+        // Without randomness the cache stays off (an all-zero key is never used).
+        let usable = getrandom::getrandom(&mut key).is_ok();
+        VerifiedCache {
+            key: if usable { key } else { [0; 32] },
+            proven: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl VerifiedCache {
+    fn tag(&self, username: &str, password: &[u8]) -> Option<[u8; 32]> {
+        use hmac::Mac;
+        if self.key == [0; 32] {
+            return None;
+        }
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key).ok()?;
+        mac.update(&(username.len() as u64).to_be_bytes());
+        mac.update(username.as_bytes());
+        mac.update(password);
+        Some(mac.finalize().into_bytes().into())
+    }
+
+    fn proven(&self, username: &str, tag: &[u8; 32]) -> bool {
+        self.proven
+            .lock()
+            .get(username)
+            .is_some_and(|known| bool::from(known.ct_eq(tag)))
+    }
+
+    fn remember(&self, username: &str, tag: [u8; 32]) {
+        self.proven.lock().insert(username.to_owned(), tag);
+    }
 }
 
 impl PasswordFile {
@@ -328,7 +383,10 @@ impl PasswordFile {
                 return Err(err(format!("user `{user}` is listed more than once")));
             }
         }
-        Ok(Self { users })
+        Ok(Self {
+            users,
+            verified: Default::default(),
+        })
     }
 
     /// Reads and parses a password file.
@@ -352,14 +410,31 @@ impl PasswordFile {
                 });
             }
         }
-        Ok(Self { users: map })
+        Ok(Self {
+            users: map,
+            verified: Default::default(),
+        })
     }
 
     /// Checks a username and password.
     pub fn verify(&self, username: &str, password: &[u8]) -> PasswordCheck {
         match self.users.get(username) {
-            Some(hash) if hash.verify(password) => PasswordCheck::Ok,
-            Some(_) => PasswordCheck::BadPassword,
+            Some(hash) => {
+                let tag = self.verified.tag(username, password);
+                if tag
+                    .as_ref()
+                    .is_some_and(|t| self.verified.proven(username, t))
+                {
+                    return PasswordCheck::Ok;
+                }
+                if !hash.verify(password) {
+                    return PasswordCheck::BadPassword;
+                }
+                if let Some(tag) = tag {
+                    self.verified.remember(username, tag);
+                }
+                PasswordCheck::Ok
+            }
             None => {
                 let _ = dummy_hash().verify(password);
                 PasswordCheck::UnknownUser
@@ -609,6 +684,27 @@ carol:$6$f6917AIlLAi3lt4F$ZMgHNywtdZdxogyR68gINjcprG5Lt9duVi/2EjjKqXbgXCPTVw4xpG
         assert_eq!(pf.verify("carol", b"hunter3"), PasswordCheck::BadPassword);
         assert_eq!(pf.verify("dave", b"secret"), PasswordCheck::UnknownUser);
         assert!(pf.contains("bob") && !pf.contains("dave"));
+    }
+
+    #[test]
+    fn a_proven_password_is_remembered_without_accepting_any_other() {
+        let pf = PasswordFile::parse(MOSQUITTO_FILE, src()).expect("parses");
+        for _ in 0..3 {
+            assert_eq!(pf.verify("alice", b"secret"), PasswordCheck::Ok);
+        }
+        assert_eq!(pf.verified.proven.lock().len(), 1);
+        // A wrong password, another user's password, and a prefix never match the cache.
+        assert_eq!(pf.verify("alice", b"secre"), PasswordCheck::BadPassword);
+        assert_eq!(pf.verify("alice", b"secretx"), PasswordCheck::BadPassword);
+        assert_eq!(pf.verify("carol", b"secret"), PasswordCheck::BadPassword);
+        assert_eq!(pf.verify("dave", b"secret"), PasswordCheck::UnknownUser);
+        // Only an HMAC is kept, never the password.
+        let kept = pf.verified.proven.lock()["alice"];
+        assert!(!kept.windows(6).any(|w| w == b"secret"));
+        // A reloaded table (a new file) starts with nothing proven.
+        let reloaded = PasswordFile::parse(MOSQUITTO_FILE, src()).expect("parses");
+        assert!(reloaded.verified.proven.lock().is_empty());
+        assert_ne!(reloaded.verified.key, pf.verified.key);
     }
 
     #[test]
