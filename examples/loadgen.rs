@@ -11,6 +11,13 @@
 //! - `idle`: K idle connections: connect rate and broker memory per connection.
 //! - `filters`: one client with F wildcard filters: memory per filter, then throughput.
 //! - `retained`: R retained messages, then how long a new `#` subscriber takes to get them.
+//! - `connect-rate`: N connections, P at a time, each connect -> CONNACK -> DISCONNECT, over
+//!   plain TCP or TLS (`--tls-ca`), with or without a user name and password: connects/s.
+//! - `reconnect-storm`: persistent sessions across a broker restart, in two runs of the tool:
+//!   `--phase prepare` creates S sessions (clean session off, QoS 1 subscription each) and
+//!   queues K QoS 1 messages for each while they are away; the broker is restarted; then
+//!   `--phase storm` reconnects all S at once and measures until every client has its CONNACK
+//!   with session present and its K messages.
 //!
 //! With `--broker-pid` every scenario also reports the broker's CPU time (utime + stime from
 //! `/proc/<pid>/stat`, so µs of broker CPU per message) and its resident memory (VmRSS
@@ -148,6 +155,11 @@ struct Throughput {
     /// (slowest) subscriber has received from it.
     #[arg(long, default_value_t = 1000)]
     window: u64,
+    /// Keep-alive announced in CONNECT, seconds. 0 (no keep-alive traffic) suits runs far
+    /// shorter than any timeout; rumqttd refuses 0, so comparisons with it need e.g. 60
+    /// (longer than the run: the subscribers never send a packet).
+    #[arg(long, default_value_t = 0)]
+    keep_alive: u16,
 }
 
 #[derive(Subcommand, Debug)]
@@ -254,6 +266,67 @@ enum Scenario {
         #[arg(long)]
         keep: bool,
     },
+    /// N connections, P at a time, each TCP (and TLS) connect -> CONNECT -> CONNACK ->
+    /// DISCONNECT -> closed by the broker: connects per second and connect latency.
+    ConnectRate {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        dial: Dial,
+        /// Connections in total.
+        #[arg(long, default_value_t = 5_000)]
+        connections: usize,
+        /// Connections in progress at once.
+        #[arg(long, default_value_t = 64)]
+        parallel: usize,
+    },
+    /// Persistent sessions across a broker restart: `--phase prepare` creates the sessions
+    /// and queues their messages, the broker is restarted (by the caller), `--phase storm`
+    /// reconnects them all at once and measures until each has its session and messages.
+    ReconnectStorm {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        dial: Dial,
+        /// `prepare` (before the restart) or `storm` (after it).
+        #[arg(long, value_enum)]
+        phase: StormPhase,
+        /// Number of persistent sessions (client ids `{prefix}-{i}`, topics `{prefix}/{i}`).
+        #[arg(long, default_value_t = 15_000)]
+        clients: usize,
+        /// QoS 1 messages queued for each session while it is away.
+        #[arg(long, default_value_t = 2)]
+        messages: usize,
+        /// Storm: clients reconnecting at once (each holds its slot until it has its
+        /// messages; it then stays connected until the end).
+        #[arg(long, default_value_t = 1_000)]
+        parallel: usize,
+        /// Prepare: session set-ups (connect, subscribe, disconnect) in progress at once.
+        #[arg(long, default_value_t = 64)]
+        prepare_parallel: usize,
+        /// Prepare: QoS 1 PUBLISH packets awaiting PUBACK at once.
+        #[arg(long, default_value_t = 500)]
+        publish_window: usize,
+        /// Payload size in bytes (at least 8: client number and message number).
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Prefix of client ids and topics; both phases must use the same one.
+        #[arg(long, default_value = "lgstorm")]
+        prefix: String,
+        /// Storm: how long a client whose session is present waits for its messages after
+        /// CONNACK before they are counted missing.
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        message_wait: Duration,
+    },
+}
+
+/// The two halves of `reconnect-storm`, run before and after the broker restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StormPhase {
+    /// Create the sessions, then queue K messages for each while it is disconnected.
+    Prepare,
+    /// Reconnect every session at once; measure until all have their messages.
+    Storm,
 }
 
 impl Scenario {
@@ -264,7 +337,9 @@ impl Scenario {
             | Scenario::Latency { target, .. }
             | Scenario::Idle { target, .. }
             | Scenario::Filters { target, .. }
-            | Scenario::Retained { target, .. } => target,
+            | Scenario::Retained { target, .. }
+            | Scenario::ConnectRate { target, .. }
+            | Scenario::ReconnectStorm { target, .. } => target,
         }
     }
 
@@ -276,6 +351,8 @@ impl Scenario {
             Scenario::Idle { .. } => "idle",
             Scenario::Filters { .. } => "filters",
             Scenario::Retained { .. } => "retained",
+            Scenario::ConnectRate { .. } => "connect-rate",
+            Scenario::ReconnectStorm { .. } => "reconnect-storm",
         }
     }
 }
@@ -407,6 +484,39 @@ async fn run(scenario: Scenario) -> Res<Value> {
             keep,
             ..
         } => retained(addr, pid, messages, payload, keep).await,
+        Scenario::ConnectRate {
+            dial,
+            connections,
+            parallel,
+            ..
+        } => connect_rate(Dialer::new(addr, &dial)?, pid, connections, parallel).await,
+        Scenario::ReconnectStorm {
+            dial,
+            phase,
+            clients,
+            messages,
+            parallel,
+            prepare_parallel,
+            publish_window,
+            payload,
+            prefix,
+            message_wait,
+            ..
+        } => {
+            let storm = Storm {
+                dialer: Dialer::new(addr, &dial)?,
+                clients,
+                messages,
+                payload,
+                prefix,
+            };
+            match phase {
+                StormPhase::Prepare => {
+                    storm_prepare(storm, pid, prepare_parallel, publish_window).await
+                }
+                StormPhase::Storm => storm_reconnect(storm, pid, parallel, message_wait).await,
+            }
+        }
     }
 }
 
@@ -1094,13 +1204,13 @@ async fn fan_in(
     let probe = Probe::start(pid);
     let rss0 = probe.rss_kb();
     let id = run_id();
-    let mut sub = Conn::open(sub_addr, &format!("lg{id}-in-sub"), 0).await?;
+    let mut sub = Conn::open(sub_addr, &format!("lg{id}-in-sub"), load.keep_alive).await?;
     sub.subscribe(&[(&format!("bench/{id}/in/+"), QoS::AtMostOnce)])
         .await?;
     let counters: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect();
     let mut publishers = Vec::with_capacity(n);
     for (i, counter) in counters.iter().enumerate() {
-        let conn = Conn::open(addr, &format!("lg{id}-in-pub{i}"), 0).await?;
+        let conn = Conn::open(addr, &format!("lg{id}-in-pub{i}"), load.keep_alive).await?;
         let packet = publish_bytes(
             &format!("bench/{id}/in/{i}"),
             tagged_payload(i as u16, load.payload),
@@ -1145,13 +1255,13 @@ async fn fan_out(
     let mut subscribers = Vec::with_capacity(m);
     let mut watch = Vec::with_capacity(m);
     for i in 0..m {
-        let mut conn = Conn::open(sub_addr, &format!("lg{id}-out-sub{i}"), 0).await?;
+        let mut conn = Conn::open(sub_addr, &format!("lg{id}-out-sub{i}"), load.keep_alive).await?;
         conn.subscribe(&[(&topic, QoS::AtMostOnce)]).await?;
         let counter = Arc::new(AtomicU64::new(0));
         watch.push(counter.clone());
         subscribers.push((conn, vec![counter]));
     }
-    let conn = Conn::open(addr, &format!("lg{id}-out-pub"), 0).await?;
+    let conn = Conn::open(addr, &format!("lg{id}-out-pub"), load.keep_alive).await?;
     let packet = publish_bytes(
         &topic,
         tagged_payload(0, load.payload),
@@ -1638,7 +1748,7 @@ async fn filters_scenario(
     }
     let probe = Probe::start(pid);
     let id = run_id();
-    let mut sub = Conn::open(addr, &format!("lg{id}-filters"), 0).await?;
+    let mut sub = Conn::open(addr, &format!("lg{id}-filters"), load.keep_alive).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss0 = probe.rss_kb();
     let m0 = probe.mark();
@@ -1686,7 +1796,7 @@ async fn filters_scenario(
     let mut rng = SplitMix(0x5eed);
     let mut publishers = Vec::with_capacity(n_pub);
     for (p, counter) in counters.iter().enumerate() {
-        let conn = Conn::open(addr, &format!("lg{id}-filters-pub{p}"), 0).await?;
+        let conn = Conn::open(addr, &format!("lg{id}-filters-pub{p}"), load.keep_alive).await?;
         let payload = tagged_payload(p as u16, load.payload);
         // 64 batches of distinct random topics: 3,200 topics per publisher, spread over
         // the whole filter set.
@@ -1851,6 +1961,717 @@ async fn retained(
         "other_messages": other,
         "broker_cpu_s": deliver_cpu.map(round2),
         "broker_cpu_us_per_msg": cpu_us_per(deliver_cpu, got as u64),
+        "broker_process": probe.finish(rss0),
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// connect-rate and reconnect-storm: connections over TCP or TLS, with credentials
+// ---------------------------------------------------------------------------------------
+
+/// How the clients of `connect-rate` and `reconnect-storm` reach the broker.
+#[derive(Args, Debug, Clone)]
+struct Dial {
+    /// PEM file of the CA that signed the broker's certificate: connect with TLS (1.3 or
+    /// 1.2, as the broker prefers; rustls with ring) and verify the broker against it.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Name the broker's certificate must carry: a DNS name or an IP address.
+    #[arg(long, default_value = "127.0.0.1")]
+    tls_server_name: String,
+    /// Let TLS clients resume earlier sessions (abbreviated handshakes). By default every
+    /// connection makes a full handshake, which is what handshakes/s means.
+    #[arg(long)]
+    tls_resumption: bool,
+    /// User name in CONNECT.
+    #[arg(long)]
+    username: Option<String>,
+    /// Password in CONNECT (needs --username). Visible in the process list: for test
+    /// accounts only.
+    #[arg(long)]
+    password: Option<String>,
+}
+
+/// A byte stream to the broker: plain TCP, or TLS over it.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A [`Dial`] made ready: the address, the TLS client (if any) and the credentials that
+/// every connection of the run uses.
+struct Dialer {
+    addr: SocketAddr,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
+    username: Option<String>,
+    password: Option<Bytes>,
+}
+
+impl Dialer {
+    fn new(addr: SocketAddr, dial: &Dial) -> Res<Arc<Dialer>> {
+        if dial.password.is_some() && dial.username.is_none() {
+            return fail("--password needs --username");
+        }
+        let tls = match &dial.tls_ca {
+            None => None,
+            Some(ca) => {
+                let name = rustls_pki_types::ServerName::try_from(dial.tls_server_name.clone())
+                    .map_err(|e| {
+                        format!(
+                            "--tls-server-name {:?} is neither a DNS name nor an IP address: {e}",
+                            dial.tls_server_name
+                        )
+                    })?;
+                Some((tls_connector(ca, dial.tls_resumption)?, name))
+            }
+        };
+        Ok(Arc::new(Dialer {
+            addr,
+            tls,
+            username: dial.username.clone(),
+            password: dial.password.clone().map(Bytes::from),
+        }))
+    }
+
+    fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// TCP connect, the TLS handshake when configured, CONNECT, and an accepting CONNACK,
+    /// all within `STEP_TIMEOUT`. Returns the link and the CONNACK's session-present flag.
+    async fn connect(
+        &self,
+        client_id: &str,
+        clean_session: bool,
+        keep_alive: u16,
+    ) -> Res<(Link, bool)> {
+        match tokio::time::timeout(
+            STEP_TIMEOUT,
+            self.connect_inner(client_id, clean_session, keep_alive),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => fail(format!("{client_id}: no CONNACK within 30 s")),
+        }
+    }
+
+    async fn connect_inner(
+        &self,
+        client_id: &str,
+        clean_session: bool,
+        keep_alive: u16,
+    ) -> Res<(Link, bool)> {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| format!("{client_id}: TCP connect: {e}"))?;
+        tcp.set_nodelay(true)?;
+        // Dropped with RST (zero linger), after [`Link::disconnect`] saw the broker close:
+        // no TIME_WAIT on either side. Otherwise the next thousands of connections reuse
+        // those loopback ports, and a SYN that meets a TIME_WAIT with a newer timestamp is
+        // dropped (PAWS) and sent again only after 1 s, which would swamp the percentiles.
+        tcp.set_zero_linger()?;
+        let io: Box<dyn Stream> = match &self.tls {
+            Some((connector, name)) => Box::new(
+                connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("{client_id}: TLS handshake: {e}"))?,
+            ),
+            None => Box::new(tcp),
+        };
+        let mut link = Link {
+            io,
+            buf: BytesMut::with_capacity(256),
+        };
+        // An MQTT 5 session ends with the connection unless it asks for an expiry.
+        let properties = (level().is_v5() && !clean_session).then(|| {
+            Box::new(Properties {
+                session_expiry_interval: Some(u32::MAX),
+                ..Default::default()
+            })
+        });
+        link.send(&Packet::Connect(Box::new(Connect {
+            bridge: false,
+            properties,
+            protocol: level(),
+            clean_session,
+            keep_alive,
+            client_id: client_id.into(),
+            will: None,
+            username: self.username.clone(),
+            password: self.password.clone(),
+        })))
+        .await?;
+        match link.next_packet().await? {
+            Packet::ConnAck(a) if a.code == ConnectReturnCode::Accepted => {
+                Ok((link, a.session_present))
+            }
+            Packet::ConnAck(a) => fail(format!("{client_id}: CONNACK refused: {:?}", a.code)),
+            other => fail(format!(
+                "{client_id}: expected CONNACK, got {}",
+                other.name()
+            )),
+        }
+    }
+}
+
+/// The rustls client of `--tls-ca`: that CA only, TLS 1.3 and 1.2, ring (as the broker).
+fn tls_connector(ca: &std::path::Path, resumption: bool) -> Res<tokio_rustls::TlsConnector> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let pem = std::fs::read(ca).map_err(|e| format!("--tls-ca {}: {e}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("--tls-ca {}: not PEM: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("--tls-ca {}: unusable CA: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return fail(format!(
+            "--tls-ca {}: no CERTIFICATE block found",
+            ca.display()
+        ));
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    if !resumption {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// One connection of `connect-rate` or `reconnect-storm`, TCP or TLS. Packets are fully
+/// decoded: these scenarios count connections and a few messages, not floods.
+struct Link {
+    io: Box<dyn Stream>,
+    buf: BytesMut,
+}
+
+impl Link {
+    async fn send(&mut self, p: &Packet) -> Res<()> {
+        let mut out = BytesMut::new();
+        encode(p, &mut out);
+        self.write(&out).await
+    }
+
+    /// Writes and flushes (TLS buffers records until flushed).
+    async fn write(&mut self, bytes: &[u8]) -> Res<()> {
+        self.io.write_all(bytes).await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// The next packet, or `None` if none arrived by `deadline`.
+    async fn packet_by(&mut self, deadline: tokio::time::Instant) -> Res<Option<Packet>> {
+        loop {
+            if let Some(p) = decode(&mut self.buf, usize::MAX)? {
+                return Ok(Some(p));
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(4096);
+            }
+            match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) => return fail("connection closed by the broker"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// The next packet, within `STEP_TIMEOUT`.
+    async fn next_packet(&mut self) -> Res<Packet> {
+        match self
+            .packet_by(tokio::time::Instant::now() + STEP_TIMEOUT)
+            .await?
+        {
+            Some(p) => Ok(p),
+            None => fail("no answer from the broker within 30 s"),
+        }
+    }
+
+    /// SUBSCRIBE to one filter and wait for its SUBACK, which must grant `qos`.
+    async fn subscribe(&mut self, filter: &str, qos: QoS) -> Res<()> {
+        self.send(&Packet::Subscribe(Subscribe {
+            options: Vec::new(),
+            properties: None,
+            pid: 1,
+            filters: vec![(filter.to_string(), qos)],
+        }))
+        .await?;
+        match self.next_packet().await? {
+            Packet::SubAck(s) if s.codes == [SubAckCode::Granted(qos)] => Ok(()),
+            Packet::SubAck(s) => fail(format!("SUBSCRIBE {filter}: SUBACK {:?}", s.codes)),
+            other => fail(format!("expected SUBACK, got {}", other.name())),
+        }
+    }
+
+    /// DISCONNECT, then wait (up to `STEP_TIMEOUT`) until the broker closes the connection:
+    /// by then it has done all its work for it. False if it did not close in time.
+    async fn disconnect(mut self) -> bool {
+        if self.send(&Packet::Disconnect).await.is_err() {
+            return true; // already closed
+        }
+        let wait = async {
+            let mut scratch = [0u8; 512];
+            // EOF, or an error (a TLS peer that closes without close_notify): closed.
+            while let Ok(n) = self.io.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(STEP_TIMEOUT, wait).await.is_ok()
+    }
+}
+
+/// Nearest-rank percentile of sorted nanoseconds, in µs.
+fn percentile_us(sorted_ns: &[u64], q: f64) -> Option<f64> {
+    if sorted_ns.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted_ns.len() as f64).ceil() as usize).clamp(1, sorted_ns.len());
+    Some(round2(sorted_ns[rank - 1] as f64 / 1000.0))
+}
+
+/// Connections the kernel dropped because a listen queue was full (TcpExt ListenDrops of
+/// `/proc/net/netstat`, for the whole network namespace). Such a client's SYN is sent again
+/// after 1 s (then 3 s, ...), which then dominates the connect latency percentiles.
+fn listen_drops() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let i = names.split_whitespace().position(|n| n == "ListenDrops")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+/// [`listen_drops`] since an earlier reading.
+fn listen_drops_since(before: Option<u64>) -> Option<u64> {
+    Some(listen_drops()?.saturating_sub(before?))
+}
+
+/// The open-file limit must hold `needed` sockets (plus a margin for everything else).
+fn require_nofile(needed: usize) -> Res<Option<u64>> {
+    let limit = raise_nofile();
+    if let Some(l) = limit {
+        if (l as usize) < needed + 64 {
+            return fail(format!(
+                "the open-file limit is {l}, below the {needed} sockets this run holds (+64); \
+                 lower the count or raise the hard limit"
+            ));
+        }
+    }
+    Ok(limit)
+}
+
+/// connect-rate: `n` connections, `parallel` at a time, each TCP connect (+ TLS handshake)
+/// -> CONNECT -> CONNACK -> DISCONNECT -> the broker closes it.
+async fn connect_rate(
+    dialer: Arc<Dialer>,
+    pid: Option<u32>,
+    n: usize,
+    parallel: usize,
+) -> Res<Value> {
+    if n == 0 || parallel == 0 {
+        return fail("--connections and --parallel must be positive");
+    }
+    let nofile = require_nofile(parallel)?;
+    let probe = Probe::start(pid);
+    let id = run_id();
+    // One connection first: a wrong CA, name or password is then one clear error instead
+    // of N, and the broker's lazily built state is not part of the measurement.
+    let (link, _) = dialer
+        .connect(&format!("lg{id}-cr-check"), true, 60)
+        .await
+        .map_err(|e| format!("the first connection failed: {e}"))?;
+    link.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss0 = probe.rss_kb();
+    let gate = Arc::new(Semaphore::new(parallel));
+    let drops0 = listen_drops();
+    let m0 = probe.mark();
+    let mut tasks = JoinSet::new();
+    for i in 0..n {
+        let (gate, dialer) = (gate.clone(), dialer.clone());
+        let client_id = format!("lg{id}-cr{i}");
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let t = Instant::now();
+            let (link, _) = dialer.connect(&client_id, true, 60).await?;
+            let connack = t.elapsed();
+            let closed = link.disconnect().await;
+            Ok::<_, Error>((connack, t.elapsed(), closed))
+        });
+    }
+    let (mut connack_ns, mut cycle_ns) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut errors, mut close_timeouts, mut first_error) = (0usize, 0usize, None);
+    while let Some(r) = tasks.join_next().await {
+        match r? {
+            Ok((connack, cycle, closed)) => {
+                connack_ns.push(connack.as_nanos() as u64);
+                cycle_ns.push(cycle.as_nanos() as u64);
+                close_timeouts += usize::from(!closed);
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    let m1 = probe.mark();
+    let drops = listen_drops_since(drops0);
+    let secs = m1.secs_since(&m0);
+    let cpu = m1.cpu_since(&m0);
+    let ok = connack_ns.len();
+    connack_ns.sort_unstable();
+    cycle_ns.sort_unstable();
+    Ok(json!({
+        "connections": n,
+        "connected": ok,
+        "errors": errors,
+        "first_error": first_error,
+        "close_timeouts": close_timeouts,
+        "listen_drops": drops,
+        "parallel": parallel,
+        "tls": dialer.is_tls(),
+        "authenticated": dialer.username.is_some(),
+        "nofile_limit": nofile,
+        "connect_s": round2(secs),
+        "connects_per_s": (ok as f64 / secs).round(),
+        "connect_p50_us": percentile_us(&connack_ns, 0.5),
+        "connect_p99_us": percentile_us(&connack_ns, 0.99),
+        "connect_max_us": percentile_us(&connack_ns, 1.0),
+        "cycle_p50_us": percentile_us(&cycle_ns, 0.5),
+        "cycle_p99_us": percentile_us(&cycle_ns, 0.99),
+        "broker_cpu_s": cpu.map(round2),
+        "broker_cpu_us_per_connect": cpu_us_per(cpu, ok as u64),
+        "broker_cpu_util": cpu.map(|c| round2(c / secs)),
+        "loadgen_cpu_us_per_connect": cpu_us_per(Some(m1.own_since(&m0)), ok as u64),
+        "broker_process": probe.finish(rss0),
+    }))
+}
+
+/// What both phases of `reconnect-storm` agree on.
+struct Storm {
+    dialer: Arc<Dialer>,
+    clients: usize,
+    messages: usize,
+    payload: usize,
+    prefix: String,
+}
+
+impl Storm {
+    fn client_id(&self, i: usize) -> String {
+        format!("{}-{i}", self.prefix)
+    }
+
+    fn topic(&self, i: usize) -> String {
+        format!("{}/{i}", self.prefix)
+    }
+
+    fn check(&self) -> Res<()> {
+        if self.clients == 0 || self.clients > u32::MAX as usize {
+            return fail("--clients must be 1..4294967295");
+        }
+        if self.messages == 0 || self.messages > u32::MAX as usize {
+            return fail("--messages must be 1..4294967295");
+        }
+        if self.payload < 8 {
+            return fail("--payload must be at least 8 bytes (client and message number)");
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['+', '#', '/']) {
+            return fail("--prefix must be non-empty, without '+', '#' or '/'");
+        }
+        Ok(())
+    }
+}
+
+/// reconnect-storm, first phase: the sessions (clean session off, one QoS 1 subscription
+/// each, then DISCONNECT), then `messages` QoS 1 messages for each, published once all are
+/// disconnected, so the broker queues them; exits when every PUBLISH has its PUBACK.
+async fn storm_prepare(
+    storm: Storm,
+    pid: Option<u32>,
+    parallel: usize,
+    window: usize,
+) -> Res<Value> {
+    storm.check()?;
+    if parallel == 0 || window == 0 || window > 65_000 {
+        return fail("--prepare-parallel must be positive and --publish-window 1..65000");
+    }
+    let nofile = require_nofile(parallel)?;
+    let probe = Probe::start(pid);
+    let rss0 = probe.rss_kb();
+    let storm = Arc::new(storm);
+    let gate = Arc::new(Semaphore::new(parallel));
+    let drops0 = listen_drops();
+    let m0 = probe.mark();
+    let mut tasks = JoinSet::new();
+    for i in 0..storm.clients {
+        let (gate, storm) = (gate.clone(), storm.clone());
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let id = storm.client_id(i);
+            let (mut link, present) = storm.dialer.connect(&id, false, 60).await?;
+            link.subscribe(&storm.topic(i), QoS::AtLeastOnce)
+                .await
+                .map_err(|e| format!("{id}: {e}"))?;
+            // The broker must have taken the client offline before the messages come.
+            if !link.disconnect().await {
+                return fail(format!("{id}: the broker did not close after DISCONNECT"));
+            }
+            Ok::<_, Error>(present)
+        });
+    }
+    let mut stale = 0usize;
+    while let Some(r) = tasks.join_next().await {
+        // Every session is needed: the first failure ends the phase.
+        stale += usize::from(r??);
+    }
+    let m1 = probe.mark();
+
+    let total = storm.clients * storm.messages;
+    let (mut publisher, _) = storm
+        .dialer
+        .connect(&format!("{}-pub", storm.prefix), true, 60)
+        .await?;
+    let mut in_use = vec![false; 65536];
+    let (mut next_pid, mut sent, mut acked, mut in_flight) = (1u16, 0usize, 0usize, 0usize);
+    let mut wbuf = BytesMut::with_capacity(64 * 1024);
+    while acked < total {
+        // Refill the window when it is half empty: one write for many PUBLISH packets.
+        if sent < total && in_flight <= window / 2 {
+            while sent < total && in_flight < window {
+                // Message j of every client before message j + 1 of any.
+                let (j, i) = (sent / storm.clients, sent % storm.clients);
+                while in_use[next_pid as usize] {
+                    next_pid = next_pid.checked_add(1).unwrap_or(1);
+                }
+                in_use[next_pid as usize] = true;
+                let mut payload = BytesMut::with_capacity(storm.payload);
+                payload.put_u32(i as u32);
+                payload.put_u32(j as u32);
+                payload.resize(storm.payload, b'q');
+                encode(
+                    &Packet::Publish(Publish {
+                        properties: None,
+                        dup: false,
+                        qos: QoS::AtLeastOnce,
+                        retain: false,
+                        topic: storm.topic(i).into(),
+                        pid: Some(next_pid),
+                        payload: payload.freeze(),
+                    }),
+                    &mut wbuf,
+                );
+                next_pid = next_pid.checked_add(1).unwrap_or(1);
+                sent += 1;
+                in_flight += 1;
+            }
+            publisher.write(&wbuf).await?;
+            wbuf.clear();
+        }
+        match publisher.next_packet().await? {
+            Packet::PubAck(p) if std::mem::replace(&mut in_use[p as usize], false) => {
+                acked += 1;
+                in_flight -= 1;
+            }
+            _ => {}
+        }
+    }
+    publisher.disconnect().await;
+    let m2 = probe.mark();
+    Ok(json!({
+        "phase": "prepare",
+        "clients": storm.clients,
+        "messages_per_client": storm.messages,
+        "payload": storm.payload,
+        "prefix": storm.prefix,
+        "tls": storm.dialer.is_tls(),
+        "stale_sessions": stale,
+        "sessions_s": round2(m1.secs_since(&m0)),
+        "listen_drops": listen_drops_since(drops0),
+        "published": sent,
+        "acknowledged": acked,
+        "publish_s": round2(m2.secs_since(&m1)),
+        "broker_cpu_us_per_session": cpu_us_per(m1.cpu_since(&m0), storm.clients as u64),
+        "broker_cpu_us_per_message": cpu_us_per(m2.cpu_since(&m1), total as u64),
+        "nofile_limit": nofile,
+        "broker_process": probe.finish(rss0),
+    }))
+}
+
+/// How one client of the storm fared.
+struct Reconnected {
+    link: Link,
+    session_present: bool,
+    /// Distinct queued messages received, and repeats of them.
+    got: usize,
+    duplicates: usize,
+    /// Since the storm began: CONNACK, and the last queued message (or giving up).
+    connack_at: Duration,
+    done_at: Duration,
+    /// From this client's own connect attempt to its CONNACK, and to its last message.
+    own_connack: Duration,
+    own: Duration,
+}
+
+/// reconnect-storm, second phase: every client reconnects (clean session off), `parallel`
+/// at a time, expects session present, and acknowledges its queued messages; each stays
+/// connected until all are done. Measures until the last client has all its messages.
+async fn storm_reconnect(
+    storm: Storm,
+    pid: Option<u32>,
+    parallel: usize,
+    message_wait: Duration,
+) -> Res<Value> {
+    storm.check()?;
+    if parallel == 0 {
+        return fail("--parallel must be positive");
+    }
+    let nofile = require_nofile(storm.clients)?;
+    let probe = Probe::start(pid);
+    let rss0 = probe.rss_kb();
+    let storm = Arc::new(storm);
+    let gate = Arc::new(Semaphore::new(parallel));
+    let drops0 = listen_drops();
+    let m0 = probe.mark();
+    let mut tasks = JoinSet::new();
+    for i in 0..storm.clients {
+        let (gate, storm) = (gate.clone(), storm.clone());
+        let start = m0.at;
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let t = Instant::now();
+            let id = storm.client_id(i);
+            let (mut link, session_present) = storm.dialer.connect(&id, false, 60).await?;
+            let own_connack = t.elapsed();
+            let connack_at = start.elapsed();
+            let (mut seen, mut got, mut duplicates) = (vec![false; storm.messages], 0, 0);
+            let topic = storm.topic(i);
+            let deadline = tokio::time::Instant::now() + message_wait;
+            // Without the session its messages are gone: nothing to wait for.
+            while session_present && got < storm.messages {
+                let Some(packet) = link.packet_by(deadline).await? else {
+                    break;
+                };
+                let Packet::Publish(p) = packet else {
+                    continue;
+                };
+                if p.topic.as_ref() != topic.as_str() || p.payload.len() < 8 {
+                    return fail(format!("{id}: unexpected PUBLISH on {:?}", p.topic));
+                }
+                let (c, j) = (
+                    u32::from_be_bytes([p.payload[0], p.payload[1], p.payload[2], p.payload[3]]),
+                    u32::from_be_bytes([p.payload[4], p.payload[5], p.payload[6], p.payload[7]]),
+                );
+                match seen.get_mut(j as usize) {
+                    Some(s) if c as usize == i && !*s => {
+                        *s = true;
+                        got += 1;
+                    }
+                    Some(_) if c as usize == i => duplicates += 1,
+                    _ => return fail(format!("{id}: PUBLISH of another run (message {c}/{j})")),
+                }
+                if let Some(pid) = p.pid {
+                    link.send(&Packet::PubAck(pid)).await?;
+                }
+            }
+            Ok::<_, Error>(Reconnected {
+                link,
+                session_present,
+                got,
+                duplicates,
+                connack_at,
+                done_at: start.elapsed(),
+                own_connack,
+                own: t.elapsed(),
+            })
+        });
+    }
+    let mut done = Vec::with_capacity(storm.clients);
+    let (mut errors, mut first_error) = (0usize, None);
+    while let Some(r) = tasks.join_next().await {
+        match r? {
+            Ok(c) => done.push(c),
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    let m1 = probe.mark();
+    let drops = listen_drops_since(drops0);
+    let secs = m1.secs_since(&m0);
+    let cpu = m1.cpu_since(&m0);
+    // Memory with every session connected again.
+    let rss_connected = probe.rss_kb();
+    let present = done.iter().filter(|c| c.session_present).count();
+    let complete = done
+        .iter()
+        .filter(|c| c.session_present && c.got == storm.messages)
+        .count();
+    let received: usize = done.iter().map(|c| c.got).sum();
+    let duplicates: usize = done.iter().map(|c| c.duplicates).sum();
+    let expected = storm.clients * storm.messages;
+    let secs_of = |d: Option<Duration>| d.map(|d| round2(d.as_secs_f64()));
+    let all_connack = done.iter().map(|c| c.connack_at).max();
+    let all_done = done.iter().map(|c| c.done_at).max();
+    let mut own: Vec<u64> = done.iter().map(|c| c.own.as_nanos() as u64).collect();
+    own.sort_unstable();
+    let mut own_connack: Vec<u64> = done
+        .iter()
+        .map(|c| c.own_connack.as_nanos() as u64)
+        .collect();
+    own_connack.sort_unstable();
+    let ms = |us: Option<f64>| us.map(|u| round2(u / 1000.0));
+    let all_ok = errors == 0 && complete == storm.clients;
+    let connected = storm.clients - errors;
+    for c in done {
+        // Leave the sessions as they are (persistent); no need to wait for the broker.
+        let mut link = c.link;
+        let _ = link.send(&Packet::Disconnect).await;
+    }
+    Ok(json!({
+        "phase": "storm",
+        "clients": storm.clients,
+        "messages_per_client": storm.messages,
+        "parallel": parallel,
+        "tls": storm.dialer.is_tls(),
+        "complete": all_ok,
+        // The headline: until the last client had CONNACK with session present and all
+        // its queued messages (only meaningful when `complete`).
+        "storm_s": if all_ok { json!(secs_of(all_done)) } else { Value::Null },
+        "elapsed_s": round2(secs),
+        "all_connack_s": secs_of(all_connack),
+        "connects_per_s": all_connack.map(|d| (connected as f64 / d.as_secs_f64()).round()),
+        "sessions_present": present,
+        "sessions_missing": connected - present,
+        "clients_complete": complete,
+        "messages_expected": expected,
+        "messages_received": received,
+        "messages_missing": expected.saturating_sub(received),
+        "duplicates": duplicates,
+        "errors": errors,
+        "first_error": first_error,
+        "listen_drops": drops,
+        "connack_p50_ms": ms(percentile_us(&own_connack, 0.5)),
+        "connack_p99_ms": ms(percentile_us(&own_connack, 0.99)),
+        "client_p50_ms": ms(percentile_us(&own, 0.5)),
+        "client_p99_ms": ms(percentile_us(&own, 0.99)),
+        "client_max_ms": ms(percentile_us(&own, 1.0)),
+        "broker_cpu_s": cpu.map(round2),
+        "broker_cpu_us_per_client": cpu_us_per(cpu, storm.clients as u64),
+        "loadgen_cpu_s": round2(m1.own_since(&m0)),
+        "rss_connected_kb": rss_connected,
+        "nofile_limit": nofile,
         "broker_process": probe.finish(rss0),
     }))
 }
