@@ -55,6 +55,24 @@ use tokio::task::JoinSet;
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type Res<T> = Result<T, Error>;
 
+/// Waits for every client task: what the successful ones returned, how many failed and the
+/// first failure's text (a panicked task is an error of the whole run).
+async fn join_counting<T: 'static>(
+    tasks: &mut JoinSet<Res<T>>,
+) -> Res<(Vec<T>, usize, Option<String>)> {
+    let (mut done, mut errors, mut first_error) = (Vec::with_capacity(tasks.len()), 0, None);
+    while let Some(r) = tasks.join_next().await {
+        match r? {
+            Ok(v) => done.push(v),
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    Ok((done, errors, first_error))
+}
+
 fn fail<T>(msg: impl Into<String>) -> Res<T> {
     Err(msg.into().into())
 }
@@ -1648,21 +1666,12 @@ async fn idle(
             Ok::<_, Error>((c, elapsed))
         });
     }
+    let (opened, errors, first_error) = join_counting(&mut tasks).await?;
     let mut conns = Vec::with_capacity(k);
     let mut connect_ns = Vec::with_capacity(k);
-    let mut errors = 0usize;
-    let mut first_error = None;
-    while let Some(r) = tasks.join_next().await {
-        match r? {
-            Ok((c, d)) => {
-                conns.push(c);
-                connect_ns.push(d.as_nanos() as u64);
-            }
-            Err(e) => {
-                errors += 1;
-                first_error.get_or_insert_with(|| e.to_string());
-            }
-        }
+    for (c, d) in opened {
+        conns.push(c);
+        connect_ns.push(d.as_nanos() as u64);
     }
     let m1 = probe.mark();
     let secs = m1.secs_since(&m0);
@@ -2310,20 +2319,13 @@ async fn connect_rate(
             Ok::<_, Error>((connack, t.elapsed(), closed))
         });
     }
+    let (cycles, errors, first_error) = join_counting(&mut tasks).await?;
     let (mut connack_ns, mut cycle_ns) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut errors, mut close_timeouts, mut first_error) = (0usize, 0usize, None);
-    while let Some(r) = tasks.join_next().await {
-        match r? {
-            Ok((connack, cycle, closed)) => {
-                connack_ns.push(connack.as_nanos() as u64);
-                cycle_ns.push(cycle.as_nanos() as u64);
-                close_timeouts += usize::from(!closed);
-            }
-            Err(e) => {
-                errors += 1;
-                first_error.get_or_insert_with(|| e.to_string());
-            }
-        }
+    let mut close_timeouts = 0usize;
+    for (connack, cycle, closed) in cycles {
+        connack_ns.push(connack.as_nanos() as u64);
+        cycle_ns.push(cycle.as_nanos() as u64);
+        close_timeouts += usize::from(!closed);
     }
     let m1 = probe.mark();
     let drops = listen_drops_since(drops0);
@@ -2596,17 +2598,7 @@ async fn storm_reconnect(
             })
         });
     }
-    let mut done = Vec::with_capacity(storm.clients);
-    let (mut errors, mut first_error) = (0usize, None);
-    while let Some(r) = tasks.join_next().await {
-        match r? {
-            Ok(c) => done.push(c),
-            Err(e) => {
-                errors += 1;
-                first_error.get_or_insert_with(|| e.to_string());
-            }
-        }
-    }
+    let (done, errors, first_error) = join_counting(&mut tasks).await?;
     let m1 = probe.mark();
     let drops = listen_drops_since(drops0);
     let secs = m1.secs_since(&m0);
