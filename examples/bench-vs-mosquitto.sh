@@ -36,6 +36,11 @@
 #                server on 127.0.0.1:$PORT_RUMQ, default 18832), shown in a second table,
 #                ours vs rumqttd. Build it with e.g.
 #                `cargo install rumqttd --version 0.20.0 --root /tmp/rumqttd`.
+#   --baseline BIN  (or env BASELINE_BIN) also run every scenario against another build of
+#                this broker (e.g. the last release, or `git worktree add` an older commit and
+#                build it) with the same configuration, alternating with the others, and
+#                print a third table: this build against it, flagging what got slower by
+#                more than 5 % in the same run.
 #
 # The fan-in, fan-out and filters clients announce keep-alive 60 s (rumqttd refuses 0); no
 # PINGREQ falls due within a run.
@@ -53,11 +58,13 @@ scenarios+=" connect-tcp connect-tls connect-password storm"
 out=""
 keep_json=""
 rumqttd_bin=${RUMQTTD_BIN:-}
+baseline_bin=${BASELINE_BIN:-}
 storm_clients=${STORM_CLIENTS:-15000}
 tls_key=${TLS_KEY:-ec}
 port_ours=${PORT_OURS:-18830}
 port_mosq=${PORT_MOSQ:-18831}
 port_rumq=${PORT_RUMQ:-18832}
+port_base=${PORT_BASE:-18833}
 while (($#)); do
   case "$1" in
     --quick) quick=1; runs=1 ;;
@@ -66,7 +73,8 @@ while (($#)); do
     --out) out="$2"; shift ;;
     --keep-json) keep_json="$2"; shift ;;
     --with-rumqttd) rumqttd_bin="$2"; shift ;;
-    -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
+    --baseline) baseline_bin="$2"; shift ;;
+    -h|--help) sed -n '2,50p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -94,6 +102,10 @@ fi
 mosquitto_passwd_bin=$(command -v mosquitto_passwd || echo /usr/bin/mosquitto_passwd)
 if has_scenario connect-password && [ ! -x "$mosquitto_passwd_bin" ]; then
   echo "mosquitto_passwd (package mosquitto) is needed for connect-password" >&2
+  exit 1
+fi
+if [ -n "$baseline_bin" ] && [ ! -x "$baseline_bin" ]; then
+  echo "--baseline: $baseline_bin is not an executable" >&2
   exit 1
 fi
 if [ -n "$rumqttd_bin" ] && [ ! -x "$rumqttd_bin" ]; then
@@ -273,6 +285,14 @@ start_broker() { # ours|mosquitto|rumqttd [persist|storm|tls|password] [keep]
       broker_pid=$!
       wait_port "$port_mosq"
       ;;
+    baseline)
+      # Our configuration files, on the baseline's port.
+      sed "s/127.0.0.1:$port_ours/127.0.0.1:$port_base/" "$work/ours$suffix.yaml" \
+        >"$work/baseline$suffix.yaml"
+      "$baseline_bin" --config "$work/baseline$suffix.yaml" 2>>"$work/baseline.log" &
+      broker_pid=$!
+      wait_port "$port_base"
+      ;;
     rumqttd)
       "$rumqttd_bin" -q -c "$work/rumqttd.toml" >/dev/null 2>>"$work/rumqttd.log" &
       broker_pid=$!
@@ -337,6 +357,7 @@ run_one() { # scenario broker run
     ours) port=$port_ours ;;
     mosquitto) port=$port_mosq ;;
     rumqttd) port=$port_rumq ;;
+    baseline) port=$port_base ;;
   esac
   case "$scenario" in
     fan-in) args=(fan-in --duration "$duration" --warmup "$warmup" --keep-alive 60) ;;
@@ -370,6 +391,9 @@ started=$(date +%s)
 for scenario in $scenarios; do
   for run in $(seq "$runs"); do
     if ((run % 2)); then order="ours mosquitto"; else order="mosquitto ours"; fi
+    if [ -n "$baseline_bin" ]; then
+      if ((run % 2)); then order="$order baseline"; else order="baseline $order"; fi
+    fi
     if [ "$scenario" = fan-out ] && [ -n "$rumqttd_bin" ]; then
       if ((run % 2)); then order="$order rumqttd"; else order="rumqttd $order"; fi
     fi
@@ -388,6 +412,8 @@ ours_version=$("$broker_bin" --version 2>/dev/null || true)
 rumqttd_version=""
 [ -n "$rumqttd_bin" ] && rumqttd_version=" and $("$rumqttd_bin" --version 2>/dev/null || echo rumqttd) (fan-out)"
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+baseline_note=""
+[ -n "$baseline_bin" ] && baseline_note="; baseline build: $baseline_bin"
 table=$(python3 - "$work/results.jsonl" "$storm_clients" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -536,6 +562,28 @@ if any(r.get("broker") == "rumqttd" for r in rows):
         ("fan-out", "fan-out: broker CPU µs/delivery", "broker_cpu_us_per_delivery", ("<=", 1.0)),
         ("fan-out", "fan-out: broker peak RSS MiB", "_hwm_mib", None),
     ], "rumqttd", "rumqttd")
+if any(r.get("broker") == "baseline" for r in rows):
+    # Which way is better for each measure; others (sizes, counts) are shown only.
+    higher = {"msgs_per_s", "deliveries_per_s", "connects_per_s", "achieved_rate"}
+    lower = {"p50_us", "p99_us", "p999_us", "storm_s", "deliver_s", "first_message_ms",
+             "subscribe_s", "bytes_per_conn", "bytes_per_filter", "broker_cpu_us_per_msg",
+             "broker_cpu_us_per_delivery", "broker_cpu_us_per_connect"}
+    print()
+    print("This build against the baseline build (same runs; slower by more than 5 % flagged):")
+    print()
+    print("| scenario / metric | this build | baseline | this/baseline | slower by > 5 % |")
+    print("|---|---:|---:|---:|---|")
+    for case, label, key, _ in spec:
+        if case not in cases:
+            continue
+        a, b = med(case, "ours", key), med(case, "baseline", key)
+        ratio = a / b if a is not None and b not in (None, 0) else None
+        flag = ""
+        if ratio is not None and key in higher:
+            flag = "**yes**" if ratio < 0.95 else "no"
+        elif ratio is not None and key in lower:
+            flag = "**yes**" if ratio > 1.05 else "no"
+        print(f"| {label} | {fmt(a)} | {fmt(b)} | {'n/a' if ratio is None else f'{ratio:.2f}'} | {flag} |")
 errs = [e for c in sorted(cases) for e in errors(c)]
 if errs:
     print()
@@ -545,7 +593,7 @@ PY
 
 report=$(cat <<EOF
 Measured $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) CPU(s), ${cpu_model}, $(uname -sr);
-${ours_version:-mqtt-broker} (commit $commit) vs ${mosq_version:-mosquitto}${rumqttd_version}; loadgen on 1 thread on the same machine.
+${ours_version:-mqtt-broker} (commit $commit) vs ${mosq_version:-mosquitto}${rumqttd_version}${baseline_note}; loadgen on 1 thread on the same machine.
 $runs run(s) per scenario and broker, medians; measurements ${duration} (latency: ${duration} at 5,000 msg/s);
 total time ${elapsed} s; load average before ${load_before}, after ${load_after}.
 
