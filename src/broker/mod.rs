@@ -235,19 +235,32 @@ impl Broker {
         // state.
         if let Some(storage) = storage {
             let started = std::time::Instant::now();
-            let mut recovered = tokio::task::spawn_blocking(move || storage.load())
-                .await
-                .map_err(|e| stop_on_error(BrokerError::Reload(e.to_string())))?
-                .map_err(|e| stop_on_error(e.into()))?;
+            // Streamed into the live structures as it is read, so that recovery never holds
+            // the whole store decoded next to them (peak memory).
+            let into = core.clone();
+            let (sessions, retained) = tokio::task::spawn_blocking(move || {
+                let mut sink = crate::storage::FnSink::new(
+                    |chunk| into.router.restore_retained(chunk),
+                    |session| {
+                        into.registry.recover(crate::storage::Recovered {
+                            retained: Vec::new(),
+                            sessions: vec![session],
+                        })
+                    },
+                );
+                storage
+                    .load_into(&mut sink)
+                    .map(|()| (sink.sessions, sink.retained))
+            })
+            .await
+            .map_err(|e| stop_on_error(BrokerError::Reload(e.to_string())))?
+            .map_err(|e| stop_on_error(e.into()))?;
             info!(
-                sessions = recovered.sessions.len(),
-                retained = recovered.retained.len(),
+                sessions,
+                retained,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "storage recovered"
             );
-            core.router
-                .restore_retained(std::mem::take(&mut recovered.retained));
-            core.registry.recover(recovered);
             // Sessions that expired while the broker was down go before any client can
             // reconnect to them.
             core.registry.expire_sessions();

@@ -33,7 +33,21 @@ fn state_byte(s: Option<OutboundState>) -> u8 {
 
 /// Encodes a message with its optional packet id and state.
 pub fn encode_message(m: &Message, pid: Option<u16>, state: Option<OutboundState>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + m.topic.len() + m.payload.len());
+    let mut out = Vec::new();
+    encode_message_into(&mut out, m, pid, state);
+    out
+}
+
+/// [`encode_message`] into `out`, replacing what it held (the writer reuses one buffer for a
+/// whole batch).
+pub fn encode_message_into(
+    out: &mut Vec<u8>,
+    m: &Message,
+    pid: Option<u16>,
+    state: Option<OutboundState>,
+) {
+    out.clear();
+    out.reserve(10 + m.topic.len() + m.payload.len());
     out.put_u8(if m.props.is_some() {
         VERSION_5
     } else {
@@ -51,7 +65,6 @@ pub fn encode_message(m: &Message, pid: Option<u16>, state: Option<OutboundState
         out.put_slice(&extras);
     }
     out.put_slice(&m.payload);
-    out
 }
 
 fn put_opt_str(out: &mut BytesMut, s: Option<&str>) {
@@ -162,6 +175,13 @@ pub fn decode_stored(seq: u64, b: &[u8]) -> Result<StoredMessage, StorageError> 
 /// Encodes a session record.
 pub fn encode_session(r: &SessionRecord) -> Vec<u8> {
     let mut out = Vec::new();
+    encode_session_into(&mut out, r);
+    out
+}
+
+/// [`encode_session`] into `out`, replacing what it held.
+pub fn encode_session_into(out: &mut Vec<u8>, r: &SessionRecord) {
+    out.clear();
     out.put_u8(VERSION_5);
     out.put_u64(r.last_seen_ms);
     match &r.username {
@@ -209,7 +229,6 @@ pub fn encode_session(r: &SessionRecord) -> Vec<u8> {
         }
         None => out.put_u8(0),
     }
-    out
 }
 
 /// The pending will at the end of a version 2 session record.

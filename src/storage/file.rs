@@ -6,9 +6,8 @@
 //! maps directly onto `persistence.sync` (`always` / `interval` / `never`) and group commit.
 
 use super::codec;
-use super::{Recovered, RecoveredSession, Storage, StorageError, StorageOp};
+use super::{Recovered, RecoveredSession, RecoverySink, Storage, StorageError, StorageOp};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -89,111 +88,184 @@ impl FileStorage {
         Ok(target)
     }
 
-    /// Reads every table back (the body of [`Storage::load`]).
-    fn read_all(&self) -> Result<Recovered, StorageError> {
+    /// Reads every table back into `sink` (the body of [`Storage::load_into`]), in chunks:
+    /// one read transaction over redb's sorted tables, sessions merged with their messages
+    /// and inbound ids (all keyed by client id first), so nothing is collected whole.
+    fn read_into(&self, sink: &mut dyn RecoverySink) -> Result<(), StorageError> {
+        const CHUNK: usize = 4096;
         let txn = self.db.begin_read().map_err(io)?;
-        let mut out = Recovered::default();
-        let retained = txn.open_table(RETAINED).map_err(io)?;
-        for item in retained.iter().map_err(io)? {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for item in txn.open_table(RETAINED).map_err(io)?.iter().map_err(io)? {
             let (_, v) = item.map_err(io)?;
-            out.retained
-                .push(codec::decode_message("retained", v.value())?.0);
+            chunk.push(codec::decode_message("retained", v.value())?.0);
+            if chunk.len() == CHUNK {
+                sink.retained(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+            }
         }
-        let mut sessions: BTreeMap<Arc<str>, RecoveredSession> = BTreeMap::new();
+        if !chunk.is_empty() {
+            sink.retained(chunk);
+        }
+        let messages = txn.open_table(MESSAGES).map_err(io)?;
+        let inbound = txn.open_table(INBOUND).map_err(io)?;
+        let mut messages = messages.iter().map_err(io)?.peekable();
+        let mut inbound = inbound.iter().map_err(io)?.peekable();
         for item in txn.open_table(SESSIONS).map_err(io)?.iter().map_err(io)? {
             let (k, v) = item.map_err(io)?;
             let id: Arc<str> = Arc::from(k.value());
-            sessions.insert(
-                id.clone(),
-                RecoveredSession {
-                    client_id: id,
-                    record: codec::decode_session(v.value())?,
-                    messages: Vec::new(),
-                    inbound: Vec::new(),
-                    stream_mark: 0,
-                },
-            );
+            let mut session = RecoveredSession {
+                client_id: id.clone(),
+                record: codec::decode_session(v.value())?,
+                messages: Vec::new(),
+                inbound: Vec::new(),
+                stream_mark: 0,
+            };
+            // Rows of a client id below this one belong to no stored session: leftovers of a
+            // deleted one, skipped.
+            loop {
+                if let Some(Err(e)) = messages.next_if(|r| r.is_err()) {
+                    return Err(io(e));
+                }
+                let Some(Ok((key, _))) = messages.peek() else {
+                    break;
+                };
+                let (owner, seq) = key.value();
+                match owner.cmp(&*id) {
+                    std::cmp::Ordering::Greater => break,
+                    std::cmp::Ordering::Less => {}
+                    std::cmp::Ordering::Equal => {
+                        if let Some(Ok((_, value))) = messages.peek() {
+                            session
+                                .messages
+                                .push(codec::decode_stored(seq, value.value())?);
+                        }
+                    }
+                }
+                messages.next();
+            }
+            loop {
+                if let Some(Err(e)) = inbound.next_if(|r| r.is_err()) {
+                    return Err(io(e));
+                }
+                let Some(Ok((key, _))) = inbound.peek() else {
+                    break;
+                };
+                let (owner, pid) = key.value();
+                match owner.cmp(&*id) {
+                    std::cmp::Ordering::Greater => break,
+                    std::cmp::Ordering::Less => {}
+                    std::cmp::Ordering::Equal => session.inbound.push(pid),
+                }
+                inbound.next();
+            }
+            sink.session(session);
         }
-        for item in txn.open_table(MESSAGES).map_err(io)?.iter().map_err(io)? {
-            let (k, v) = item.map_err(io)?;
-            let (id, seq) = k.value();
-            // Messages of a session that no longer exists are leftovers; skip them.
-            if let Some(s) = sessions.get_mut(id) {
-                s.messages.push(codec::decode_stored(seq, v.value())?);
+        Ok(())
+    }
+
+    /// A store that opens but cannot be read back is as corrupt as one that does not open:
+    /// the error names the file and how to move it aside.
+    fn open_error(&self, e: StorageError) -> StorageError {
+        match e {
+            StorageError::Open { .. } => e,
+            other => StorageError::Open {
+                path: self.path.clone(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+impl FileStorage {
+    /// Writes `ops` in one transaction committed with `durability`.
+    fn write_txn(&self, ops: &[StorageOp], durability: Durability) -> Result<(), StorageError> {
+        let mut txn = self.db.begin_write().map_err(io)?;
+        txn.set_durability(durability).map_err(io)?;
+        {
+            let mut tables = Tables {
+                retained: txn.open_table(RETAINED).map_err(io)?,
+                sessions: txn.open_table(SESSIONS).map_err(io)?,
+                messages: txn.open_table(MESSAGES).map_err(io)?,
+                inbound: txn.open_table(INBOUND).map_err(io)?,
+                buf: Vec::new(),
+            };
+            tables.apply(ops)?;
+        }
+        txn.commit().map_err(io)
+    }
+}
+
+/// The tables of one write transaction.
+struct Tables<'t> {
+    retained: redb::Table<'t, &'static str, &'static [u8]>,
+    sessions: redb::Table<'t, &'static str, &'static [u8]>,
+    messages: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    inbound: redb::Table<'t, (&'static str, u16), ()>,
+    /// One encoding buffer for the whole transaction instead of one allocation per record.
+    buf: Vec<u8>,
+}
+
+impl Tables<'_> {
+    fn apply(&mut self, ops: &[StorageOp]) -> Result<(), StorageError> {
+        let buf = &mut self.buf;
+        for op in ops {
+            match op {
+                StorageOp::PutRetained(m) => {
+                    codec::encode_message_into(buf, m, None, None);
+                    self.retained
+                        .insert(&*m.topic, buf.as_slice())
+                        .map_err(io)?;
+                }
+                StorageOp::DeleteRetained(t) => {
+                    self.retained.remove(&**t).map_err(io)?;
+                }
+                StorageOp::PutSession { client_id, record } => {
+                    codec::encode_session_into(buf, record);
+                    self.sessions
+                        .insert(&**client_id, buf.as_slice())
+                        .map_err(io)?;
+                }
+                StorageOp::DeleteSession(id) => {
+                    let id: &str = id;
+                    self.sessions.remove(id).map_err(io)?;
+                    self.messages
+                        .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)
+                        .map_err(io)?;
+                    self.inbound
+                        .retain_in((id, 0u16)..=(id, u16::MAX), |_, _| false)
+                        .map_err(io)?;
+                }
+                StorageOp::PutMessage { client_id, stored } => {
+                    codec::encode_message_into(buf, &stored.message, stored.pid, stored.state);
+                    self.messages
+                        .insert((&**client_id, stored.seq), buf.as_slice())
+                        .map_err(io)?;
+                }
+                StorageOp::DeleteMessage { client_id, seq } => {
+                    self.messages.remove((&**client_id, *seq)).map_err(io)?;
+                }
+                StorageOp::PutInbound { client_id, pid } => {
+                    self.inbound.insert((&**client_id, *pid), ()).map_err(io)?;
+                }
+                StorageOp::DeleteInbound { client_id, pid } => {
+                    self.inbound.remove((&**client_id, *pid)).map_err(io)?;
+                }
+                StorageOp::StreamMark { .. } => {}
             }
         }
-        for item in txn.open_table(INBOUND).map_err(io)?.iter().map_err(io)? {
-            let (k, _) = item.map_err(io)?;
-            let (id, pid) = k.value();
-            if let Some(s) = sessions.get_mut(id) {
-                s.inbound.push(pid);
-            }
-        }
-        out.sessions = sessions.into_values().collect();
-        Ok(out)
+        Ok(())
     }
 }
 
 impl Storage for FileStorage {
     fn apply(&self, ops: &[StorageOp], durable: bool) -> Result<(), StorageError> {
-        let mut txn = self.db.begin_write().map_err(io)?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(io)?;
-        {
-            let mut retained = txn.open_table(RETAINED).map_err(io)?;
-            let mut sessions = txn.open_table(SESSIONS).map_err(io)?;
-            let mut messages = txn.open_table(MESSAGES).map_err(io)?;
-            let mut inbound = txn.open_table(INBOUND).map_err(io)?;
-            for op in ops {
-                match op {
-                    StorageOp::PutRetained(m) => {
-                        retained
-                            .insert(&*m.topic, codec::encode_message(m, None, None).as_slice())
-                            .map_err(io)?;
-                    }
-                    StorageOp::DeleteRetained(t) => {
-                        retained.remove(&**t).map_err(io)?;
-                    }
-                    StorageOp::PutSession { client_id, record } => {
-                        sessions
-                            .insert(&**client_id, codec::encode_session(record).as_slice())
-                            .map_err(io)?;
-                    }
-                    StorageOp::DeleteSession(id) => {
-                        let id: &str = id;
-                        sessions.remove(id).map_err(io)?;
-                        messages
-                            .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)
-                            .map_err(io)?;
-                        inbound
-                            .retain_in((id, 0u16)..=(id, u16::MAX), |_, _| false)
-                            .map_err(io)?;
-                    }
-                    StorageOp::PutMessage { client_id, stored } => {
-                        let value =
-                            codec::encode_message(&stored.message, stored.pid, stored.state);
-                        messages
-                            .insert((&**client_id, stored.seq), value.as_slice())
-                            .map_err(io)?;
-                    }
-                    StorageOp::DeleteMessage { client_id, seq } => {
-                        messages.remove((&**client_id, *seq)).map_err(io)?;
-                    }
-                    StorageOp::PutInbound { client_id, pid } => {
-                        inbound.insert((&**client_id, *pid), ()).map_err(io)?;
-                    }
-                    StorageOp::DeleteInbound { client_id, pid } => {
-                        inbound.remove((&**client_id, *pid)).map_err(io)?;
-                    }
-                    StorageOp::StreamMark { .. } => {}
-                }
-            }
-        }
-        txn.commit().map_err(io)
+        self.write_txn(
+            ops,
+            if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            },
+        )
     }
 
     fn sync(&self) -> Result<(), StorageError> {
@@ -204,15 +276,13 @@ impl Storage for FileStorage {
     }
 
     fn load(&self) -> Result<Recovered, StorageError> {
-        // A store that opens but cannot be read back is as corrupt as one that does not open:
-        // the error names the file and how to move it aside.
-        self.read_all().map_err(|e| match e {
-            StorageError::Open { .. } => e,
-            other => StorageError::Open {
-                path: self.path.clone(),
-                reason: other.to_string(),
-            },
-        })
+        let mut all = Recovered::default();
+        self.load_into(&mut all)?;
+        Ok(all)
+    }
+
+    fn load_into(&self, sink: &mut dyn RecoverySink) -> Result<(), StorageError> {
+        self.read_into(sink).map_err(|e| self.open_error(e))
     }
 }
 

@@ -178,6 +178,70 @@ pub trait Storage: Send + Sync + 'static {
     fn sync(&self) -> Result<(), StorageError>;
     /// Loads the whole state.
     fn load(&self) -> Result<Recovered, StorageError>;
+    /// Streams the whole state into `sink`: retained messages in chunks, then one session at
+    /// a time, so that recovery holds one chunk of decoded records next to what the sink has
+    /// taken, never a second copy of the whole store. The default loads everything first.
+    fn load_into(&self, sink: &mut dyn RecoverySink) -> Result<(), StorageError> {
+        let recovered = self.load()?;
+        sink.retained(recovered.retained);
+        for session in recovered.sessions {
+            sink.session(session);
+        }
+        Ok(())
+    }
+}
+
+/// Takes the stored state as [`Storage::load_into`] reads it.
+pub trait RecoverySink {
+    /// A chunk of retained messages.
+    fn retained(&mut self, chunk: Vec<Message>);
+    /// A persistent session with its messages and inbound packet ids.
+    fn session(&mut self, session: RecoveredSession);
+}
+
+/// Collects everything (what [`Storage::load`] returns).
+impl RecoverySink for Recovered {
+    fn retained(&mut self, mut chunk: Vec<Message>) {
+        self.retained.append(&mut chunk);
+    }
+
+    fn session(&mut self, session: RecoveredSession) {
+        self.sessions.push(session);
+    }
+}
+
+/// A [`RecoverySink`] made of two functions, counting what passed through them.
+pub struct FnSink<R, S> {
+    on_retained: R,
+    on_session: S,
+    /// Retained messages handed on so far.
+    pub retained: usize,
+    /// Sessions handed on so far.
+    pub sessions: usize,
+}
+
+impl<R: FnMut(Vec<Message>), S: FnMut(RecoveredSession)> FnSink<R, S> {
+    /// Hands retained chunks to `on_retained` and sessions to `on_session`.
+    pub fn new(on_retained: R, on_session: S) -> Self {
+        FnSink {
+            on_retained,
+            on_session,
+            retained: 0,
+            sessions: 0,
+        }
+    }
+}
+
+impl<R: FnMut(Vec<Message>), S: FnMut(RecoveredSession)> RecoverySink for FnSink<R, S> {
+    fn retained(&mut self, chunk: Vec<Message>) {
+        self.retained += chunk.len();
+        (self.on_retained)(chunk);
+    }
+
+    fn session(&mut self, session: RecoveredSession) {
+        self.sessions += 1;
+        (self.on_session)(session);
+    }
 }
 
 #[cfg(test)]
@@ -354,11 +418,19 @@ mod tests {
         }
     }
 
+    /// Streaming hands on the same state as loading it whole.
+    fn check_streamed(store: &dyn Storage) {
+        let mut streamed = Recovered::default();
+        store.load_into(&mut streamed).unwrap();
+        check(streamed);
+    }
+
     #[test]
     fn memory_backend() {
         let store = MemoryStorage::default();
         write_scenario(&store);
         check(store.load().unwrap());
+        check_streamed(&store);
         // A second handle on the same state sees it (an in-process restart).
         check(store.clone().load().unwrap());
     }
@@ -374,6 +446,7 @@ mod tests {
         }
         // Everything is there after closing and reopening the database.
         check(FileStorage::open(&dir).unwrap().load().unwrap());
+        check_streamed(&FileStorage::open(&dir).unwrap());
     }
 
     #[test]

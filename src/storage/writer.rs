@@ -130,9 +130,12 @@ impl StorageHandle {
     /// [`StorageHandle::group`] on this thread, the operations join the group's batch.
     pub fn submit(&self, ops: Vec<StorageOp>) -> u64 {
         let me = self as *const StorageHandle as usize;
+        // Moved into the group, not cloned: a message's topic and payload are shared, but
+        // every clone still costs reference count traffic and an allocation for the Vec.
+        let mut ops = Some(ops);
         let grouped = GROUP.with(|g| match g.borrow_mut().as_mut() {
             Some(group) if group.handle == me => {
-                group.ops.extend(ops.iter().cloned());
+                group.ops.extend(ops.take().into_iter().flatten());
                 Some(group.ticket)
             }
             _ => None,
@@ -140,6 +143,7 @@ impl StorageHandle {
         if let Some(ticket) = grouped {
             return ticket;
         }
+        let ops = ops.unwrap_or_default();
         let mut s = self.submitter.lock();
         let ticket = s.next;
         s.next += 1;
