@@ -978,6 +978,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let event =
                 std::future::poll_fn(|cx| self.poll_event(cx, wake, close, pause.as_mut(), wait))
                     .await;
+            // Busy from here on: what the session queues meanwhile is taken in this batch
+            // or the next, without scheduling the task again.
+            wake.unregister();
             match event {
                 Event::Closed => {
                     return close

@@ -66,6 +66,14 @@ impl Wake {
         }
     }
 
+    /// Forgets the registered waker: the task is busy and will look at the flag when it
+    /// waits again. Without it every message queued while the connection is writing would
+    /// schedule its task again, and fan-out would send many small batches instead of few
+    /// large ones (a `Notify` permit behaves so by itself).
+    pub fn unregister(&self) {
+        drop(self.waker.take());
+    }
+
     /// Waits for [`Wake::notify_one`] (one waiting task at a time).
     pub async fn notified(&self) {
         std::future::poll_fn(|cx| self.poll(cx)).await
