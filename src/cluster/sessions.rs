@@ -82,7 +82,9 @@ impl Storage for JetStreamSessions {
             let mut acks = Vec::with_capacity(ops.len());
             // A session's stream mark is written once per batch: the last one counts.
             let mut marks: Vec<(Arc<str>, u64)> = Vec::new();
-            for op in ops {
+            // The stream position of each message put in this batch (see `PutMessage`).
+            let mut positions: Vec<(String, u64)> = Vec::new();
+            for (i, op) in ops.iter().enumerate() {
                 let sent = match op {
                     StorageOp::PutRetained(_) | StorageOp::DeleteRetained(_) => continue,
                     StorageOp::StreamMark { client_id, seq } => {
@@ -116,8 +118,25 @@ impl Storage for JetStreamSessions {
                     }
                     StorageOp::PutMessage { client_id, stored } => {
                         let key = format!("{}.m.{}", client_key(client_id), stored.seq);
-                        let body = encode_message(&stored.message, stored.pid, stored.state);
-                        self.js.publish(self.subject(&key), Bytes::from(body)).await
+                        // The stream position the copy was routed from (the mark journaled
+                        // right after it, or an earlier put of the same message in this
+                        // batch) goes with it: the marks are written at the end of the
+                        // batch, and a node killed before that must not leave messages
+                        // stored that a resume replays again (QoS 2 exactly once).
+                        let position = match ops.get(i + 1) {
+                            Some(StorageOp::StreamMark { client_id: c, seq }) if c == client_id => {
+                                Some(*seq)
+                            }
+                            _ => positions.iter().find(|(k, _)| *k == key).map(|(_, p)| *p),
+                        };
+                        if let Some(p) = position {
+                            positions.push((key.clone(), p));
+                        }
+                        let body = encode_positioned(
+                            position,
+                            &encode_message(&stored.message, stored.pid, stored.state),
+                        );
+                        self.js.publish(self.subject(&key), body).await
                     }
                     StorageOp::DeleteMessage { client_id, seq } => {
                         let key = format!("{}.m.{seq}", client_key(client_id));
@@ -190,6 +209,9 @@ async fn load_session(
         .await
         .map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // The highest stream position among the stored messages: the session has seen the
+    // stream at least that far, even if its mark was not written.
+    let mut positions = 0u64;
     loop {
         let next = tokio::time::timeout_at(deadline, watch.next())
             .await
@@ -200,8 +222,10 @@ async fn load_session(
             let rest = &entry.key[ck.len() + 1..];
             if let Some(seq) = rest.strip_prefix("m.") {
                 if let Ok(seq) = seq.parse() {
-                    let m = decode_stored(seq, &entry.value).map_err(|e| e.to_string())?;
+                    let (position, body) = decode_positioned(&entry.value);
+                    let m = decode_stored(seq, body).map_err(|e| e.to_string())?;
                     session.messages.push(m);
+                    positions = positions.max(position.unwrap_or(0));
                 }
             } else if let Some(pid) = rest.strip_prefix("i.") {
                 if let Ok(pid) = pid.parse() {
@@ -215,7 +239,36 @@ async fn load_session(
             break;
         }
     }
+    session.stream_mark = session.stream_mark.max(positions);
     Ok(Some(session))
+}
+
+/// Marks a stored message body that carries its stream position (the codec's own versions
+/// are small numbers, so the byte is unambiguous).
+const POSITIONED: u8 = 0xFE;
+
+/// A stored message body with its stream position in front, when it has one.
+fn encode_positioned(position: Option<u64>, message: &[u8]) -> Bytes {
+    let Some(p) = position else {
+        return Bytes::copy_from_slice(message);
+    };
+    let mut out = Vec::with_capacity(9 + message.len());
+    out.push(POSITIONED);
+    out.extend_from_slice(&p.to_be_bytes());
+    out.extend_from_slice(message);
+    Bytes::from(out)
+}
+
+/// The stream position and the message body of a stored value.
+fn decode_positioned(value: &[u8]) -> (Option<u64>, &[u8]) {
+    match value {
+        [POSITIONED, rest @ ..] if rest.len() >= 8 => {
+            let (p, body) = rest.split_at(8);
+            let p = u64::from_be_bytes(p.try_into().unwrap_or([0; 8]));
+            (Some(p), body)
+        }
+        _ => (None, value),
+    }
 }
 
 /// What the node needs once it runs: its core, its own router and the message stream.
@@ -874,4 +927,33 @@ fn parse_u64(b: &[u8]) -> u64 {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{decode_positioned, encode_positioned};
+
+    #[test]
+    fn a_stored_message_keeps_its_stream_position_and_old_values_still_decode() {
+        let body = crate::storage::codec::encode_message(
+            &crate::model::Message {
+                topic: "a/b".into(),
+                payload: bytes::Bytes::from_static(b"x"),
+                qos: crate::protocol::QoS::ExactlyOnce,
+                retain: false,
+                enqueued_at: None,
+                props: None,
+            },
+            Some(7),
+            None,
+        );
+        let stored = encode_positioned(Some(720), &body);
+        assert_eq!(decode_positioned(&stored), (Some(720), &body[..]));
+        // A value written without a position (or by an earlier version) is the message.
+        let plain = encode_positioned(None, &body);
+        assert_eq!(decode_positioned(&plain), (None, &body[..]));
+        let decoded =
+            crate::storage::codec::decode_stored(3, decode_positioned(&stored).1).expect("decodes");
+        assert_eq!(decoded.pid, Some(7));
+    }
 }
