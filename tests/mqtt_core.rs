@@ -351,6 +351,52 @@ async fn keep_alive_expiry_closes_and_publishes_will_mqtt_3_1_2_24() {
 }
 
 #[tokio::test]
+async fn keep_alive_expires_for_a_client_that_only_receives_mqtt_3_1_2_24() {
+    // A subscriber kept busy with deliveries (the broker always has something to write) but
+    // sending nothing itself is still closed at 1.5 × its keep-alive: the keep-alive verdict
+    // must not be lost behind the writes.
+    let broker = start_broker(|_| {}).await;
+    let addr = broker.local_addr();
+    let mut c = connect_packet("busy-listener", true);
+    c.keep_alive = 1;
+    let (mut listener, _) = RawClient::connect_with(addr, c).await;
+    listener.subscribe(1, &[("flood/#", QoS::AtMostOnce)]).await;
+    let (mut publisher, _) = RawClient::connect(addr, "flooder", true).await;
+    let start = tokio::time::Instant::now();
+    let flood = tokio::spawn(async move {
+        let packet = publish("flood/x", &[7u8; 64], QoS::AtMostOnce, None, false);
+        while start.elapsed() < Duration::from_secs(6) {
+            for _ in 0..50 {
+                publisher.send_lossy(&packet).await;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    let mut received = 0usize;
+    let closed_after = loop {
+        match listener.recv_within(Duration::from_secs(6)).await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => break start.elapsed(),
+            Err(()) => panic!("the listener was never closed ({received} messages received)"),
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "still open after {:?} without sending a packet ({received} messages received)",
+            start.elapsed()
+        );
+    };
+    flood.abort();
+    assert!(
+        received > 100,
+        "the flood did not reach the listener: {received}"
+    );
+    assert!(
+        closed_after >= Duration::from_millis(1400),
+        "closed too early: {closed_after:?}"
+    );
+}
+
+#[tokio::test]
 async fn keep_alive_counts_whole_packets_not_trickled_bytes_mqtt_3_1_2_24() {
     use tokio::io::AsyncWriteExt;
     let broker = start_broker(|_| {}).await;

@@ -1040,10 +1040,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Polls every cause that moves a connected client on, in priority order: a close, the
-    /// pending write, the socket (unless the client is paused or does not read its
-    /// acknowledgements), the timer, the session's wake-up (unless enough output is
-    /// pending) and a reload.
+    /// Polls every cause that moves a connected client on, in priority order: a close, a
+    /// keep-alive verdict or a reload, the pending write, the socket (unless the client is
+    /// paused or does not read its acknowledgements), the end of a pause, and the session's
+    /// wake-up (unless enough output is pending).
     fn poll_event(
         &mut self,
         cx: &mut std::task::Context<'_>,
@@ -1054,9 +1054,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     ) -> std::task::Poll<Event> {
         use std::future::Future;
         use std::task::Poll;
-        let signal = close.poll_signal(cx);
-        if signal == Poll::Ready(Signal::Close) {
-            return Poll::Ready(Event::Closed);
+        // A signal is consumed when polled: it is acted on now, ahead of the socket (a
+        // keep-alive verdict left behind a ready write would never come again).
+        match close.poll_signal(cx) {
+            Poll::Ready(Signal::Close) => return Poll::Ready(Event::Closed),
+            Poll::Ready(Signal::Timer) => return Poll::Ready(Event::KeepAlive),
+            Poll::Ready(Signal::Reload) => return Poll::Ready(Event::Reload),
+            Poll::Pending => {}
         }
         if !self.wbuf.is_empty() || wait.needs_flush {
             let io = std::pin::Pin::new(&mut self.io);
@@ -1077,14 +1081,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if pause.is_some_and(|p| p.as_mut().poll(cx).is_ready()) {
             return Poll::Ready(Event::Paused);
         }
-        if signal == Poll::Ready(Signal::Timer) {
-            return Poll::Ready(Event::KeepAlive);
-        }
         if self.wbuf.len() < WRITE_HIGH_WATER && wake.poll(cx).is_ready() {
             return Poll::Ready(Event::Wake);
-        }
-        if signal == Poll::Ready(Signal::Reload) {
-            return Poll::Ready(Event::Reload);
         }
         Poll::Pending
     }
