@@ -601,11 +601,6 @@ impl CloseSignal {
         }
     }
 
-    /// Whether a close was asked for here (not counting the parent token).
-    pub fn is_closed(&self) -> bool {
-        self.flags.load(std::sync::atomic::Ordering::Acquire) & CLOSE != 0
-    }
-
     /// The listener's token: the connection closes when it fires.
     pub fn parent(&self) -> &tokio_util::sync::CancellationToken {
         &self.parent
