@@ -125,7 +125,8 @@ if want sensor-bridge; then
         plugins/sensor-bridge/lib/bridge.js plugins/sensor-bridge/bundle.config.js plugins/sensor-bridge/package-lock.json
 fi
 if want noop; then
-    build noop plugins/noop/echo.wasm plugins/noop/noop.c plugins/noop/echo.c plugins/noop/test_auth.c
+    build noop plugins/noop/echo.wasm plugins/noop/noop.c plugins/noop/echo.c plugins/noop/test_auth.c \
+        plugins/noop/fast.c plugins/noop/both.c plugins/noop/wit-both/both.wit
 fi
 if want sensor-bridge-c; then
     build sensor-bridge-c plugins/sensor-bridge-c/sensor-bridge-c.wasm plugins/sensor-bridge-c/sensor_bridge.c \

@@ -7,7 +7,9 @@
 //! ```sh
 //! cargo run --release --example plugin_bench            # everything
 //! cargo run --release --example plugin_bench -- calls   # per-call costs only
+//! cargo run --release --example plugin_bench -- calls noop   # only plugins named *noop*
 //! cargo run --release --example plugin_bench -- publish # throughput only
+//! cargo run --release --example plugin_bench -- publish fast   # only no plugins and fast-transform
 //! BENCH_WORKERS=1 cargo run --release --example plugin_bench -- publish   # one worker thread
 //! ```
 
@@ -124,6 +126,7 @@ fn configs() -> Vec<(&'static str, PluginConfig)> {
         ("C, API 0.1", noop("noop-transform-0.1")),
         ("C, API 0.2", noop("noop-acl-0.2")),
         ("C, API 0.2", noop("noop-transform-0.2")),
+        ("C, API 0.2", noop("noop-fast-transform-0.2")),
     ]
 }
 
@@ -278,7 +281,12 @@ fn bench_calls() {
         "{:<19} {:<11} {:<13} {:>11} {:>14} {:>16}",
         "plugin", "language", "hook", "ns/call", "load (cache)", "instantiate+init"
     );
+    // `calls NAME`: only the plugins whose name contains NAME.
+    let only = std::env::args().nth(2).unwrap_or_default();
     for (language, config) in configs() {
+        if !config.name.contains(&only) {
+            continue;
+        }
         // First load compiles (or reuses) the artifact; the timed loads read the cache.
         drop(host.load(std::slice::from_ref(&config)).expect("loads"));
         let mut loads = Vec::new();
@@ -356,8 +364,13 @@ fn bench_calls() {
             } else {
                 &message
             };
+            let hook = if plugin.hooks().contains(&"fast-transform") {
+                "fast-transform"
+            } else {
+                "transform"
+            };
             rows.push((
-                "transform",
+                hook,
                 per_call(budget, || {
                     let _ = plugin.transform(&c, m);
                 }),
@@ -563,18 +576,33 @@ fn bench_publish() {
         let keep = PluginConfig::new("keep", wat("keep"));
         let v01 = vec![noop("noop-acl-0.1"), noop("noop-transform-0.1")];
         let v02 = vec![noop("noop-acl-0.2"), noop("noop-transform-0.2")];
+        let fast = vec![noop("noop-acl-0.2"), noop("noop-fast-transform-0.2")];
         let mut setups: Vec<(&str, String, Vec<PluginConfig>)> = Vec::new();
         for round in 1..=3 {
             let r = |what: &str| format!("{what} (round {round})");
             setups.push(("none", r("no plugins"), vec![]));
             setups.push(("0.1", r("noop acl + transform, C, API 0.1"), v01.clone()));
             setups.push(("0.2", r("noop acl + transform, C, API 0.2"), v02.clone()));
+            setups.push(("fast", r("noop acl + fast-transform, C, API 0.2"), fast.clone()));
+            // Each half of it alone: what the authorizer costs with its decisions cached, and
+            // what the transformer costs.
+            setups.push(("acl-only", r("noop acl only, C, API 0.2"), fast[..1].to_vec()));
+            setups.push(("fast-only", r("noop fast-transform only, C, API 0.2"), fast[1..].to_vec()));
             setups.push((
                 "acl",
                 r("device-acl (C) + keep (WAT), API 0.1"),
                 vec![acl.clone(), keep.clone()],
             ));
         }
+        // `publish KIND`: only KIND (0.1, 0.2, fast, acl-only, fast-only, acl) beside no
+        // plugins; a KIND ending in `*` selects every kind starting with what precedes it.
+        let only = std::env::args().nth(2).unwrap_or_default();
+        setups.retain(|(kind, _, _)| {
+            only.is_empty()
+                || *kind == "none"
+                || *kind == only
+                || only.strip_suffix('*').is_some_and(|p| kind.starts_with(p))
+        });
         // Interleaved and repeated, so that a drift of the machine's speed affects all alike.
         let mut rates = Vec::new();
         for (kind, name, plugins) in setups {
@@ -586,6 +614,11 @@ fn bench_publish() {
                 "{name:<56} {rate:>10.0} msg/s delivered ({n} in {:.2} s; plugin calls {calls}, failures {failures})",
                 elapsed.as_secs_f64()
             );
+            for s in broker.plugin_stats() {
+                for e in &s.recent_errors {
+                    println!("  {} failed: {e:?}", s.name);
+                }
+            }
             rates.push((kind, rate));
             broker.shutdown().await;
         }
@@ -596,8 +629,14 @@ fn bench_publish() {
         for (kind, what) in [
             ("0.1", "noop acl + transform, API 0.1"),
             ("0.2", "noop acl + transform, API 0.2"),
+            ("fast", "noop acl + fast-transform, API 0.2"),
+            ("acl-only", "noop acl only, API 0.2"),
+            ("fast-only", "noop fast-transform only, API 0.2"),
             ("acl", "device-acl + keep, API 0.1"),
         ] {
+            if !rates.iter().any(|r| r.0 == kind) {
+                continue;
+            }
             println!(
                 "ratio {what:<32} / no plugins: {:>4.0} % (goal for compiled do-nothing plugins: at least 80 %)",
                 100.0 * mean(kind) / mean("none")

@@ -140,12 +140,21 @@ mod tempdir {
 
 async fn start(tag: &str, plugin: bool) -> Fixture {
     let dir = tempdir::Dir::new(tag);
-    let (mqtt_port, admin_port) = (free_port(), free_port());
     let cfg = dir.0.join("broker.yaml");
-    std::fs::write(&cfg, config_text(mqtt_port, admin_port, plugin)).expect("write the config");
     std::fs::write(dir.0.join("admin-token"), format!("{TOKEN}\n")).expect("write the token");
-    let config = Config::load(&cfg).expect("the test config is valid");
-    let broker = Broker::start(config).await.expect("broker starts");
+    // A port found free can be taken before the broker binds it (another test's outgoing
+    // connection gets ephemeral ports from the same range): try again with new ones.
+    let mut attempts = 0;
+    let broker = loop {
+        let (mqtt_port, admin_port) = (free_port(), free_port());
+        std::fs::write(&cfg, config_text(mqtt_port, admin_port, plugin)).expect("write the config");
+        let config = Config::load(&cfg).expect("the test config is valid");
+        match Broker::start(config).await {
+            Ok(b) => break b,
+            Err(e) if attempts < 5 && format!("{e:?}").contains("AddrInUse") => attempts += 1,
+            Err(e) => panic!("broker starts: {e:?}"),
+        }
+    };
     broker.set_config_path(cfg);
     let admin = broker.admin_addr().expect("admin listener bound");
     let mqtt = broker.local_addr();

@@ -623,3 +623,394 @@ async fn a_plugin_refusal_carries_its_reason_code_and_reason_string() {
     );
     broker.shutdown().await;
 }
+
+// --- fast-transform: plugins/noop/fast-rules.wasm (plugins/noop/fast.c) applies one rule per
+// topic prefix, reading and producing everything through the `current` interface.
+
+/// plugins/noop/fast-rules.wasm: fast-transform rules by topic prefix (see plugins/noop/fast.c).
+fn fast_rules() -> PluginConfig {
+    noop("fast-rules")
+}
+
+/// A `mosquitto_sub` (QoS 2) on `filters`, started before the test publishes: it stops after
+/// `count` messages or `secs` seconds. Each message is a line `topic|payload|qos|retain`.
+async fn fast_subscriber(
+    broker: &BrokerHandle,
+    filters: &[&str],
+    count: usize,
+    secs: u32,
+) -> tokio::task::JoinHandle<std::process::Output> {
+    let b = broker.clone();
+    let mut args: Vec<String> = ["-q", "2", "-F", "%t|%p|%q|%r", "-C"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(count.to_string());
+    args.push("-W".into());
+    args.push(secs.to_string());
+    for f in filters {
+        args.push("-t".into());
+        args.push((*f).to_owned());
+    }
+    let sub = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        mosquitto("mosquitto_sub", &b, &args)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sub
+}
+
+/// Runs each `mosquitto_pub` command line (arguments split on whitespace) in turn, each to
+/// completion, asserting success.
+async fn publish_all(broker: &BrokerHandle, runs: &[&str]) {
+    let b = broker.clone();
+    let runs: Vec<String> = runs.iter().map(|r| r.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        for run in runs {
+            let args: Vec<&str> = run.split_whitespace().collect();
+            let out = mosquitto("mosquitto_pub", &b, &args);
+            assert!(out.status.success(), "mosquitto_pub {run}: {out:?}");
+        }
+    })
+    .await
+    .expect("publishers");
+}
+
+/// The lines a subscriber printed, sorted (messages from different publishers may arrive in
+/// either order); asserts it got all it waited for.
+async fn received_sorted(sub: tokio::task::JoinHandle<std::process::Output>) -> Vec<String> {
+    let out = sub.await.expect("subscriber");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the subscriber got every message it waited for within its time limit:\n{text}\n{out:?}"
+    );
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines.sort_unstable();
+    lines
+}
+
+fn sorted(lines: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    v.sort_unstable();
+    v
+}
+
+fn stats_of(broker: &BrokerHandle, name: &str) -> mqtt_broker::plugins::PluginStats {
+    broker
+        .plugin_stats()
+        .into_iter()
+        .find(|s| s.name == name)
+        .expect("plugin loaded")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_transform_drops_replaces_and_adds_messages() {
+    let broker = start_broker(|c| c.plugins = vec![fast_rules()]).await;
+    assert_eq!(
+        stats_of(&broker, "fast-rules").hooks,
+        vec!["fast-transform"]
+    );
+    let filters = ["fast/#", "replaced/#", "added/#"];
+    // The last message published (fast/other) is counted in: had a dropped or replaced
+    // original got through, the subscriber would stop before it and miss an expected line.
+    let sub = fast_subscriber(&broker, &filters, 7, 15).await;
+    publish_all(
+        &broker,
+        &[
+            "-i p-drop -q 1 -t fast/drop/a -m gone",
+            "-i p-replace -q 1 -t fast/replace/r1 -m hello",
+            "-i p-retain -q 2 -r -t fast/replace/kept -m sticky",
+            "-i p-add -q 2 -t fast/add/abc -m x",
+            "-i p-add0 -q 0 -t fast/add/z -m y",
+            "-i p-other -q 1 -t fast/other -m plain",
+        ],
+    )
+    .await;
+    let lines = received_sorted(sub).await;
+    assert_eq!(
+        lines,
+        sorted(&[
+            // Replaced: payload + " " + client id, the original's QoS (and retain, below).
+            "replaced/r1|hello p-replace|1|0",
+            "replaced/kept|sticky p-retain|2|0",
+            // Kept, plus an added message: the topic's length at the message's QoS.
+            "fast/add/abc|x|2|0",
+            "added/abc|12|2|0",
+            "fast/add/z|y|0|0",
+            "added/z|10|0|0",
+            // No rule: kept unchanged.
+            "fast/other|plain|1|0",
+        ]),
+        "fast/drop/a dropped; fast/replace/* replaced; fast/add/* kept and added to"
+    );
+    // The replacement kept the retain flag: it (and not the original) is the retained
+    // message a later subscriber gets.
+    let b = broker.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let args = "-q 2 -F %t|%p|%q|%r -W 2 -t fast/# -t replaced/# -t added/#";
+        mosquitto("mosquitto_sub", &b, &args.split(' ').collect::<Vec<_>>())
+    })
+    .await
+    .expect("late subscriber");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        vec!["replaced/kept|sticky p-retain|2|1"],
+        "the only retained message: {out:?}"
+    );
+    let stats = stats_of(&broker, "fast-rules");
+    assert_eq!(stats.calls, 6, "one call per published message: {stats:?}");
+    assert_eq!(stats.failures, 0, "{stats:?}");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_transform_answer_replace_without_a_replacement_is_a_failed_call() {
+    use mqtt_broker::plugins::OnError;
+    // The default on_error (deny: fail closed) drops the message; `pass` keeps it unchanged.
+    for on_error in [None, Some(OnError::Pass)] {
+        let mut plugin = fast_rules();
+        if let Some(e) = on_error {
+            plugin.on_error = e;
+        }
+        let kept = plugin.on_error == OnError::Pass;
+        let broker = start_broker(|c| c.plugins = vec![plugin]).await;
+        let expected: &[&str] = if kept {
+            &["fast/noreplace/x|original|1|0", "fast/other|after|1|0"]
+        } else {
+            &["fast/other|after|1|0"]
+        };
+        let sub = fast_subscriber(&broker, &["fast/#"], expected.len(), 15).await;
+        publish_all(
+            &broker,
+            &[
+                "-i p-noreplace -q 1 -t fast/noreplace/x -m original",
+                // After the failure the plugin still serves (it is not degraded by one).
+                "-i p-after -q 1 -t fast/other -m after",
+            ],
+        )
+        .await;
+        let lines = received_sorted(sub).await;
+        assert_eq!(lines, sorted(expected), "on_error {on_error:?}");
+        let stats = stats_of(&broker, "fast-rules");
+        assert_eq!(
+            (stats.calls, stats.failures, stats.traps),
+            (2, 1, 1),
+            "on_error {on_error:?}: one failed call of two: {stats:?}"
+        );
+        assert!(!stats.degraded, "{stats:?}");
+        let error = &stats
+            .recent_errors
+            .first()
+            .expect("the failure is listed")
+            .error;
+        assert!(
+            error.contains("p-noreplace")
+                && error
+                    .contains("fast-transform answered replace without calling current.replace"),
+            "names the client and what went wrong: {error}"
+        );
+        broker.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_transform_limits_and_validates_added_messages() {
+    let mut plugin = fast_rules();
+    // 65 host calls in one plugin call: a generous time limit, so that a busy machine running
+    // a debug build does not turn this test into one of timeouts.
+    plugin.limits.call_timeout = mqtt_broker::config::ConfigDuration::secs(2);
+    let broker = start_broker(|c| c.plugins = vec![plugin]).await;
+    // 64 added + 1 error replacement, 1 error replacement, 1 kept.
+    let sub = fast_subscriber(
+        &broker,
+        &["toomany/#", "badtopic/#", "bad/#", "fast/#"],
+        67,
+        15,
+    )
+    .await;
+    publish_all(
+        &broker,
+        &[
+            "-i p-many -q 1 -t fast/toomany/x -m m",
+            "-i p-bad -q 1 -t fast/badtopic/x -m m",
+            "-i p-other -q 1 -t fast/other -m plain",
+        ],
+    )
+    .await;
+    let out = sub.await.expect("subscriber");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "all 67 messages came:\n{text}\n{out:?}"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    // The first 64 current.add calls succeeded, and their messages came in the order added.
+    let added: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("toomany/added|"))
+        .collect();
+    let expected: Vec<String> = (0..64).map(|i| format!("{i}|1|0")).collect();
+    assert_eq!(added, expected, "64 added messages, in order:\n{text}");
+    // The 65th returned an error, which the plugin routed instead of the message.
+    let too_many: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("toomany/error|"))
+        .collect();
+    assert_eq!(too_many.len(), 1, "{text}");
+    assert!(
+        too_many[0].contains("64") && too_many[0].ends_with("|1|0"),
+        "the error names the limit: {}",
+        too_many[0]
+    );
+    // An added message with a wildcard in its topic is refused with an error.
+    let bad: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("badtopic/error|"))
+        .collect();
+    assert_eq!(bad.len(), 1, "{text}");
+    assert!(
+        bad[0].starts_with("plugin produced an invalid topic name \"bad/+/topic\"")
+            && bad[0].ends_with("|1|0"),
+        "the error names the topic: {}",
+        bad[0]
+    );
+    assert!(lines.contains(&"fast/other|plain|1|0"), "{text}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("bad/")
+            || l.starts_with("fast/toomany")
+            || l.starts_with("fast/badtopic")),
+        "no invalid message and no replaced original:\n{text}"
+    );
+    let stats = stats_of(&broker, "fast-rules");
+    assert_eq!(
+        (stats.calls, stats.failures),
+        (3, 0),
+        "an error returned to the plugin is not a failed call: {stats:?}"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_transform_sees_mqtt5_user_properties() {
+    let broker = start_broker(|c| c.plugins = vec![fast_rules()]).await;
+    let sub = fast_subscriber(&broker, &["fast/#", "props/#"], 4, 15).await;
+    publish_all(
+        &broker,
+        &[
+            // MQTT 5, a name repeated: all of them, in the order sent.
+            "-V mqttv5 -i p5 -t fast/props/five -m m5 -D publish user-property a 1 \
+             -D publish user-property b 2 -D publish user-property a 3",
+            // MQTT 3.1.1: no properties.
+            "-i p3 -t fast/props/three -m m3",
+        ],
+    )
+    .await;
+    let lines = received_sorted(sub).await;
+    assert_eq!(
+        lines,
+        sorted(&[
+            "fast/props/five|m5|0|0",
+            "props/five|a=1;b=2;a=3|0|0",
+            "fast/props/three|m3|0|0",
+            "props/three||0|0",
+        ])
+    );
+    assert_eq!(stats_of(&broker, "fast-rules").failures, 0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_component_exporting_transform_and_fast_transform_is_refused() {
+    let both = noop("both-transforms");
+    let err = start_err(vec![both.clone()]).await;
+    assert!(err.contains("both-transforms"), "names the plugin: {err}");
+    assert!(
+        err.contains("it exports both transform and fast-transform"),
+        "says why: {err}"
+    );
+    // Nor is it taken by a reload: the broker keeps the plugins it had.
+    let config = Config {
+        listeners: vec![BrokerHandle::loopback_listener()],
+        plugins: vec![fast_rules()],
+        ..Default::default()
+    };
+    let broker = Broker::start(config.clone()).await.expect("broker starts");
+    let mut refused = config.clone();
+    refused.plugins = vec![both];
+    let err = broker
+        .reload(refused)
+        .await
+        .expect_err("a reload with the component is refused")
+        .to_string();
+    assert!(
+        err.contains("it exports both transform and fast-transform"),
+        "{err}"
+    );
+    let names: Vec<String> = broker.plugin_stats().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, vec!["fast-rules"]);
+    broker.shutdown().await;
+}
+
+/// What a transform makes of a message is still that client's message: a No Local
+/// subscriber [MQTT-3.8.3-3] does not get its own message back as a replacement or as an
+/// added message, while another client does. paho-mqtt (MQTT 5) on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_local_covers_what_a_transform_made_of_a_clients_message_mqtt_3_8_3_3() {
+    const SCRIPT: &str = r#"
+import json, sys, time
+import paho.mqtt.client as mqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
+host, port = sys.argv[1], int(sys.argv[2])
+got = {"self": [], "other": []}
+def client(cid, key):
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+    c.on_message = lambda cl, u, m: got[key].append(m.topic + "|" + m.payload.decode())
+    c.connect(host, port)
+    c.loop_start()
+    return c
+me, other = client("nl-self", "self"), client("nl-other", "other")
+filters = ["fast/#", "replaced/#", "added/#"]
+me.subscribe([(f, SubscribeOptions(qos=1, noLocal=True)) for f in filters])
+other.subscribe([(f, SubscribeOptions(qos=1)) for f in filters[1:]])
+time.sleep(0.5)
+for c, topic, payload in [(me, "fast/replace/x", "mine"), (me, "fast/add/y", "z"), (other, "fast/replace/o", "theirs")]:
+    c.publish(topic, payload, qos=1).wait_for_publish(5)
+deadline = time.time() + 5
+while len(got["other"]) < 3 and time.time() < deadline:
+    time.sleep(0.05)
+time.sleep(0.5)
+print(json.dumps({k: sorted(v) for k, v in got.items()}))
+"#;
+    let broker = start_broker(|c| c.plugins = vec![fast_rules()]).await;
+    let port = broker.local_addr().port().to_string();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new("python3")
+            .args(["-c", SCRIPT, "127.0.0.1", &port])
+            .output(),
+    )
+    .await
+    .expect("the paho script finishes within 30 s")
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{out:?}");
+    let got: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("JSON");
+    assert_eq!(
+        got["other"],
+        serde_json::json!([
+            "added/y|10",
+            "replaced/o|theirs nl-other",
+            "replaced/x|mine nl-self"
+        ]),
+        "{got}"
+    );
+    assert_eq!(
+        got["self"],
+        serde_json::json!(["replaced/o|theirs nl-other"]),
+        "its own replaced and added messages are not sent back: {got}"
+    );
+    broker.shutdown().await;
+}

@@ -4,7 +4,8 @@
 //
 // Build: bash build.sh (one component per API version and hook; see the top of build.sh).
 // The arguments of an exported function belong to the callee: 0.1 hands over records with
-// strings that must be freed; 0.2 hands over two borrowed handles and a small record.
+// strings that must be freed; 0.2 hands over two borrowed handles and a small record;
+// 0.2's fast-transform hands over nothing.
 #include WORLD_HEADER
 
 bool exports_mqtt_broker_plugin_lifecycle_init(exports_mqtt_broker_plugin_lifecycle_config_t *config, STRING_T *err) {
@@ -52,5 +53,10 @@ void exports_mqtt_broker_plugin_transform_transform(
     ret->action.tag = MQTT_BROKER_PLUGIN_TYPES_TRANSFORM_ACTION_KEEP;
     ret->additional.ptr = 0;
     ret->additional.len = 0;
+}
+#elif defined(HOOK_FAST_TRANSFORM)
+// fast-transform: nothing is handed over, nothing to free; the answer is a number.
+exports_mqtt_broker_plugin_fast_transform_verdict_t exports_mqtt_broker_plugin_fast_transform_transform(void) {
+    return EXPORTS_MQTT_BROKER_PLUGIN_FAST_TRANSFORM_VERDICT_KEEP;
 }
 #endif

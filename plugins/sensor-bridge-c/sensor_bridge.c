@@ -1,21 +1,23 @@
 /*
  * sensor-bridge-c: the sensor bridge (../sensor-bridge, JavaScript) as a compiled mqtt-broker
  * transformer, in C (clang + wasi-libc + wit-bindgen), against WIT mqtt-broker:plugin@0.2.0,
- * world `transformer`. Same config, same rules, same output bytes.
+ * world `fast-transformer`. Same config, same rules, same output bytes.
  *
  * The rules are in bridge.c (tested natively by test_bridge.c); this file adapts them to the
- * WIT interface. What it does per call, cheapest first:
- *   - reads the topic (`message.topic`) and tries the rules: a topic of no rule costs one
+ * WIT interface. It exports `fast-transform` (world `fast-transformer`): a call hands over
+ * nothing and returns a verdict; the bridge reads what it needs through `current` and hands
+ * its messages to `current.add`. What it does per call, cheapest first:
+ *   - reads the topic (`current.topic`) and tries the rules: a topic of no rule costs one
  *     host call and is kept;
  *   - only for a matched topic: reads the payload, the clock, the QoS and the retain flag
- *     (every rule yields at least one message, which needs the last two).
+ *     (every rule yields at least one message, which needs the last two), and adds each
+ *     message it makes; a replacing rule answers `drop` (its messages are the additions).
  *
  * Memory: everything a call allocates (the topic and payload the host copies in through
- * `cabi_realloc`, the returned list of messages) comes from one arena that the next call
- * releases at once; so the post-return function that wit-bindgen generates (which would
- * `free` each string) is replaced by one that does nothing.
+ * `cabi_realloc`, the messages it builds) comes from one arena that the next call releases
+ * at once.
  */
-#include "gen/transformer.h"
+#include "gen/fast_transformer.h"
 #include "bridge.h"
 
 #include <stdlib.h>
@@ -40,22 +42,13 @@ __attribute__((__export_name__("cabi_realloc"))) void *cabi_realloc(void *ptr, s
     return p;
 }
 
-/*
- * Called by the host once it has read `transform`'s result. Overrides wit-bindgen's weak one,
- * which would `free` every string: the result lives in arenas that the next call resets.
- */
-__attribute__((__export_name__("cabi_post_mqtt-broker:plugin/transform@0.2.0#transform"))) void
-__wasm_export_exports_mqtt_broker_plugin_transform_transform_post_return(uint8_t *ret) {
-    (void)ret;
-}
-
 static void host_log(sb_log_level level, sb_str line) {
-    transformer_string_t s = {(uint8_t *)(uintptr_t)line.ptr, line.len};
+    fast_transformer_string_t s = {(uint8_t *)(uintptr_t)line.ptr, line.len};
     mqtt_broker_plugin_host_log((mqtt_broker_plugin_host_log_level_t)level, &s);
 }
 
 bool exports_mqtt_broker_plugin_lifecycle_init(exports_mqtt_broker_plugin_lifecycle_config_t *config,
-                                               transformer_string_t *err) {
+                                               fast_transformer_string_t *err) {
     /* The config list was copied in through cabi_realloc (the call arena): read, never freed. */
     sb_pair *pairs = sb_arena_alloc(&call_arena, (config->len + 1) * sizeof *pairs);
     for (size_t i = 0; i < config->len; i++) {
@@ -82,39 +75,23 @@ bool exports_mqtt_broker_plugin_lifecycle_init(exports_mqtt_broker_plugin_lifecy
     return true;
 }
 
-void exports_mqtt_broker_plugin_transform_transform(exports_mqtt_broker_plugin_transform_borrow_client_t client,
-                                                    exports_mqtt_broker_plugin_transform_borrow_message_t message,
-                                                    exports_mqtt_broker_plugin_transform_transform_result_t *ret) {
-    /* [canonical ABI] borrowed handles must be dropped before the export returns (or the
-     * call traps): the client right away (the bridge never asks about it), the message after
-     * its last use on each path below. */
-    mqtt_broker_plugin_types_client_drop_borrow(client);
+exports_mqtt_broker_plugin_fast_transform_verdict_t exports_mqtt_broker_plugin_fast_transform_transform(void) {
     sb_arena_reset(&call_arena);
-    ret->action.tag = MQTT_BROKER_PLUGIN_TYPES_TRANSFORM_ACTION_KEEP;
-    ret->additional.ptr = NULL;
-    ret->additional.len = 0;
-    if (bridge == NULL) {
-        mqtt_broker_plugin_types_message_drop_borrow(message);
-        return;
-    }
+    if (bridge == NULL) return EXPORTS_MQTT_BROKER_PLUGIN_FAST_TRANSFORM_VERDICT_KEEP;
 
-    transformer_string_t topic_s;
-    mqtt_broker_plugin_types_method_message_topic(message, &topic_s);
+    fast_transformer_string_t topic_s;
+    mqtt_broker_plugin_current_topic(&topic_s);
     sb_str topic = {(const char *)topic_s.ptr, topic_s.len};
     sb_match m;
-    if (!sb_match_topic(bridge, topic, &m)) {
-        mqtt_broker_plugin_types_message_drop_borrow(message);
-        return;
-    }
+    if (!sb_match_topic(bridge, topic, &m)) return EXPORTS_MQTT_BROKER_PLUGIN_FAST_TRANSFORM_VERDICT_KEEP;
 
     /* A rule matched: now the payload is needed (and the clock, for `ts`). */
-    transformer_list_u8_t payload;
-    mqtt_broker_plugin_types_method_message_payload(message, &payload);
+    fast_transformer_list_u8_t payload;
+    mqtt_broker_plugin_current_payload(&payload);
     uint64_t now = mqtt_broker_plugin_host_now_millis();
     /* The bridged messages keep the QoS and retain flag of the raw one. */
-    mqtt_broker_plugin_types_qos_t qos = mqtt_broker_plugin_types_method_message_qos(message);
-    bool retain = mqtt_broker_plugin_types_method_message_retain(message);
-    mqtt_broker_plugin_types_message_drop_borrow(message);
+    mqtt_broker_plugin_current_qos_t qos = mqtt_broker_plugin_current_message_qos();
+    bool retain = mqtt_broker_plugin_current_retain();
     const sb_result *r = sb_process(bridge, &m, topic, payload.ptr, payload.len, now);
 
     double stats_ms = sb_bridge_stats_millis(bridge);
@@ -127,19 +104,22 @@ void exports_mqtt_broker_plugin_transform_transform(exports_mqtt_broker_plugin_t
         for (size_t i = 0; i < r->n_problems; i++) host_log(level, sb_problem_line(bridge, r, i, topic));
     }
 
-    /* Error reports are events: never retained. */
-    mqtt_broker_plugin_types_outgoing_message_t *out =
-        sb_arena_alloc(&call_arena, (r->n_outputs + 1) * sizeof *out);
     for (size_t i = 0; i < r->n_outputs; i++) {
         const sb_output *o = &r->outputs[i];
-        memset(&out[i], 0, sizeof out[i]);
-        out[i].topic = (transformer_string_t){(uint8_t *)(uintptr_t)o->topic.ptr, o->topic.len};
-        out[i].payload = (transformer_list_u8_t){(uint8_t *)(uintptr_t)o->payload.ptr, o->payload.len};
-        out[i].qos = qos;
-        out[i].retain = o->error ? false : retain;
-        out[i].properties.is_some = false;
+        mqtt_broker_plugin_current_outgoing_message_t out;
+        memset(&out, 0, sizeof out);
+        out.topic = (fast_transformer_string_t){(uint8_t *)(uintptr_t)o->topic.ptr, o->topic.len};
+        out.payload = (fast_transformer_list_u8_t){(uint8_t *)(uintptr_t)o->payload.ptr, o->payload.len};
+        out.qos = qos;
+        /* Error reports are events: never retained. */
+        out.retain = o->error ? false : retain;
+        out.properties.is_some = false;
+        fast_transformer_string_t err;
+        if (!mqtt_broker_plugin_current_add(&out, &err)) {
+            /* The broker refused it (an output topic the config made invalid): say so. */
+            host_log(SB_LOG_WARN, (sb_str){(const char *)err.ptr, err.len});
+        }
     }
-    ret->additional.ptr = out;
-    ret->additional.len = r->n_outputs;
-    if (r->replace) ret->action.tag = MQTT_BROKER_PLUGIN_TYPES_TRANSFORM_ACTION_DROP;
+    return r->replace ? EXPORTS_MQTT_BROKER_PLUGIN_FAST_TRANSFORM_VERDICT_DROP
+                      : EXPORTS_MQTT_BROKER_PLUGIN_FAST_TRANSFORM_VERDICT_KEEP;
 }

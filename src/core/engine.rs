@@ -1040,16 +1040,19 @@ impl Engine {
                 "publish to this topic not authorized",
             );
         }
-        let mut message = Message::from_publish(p);
-        if self.bridge || self.v5.as_ref().is_some_and(|v| v.no_local) {
-            let mut props = message.props.as_deref().cloned().unwrap_or_default();
-            props.origin = Some(self.client.client_id.clone());
-            message.props = Some(Arc::new(props));
-        }
+        let message = Message::from_publish(p);
+        // Marked with the publisher for No Local and bridge loop prevention: every message
+        // routed for it, including what a transform made of it [MQTT-3.8.3-3].
+        let mark_origin = self.bridge || self.v5.as_ref().is_some_and(|v| v.no_local);
         let mut receipt = Receipt::ACCEPTED;
         let mut subscribers = 0;
         let mut remote = false;
-        for message in runtime.security.transform(&self.client, message) {
+        for mut message in runtime.security.transform(&self.client, message) {
+            if mark_origin {
+                let mut props = message.props.as_deref().cloned().unwrap_or_default();
+                props.origin = Some(self.client.client_id.clone());
+                message.props = Some(Arc::new(props));
+            }
             // A transform may produce anything; only valid topic names are routed.
             if let Err(e) = crate::protocol::topic::validate_topic_name(&message.topic) {
                 warn!(topic = %message.topic, error = %e, "transform produced an invalid topic; dropped");

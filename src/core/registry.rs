@@ -261,6 +261,9 @@ impl SessionRegistry {
             }
         }
         *entry.client.lock() = client.clone();
+        // After the client: a delivery between the two may fill the cache for the previous
+        // client, and this clears it (see `SecurityChain::authorize_cached_for_session`).
+        entry.acl_cache.lock().forget();
         *entry.offline_since.lock() = None;
         *entry.owner.lock() = Some(Owner { conn_id, close });
         drop(sessions);

@@ -585,18 +585,17 @@ fn deliver_at(
         let entry = &first.session;
         let granted = first.sub.qos;
         if runtime.security.has_authorizers() {
-            let client = entry.client();
             let request = AclRequest {
                 action: AclAction::Deliver,
                 topic: &msg.topic,
                 qos: msg.qos.min(granted),
                 retain: false,
             };
-            let allowed = runtime.security.authorize_cached(
-                &client,
+            let allowed = runtime.security.authorize_cached_for_session(
                 &request,
                 &mut entry.acl_cache.lock(),
                 runtime.generation,
+                || entry.client(),
             );
             if !allowed {
                 Counters::inc(&s.counters.acl_denied_deliver);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 wasmtime::component::bindgen!({
     path: "wit/v0.2",
-    world: "full",
+    world: "broker-side",
     with: {
         "mqtt-broker:plugin/types.client": ClientHandle,
         "mqtt-broker:plugin/types.message": MessageHandle,
@@ -21,10 +21,10 @@ wasmtime::component::bindgen!({
 
 pub use exports::mqtt_broker::plugin::{
     authenticate, authorize, broker_events, connection_events, delivery_events, enhanced_auth,
-    lifecycle, message_events, subscription_events, timer, transform,
+    fast_transform, lifecycle, message_events, subscription_events, timer, transform,
 };
 pub use mqtt_broker::plugin::types as wit;
-pub use mqtt_broker::plugin::{host, http, kv, publish};
+pub use mqtt_broker::plugin::{current, host, http, kv, publish};
 
 /// Longest Reason String a plugin's denial may send to a client (longer ones are cut).
 pub const MAX_REASON_STRING: usize = 256;

@@ -29,6 +29,38 @@ pub const WASMTIME_VERSION: &str = "48.0.8";
 /// Interval of the epoch ticker: the granularity of per-call time limits.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
+/// A clock for per-call bookkeeping that costs one memory read instead of a system clock
+/// read: the epoch ticker threads advance it every [`EPOCH_TICK`], so it lags real time by
+/// up to a tick (more if the ticker is starved of CPU).
+pub(crate) mod coarse_clock {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    static NANOS: AtomicU64 = AtomicU64::new(0);
+
+    fn base() -> Instant {
+        *BASE.get_or_init(Instant::now)
+    }
+
+    /// Reads the system clock into the coarse one (the ticker calls it every tick).
+    pub fn advance() {
+        let now = base().elapsed().as_nanos() as u64;
+        NANOS.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Nanoseconds since the clock's start, as of the last tick.
+    pub fn nanos() -> u64 {
+        NANOS.load(Ordering::Relaxed)
+    }
+
+    /// The instant a reading of [`nanos`] stands for.
+    pub fn instant(nanos: u64) -> Instant {
+        base() + Duration::from_nanos(nanos)
+    }
+}
+
 /// Settings that change generated machine code, and so the compiled-artifact cache key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EngineSettings {
@@ -112,7 +144,7 @@ impl PluginHost {
             .map_err(|e| PluginError::Engine(format!("linking WASI: {e}")))?;
         bindings::Full::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("linking host functions: {e}")))?;
-        super::bindings_v02::Full::add_to_linker::<StoreState, HasSelf<StoreState>>(
+        super::bindings_v02::BrokerSide::add_to_linker::<StoreState, HasSelf<StoreState>>(
             &mut linker,
             |s| s,
         )
@@ -124,13 +156,17 @@ impl PluginHost {
         let engine_key = format!("{:016x}", hasher.finish());
 
         let weak = engine.weak();
+        coarse_clock::advance();
         std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || loop {
                 std::thread::sleep(EPOCH_TICK);
                 // The thread ends with the last user of the engine.
                 match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
+                    Some(engine) => {
+                        engine.increment_epoch();
+                        coarse_clock::advance();
+                    }
                     None => break,
                 }
             })
@@ -326,7 +362,8 @@ fn check_is_component(plugin: &str, path: &Path, bytes: &[u8]) -> Result<(), Plu
 pub(crate) struct StoreState {
     /// Plugin name, for log lines.
     pub plugin: Arc<str>,
-    /// Client of the call in progress, for log lines.
+    /// Client an event call is about, for log lines (calls about a connected client find
+    /// it in `call`).
     pub client_id: Option<Arc<str>>,
     /// Memory accounting.
     pub limiter: Limiter,
@@ -350,8 +387,21 @@ pub(crate) struct StoreState {
 pub(crate) struct CallContext {
     client: *const ClientInfo,
     message: *const Message,
-    /// When the call began and how long it may take (bounds HTTP requests).
-    pub started: Option<(Instant, Duration)>,
+    /// When the call began (on the coarse clock) and how long it may take (bounds HTTP
+    /// requests).
+    pub started: Option<(u64, Duration)>,
+    /// What a `fast-transform` call gave to `current.replace` and `current.add`; `None`
+    /// outside such a call.
+    pub output: Option<TransformOutput>,
+}
+
+/// The answer a `fast-transform` call builds through `current.replace` and `current.add`.
+#[derive(Default)]
+pub(crate) struct TransformOutput {
+    /// The last message given to `current.replace`.
+    pub replacement: Option<Message>,
+    /// The messages given to `current.add`, in order.
+    pub additional: Vec<Message>,
 }
 
 // SAFETY: see the type's documentation; the pointees are `Sync` and only read.
@@ -363,6 +413,7 @@ impl Default for CallContext {
             client: std::ptr::null(),
             message: std::ptr::null(),
             started: None,
+            output: None,
         }
     }
 }
@@ -379,6 +430,7 @@ impl CallContext {
         self.client = std::ptr::null();
         self.message = std::ptr::null();
         self.started = None;
+        self.output = None;
     }
 
     /// The call's client.
@@ -395,7 +447,9 @@ impl CallContext {
 
     /// When the call's time limit ends.
     pub fn deadline(&self) -> Option<Instant> {
-        self.started.map(|(at, limit)| at + limit)
+        // The coarse start lags by up to a tick: the deadline errs on the early side.
+        self.started
+            .map(|(at, limit)| coarse_clock::instant(at) + limit)
     }
 }
 
@@ -422,6 +476,17 @@ impl StoreState {
     }
 }
 
+impl StoreState {
+    /// The client id plugin log lines carry: the call's client, or the event's.
+    pub fn log_client_id(&self) -> &str {
+        match (&self.client_id, self.call.client()) {
+            (Some(id), _) => id,
+            (None, Some(c)) => &c.client_id,
+            (None, None) => "",
+        }
+    }
+}
+
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -437,7 +502,7 @@ const MAX_LOG_BYTES: usize = 2048;
 impl bindings::host::Host for StoreState {
     fn log(&mut self, level: LogLevel, message: String) {
         let plugin = &*self.plugin;
-        let client_id = self.client_id.as_deref().unwrap_or("");
+        let client_id = self.log_client_id();
         let message = bindings::truncate(&message, MAX_LOG_BYTES);
         match level {
             LogLevel::Trace => tracing::trace!(plugin, client_id, "{message}"),

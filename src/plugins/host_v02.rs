@@ -6,6 +6,7 @@ use super::bindings::truncate;
 use super::bindings_v02::{self as b, wit, ClientHandle, MessageHandle};
 use super::capabilities::HttpRequest;
 use super::host::StoreState;
+use super::plugin::MAX_ADDITIONAL_MESSAGES;
 use std::sync::atomic::Ordering;
 use wasmtime::component::Resource;
 
@@ -23,36 +24,98 @@ impl StoreState {
     fn message(&self) -> Option<&crate::model::Message> {
         self.call.message()
     }
-}
 
-impl wit::HostClient for StoreState {
-    fn client_id(&mut self, _: Resource<ClientHandle>) -> String {
+    // What the `client` resource's methods and the `current` interface's functions return:
+    // the same answers, reached through a handle or without one.
+
+    fn client_id_of_call(&self) -> String {
         self.client()
             .map_or_else(String::new, |c| c.client_id.to_string())
     }
 
-    fn username(&mut self, _: Resource<ClientHandle>) -> Option<String> {
+    fn username_of_call(&self) -> Option<String> {
         self.client().and_then(|c| c.username.clone())
     }
 
-    fn peer_address(&mut self, _: Resource<ClientHandle>) -> String {
+    fn peer_address_of_call(&self) -> String {
         self.client()
             .map_or_else(String::new, |c| c.peer.to_string())
     }
 
-    fn transport(&mut self, _: Resource<ClientHandle>) -> wit::Transport {
+    fn transport_of_call(&self) -> wit::Transport {
         self.client()
             .map_or(wit::Transport::Tcp, |c| b::transport(c.transport))
     }
 
-    fn tls_identity(&mut self, _: Resource<ClientHandle>) -> Option<String> {
+    fn tls_identity_of_call(&self) -> Option<String> {
         self.client().and_then(|c| c.tls_identity.clone())
     }
 
-    fn protocol_level(&mut self, _: Resource<ClientHandle>) -> wit::ProtocolLevel {
+    fn protocol_level_of_call(&self) -> wit::ProtocolLevel {
         self.client().map_or(wit::ProtocolLevel::Mqtt311, |c| {
             b::protocol_level(c.protocol)
         })
+    }
+
+    fn topic_of_call(&self) -> String {
+        self.message()
+            .map_or_else(String::new, |m| m.topic.to_string())
+    }
+
+    fn payload_of_call(&self) -> Vec<u8> {
+        self.message().map_or_else(Vec::new, |m| m.payload.to_vec())
+    }
+
+    fn payload_size_of_call(&self) -> u32 {
+        self.message()
+            .map_or(0, |m| u32::try_from(m.payload.len()).unwrap_or(u32::MAX))
+    }
+
+    fn qos_of_call(&self) -> wit::Qos {
+        self.message()
+            .map_or(wit::Qos::AtMostOnce, |m| b::qos_to_wit(m.qos))
+    }
+
+    fn retain_of_call(&self) -> bool {
+        self.message().is_some_and(|m| m.retain)
+    }
+
+    fn properties_of_call(&self) -> wit::MessageProperties {
+        match self.message() {
+            Some(m) => b::message_properties(m),
+            None => b::message_properties(&crate::model::Message::new(
+                "",
+                bytes::Bytes::new(),
+                crate::protocol::QoS::AtMostOnce,
+                false,
+            )),
+        }
+    }
+}
+
+impl wit::HostClient for StoreState {
+    fn client_id(&mut self, _: Resource<ClientHandle>) -> String {
+        self.client_id_of_call()
+    }
+
+    fn username(&mut self, _: Resource<ClientHandle>) -> Option<String> {
+        self.username_of_call()
+    }
+
+    fn peer_address(&mut self, _: Resource<ClientHandle>) -> String {
+        self.peer_address_of_call()
+    }
+
+    fn transport(&mut self, _: Resource<ClientHandle>) -> wit::Transport {
+        self.transport_of_call()
+    }
+
+    fn tls_identity(&mut self, _: Resource<ClientHandle>) -> Option<String> {
+        self.tls_identity_of_call()
+    }
+
+    fn protocol_level(&mut self, _: Resource<ClientHandle>) -> wit::ProtocolLevel {
+        self.protocol_level_of_call()
     }
 
     fn clean_start(&mut self, _: Resource<ClientHandle>) -> bool {
@@ -67,38 +130,27 @@ impl wit::HostClient for StoreState {
 
 impl wit::HostMessage for StoreState {
     fn topic(&mut self, _: Resource<MessageHandle>) -> String {
-        self.message()
-            .map_or_else(String::new, |m| m.topic.to_string())
+        self.topic_of_call()
     }
 
     fn payload(&mut self, _: Resource<MessageHandle>) -> Vec<u8> {
-        self.message().map_or_else(Vec::new, |m| m.payload.to_vec())
+        self.payload_of_call()
     }
 
     fn payload_size(&mut self, _: Resource<MessageHandle>) -> u32 {
-        self.message()
-            .map_or(0, |m| u32::try_from(m.payload.len()).unwrap_or(u32::MAX))
+        self.payload_size_of_call()
     }
 
     fn qos(&mut self, _: Resource<MessageHandle>) -> wit::Qos {
-        self.message()
-            .map_or(wit::Qos::AtMostOnce, |m| b::qos_to_wit(m.qos))
+        self.qos_of_call()
     }
 
     fn retain(&mut self, _: Resource<MessageHandle>) -> bool {
-        self.message().is_some_and(|m| m.retain)
+        self.retain_of_call()
     }
 
     fn properties(&mut self, _: Resource<MessageHandle>) -> wit::MessageProperties {
-        match self.message() {
-            Some(m) => b::message_properties(m),
-            None => b::message_properties(&crate::model::Message::new(
-                "",
-                bytes::Bytes::new(),
-                crate::protocol::QoS::AtMostOnce,
-                false,
-            )),
-        }
+        self.properties_of_call()
     }
 
     fn drop(&mut self, _: Resource<MessageHandle>) -> wasmtime::Result<()> {
@@ -106,13 +158,88 @@ impl wit::HostMessage for StoreState {
     }
 }
 
+impl b::current::Host for StoreState {
+    fn client_id(&mut self) -> String {
+        self.client_id_of_call()
+    }
+
+    fn username(&mut self) -> Option<String> {
+        self.username_of_call()
+    }
+
+    fn peer_address(&mut self) -> String {
+        self.peer_address_of_call()
+    }
+
+    fn client_transport(&mut self) -> wit::Transport {
+        self.transport_of_call()
+    }
+
+    fn tls_identity(&mut self) -> Option<String> {
+        self.tls_identity_of_call()
+    }
+
+    fn client_protocol_level(&mut self) -> wit::ProtocolLevel {
+        self.protocol_level_of_call()
+    }
+
+    fn topic(&mut self) -> String {
+        self.topic_of_call()
+    }
+
+    fn payload(&mut self) -> Vec<u8> {
+        self.payload_of_call()
+    }
+
+    fn payload_size(&mut self) -> u32 {
+        self.payload_size_of_call()
+    }
+
+    fn message_qos(&mut self) -> wit::Qos {
+        self.qos_of_call()
+    }
+
+    fn retain(&mut self) -> bool {
+        self.retain_of_call()
+    }
+
+    fn properties(&mut self) -> wit::MessageProperties {
+        self.properties_of_call()
+    }
+
+    fn replace(&mut self, message: wit::OutgoingMessage) -> Result<(), String> {
+        let Some(out) = self.call.output.as_mut() else {
+            return Err(NOT_IN_FAST_TRANSFORM.into());
+        };
+        out.replacement = Some(b::message_from_wit(message)?);
+        Ok(())
+    }
+
+    fn add(&mut self, message: wit::OutgoingMessage) -> Result<(), String> {
+        let Some(out) = self.call.output.as_mut() else {
+            return Err(NOT_IN_FAST_TRANSFORM.into());
+        };
+        if out.additional.len() >= MAX_ADDITIONAL_MESSAGES {
+            return Err(format!(
+                "more than {MAX_ADDITIONAL_MESSAGES} additional messages in one call"
+            ));
+        }
+        out.additional.push(b::message_from_wit(message)?);
+        Ok(())
+    }
+}
+
+/// The error `current.replace` and `current.add` give outside a `fast-transform` call.
+const NOT_IN_FAST_TRANSFORM: &str =
+    "current.replace and current.add work only during a fast-transform call";
+
 impl wit::Host for StoreState {}
 
 impl b::host::Host for StoreState {
     fn log(&mut self, level: b::host::LogLevel, message: String) {
         use b::host::LogLevel;
         let plugin = &*self.plugin;
-        let client_id = self.client_id.as_deref().unwrap_or("");
+        let client_id = self.log_client_id();
         let message = truncate(&message, MAX_LOG_BYTES);
         match level {
             LogLevel::Trace => tracing::trace!(plugin, client_id, "{message}"),

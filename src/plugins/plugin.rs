@@ -6,7 +6,7 @@ use super::bindings::{self, authenticate, authorize, lifecycle, transform};
 use super::bindings_v02 as v02;
 use super::capabilities::{PluginCaps, Publisher};
 use super::config::{OnError, PluginConfig};
-use super::host::{ArtifactSource, Limiter, PluginHost, StoreState, EPOCH_TICK};
+use super::host::{coarse_clock, ArtifactSource, Limiter, PluginHost, StoreState, EPOCH_TICK};
 use super::host_v02::CALL_HANDLE;
 use super::version::Api;
 use super::PluginError;
@@ -24,6 +24,15 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 use wasmtime::component::{Instance, InstancePre, Resource};
 use wasmtime::Store;
+
+/// Where [`WasmPlugin::deadline_ticks`] keeps `hook`'s deadline (as [`WasmPlugin::timeout`]).
+fn deadline_index(hook: Hook) -> usize {
+    match hook {
+        Hook::Init => 0,
+        Hook::Authenticate | Hook::EnhancedAuth => 1,
+        Hook::Authorize | Hook::Transform | Hook::Event | Hook::Tick => 2,
+    }
+}
 
 /// Most messages one `transform` call may add (bounds amplification by a buggy plugin).
 pub const MAX_ADDITIONAL_MESSAGES: usize = 64;
@@ -88,6 +97,7 @@ struct Exports02 {
     enhanced_auth: Option<v02::enhanced_auth::GuestIndices>,
     authorize: Option<v02::authorize::GuestIndices>,
     transform: Option<v02::transform::GuestIndices>,
+    fast_transform: Option<v02::fast_transform::GuestIndices>,
     connection_events: Option<v02::connection_events::GuestIndices>,
     subscription_events: Option<v02::subscription_events::GuestIndices>,
     message_events: Option<v02::message_events::GuestIndices>,
@@ -116,6 +126,7 @@ struct Guests02 {
     enhanced_auth: Option<v02::enhanced_auth::Guest>,
     authorize: Option<v02::authorize::Guest>,
     transform: Option<v02::transform::Guest>,
+    fast_transform: Option<v02::fast_transform::Guest>,
     connection_events: Option<v02::connection_events::Guest>,
     subscription_events: Option<v02::subscription_events::Guest>,
     message_events: Option<v02::message_events::Guest>,
@@ -133,7 +144,13 @@ enum Guests {
 struct Slot {
     store: Store<StoreState>,
     guests: Guests,
+    /// Calls made with this instance: every `PRECISE_TIMING_EVERY`th is timed exactly.
+    calls: u32,
 }
+
+/// One call in this many is timed with the system clock for the slowest-call statistic;
+/// the others use the coarse clock (reading the system clock twice cost a tenth of a call).
+const PRECISE_TIMING_EVERY: u32 = 16;
 
 /// Failure bookkeeping; locked only briefly and never during a call.
 struct Health {
@@ -145,10 +162,31 @@ struct Health {
     errors: crate::history::HistoryRing<PluginFailure>,
 }
 
+/// A counter every thread calling a plugin bumps on every call: one cache line per group of
+/// threads, so that two worker threads do not pass one line back and forth per message.
+#[derive(Default)]
+struct StripedCounter([PaddedU64; 8]);
+
+/// An atomic counter on its own cache line.
+#[derive(Default)]
+#[repr(align(64))]
+struct PaddedU64(AtomicU64);
+
+impl StripedCounter {
+    fn add_one(&self) {
+        let i = super::pool::thread_index() % self.0.len();
+        self.0[i].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.0.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
 /// Counters of one plugin.
 #[derive(Default)]
 struct Counts {
-    calls: AtomicU64,
+    calls: StripedCounter,
     failures: AtomicU64,
     timeouts: AtomicU64,
     out_of_memory: AtomicU64,
@@ -184,7 +222,9 @@ pub struct PluginStats {
     pub instances_created: u64,
     /// Mean time to create and `init` one instance, in microseconds.
     pub mean_instantiate_us: u64,
-    /// Longest single hook call (successful or not), in microseconds.
+    /// Longest single hook call (successful or not), in microseconds: exact among the calls
+    /// timed with the system clock (one in 16 per instance), and a lower bound, to the
+    /// millisecond, for any other call that took more than 2 ms.
     pub slowest_call_us: u64,
     /// Whether the plugin is degraded now.
     pub degraded: bool,
@@ -229,6 +269,8 @@ pub struct WasmPlugin {
     name: Arc<str>,
     config: PluginConfig,
     init_pairs: Vec<(String, String)>,
+    /// Epoch deadlines in ticks, per kind of call (`deadline_index`).
+    deadline_ticks: [u64; 3],
     pre: InstancePre<StoreState>,
     exports: Exports,
     artifact: ArtifactSource,
@@ -313,6 +355,12 @@ impl WasmPlugin {
                 },
             });
         }
+        if exports.hooks().contains(&"transform") && exports.hooks().contains(&"fast-transform") {
+            return Err(PluginError::Export {
+                plugin: config.name.clone(),
+                message: "it exports both transform and fast-transform: a message would be transformed twice; export one of them".into(),
+            });
+        }
         let caps = PluginCaps::new(config, kv).map_err(|message| PluginError::Config {
             plugin: config.name.clone(),
             key: "capabilities.kv".into(),
@@ -345,6 +393,7 @@ impl WasmPlugin {
             hook_names: exports.hooks(),
             config: config.clone(),
             init_pairs: config.init_pairs(),
+            deadline_ticks: Self::deadline_ticks(&config.limits),
             pre,
             exports,
             artifact,
@@ -416,7 +465,7 @@ impl WasmPlugin {
 
     /// Whether the component exports `transform`.
     pub fn is_transformer(&self) -> bool {
-        self.exports_hook("transform")
+        self.exports_hook("transform") || self.exports_hook("fast-transform")
     }
 
     /// The MQTT 5 Authentication Methods the plugin serves (`enhanced-auth`).
@@ -443,7 +492,7 @@ impl WasmPlugin {
             name: self.name.to_string(),
             hooks: self.hooks(),
             artifact: self.artifact,
-            calls: get(&c.calls),
+            calls: c.calls.sum(),
             failures: get(&c.failures),
             timeouts: get(&c.timeouts),
             out_of_memory: get(&c.out_of_memory),
@@ -467,6 +516,19 @@ impl WasmPlugin {
         }
     }
 
+    /// The epoch deadline of each kind of call, in ticks (see `deadline_index`).
+    fn deadline_ticks(limits: &super::config::PluginLimits) -> [u64; 3] {
+        let tick = EPOCH_TICK.as_nanos().max(1);
+        // +1: the current tick may be about to end, so a deadline of n ticks could fire
+        // after n-1 ticks' worth of time; this makes the limit a lower bound.
+        let ticks = |d: Duration| d.as_nanos().div_ceil(tick) as u64 + 1;
+        [
+            ticks(limits.init_timeout.get()),
+            ticks(limits.auth_timeout.get()),
+            ticks(limits.call_timeout.get()),
+        ]
+    }
+
     fn timeout(&self, hook: Hook) -> Duration {
         let l = &self.config.limits;
         match hook {
@@ -477,15 +539,11 @@ impl WasmPlugin {
     }
 
     fn set_deadline(&self, store: &mut Store<StoreState>, hook: Hook) {
-        let tick = EPOCH_TICK.as_nanos().max(1);
-        // +1: the current tick may be about to end, so a deadline of n ticks could fire
-        // after n-1 ticks' worth of time; this makes the limit a lower bound.
-        let ticks = self.timeout(hook).as_nanos().div_ceil(tick) as u64 + 1;
-        store.set_epoch_deadline(ticks);
+        store.set_epoch_deadline(self.deadline_ticks[deadline_index(hook)]);
     }
 
     /// Creates an instance and runs `init` on it.
-    fn instantiate(&self) -> Result<Slot, InstantiateError> {
+    fn instantiate(&self) -> Result<Box<Slot>, InstantiateError> {
         let started = Instant::now();
         let limiter = Limiter {
             limit: usize::try_from(self.config.limits.memory.0).unwrap_or(usize::MAX),
@@ -562,6 +620,7 @@ impl WasmPlugin {
                 enhanced_auth: load!(&e.enhanced_auth, "enhanced-auth"),
                 authorize: load!(&e.authorize, "authorize"),
                 transform: load!(&e.transform, "transform"),
+                fast_transform: load!(&e.fast_transform, "fast-transform"),
                 connection_events: load!(&e.connection_events, "connection-events"),
                 subscription_events: load!(&e.subscription_events, "subscription-events"),
                 message_events: load!(&e.message_events, "message-events"),
@@ -570,7 +629,11 @@ impl WasmPlugin {
                 timer: load!(&e.timer, "timer"),
             })),
         };
-        let slot = Slot { store, guests };
+        let slot = Box::new(Slot {
+            store,
+            guests,
+            calls: 0,
+        });
         self.counts
             .instances_created
             .fetch_add(1, Ordering::Relaxed);
@@ -591,7 +654,7 @@ impl WasmPlugin {
         hook: Hook,
         f: impl FnOnce(&mut Slot) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, CallFailure> {
-        self.counts.calls.fetch_add(1, Ordering::Relaxed);
+        self.counts.calls.add_one();
         let probe = if self.degraded.load(Ordering::Relaxed) {
             if !self.try_probe() {
                 self.counts
@@ -620,25 +683,33 @@ impl WasmPlugin {
                 }
             },
         };
-        let started = Instant::now();
+        slot.calls = slot.calls.wrapping_add(1);
+        let precise = (slot.calls % PRECISE_TIMING_EVERY == 1).then(Instant::now);
+        let coarse_started = coarse_clock::nanos();
         {
             let state = slot.store.data_mut();
-            state.client_id = client.map(|c| c.client_id.clone());
             state.call.begin(client, message);
-            state.call.started = Some((started, self.timeout(hook)));
+            state.call.started = Some((coarse_started, self.timeout(hook)));
         }
         self.set_deadline(&mut slot.store, hook);
         let result = f(&mut slot);
         let published = {
             let state = slot.store.data_mut();
             state.call.end();
+            state.client_id = None;
             if state.published.is_empty() {
                 Vec::new()
             } else {
                 std::mem::take(&mut state.published)
             }
         };
-        let took = started.elapsed().as_nanos() as u64;
+        let took = match precise {
+            Some(at) => at.elapsed().as_nanos() as u64,
+            // A lower bound: the coarse clock may have been about to advance at the start.
+            None => coarse_clock::nanos()
+                .saturating_sub(coarse_started)
+                .saturating_sub(EPOCH_TICK.as_nanos() as u64),
+        };
         // Read first: a store to the shared line on every call would bounce it between
         // the threads calling the plugin.
         if took > self.counts.slowest_call_nanos.load(Ordering::Relaxed) {
@@ -648,7 +719,6 @@ impl WasmPlugin {
         }
         match result {
             Ok(Ok(value)) => {
-                slot.store.data_mut().client_id = None;
                 self.route(published);
                 self.pool.put(slot);
                 if probe {
@@ -658,7 +728,6 @@ impl WasmPlugin {
             }
             Ok(Err(invalid)) => {
                 // The instance is healthy but answered nonsense; keep it, count the failure.
-                slot.store.data_mut().client_id = None;
                 self.pool.put(slot);
                 Err(self.failed(client, hook, CallFailure::Trap(invalid), probe))
             }
@@ -722,7 +791,7 @@ impl WasmPlugin {
             on_error = ?self.config.on_error,
             limit_ms,
             memory_limit = self.config.limits.memory.0,
-            "plugin call failed: {}; instance discarded",
+            "plugin call failed: {}",
             describe(&failure)
         );
         let error = match client {
@@ -949,6 +1018,7 @@ impl Transformer for WasmPlugin {
                     Ok(convert_transform(out))
                 })
             }
+            Api::V02 if self.exports_hook("fast-transform") => self.fast_transform(client, message),
             Api::V02 => self.call(Some(client), Some(message), Hook::Transform, |slot| {
                 let Guests::V02(g) = &slot.guests else {
                     return Ok(Err("transform is not exported".into()));
@@ -972,6 +1042,46 @@ impl Transformer for WasmPlugin {
             },
             Err(_) => TransformResult::keep(),
         }
+    }
+}
+
+impl WasmPlugin {
+    /// A `fast-transform` call: the guest reads the message through `current` and hands
+    /// its replacement and additional messages to `current.replace` / `current.add`.
+    fn fast_transform(
+        &self,
+        client: &ClientInfo,
+        message: &Message,
+    ) -> Result<TransformResult, CallFailure> {
+        use v02::fast_transform::Verdict;
+        self.call(Some(client), Some(message), Hook::Transform, |slot| {
+            let Guests::V02(g) = &slot.guests else {
+                return Ok(Err("fast-transform is not exported".into()));
+            };
+            let Some(g) = &g.fast_transform else {
+                return Ok(Err("fast-transform is not exported".into()));
+            };
+            slot.store.data_mut().call.output = Some(Default::default());
+            let verdict = g.call_transform(&mut slot.store)?;
+            let out = slot.store.data_mut().call.output.take().unwrap_or_default();
+            let action = match verdict {
+                Verdict::Keep => TransformAction::Keep,
+                Verdict::Drop => TransformAction::Drop,
+                Verdict::Replace => match out.replacement {
+                    Some(m) => TransformAction::Replace(m),
+                    None => {
+                        return Ok(Err(
+                            "fast-transform answered replace without calling current.replace"
+                                .into(),
+                        ))
+                    }
+                },
+            };
+            Ok(Ok(TransformResult {
+                action,
+                additional: out.additional,
+            }))
+        })
     }
 }
 
@@ -1045,6 +1155,7 @@ impl Exports {
                 add(e.enhanced_auth.is_some(), "enhanced-auth");
                 add(e.authorize.is_some(), "authorize");
                 add(e.transform.is_some(), "transform");
+                add(e.fast_transform.is_some(), "fast-transform");
                 add(e.connection_events.is_some(), "connection-events");
                 add(e.subscription_events.is_some(), "subscription-events");
                 add(e.message_events.is_some(), "message-events");
@@ -1106,6 +1217,7 @@ fn find_exports(
             enhanced_auth: find!("enhanced-auth", v02::enhanced_auth::GuestIndices),
             authorize: find!("authorize", v02::authorize::GuestIndices),
             transform: find!("transform", v02::transform::GuestIndices),
+            fast_transform: find!("fast-transform", v02::fast_transform::GuestIndices),
             connection_events: find!("connection-events", v02::connection_events::GuestIndices),
             subscription_events: find!(
                 "subscription-events",
@@ -1130,6 +1242,7 @@ fn expected_signature(api: Api, interface: &str) -> &'static str {
         (Api::V02, "authorize") => "authorize: func(client: borrow<client>, request: acl-request) -> decision",
         (Api::V02, "enhanced-auth") => "methods: func() -> list<string>; start: func(method: string, data: list<u8>) -> auth-step; continue-auth: func(method: string, data: list<u8>, state: list<u8>) -> auth-step; knows: func(method: string, username: string) -> bool",
         (Api::V02, "transform") => "transform: func(client: borrow<client>, message: borrow<message>) -> transform-result",
+        (Api::V02, "fast-transform") => "transform: func() -> verdict (enum verdict { keep, drop, replace })",
         (Api::V02, "connection-events") => "connected: func(client: client-summary, session-present: bool); disconnected: func(client-id: string, reason: string); session-expired: func(client-id: string)",
         (Api::V02, "subscription-events") => "subscribed: func(client-id: string, filter: string, qos: qos); unsubscribed: func(client-id: string, filter: string)",
         (Api::V02, "message-events") => "published: func(client-id: string, topic: string, qos: qos, retain: bool, payload-size: u32, subscribers: u32); dropped: func(client-id: string, topic: string, reason: string)",
