@@ -509,10 +509,16 @@ impl SecurityChain {
         !self.authorizers.is_empty() || !self.acl_default_allow
     }
 
-    /// Runs the transformers in order; returns the messages to route (possibly none).
-    pub fn transform(&self, client: &ClientInfo, message: Message) -> Vec<Message> {
+    /// Runs the transformers in order; returns the messages to route (possibly none). An
+    /// iterator, not a vector: the common answer, the message itself, then costs no
+    /// allocation (this runs for every PUBLISH).
+    pub fn transform(
+        &self,
+        client: &ClientInfo,
+        message: Message,
+    ) -> std::iter::Chain<std::option::IntoIter<Message>, std::vec::IntoIter<Message>> {
         if self.transformers.is_empty() {
-            return vec![message];
+            return Some(message).into_iter().chain(Vec::new());
         }
         let mut current = Some(message);
         let mut extra = Vec::new();
@@ -526,7 +532,7 @@ impl SecurityChain {
                 TransformAction::Replace(r) => Some(r),
             };
         }
-        current.into_iter().chain(extra).collect()
+        current.into_iter().chain(extra)
     }
 }
 
