@@ -477,7 +477,8 @@ impl SecurityChain {
             }
         }
         let Some(client) = cache.client.clone() else {
-            // `reset` always leaves a client; decide without caching all the same.
+            // Not reached: both callers `reset` a cache without a client first. Deny rather
+            // than panic should that ever change.
             return false;
         };
         let (allowed, cacheable) = self.decide(&client, request);
