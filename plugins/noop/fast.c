@@ -89,19 +89,25 @@ static void out_free(mqtt_broker_plugin_current_outgoing_message_t *m) {
     m->topic.len = 0;
 }
 
+// Hands `m` (its topic freed here; its payload stays the caller's) to current.replace: `replace` when it was taken, else `keep`.
+static verdict_t replace_with(mqtt_broker_plugin_current_outgoing_message_t *m) {
+    fast_transformer_string_t err;
+    bool ok = mqtt_broker_plugin_current_replace(m, &err);
+    out_free(m);
+    if (!ok) {
+        fast_transformer_string_free(&err);
+        return KEEP;
+    }
+    return REPLACE;
+}
+
 // Replaces the message with `topic` carrying `err` (freed here) as its payload.
 static verdict_t replace_with_error(const char *topic, fast_transformer_string_t *err) {
     mqtt_broker_plugin_current_outgoing_message_t m =
         out_message(topic, NULL, 0, err->ptr, err->len, mqtt_broker_plugin_current_message_qos(), false);
-    fast_transformer_string_t err2;
-    bool ok = mqtt_broker_plugin_current_replace(&m, &err2);
-    out_free(&m);
+    verdict_t v = replace_with(&m); // before freeing `err`: the payload points into it
     fast_transformer_string_free(err);
-    if (!ok) {
-        fast_transformer_string_free(&err2);
-        return KEEP;
-    }
-    return REPLACE;
+    return v;
 }
 
 static verdict_t rule_replace(size_t rest, const fast_transformer_string_t *topic) {
@@ -121,15 +127,9 @@ static verdict_t rule_replace(size_t rest, const fast_transformer_string_t *topi
     mqtt_broker_plugin_current_outgoing_message_t m =
         out_message("replaced/", topic->ptr + rest, topic->len - rest, body, len,
                     mqtt_broker_plugin_current_message_qos(), mqtt_broker_plugin_current_retain());
-    fast_transformer_string_t err;
-    bool ok = mqtt_broker_plugin_current_replace(&m, &err);
-    out_free(&m);
+    verdict_t v = replace_with(&m); // before freeing `body`: the payload points into it
     free(body);
-    if (!ok) {
-        fast_transformer_string_free(&err);
-        return KEEP;
-    }
-    return REPLACE;
+    return v;
 }
 
 static verdict_t rule_add(size_t rest, const fast_transformer_string_t *topic) {
