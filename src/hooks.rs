@@ -526,7 +526,12 @@ impl SecurityChain {
         for t in &self.transformers {
             let Some(m) = current.take() else { break };
             let result = t.transform(client, &m);
-            extra.extend(result.additional);
+            if extra.is_empty() {
+                // Usually the only transformer that adds: take its vector, no copy.
+                extra = result.additional;
+            } else {
+                extra.extend(result.additional);
+            }
             current = match result.action {
                 TransformAction::Keep => Some(m),
                 TransformAction::Drop => None,

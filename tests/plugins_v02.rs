@@ -766,6 +766,70 @@ async fn fast_transform_drops_replaces_and_adds_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_transform_read_message_gives_topic_payload_qos_retain_and_arrival_in_one_call() {
+    let broker = start_broker(|c| c.plugins = vec![fast_rules()]).await;
+    // fast/read/X adds read/X (QoS 0, not retained) whose payload is what
+    // current.read-message gave: `<topic>|<payload>|<qos>|<retain>|<received-millis>`.
+    let sub = fast_subscriber(&broker, &["fast/read/#", "read/#"], 6, 15).await;
+    let unix_millis = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64
+    };
+    let before = unix_millis();
+    publish_all(
+        &broker,
+        &[
+            "-i p-read2 -q 2 -r -t fast/read/two -m v2",
+            "-i p-read1 -q 1 -t fast/read/one -m 25.5",
+            "-i p-read0 -q 0 -t fast/read/empty -n",
+        ],
+    )
+    .await;
+    let received = received_sorted(sub).await;
+    // Only now: a QoS 0 publisher may exit before the broker has read its message.
+    let after = unix_millis();
+    // The time of arrival (the last field of each read/ payload, before the subscriber's
+    // `|<qos>|<retain>`) lies between the first publish and the last delivery.
+    let mut lines: Vec<String> = received
+        .into_iter()
+        .map(|line| {
+            if !line.starts_with("read/") {
+                return line;
+            }
+            let fields: Vec<&str> = line.split('|').collect();
+            let n = fields.len();
+            assert!(n >= 3, "{line}");
+            let ms: u64 = fields[n - 3].parse().expect("received-millis is a number");
+            assert!(
+                (before..=after).contains(&ms),
+                "received-millis {ms} outside {before}..={after}: {line}"
+            );
+            [&fields[..n - 3], &fields[n - 2..]].concat().join("|")
+        })
+        .collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        sorted(&[
+            // Forwarded live to an existing subscriber: RETAIN 0 [MQTT-3.3.1-9].
+            "fast/read/two|v2|2|0",
+            "read/two|fast/read/two|v2|2|1|0|0",
+            "fast/read/one|25.5|1|0",
+            "read/one|fast/read/one|25.5|1|0|0|0",
+            "fast/read/empty||0|0",
+            "read/empty|fast/read/empty||0|0|0|0",
+        ]),
+        "each added message carries the original's topic, payload, QoS and retain flag"
+    );
+    let stats = stats_of(&broker, "fast-rules");
+    assert_eq!(stats.calls, 3, "{stats:?}");
+    assert_eq!(stats.failures, 0, "{stats:?}");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fast_transform_answer_replace_without_a_replacement_is_a_failed_call() {
     use mqtt_broker::plugins::OnError;
     // The default on_error (deny: fail closed) drops the message; `pass` keeps it unchanged.

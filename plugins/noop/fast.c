@@ -7,6 +7,9 @@
 //   fast/add/X         -> keep, and add `added/X` with the topic's length (decimal) as payload,
 //                         at the message's QoS
 //   fast/props/X       -> keep, and add `props/X` with the user properties as `k=v;k=v`
+//   fast/read/X        -> keep, and add `read/X` with what current.read-message gives:
+//                         `<topic>|<payload>|<qos 0-2>|<retain 0/1>|<received-millis>`
+//                         (QoS 0, not retained)
 //   fast/noreplace/... -> answer replace without calling current.replace (a failed call)
 //   fast/toomany/...   -> add `toomany/added` 65 times (payloads 0..64); on the first error
 //                         replace with `toomany/error` carrying the error
@@ -37,7 +40,7 @@ bool exports_mqtt_broker_plugin_lifecycle_init(exports_mqtt_broker_plugin_lifecy
 
 // Writes `n` in decimal into `buf` (room for 20 digits); returns the length. (No snprintf:
 // stdio would pull in WASI imports.)
-static size_t decimal(size_t n, char *buf) {
+static size_t decimal(uint64_t n, char *buf) {
     char tmp[20];
     size_t len = 0;
     do {
@@ -89,6 +92,16 @@ static void out_free(mqtt_broker_plugin_current_outgoing_message_t *m) {
     m->topic.len = 0;
 }
 
+// Hands `m` to current.add (an error is dropped: the test rules add only valid topics) and
+// frees its topic; its payload stays the caller's.
+static void add_and_free(mqtt_broker_plugin_current_outgoing_message_t *m) {
+    fast_transformer_string_t err;
+    if (!mqtt_broker_plugin_current_add(m, &err)) {
+        fast_transformer_string_free(&err);
+    }
+    out_free(m);
+}
+
 // Hands `m` (its topic freed here; its payload stays the caller's) to current.replace: `replace` when it was taken, else `keep`.
 static verdict_t replace_with(mqtt_broker_plugin_current_outgoing_message_t *m) {
     fast_transformer_string_t err;
@@ -138,11 +151,7 @@ static verdict_t rule_add(size_t rest, const fast_transformer_string_t *topic) {
     mqtt_broker_plugin_current_outgoing_message_t m =
         out_message("added/", topic->ptr + rest, topic->len - rest, (uint8_t *)digits, n,
                     mqtt_broker_plugin_current_message_qos(), false);
-    fast_transformer_string_t err;
-    if (!mqtt_broker_plugin_current_add(&m, &err)) {
-        fast_transformer_string_free(&err);
-    }
-    out_free(&m);
+    add_and_free(&m);
     return KEEP;
 }
 
@@ -170,11 +179,35 @@ static verdict_t rule_props(size_t rest, const fast_transformer_string_t *topic)
     mqtt_broker_plugin_current_outgoing_message_t m =
         out_message("props/", topic->ptr + rest, topic->len - rest, body, at,
                     mqtt_broker_plugin_current_message_qos(), false);
-    fast_transformer_string_t err;
-    if (!mqtt_broker_plugin_current_add(&m, &err)) {
-        fast_transformer_string_free(&err);
+    add_and_free(&m);
+    free(body);
+    return KEEP;
+}
+
+static verdict_t rule_read(size_t rest, const fast_transformer_string_t *topic) {
+    mqtt_broker_plugin_current_incoming_message_t in;
+    mqtt_broker_plugin_current_read_message(&in);
+    size_t len = in.topic.len + 1 + in.payload.len + 5 + 20;
+    uint8_t *body = malloc(len);
+    size_t at = 0;
+    memcpy(body, in.topic.ptr, in.topic.len);
+    at += in.topic.len;
+    body[at++] = '|';
+    if (in.payload.len > 0) {
+        memcpy(body + at, in.payload.ptr, in.payload.len);
     }
-    out_free(&m);
+    at += in.payload.len;
+    body[at++] = '|';
+    body[at++] = (uint8_t)('0' + in.qos);
+    body[at++] = '|';
+    body[at++] = in.retain ? '1' : '0';
+    body[at++] = '|';
+    at += decimal(in.received_millis, (char *)body + at);
+    mqtt_broker_plugin_current_incoming_message_free(&in);
+    mqtt_broker_plugin_current_outgoing_message_t m =
+        out_message("read/", topic->ptr + rest, topic->len - rest, body, at, MQTT_BROKER_PLUGIN_TYPES_QOS_AT_MOST_ONCE,
+                    false);
+    add_and_free(&m);
     free(body);
     return KEEP;
 }
@@ -221,6 +254,8 @@ verdict_t exports_mqtt_broker_plugin_fast_transform_transform(void) {
         v = rule_add(rest, &topic);
     } else if (starts_with(&topic, "fast/props/", &rest)) {
         v = rule_props(rest, &topic);
+    } else if (starts_with(&topic, "fast/read/", &rest)) {
+        v = rule_read(rest, &topic);
     } else if (starts_with(&topic, "fast/noreplace/", &rest)) {
         v = REPLACE;
     } else if (starts_with(&topic, "fast/toomany/", &rest)) {

@@ -6,7 +6,8 @@
  *
  * Per message it reads only the topic: a topic ending in `/status` is kept; any other is kept
  * and gets one constant additional message, except one ending in `/dht`, which is dropped
- * (replaced by the additional one), as the example config's rules do. So the broker routes
+ * (replaced by the additional one), as the example config's rules do; with the config key
+ * `replace_raw: true` (the benchmark's --replace-raw) every one is dropped. So the broker routes
  * exactly the messages it routes with the bridge, and pays one call and one returned message
  * per reading (through `fast-transform`, as the bridge), without the payload, the clock, the QoS, the retain flag or any parsing.
  * build.sh builds it into gen/ceiling.wasm.
@@ -18,10 +19,18 @@
 
 /* The one additional message (static: nothing to free). */
 static mqtt_broker_plugin_current_outgoing_message_t extra;
+/* Config `replace_raw: true`: every raw message that gets an additional one is dropped. */
+static bool replace_raw;
 
 bool exports_mqtt_broker_plugin_lifecycle_init(exports_mqtt_broker_plugin_lifecycle_config_t *config,
                                                fast_transformer_string_t *err) {
     (void)err;
+    replace_raw = false;
+    for (size_t i = 0; i < config->len; i++) {
+        fast_transformer_string_t *k = &config->ptr[i].f0, *v = &config->ptr[i].f1;
+        if (k->len == 11 && memcmp(k->ptr, "replace_raw", 11) == 0 && v->len == 4 && memcmp(v->ptr, "true", 4) == 0)
+            replace_raw = true;
+    }
     exports_mqtt_broker_plugin_lifecycle_config_free(config);
     static const char topic[] = "home/esp0000/temperature";
     static const char payload[] = "{\"device\":\"esp0000\",\"temperature\":25.5,\"unit\":\"C\",\"ts\":1795000000000}";
@@ -43,7 +52,7 @@ exports_mqtt_broker_plugin_fast_transform_verdict_t exports_mqtt_broker_plugin_f
     if (!ends_with(&topic, "/status")) {
         fast_transformer_string_t err;
         if (!mqtt_broker_plugin_current_add(&extra, &err)) fast_transformer_string_free(&err);
-        if (ends_with(&topic, "/dht")) verdict = EXPORTS_MQTT_BROKER_PLUGIN_FAST_TRANSFORM_VERDICT_DROP;
+        if (replace_raw || ends_with(&topic, "/dht")) verdict = EXPORTS_MQTT_BROKER_PLUGIN_FAST_TRANSFORM_VERDICT_DROP;
     }
     fast_transformer_string_free(&topic);
     return verdict;

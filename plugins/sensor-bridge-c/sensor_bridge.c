@@ -6,12 +6,11 @@
  * The rules are in bridge.c (tested natively by test_bridge.c); this file adapts them to the
  * WIT interface. It exports `fast-transform` (world `fast-transformer`): a call hands over
  * nothing and returns a verdict; the bridge reads what it needs through `current` and hands
- * its messages to `current.add`. What it does per call, cheapest first:
- *   - reads the topic (`current.topic`) and tries the rules: a topic of no rule costs one
- *     host call and is kept;
- *   - only for a matched topic: reads the payload, the clock, the QoS and the retain flag
- *     (every rule yields at least one message, which needs the last two), and adds each
- *     message it makes; a replacing rule answers `drop` (its messages are the additions).
+ * its messages to `current.add`. Per call it
+ *   - reads the topic, payload, QoS, retain flag and time of arrival in one host call
+ *     (`current.read-message`) and tries the rules: a topic of no rule is kept;
+ *   - adds each message a matched rule makes (`current.add`); a replacing rule answers
+ *     `drop` (its messages are the additions).
  *
  * Memory: everything a call allocates (the topic and payload the host copies in through
  * `cabi_realloc`, the messages it builds) comes from one arena that the next call releases
@@ -79,20 +78,20 @@ exports_mqtt_broker_plugin_fast_transform_verdict_t exports_mqtt_broker_plugin_f
     sb_arena_reset(&call_arena);
     if (bridge == NULL) return EXPORTS_MQTT_BROKER_PLUGIN_FAST_TRANSFORM_VERDICT_KEEP;
 
-    fast_transformer_string_t topic_s;
-    mqtt_broker_plugin_current_topic(&topic_s);
-    sb_str topic = {(const char *)topic_s.ptr, topic_s.len};
+    /* Topic, payload, QoS and retain flag in one host call: most topics reaching the bridge
+     * are readings (the `topics:` filter of its config sends it little else). */
+    mqtt_broker_plugin_current_incoming_message_t in;
+    mqtt_broker_plugin_current_read_message(&in);
+    sb_str topic = {(const char *)in.topic.ptr, in.topic.len};
     sb_match m;
     if (!sb_match_topic(bridge, topic, &m)) return EXPORTS_MQTT_BROKER_PLUGIN_FAST_TRANSFORM_VERDICT_KEEP;
 
-    /* A rule matched: now the payload is needed (and the clock, for `ts`). */
-    fast_transformer_list_u8_t payload;
-    mqtt_broker_plugin_current_payload(&payload);
-    uint64_t now = mqtt_broker_plugin_host_now_millis();
-    /* The bridged messages keep the QoS and retain flag of the raw one. */
-    mqtt_broker_plugin_current_qos_t qos = mqtt_broker_plugin_current_message_qos();
-    bool retain = mqtt_broker_plugin_current_retain();
-    const sb_result *r = sb_process(bridge, &m, topic, payload.ptr, payload.len, now);
+    /* `ts`: when the raw message arrived (the host's clock, as now-millis). The bridged
+     * messages keep the QoS and retain flag of the raw one. */
+    uint64_t now = in.received_millis;
+    mqtt_broker_plugin_current_qos_t qos = in.qos;
+    bool retain = in.retain;
+    const sb_result *r = sb_process(bridge, &m, topic, in.payload.ptr, in.payload.len, now);
 
     double stats_ms = sb_bridge_stats_millis(bridge);
     if (stats_ms > 0 && (double)now - (double)last_stats >= stats_ms) {

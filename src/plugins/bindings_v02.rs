@@ -138,19 +138,32 @@ pub fn message_properties(m: &Message) -> wit::MessageProperties {
 
 /// Converts a message a plugin produced; `Err` names what is wrong with it.
 pub fn message_from_wit(m: wit::OutgoingMessage) -> Result<Message, String> {
-    crate::protocol::topic::validate_topic_name(&m.topic).map_err(|e| {
-        format!(
-            "plugin produced an invalid topic name {:?}: {e}",
-            super::bindings::truncate(&m.topic, 80)
-        )
-    })?;
-    let mut msg = Message::new(
+    message_from_parts(
         &m.topic,
         bytes::Bytes::from(m.payload),
-        qos_from_wit(m.qos),
+        m.qos,
         m.retain,
-    );
-    if let Some(p) = m.properties {
+        m.properties,
+    )
+}
+
+/// Builds the message a plugin produced from its parts (the topic still in the plugin's
+/// memory or already copied out); `Err` names what is wrong with it.
+pub fn message_from_parts(
+    topic: &str,
+    payload: bytes::Bytes,
+    qos: wit::Qos,
+    retain: bool,
+    properties: Option<wit::MessageProperties>,
+) -> Result<Message, String> {
+    crate::protocol::topic::validate_topic_name(topic).map_err(|e| {
+        format!(
+            "plugin produced an invalid topic name {:?}: {e}",
+            super::bindings::truncate(topic, 80)
+        )
+    })?;
+    let mut msg = Message::new(topic, payload, qos_from_wit(qos), retain);
+    if let Some(p) = properties {
         let mut props = crate::protocol::Properties {
             payload_format_indicator: p.payload_utf8.then_some(1),
             message_expiry_interval: p.expiry_interval,

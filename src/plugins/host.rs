@@ -149,6 +149,8 @@ impl PluginHost {
             |s| s,
         )
         .map_err(|e| PluginError::Engine(format!("linking host functions (0.2): {e}")))?;
+        super::host_v02::link_current_outputs(&mut linker)
+            .map_err(|e| PluginError::Engine(format!("linking current.add/replace: {e}")))?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -514,11 +516,16 @@ impl bindings::host::Host for StoreState {
     }
 
     fn now_millis(&mut self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        unix_millis()
     }
+}
+
+/// The wall clock in milliseconds since the Unix epoch (0 before it): `host.now-millis`.
+pub(crate) fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl bindings::wit::Host for StoreState {}

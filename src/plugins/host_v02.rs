@@ -7,6 +7,7 @@ use super::bindings_v02::{self as b, wit, ClientHandle, MessageHandle};
 use super::capabilities::HttpRequest;
 use super::host::StoreState;
 use super::plugin::MAX_ADDITIONAL_MESSAGES;
+use crate::model::Message;
 use std::sync::atomic::Ordering;
 use wasmtime::component::Resource;
 
@@ -207,15 +208,41 @@ impl b::current::Host for StoreState {
         self.properties_of_call()
     }
 
+    fn read_message(&mut self) -> wit::IncomingMessage {
+        wit::IncomingMessage {
+            topic: self.topic_of_call(),
+            payload: self.payload_of_call(),
+            qos: self.qos_of_call(),
+            retain: self.retain_of_call(),
+            received_millis: super::host::unix_millis(),
+        }
+    }
+
+    // Shadowed by `link_current_outputs` (below), which lifts the message without copying
+    // it out first; kept because the bindings' trait requires them, and equivalent.
     fn replace(&mut self, message: wit::OutgoingMessage) -> Result<(), String> {
-        let Some(out) = self.call.output.as_mut() else {
-            return Err(NOT_IN_FAST_TRANSFORM.into());
-        };
-        out.replacement = Some(b::message_from_wit(message)?);
-        Ok(())
+        self.replace_output(b::message_from_wit(message))
     }
 
     fn add(&mut self, message: wit::OutgoingMessage) -> Result<(), String> {
+        self.add_output(b::message_from_wit(message))
+    }
+}
+
+impl StoreState {
+    /// `current.replace` of `message` (or of what was wrong with it): the outside-a-call
+    /// error comes first.
+    fn replace_output(&mut self, message: Result<Message, String>) -> Result<(), String> {
+        let Some(out) = self.call.output.as_mut() else {
+            return Err(NOT_IN_FAST_TRANSFORM.into());
+        };
+        out.replacement = Some(message?);
+        Ok(())
+    }
+
+    /// `current.add` of `message` (or of what was wrong with it): the outside-a-call and
+    /// too-many errors come first.
+    fn add_output(&mut self, message: Result<Message, String>) -> Result<(), String> {
         let Some(out) = self.call.output.as_mut() else {
             return Err(NOT_IN_FAST_TRANSFORM.into());
         };
@@ -224,7 +251,7 @@ impl b::current::Host for StoreState {
                 "more than {MAX_ADDITIONAL_MESSAGES} additional messages in one call"
             ));
         }
-        out.additional.push(b::message_from_wit(message)?);
+        out.additional.push(message?);
         Ok(())
     }
 }
@@ -232,6 +259,58 @@ impl b::current::Host for StoreState {
 /// The error `current.replace` and `current.add` give outside a `fast-transform` call.
 const NOT_IN_FAST_TRANSFORM: &str =
     "current.replace and current.add work only during a fast-transform call";
+
+/// `outgoing-message` as `current.add` and `current.replace` receive it, its topic and
+/// payload left in the plugin's memory: the broker copies each once, straight into the
+/// message it routes (the generated bindings copy them into a `String` and a `Vec` first).
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lift)]
+#[component(record)]
+struct OutgoingMessageInPlace {
+    topic: wasmtime::component::WasmStr,
+    payload: wasmtime::component::WasmList<u8>,
+    qos: wit::Qos,
+    retain: bool,
+    properties: Option<wit::MessageProperties>,
+}
+
+impl OutgoingMessageInPlace {
+    /// Copies the message out of the plugin's memory; `Err` names what is wrong with it.
+    fn take(self, store: &wasmtime::StoreContextMut<'_, StoreState>) -> Result<Message, String> {
+        let topic = self
+            .topic
+            .to_str(store)
+            .map_err(|e| format!("plugin produced an unreadable topic: {e}"))?;
+        let payload = bytes::Bytes::copy_from_slice(self.payload.as_le_slice(store));
+        b::message_from_parts(&topic, payload, self.qos, self.retain, self.properties)
+    }
+}
+
+/// Redefines `current.add` and `current.replace` (after the generated bindings defined
+/// them) to lift their message in place; see `OutgoingMessageInPlace`.
+pub(crate) fn link_current_outputs(
+    linker: &mut wasmtime::component::Linker<StoreState>,
+) -> wasmtime::Result<()> {
+    type Output = fn(&mut StoreState, Result<Message, String>) -> Result<(), String>;
+    let outputs: [(&str, Output); 2] = [
+        ("add", StoreState::add_output),
+        ("replace", StoreState::replace_output),
+    ];
+    linker.allow_shadowing(true);
+    let mut current = linker.instance("mqtt-broker:plugin/current@0.2.0")?;
+    for (name, output) in outputs {
+        current.func_wrap(
+            name,
+            move |mut store: wasmtime::StoreContextMut<'_, StoreState>,
+                  (m,): (OutgoingMessageInPlace,)|
+                  -> wasmtime::Result<(Result<(), String>,)> {
+                let message = m.take(&store);
+                Ok((output(store.data_mut(), message),))
+            },
+        )?;
+    }
+    linker.allow_shadowing(false);
+    Ok(())
+}
 
 impl wit::Host for StoreState {}
 
@@ -251,10 +330,7 @@ impl b::host::Host for StoreState {
     }
 
     fn now_millis(&mut self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        super::host::unix_millis()
     }
 }
 

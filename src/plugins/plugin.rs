@@ -813,9 +813,7 @@ impl WasmPlugin {
         let now = Instant::now();
         let mut h = self.health.lock();
         h.errors.push(PluginFailure {
-            at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            at: super::host::unix_millis(),
             error,
         });
         if probe {
@@ -1486,9 +1484,7 @@ impl WasmPlugin {
     /// Calls `timer.tick` now, on this thread (the broker calls it from the plugin's event
     /// thread).
     pub fn tick(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = super::host::unix_millis();
         let r = self.call(None, None, Hook::Tick, |slot| {
             let Guests::V02(g) = &slot.guests else {
                 return Ok(Err("not an API 0.2 plugin".into()));
