@@ -212,6 +212,20 @@ static verdict_t rule_read(size_t rest, const fast_transformer_string_t *topic) 
     return KEEP;
 }
 
+// Hands `m` to current.add and frees its topic; true if it was taken. If it was refused,
+// replaces the message with `error_topic` carrying the error and sets `*verdict` to what
+// replace_with_error answered.
+static bool add_or_report(mqtt_broker_plugin_current_outgoing_message_t *m, const char *error_topic,
+                          verdict_t *verdict) {
+    fast_transformer_string_t err;
+    bool ok = mqtt_broker_plugin_current_add(m, &err);
+    out_free(m);
+    if (!ok) {
+        *verdict = replace_with_error(error_topic, &err);
+    }
+    return ok;
+}
+
 static verdict_t rule_toomany(void) {
     for (int i = 0; i < 65; i++) {
         char digits[20];
@@ -219,11 +233,9 @@ static verdict_t rule_toomany(void) {
         mqtt_broker_plugin_current_outgoing_message_t m =
             out_message("toomany/added", NULL, 0, (uint8_t *)digits, n,
                         mqtt_broker_plugin_current_message_qos(), false);
-        fast_transformer_string_t err;
-        bool ok = mqtt_broker_plugin_current_add(&m, &err);
-        out_free(&m);
-        if (!ok) {
-            return replace_with_error("toomany/error", &err);
+        verdict_t v;
+        if (!add_or_report(&m, "toomany/error", &v)) {
+            return v;
         }
     }
     return KEEP;
@@ -232,13 +244,9 @@ static verdict_t rule_toomany(void) {
 static verdict_t rule_badtopic(void) {
     mqtt_broker_plugin_current_outgoing_message_t m =
         out_message("bad/+/topic", NULL, 0, NULL, 0, mqtt_broker_plugin_current_message_qos(), false);
-    fast_transformer_string_t err;
-    bool ok = mqtt_broker_plugin_current_add(&m, &err);
-    out_free(&m);
-    if (!ok) {
-        return replace_with_error("badtopic/error", &err);
-    }
-    return KEEP;
+    verdict_t v = KEEP;
+    add_or_report(&m, "badtopic/error", &v);
+    return v;
 }
 
 verdict_t exports_mqtt_broker_plugin_fast_transform_transform(void) {
