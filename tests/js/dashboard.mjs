@@ -177,6 +177,7 @@ try {
   await page.locator("#config-result", { hasText: "Valid" }).waitFor();
   await page.getByRole("button", { name: "Apply" }).click();
   await page.locator("#config-result", { hasText: "Applied" }).waitFor();
+  check((await page.locator("#config-result").textContent()).includes("generation 2"), "the result names generation 2");
   check((await page.locator("#config-meta").textContent()).includes("Generation 2"), "generation 2 after apply");
 
   log("the live tail now sees secret/#");

@@ -655,12 +655,14 @@ function config(view) {
   apply.addEventListener("click", async () => {
     showResult(true, "Applying…");
     const r = await api("/api/v1/config", { method: "PUT", body: editor.value, headers: { "Content-Type": "application/yaml" }, allowError: true });
+    // Reload the page's view first, so that when the result shows, the generation and
+    // history beside it already say the same thing.
     if (r.status === 200) {
-      showResult(true, `Applied: configuration generation ${r.body.generation}${r.body.saved_to ? `, saved to ${r.body.saved_to}` : " (not saved: the broker runs without a config file; the change lasts until it stops)"}.`);
       await load(true);
+      showResult(true, `Applied: configuration generation ${r.body.generation}${r.body.saved_to ? `, saved to ${r.body.saved_to}` : " (not saved: the broker runs without a config file; the change lasts until it stops)"}.`);
     } else {
-      showResult(false, `Refused: ${(r.body && r.body.error) || r.status}. The running configuration${path ? " and the file" : ""} are unchanged.`);
       await load(false);
+      showResult(false, `Refused: ${(r.body && r.body.error) || r.status}. The running configuration${path ? " and the file" : ""} are unchanged.`);
     }
   });
 
